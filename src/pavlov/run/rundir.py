@@ -1,0 +1,157 @@
+"""The run directory every trainer writes.
+
+::
+
+    runs/<name>/
+      config.yaml      full resolved config (written first, atomically)
+      metrics.jsonl    one JSON object per logged step: {"step": ..., "time": ..., <metrics>}
+      events.out.tfevents.*   the same scalars for TensorBoard
+      plots/*.png      learning curves
+      checkpoints/     atomic checkpoints + a ``latest`` pointer
+
+A run that fails before writing its first checkpoint leaves nothing behind: its directory is
+removed, so ``runs/`` never holds a half-written run. A run that fails later keeps its whole
+checkpoints (resumable) and a ``status`` of ``failed`` in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pavlov.errors import PavlovError
+from pavlov.run.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from pavlov.run.tensorboard import ScalarWriter
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def default_run_name(algo: str, env_id: str) -> str:
+    """``<algo>-<env>-<YYYYmmdd-HHMMSS>`` with characters unsafe in paths replaced."""
+    env = re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
+    return f"{algo}-{env}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class Run:
+    """An open run directory. Create with :meth:`Run.create`; use as a context manager."""
+
+    dir: Path
+    config: dict[str, Any]
+    tensorboard: bool = True
+    _metrics: Any = field(default=None, repr=False)
+    _tb: ScalarWriter | None = field(default=None, repr=False)
+    _checkpointed: bool = False
+    _t0: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        name: str,
+        config: dict[str, Any],
+        overwrite: bool = False,
+        tensorboard: bool = True,
+    ) -> Run:
+        """Make ``root/name`` and write ``config.yaml``. Refuses to clobber an existing run."""
+        if not _NAME.match(name):
+            raise PavlovError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
+        path = Path(root) / name
+        if path.exists():
+            if not overwrite:
+                raise PavlovError(f"run directory {path} already exists (pick another --name)")
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        run = cls(dir=path, config=config, tensorboard=tensorboard)
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        run._metrics = open(path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if tensorboard:
+            run._tb = ScalarWriter(path)
+        return run
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def plots(self) -> Path:
+        p = self.dir / "plots"
+        p.mkdir(exist_ok=True)
+        return p
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append one record to metrics.jsonl and TensorBoard. Non-finite values are kept in
+        JSONL as null so that a NaN never breaks a reader."""
+        clean = {k: float(v) for k, v in metrics.items()}
+        record = {"step": int(step), "time": round(time.time() - self._t0, 4)}
+        record.update({k: (v if math.isfinite(v) else None) for k, v in clean.items()})
+        self._metrics.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            self._tb.add_scalars(step, clean)
+
+    def save(self, name: str, state: Any) -> Path:
+        """Atomic checkpoint under ``checkpoints/`` (see :mod:`pavlov.run.checkpoint`)."""
+        path = save_checkpoint(self.checkpoints, name, state)
+        self._checkpointed = True
+        return path
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """``summary.json``: the final numbers of the run, for ``pavlov eval`` and scripts."""
+        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def close(self, ok: bool = True) -> None:
+        """Flush everything. A failed run without a checkpoint is removed entirely."""
+        if self._metrics is not None and not self._metrics.closed:
+            self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if ok:
+            return
+        if self._checkpointed:
+            atomic_write_text(self.dir / "run.json", json.dumps({"status": "failed"}) + "\n")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+def open_run_dir(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Validate an existing run directory; return it and its config."""
+    path = Path(path)
+    cfg = path / "config.yaml"
+    if not cfg.is_file():
+        raise PavlovError(f"{path} is not a pavlov run directory (no config.yaml)")
+    try:
+        config = yaml.safe_load(cfg.read_text())
+    except yaml.YAMLError as e:
+        raise PavlovError(f"{cfg} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return path, config
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's metrics.jsonl (a run dir or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise PavlovError(f"no metrics file at {path}")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_run_checkpoint(path: str | Path) -> Any:
+    """The latest checkpoint of a run directory."""
+    return load_checkpoint(Path(path) / "checkpoints")

@@ -1,0 +1,187 @@
+"""The ``pavlov`` command.
+
+Every command has ``--help``, takes flags or ``--config FILE.yaml``, and with ``--json`` prints
+one machine-readable JSON object as its last line. Bad input prints one line and exits 2
+(``--debug`` anywhere on the line shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pavlov.errors import PavlovError
+
+app = typer.Typer(
+    name="pavlov",
+    help="Reinforcement learning from the textbook MDP to RL for language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file with any of these options.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+EnvKwargsOpt = Annotated[
+    str | None,
+    typer.Option("--env-kwargs", help='JSON object passed to gymnasium.make, e.g. \'{"map_name": "8x8"}\'.'),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    """The ``--json`` contract: one JSON object, alone on the last line of stdout."""
+    sys.stdout.flush()
+    print(json.dumps(obj, default=float))
+
+
+def _options(config: Path | None, **given: Any) -> dict[str, Any]:
+    """Merge ``--config`` with the flags the user gave (flags left at None do not override)."""
+    from pavlov.config import load_yaml
+
+    merged = load_yaml(config) if config is not None else {}
+    merged.update({k: v for k, v in given.items() if v is not None})
+    return merged
+
+
+@app.command()
+def envs(
+    all_: Annotated[bool, typer.Option("--all", help="List every registered Gymnasium id.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List the environments pavlov knows, with their spaces and whether they are tabular."""
+    from pavlov.commands.envs import run_envs
+
+    run_envs(all_, json_)
+
+
+@app.command()
+def solve(
+    env: Annotated[str, typer.Argument(help="Gymnasium id, e.g. FrozenLake-v1 or pavlov/Grid2x3-v0.")],
+    method: Annotated[
+        str | None,
+        typer.Option(help="auto | value-iteration | policy-iteration | finite-horizon."),
+    ] = None,
+    gamma: Annotated[float | None, typer.Option(help="Discount in [0, 1] (default 1).")] = None,
+    horizon: Annotated[
+        int | None, typer.Option(help="Steps for finite-horizon DP (default: the env's limit).")
+    ] = None,
+    episodes: Annotated[
+        int | None, typer.Option(help="Episodes to evaluate the plan on (default 1000).")
+    ] = None,
+    seed: SeedOpt = None,
+    env_kwargs: EnvKwargsOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Plan the optimal policy of a known MDP (dynamic programming) and evaluate it."""
+    from pavlov.commands.solve import run_solve
+
+    opts = _options(config, env=env, method=method, gamma=gamma, horizon=horizon,
+                    episodes=episodes, seed=seed, env_kwargs=env_kwargs)
+    run_solve(opts, json_)
+
+
+@app.command()
+def train(
+    algo: Annotated[str, typer.Argument(help="Algorithm; `pavlov train --help` lists them.")],
+    env: Annotated[str | None, typer.Option("--env", "-e", help="Gymnasium id.")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Training episodes.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="Discount in [0, 1].")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Step size in (0, 1].")] = None,
+    exploration: Annotated[
+        str | None, typer.Option(help="epsilon-greedy | glie | softmax | greedy | random.")
+    ] = None,
+    seed: SeedOpt = None,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-o", help="Any config field: -o epsilon_decay=linear (repeatable)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default algo-env-time).")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Where runs go (default runs/).")] = None,
+    eval_episodes: Annotated[
+        int | None, typer.Option(help="Greedy evaluation episodes at the end (default 1000).")
+    ] = None,
+    env_kwargs: EnvKwargsOpt = None,
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Train an agent; writes runs/NAME with config, metrics, TensorBoard, plots, checkpoints."""
+    from pavlov.commands.train import run_train
+    from pavlov.config import parse_overrides
+
+    opts = _options(config, env=env, seed=seed, name=name, runs_dir=runs_dir,
+                    eval_episodes=eval_episodes, env_kwargs=env_kwargs)
+    agent = dict(opts.pop("agent", None) or {})
+    agent.update({k: v for k, v in dict(episodes=episodes, gamma=gamma, alpha=alpha,
+                                        exploration=exploration).items() if v is not None})
+    agent.update(parse_overrides(override))
+    run_train(algo, opts, agent, quiet=quiet, json_out=json_)
+
+
+@app.command(name="eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/q-learning-...")],
+    episodes: Annotated[int | None, typer.Option(help="Episodes (default 1000).")] = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Evaluate a trained run's greedy policy: mean return with a 95% interval, success rate."""
+    from pavlov.commands.train import run_eval
+
+    opts = _options(config, episodes=episodes, seed=seed)
+    run_eval(run, opts, json_)
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories to overlay.")],
+    metric: Annotated[str | None, typer.Option(help="Metric name in metrics.jsonl.")] = None,
+    window: Annotated[int | None, typer.Option(help="Rolling-mean window (default 100).")] = None,
+    out: Annotated[Path | None, typer.Option(help="PNG path (default plot.png).")] = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Overlay learning curves (rolling mean) of several runs into one PNG."""
+    from pavlov.commands.plot import run_plot
+
+    opts = _options(config, metric=metric, window=window, out=out)
+    run_plot(runs, opts, json_)
+
+
+@app.command()
+def tour(
+    out: Annotated[Path, typer.Option(help="Where the tour's runs and plots go.")] = Path("runs/tour"),
+    json_: JsonOpt = False,
+) -> None:
+    """The tabular tour: plan and learn on the 2x3 grid, BattleMDP and FrozenLake."""
+    from pavlov.tour import run_tour
+
+    run_tour(out, json_)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        app(args=argv, prog_name="pavlov")
+    except PavlovError as e:
+        if debug:
+            raise
+        print(f"pavlov: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

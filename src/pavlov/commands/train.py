@@ -1,0 +1,165 @@
+"""``pavlov train`` and ``pavlov eval``: one run directory per training run."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pavlov.algos import get_algo
+from pavlov.config import build_config, config_dict
+from pavlov.errors import ConfigError, PavlovError
+from pavlov.run import Run, default_run_name, open_run_dir
+from pavlov.run.console import ProgressBar, stdout, table
+from pavlov.run.plots import plot_runs
+from pavlov.run.rundir import load_run_checkpoint
+
+TRAIN_KEYS = {"env", "seed", "name", "runs_dir", "eval_episodes", "env_kwargs", "agent"}
+
+
+def _positive(name: str, value: Any) -> int:
+    if int(value) <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def optimum_return(env) -> float | None:
+    """The best expected undiscounted return within the env's step limit, when its MDP table
+    is known (finite-horizon DP), else None. This is what evaluation returns compare to."""
+    from pavlov.tabular import planning
+    from pavlov.tabular.mdp import MDP
+
+    if not hasattr(env.unwrapped, "P"):
+        return None
+    mdp = MDP.from_env(env)
+    if mdp.horizon:
+        return float(planning.finite_horizon(mdp, mdp.horizon, gamma=1.0).start_value)
+    res = planning.value_iteration(mdp, 1.0)
+    return float(res.start_value) if res.converged else None
+
+
+def evaluate_summary(env, policy, episodes: int, seed: int) -> dict[str, Any]:
+    """Greedy evaluation numbers plus the optimum and regret where the MDP is known."""
+    from pavlov.tabular.evaluate import evaluate_policy
+
+    ev = evaluate_policy(env, policy, episodes, seed=seed)
+    out = ev.to_dict()
+    opt = optimum_return(env)
+    out["optimum"] = opt
+    out["regret"] = None if opt is None else opt - ev.mean_return
+    return out
+
+
+def train_run(
+    algo: str,
+    env_id: str,
+    agent: dict[str, Any],
+    *,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    name: str | None = None,
+    runs_dir: str | Path = "runs",
+    eval_episodes: int = 1000,
+    quiet: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Validate, train, checkpoint, evaluate and plot one run; return its summary dict.
+
+    Everything that can be checked is checked before the run directory exists.
+    """
+    from pavlov.envs.factory import make_env
+
+    spec = get_algo(algo)
+    cfg = build_config(spec.config_cls, {**spec.defaults, **agent, "seed": seed}, where="agent")
+    eval_episodes = _positive("eval_episodes", eval_episodes)
+    env = make_env(env_id, env_kwargs)
+    spec.check(env)
+    config = {"algo": algo, "env": env_id, "env_kwargs": env_kwargs or {}, "seed": seed,
+              "eval_episodes": eval_episodes, "agent": config_dict(cfg)}
+    run_name = name or default_run_name(algo, env_id)
+    recent: deque[float] = deque(maxlen=100)
+    steps = 0
+    t0 = time.perf_counter()
+    with Run.create(runs_dir, run_name, config, overwrite=overwrite) as run, ProgressBar(
+        cfg.episodes, f"{algo} {env_id}", "return(100)", enabled=not quiet
+    ) as bar:
+
+        def on_episode(i: int, ret: float, length: int, success: bool, epsilon: float) -> None:
+            nonlocal steps
+            steps += length
+            recent.append(ret)
+            run.log(i, {"charts/episode_return": ret, "charts/episode_length": length,
+                        "charts/success": float(success), "charts/epsilon": epsilon,
+                        "charts/env_steps": steps})
+            bar.update(1, sum(recent) / len(recent))
+
+        result = spec.train(env, cfg, on_episode)
+        train_seconds = time.perf_counter() - t0
+        state = spec.state(result)
+        run.save("final.npz", state)
+        summary = evaluate_summary(env, spec.policy(state, cfg, env), eval_episodes, seed + 10_000)
+        summary.update(run=str(run.dir), algo=algo, env=env_id, train_episodes=cfg.episodes,
+                       env_steps=steps, train_seconds=round(train_seconds, 3))
+        run.write_summary(summary)
+        for metric in ("charts/episode_return", "charts/success"):
+            plot_runs([run.dir], metric, run.plots / f"{metric.split('/')[1]}.png",
+                      window=max(1, min(100, cfg.episodes // 20)), title=f"{algo} on {env_id}",
+                      hline=summary["optimum"] if metric.endswith("return") else None)
+    env.close()
+    return summary
+
+
+def print_eval(title: str, s: dict[str, Any]) -> None:
+    rows = [
+        ["mean return (95% CI)", f"{s['mean_return']:.4f} ± {s['return_ci95']:.4f}"],
+        ["success rate (95% CI)",
+         f"{s['success_rate']:.4f} [{s['success_ci95'][0]:.4f}, {s['success_ci95'][1]:.4f}]"],
+        ["optimum", "-" if s["optimum"] is None else f"{s['optimum']:.4f}"],
+        ["regret", "-" if s["regret"] is None else f"{s['regret']:.4f}"],
+        ["evaluation episodes", s["episodes"]],
+    ]
+    stdout.print(table(title, ["quantity", "value"], rows))
+
+
+def run_train(algo: str, opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool,
+              json_out: bool) -> None:
+    from pavlov.cli import emit_json
+    from pavlov.envs.factory import parse_env_kwargs
+
+    unknown = set(opts) - TRAIN_KEYS
+    if unknown:
+        raise ConfigError(f"unknown train option(s) {', '.join(sorted(unknown))}")
+    if not opts.get("env"):
+        raise PavlovError("train needs an environment: --env ENV_ID (see `pavlov envs`)")
+    s = train_run(
+        algo, opts["env"], agent, seed=int(opts.get("seed", 0)),
+        env_kwargs=parse_env_kwargs(opts.get("env_kwargs")), name=opts.get("name"),
+        runs_dir=opts.get("runs_dir", "runs"),
+        eval_episodes=opts.get("eval_episodes", 1000), quiet=quiet or json_out,
+    )
+    print_eval(f"{algo} on {opts['env']}: greedy policy after {s['train_episodes']} episodes "
+               f"({s['train_seconds']:.1f} s) -> {s['run']}", s)
+    if json_out:
+        emit_json(s)
+
+
+def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
+    from pavlov.cli import emit_json
+    from pavlov.envs.factory import make_env
+
+    unknown = set(opts) - {"episodes", "seed"}
+    if unknown:
+        raise ConfigError(f"unknown eval option(s) {', '.join(sorted(unknown))}")
+    path, config = open_run_dir(run_path)
+    episodes = _positive("episodes", opts.get("episodes", 1000))
+    spec = get_algo(config["algo"])
+    cfg = build_config(spec.config_cls, config["agent"], where="agent")
+    env = make_env(config["env"], config.get("env_kwargs") or {})
+    state = load_run_checkpoint(path)
+    s = evaluate_summary(env, spec.policy(state, cfg, env), episodes, int(opts.get("seed", 0)))
+    env.close()
+    s.update(run=str(path), algo=config["algo"], env=config["env"])
+    print_eval(f"{config['algo']} on {config['env']} ({path})", s)
+    if json_out:
+        emit_json(s)

@@ -1,0 +1,94 @@
+"""Building typed config dataclasses from YAML files, dicts and ``key=value`` overrides.
+
+Resolution order (later wins): dataclass defaults, ``--config FILE.yaml``, explicit CLI flags,
+``-o key=value`` overrides. Unknown keys and unreadable files are PavlovErrors, not tracebacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pavlov.errors import ConfigError, PavlovError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; PavlovError naming the file on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PavlovError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PavlovError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PavlovError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["a=1", "b=linear"]`` -> ``{"a": 1, "b": "linear"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PavlovError(f"override {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Coerce YAML/CLI values to simple annotated types (int, float, bool, str, Optional)."""
+    if isinstance(tp, str):  # postponed annotations
+        tp = {"int": int, "float": float, "bool": bool, "str": str}.get(tp.split(" |")[0], None)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        tp = args[0] if len(args) == 1 else None
+    try:
+        if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+            return float(value)
+        if tp is int and isinstance(value, int | str | float) and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is bool and isinstance(value, str):
+            return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+    except (ValueError, KeyError):
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def build_config(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys name the valid ones."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown {where} key(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"valid: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(k, hints.get(k, fields[k].type), v) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as a plain, YAML-safe dict."""
+    return dataclasses.asdict(cfg)

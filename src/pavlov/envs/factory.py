@@ -1,0 +1,60 @@
+"""Making environments from user input, with one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import gymnasium as gym
+
+from pavlov.errors import PavlovError
+
+
+def parse_env_kwargs(text: str | dict | None) -> dict[str, Any]:
+    """``--env-kwargs`` as a dict: a JSON object string, a dict, or nothing."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PavlovError(f"--env-kwargs is not valid JSON: {e.msg} (at char {e.pos})") from None
+    if not isinstance(value, dict):
+        raise PavlovError(f"--env-kwargs must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwargs) -> gym.Env:
+    """``gymnasium.make`` with pavlov's envs registered and user errors turned into PavlovError."""
+    import pavlov.envs  # noqa: F401  registers pavlov/* ids
+
+    kwargs = {**(env_kwargs or {}), **make_kwargs}
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        hint = difflib.get_close_matches(env_id, list(gym.registry), n=1)
+        more = f"; did you mean {hint[0]!r}?" if hint else "; `pavlov envs` lists them"
+        raise PavlovError(f"unknown env {env_id!r}: {str(e).splitlines()[0]}{more}") from None
+    except PavlovError:
+        raise
+    except (TypeError, KeyError, ValueError) as e:
+        msg = str(e).split(" was raised from the environment creator")[0]
+        raise PavlovError(f"cannot make {env_id!r} with kwargs {kwargs}: {msg}") from None
+
+
+def require_discrete(env: gym.Env, what: str) -> tuple[int, int]:
+    """(n_states, n_actions) of an env with Discrete observation and action spaces, else a
+    PavlovError naming the method, the env and the offending space."""
+    env_id = env.spec.id if env.spec else type(env.unwrapped).__name__
+    for role, space in (("observation", env.observation_space), ("action", env.action_space)):
+        if not isinstance(space, gym.spaces.Discrete):
+            raise PavlovError(
+                f"{what} needs a discrete {role} space; {env_id} has {space}"
+            )
+    return int(env.observation_space.n), int(env.action_space.n)
+
+
+def env_id_of(env: gym.Env) -> str:
+    return env.spec.id if env.spec else type(env.unwrapped).__name__

@@ -1,0 +1,62 @@
+"""pavlov's math core: every RL formula once, as a pure, documented, tested tensor function.
+
+Modules: :mod:`~pavlov.math.returns` (returns and advantages over ``(T, N)`` rollouts),
+:mod:`~pavlov.math.policy` (policy losses, KL estimators, entropy), :mod:`~pavlov.math.value`
+(TD targets, Huber, Polyak), :mod:`~pavlov.math.sequence` (token log-probs, KL penalty) and
+:mod:`~pavlov.math.masked` (masked mean/whiten).
+"""
+
+from pavlov.math.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from pavlov.math.policy import (
+    KL_ESTIMATORS,
+    approx_kl,
+    categorical_entropy,
+    clipped_value_loss,
+    entropy,
+    importance_ratio,
+    kl_estimator,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    ppo_clip_loss,
+    reinforce_loss,
+)
+from pavlov.math.returns import (
+    discounted_returns,
+    gae,
+    lambda_returns,
+    nstep_targets,
+    reward_to_go,
+)
+from pavlov.math.sequence import kl_penalty, selective_log_softmax
+from pavlov.math.value import double_q_target, huber, polyak_update, td_target
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "approx_kl",
+    "categorical_entropy",
+    "clipped_value_loss",
+    "discounted_returns",
+    "double_q_target",
+    "entropy",
+    "gae",
+    "huber",
+    "importance_ratio",
+    "kl_estimator",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kl_penalty",
+    "lambda_returns",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "nstep_targets",
+    "polyak_update",
+    "ppo_clip_loss",
+    "reinforce_loss",
+    "reward_to_go",
+    "selective_log_softmax",
+    "td_target",
+]

@@ -1,0 +1,147 @@
+"""Exact tests for pavlov.math.sequence and pavlov.math.masked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pavlov.math import (
+    KL_ESTIMATORS,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    selective_log_softmax,
+)
+
+PROPS = settings(max_examples=50, deadline=None)
+seeds = st.integers(0, 2**31 - 1)
+
+
+def naive_logps(logits, index):
+    return logits.log_softmax(-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+# --- selective_log_softmax --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 512])
+def test_selective_log_softmax_float32_large_vocab(chunk_size):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 50_000, generator=g) * 3  # (B, T, V)
+    index = torch.randint(0, 50_000, (2, 5), generator=g)
+    out = selective_log_softmax(logits, index, chunk_size=chunk_size)
+    assert out.shape == (2, 5) and out.dtype == torch.float32
+    torch.testing.assert_close(out, naive_logps(logits, index), atol=1e-6, rtol=1e-6)
+
+
+@PROPS
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=0, max_size=3),
+    V=st.integers(1, 40),
+    chunk=st.integers(1, 7),
+    seed=seeds,
+)
+def test_selective_log_softmax_matches_naive_any_shape(shape, V, chunk, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(*shape, V, generator=g, dtype=torch.float64) * 5).requires_grad_()
+    index = torch.randint(0, V, tuple(shape), generator=g)
+    out = selective_log_softmax(logits, index, chunk_size=chunk)
+    expected = naive_logps(logits, index)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    (grad,) = torch.autograd.grad(out.sum(), logits)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_selective_log_softmax_bf16_upcasts_to_float32():
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 4, 1000, generator=g) * 4).bfloat16()
+    index = torch.randint(0, 1000, (3, 4), generator=g)
+    out = selective_log_softmax(logits, index, chunk_size=5)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, naive_logps(logits.float(), index), atol=1e-5, rtol=1e-5)
+
+
+def test_selective_log_softmax_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="index shape"):
+        selective_log_softmax(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+# --- KL penalty -------------------------------------------------------------------------------
+
+
+def test_kl_penalty_reuses_policy_estimators():
+    g = torch.Generator().manual_seed(2)
+    logp, ref = -torch.rand(2, 6, generator=g) * 4, -torch.rand(2, 6, generator=g) * 4
+    torch.testing.assert_close(kl_penalty(logp, ref), logp - ref)  # k1: log pi - log pi_ref
+    for name, fn in KL_ESTIMATORS.items():
+        torch.testing.assert_close(kl_penalty(logp, ref, name), fn(logp, ref))
+    assert (kl_penalty(logp, ref, "k3") >= 0).all()
+    with pytest.raises(ValueError, match="estimator"):
+        kl_penalty(logp, ref, "mse")
+
+
+# --- masked reductions ------------------------------------------------------------------------
+
+
+@PROPS
+@given(B=st.integers(1, 4), T=st.integers(1, 12), seed=seeds, dim=st.sampled_from([None, 0, 1]))
+def test_masked_mean_and_sum_match_reference(B, T, seed, dim):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, generator=g, dtype=torch.float64)
+    mask = torch.rand(B, T, generator=g) < 0.6
+    x = torch.where(mask, x, torch.nan)  # padding holds garbage that must not leak
+    rows = [(i, j) for i in range(B) for j in range(T) if mask[i, j]]
+    if dim is None:
+        groups = {(): rows}
+    else:
+        kept = 1 - dim  # the dimension that survives the reduction
+        groups = {(k,): [ij for ij in rows if ij[kept] == k] for k in range((B, T)[kept])}
+    ref_sum = [sum(x[i, j].item() for i, j in members) for members in groups.values()]
+    ref_mean = [s / max(len(m), 1) for s, m in zip(ref_sum, groups.values(), strict=True)]
+    got_sum, got_mean = masked_sum(x, mask, dim).reshape(-1), masked_mean(x, mask, dim).reshape(-1)
+    torch.testing.assert_close(got_sum, torch.tensor(ref_sum, dtype=torch.float64))
+    torch.testing.assert_close(got_mean, torch.tensor(ref_mean, dtype=torch.float64))
+
+
+def test_masked_mean_none_mask_broadcast_mask_and_empty_mask():
+    x = torch.arange(6.0).reshape(2, 3)
+    assert masked_mean(x, None).item() == pytest.approx(2.5)
+    assert masked_mean(x, torch.tensor([[True], [False]])).item() == pytest.approx(1.0)
+    empty = torch.zeros(2, 3, dtype=torch.bool)
+    x.requires_grad_()
+    out = masked_mean(x, empty)
+    assert out.item() == 0.0
+    out.backward()
+    assert (x.grad == 0).all()
+
+
+@PROPS
+@given(B=st.integers(1, 4), T=st.integers(2, 12), seed=seeds, shift=st.booleans())
+def test_masked_whiten_standardises_kept_entries(B, T, seed, shift):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, generator=g, dtype=torch.float64) * 3 + 2
+    mask = torch.rand(B, T, generator=g) < 0.7
+    mask[0, :2] = True  # at least two kept entries
+    kept = x[mask].tolist()
+    mean = sum(kept) / len(kept)
+    var = sum((v - mean) ** 2 for v in kept) / (len(kept) - 1)
+    torch.testing.assert_close(masked_var(x, mask), torch.tensor(var, dtype=torch.float64))
+    if var < 1e-6:
+        return
+    out = masked_whiten(x, mask, shift_mean=shift)
+    expected = (x - mean) / math.sqrt(var + 1e-8) + (0.0 if shift else mean)
+    torch.testing.assert_close(out, expected)
+
+
+def test_masked_whiten_flat_advantages():
+    adv = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = masked_whiten(adv, None)
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out.std().item() == pytest.approx(1.0, abs=1e-6)

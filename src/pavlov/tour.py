@@ -33,7 +33,7 @@ PLAN: list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]] = [
 def _plan_row(env_id: str, env_kwargs: dict[str, Any]) -> tuple[list[Any], float]:
     from pavlov.commands.solve import plan
     from pavlov.envs.factory import make_env
-    from pavlov.tabular.evaluate import evaluate_policy
+    from pavlov.evaluation import evaluate_policy
     from pavlov.tabular.mdp import MDP
 
     env = make_env(env_id, env_kwargs)

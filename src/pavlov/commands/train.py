@@ -41,7 +41,7 @@ def optimum_return(env) -> float | None:
 
 def evaluate_summary(env, policy, episodes: int, seed: int) -> dict[str, Any]:
     """Greedy evaluation numbers plus the optimum and regret where the MDP is known."""
-    from pavlov.tabular.evaluate import evaluate_policy
+    from pavlov.evaluation import evaluate_policy
 
     ev = evaluate_policy(env, policy, episodes, seed=seed)
     out = ev.to_dict()

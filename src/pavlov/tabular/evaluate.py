@@ -1,94 +1,24 @@
-"""Monte-Carlo evaluation of a tabular policy in a real Gymnasium env, with confidence intervals.
+"""Tabular policies as ``policy(obs, t)`` callables, for :func:`pavlov.evaluation.evaluate_policy`.
 
-Policy convention for pavlov's tabular code: a callable ``policy(obs, t) -> int`` where ``t`` is
-the number of steps already taken in the current episode, so non-stationary finite-horizon
-policies (:func:`finite_horizon_policy`) fit the same loop as stationary ones.
+The evaluation itself lives in :mod:`pavlov.evaluation` (shared with the deep agents); it is
+re-exported here so tabular code has one place to import from.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-
-import gymnasium as gym
 import numpy as np
 
-from pavlov.errors import ConfigError, PavlovError, check_positive
+from pavlov.errors import PavlovError
+from pavlov.evaluation import (  # noqa: F401  re-exported
+    Z95,
+    EvalResult,
+    Policy,
+    evaluate_policy,
+    mean_ci95,
+    regret,
+    wilson_interval,
+)
 from pavlov.tabular.planning import FiniteHorizonResult, greedy
-
-Policy = Callable[[int, int], int]
-"""``policy(obs, t) -> action`` with ``t`` = steps already taken in this episode."""
-
-Z95 = 1.959963984540054  # standard normal 97.5% quantile: two-sided 95% intervals
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Monte-Carlo estimate of a policy's performance over ``episodes`` episodes."""
-
-    mean_return: float
-    """Mean undiscounted episode return."""
-    return_ci95: float
-    """Half-width of the normal-approximation 95% interval of the mean return,
-    ``1.96 * std(ddof=1) / sqrt(n)``; 0 when n = 1."""
-    success_rate: float
-    """Fraction of successful episodes (see :func:`evaluate_policy` for the definition)."""
-    success_ci95: tuple[float, float]
-    """Wilson score 95% interval ``(lo, hi)`` for the success rate."""
-    mean_length: float
-    """Mean episode length in steps."""
-    episodes: int
-    """Number of episodes n."""
-    seed: int
-    """Seed passed to the first ``env.reset``."""
-    capped: int = 0
-    """Episodes cut by ``max_steps`` rather than by the env (their return is partial)."""
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serializable dict of the fields (the interval as a 2-element list)."""
-        out = asdict(self)
-        out["success_ci95"] = [float(x) for x in self.success_ci95]
-        return out
-
-
-def regret(optimum: float, result: EvalResult) -> float:
-    """``optimum - result.mean_return``: how much return the policy leaves on the table."""
-    return float(optimum) - result.mean_return
-
-
-def mean_ci95(values: np.ndarray) -> tuple[float, float]:
-    """(n,) -> (mean, half-width) of the normal-approximation 95% interval; 0 when n = 1.
-
-    A normal rather than Student-t quantile: pavlov evaluates with hundreds of episodes, where
-    the two differ by under 1% (t_{0.975, 100} = 1.984 vs 1.960).
-    """
-    values = np.asarray(values, dtype=np.float64)
-    n = values.size
-    if n == 0:
-        raise PavlovError("mean_ci95 needs at least one value")
-    half = Z95 * values.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
-    return float(values.mean()), float(half)
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927; Brown, Cai & DasGupta 2001).
-
-    ``center = (p + z^2/2n) / (1 + z^2/n)``,
-    ``half = z * sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)`` with ``p = successes / n``.
-    Unlike the Wald interval it stays inside [0, 1] and is not degenerate at p = 0 or 1.
-    """
-    check_positive("n", n)
-    if not 0 <= successes <= n:
-        raise PavlovError(f"successes must be in [0, {n}], got {successes}")
-    p = successes / n
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At p = 0 (p = 1) the bound is exactly 0 (1); the formula leaves ~1e-17 of rounding there.
-    lo = 0.0 if successes == 0 else max(0.0, center - half)
-    hi = 1.0 if successes == n else min(1.0, center + half)
-    return lo, hi
 
 
 def table_policy(actions: np.ndarray) -> Policy:
@@ -117,57 +47,3 @@ def finite_horizon_policy(result: FiniteHorizonResult) -> Policy:
         return table[H - t - 1][obs]
 
     return policy
-
-
-def evaluate_policy(
-    env: gym.Env,
-    policy: Policy,
-    episodes: int,
-    seed: int = 0,
-    max_steps: int = 100_000,
-) -> EvalResult:
-    """Run ``episodes`` episodes of ``policy(obs, t)`` in ``env`` and summarize them.
-
-    Seeding follows Gymnasium practice: ``env.reset(seed=seed)`` before the first episode
-    seeds the env's RNG once, later episodes call ``env.reset()`` and continue that stream, so
-    a run is reproducible while episodes stay independent. An episode ends at ``terminated``
-    or ``truncated`` (a TimeLimit wrapper is respected), or after ``max_steps`` steps as a
-    guard against envs without a limit (counted in ``capped``). An episode succeeds when the
-    final ``info`` has ``"is_success"`` (its truth value is used), otherwise when it
-    terminated with a positive last reward (FrozenLake's goal, Taxi's drop-off).
-    """
-    _check_count("episodes", episodes)
-    _check_count("max_steps", max_steps)
-    returns = np.empty(episodes)
-    lengths = np.empty(episodes)
-    successes = 0
-    capped = 0
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed) if i == 0 else env.reset()
-        total, t = 0.0, 0
-        terminated = truncated = False
-        while not (terminated or truncated) and t < max_steps:
-            obs, reward, terminated, truncated, info = env.step(policy(obs, t))
-            total += reward
-            t += 1
-        capped += not (terminated or truncated)
-        success = info.get("is_success", terminated and reward > 0)
-        successes += bool(success)
-        returns[i] = total
-        lengths[i] = t
-    mean_return, return_half = mean_ci95(returns)
-    return EvalResult(
-        mean_return=mean_return,
-        return_ci95=return_half,
-        success_rate=successes / episodes,
-        success_ci95=wilson_interval(successes, episodes),
-        mean_length=float(lengths.mean()),
-        episodes=episodes,
-        seed=seed,
-        capped=int(capped),
-    )
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")

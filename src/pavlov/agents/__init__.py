@@ -1,0 +1,1 @@
+"""Deep RL agents on Gymnasium: DQN, REINFORCE, A2C, PPO, analytic policy gradients."""

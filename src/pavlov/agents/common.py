@@ -1,0 +1,240 @@
+"""What every deep agent shares: the training contract, observation encoding, networks,
+vectorized envs, the NaN guard, RNG state, and evaluation during training.
+
+The contract (see ``docs/agents.md``-style docstrings in each agent module): an agent module
+``pavlov.agents.<name>`` exposes
+
+* ``Config``: a typed dataclass, one documented field each, validated in ``__post_init__``;
+* ``train(env_id, cfg, *, env_kwargs=None, hooks=None, resume=None) -> TrainOutput``;
+* ``load_policy(state, cfg, env) -> policy(obs, t) -> action`` (deterministic, for eval).
+
+Trainers never print or write files themselves: the caller passes :class:`Hooks` (the CLI wires
+them to the run directory, the progress bar and checkpoints; a benchmark wires a stop rule).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from pavlov.errors import PavlovError
+
+# --------------------------------------------------------------------------- training contract
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """Callbacks a trainer calls; all optional and cheap when left at their defaults."""
+
+    log: Callable[[int, dict[str, float]], None] = _noop
+    """``log(env_step, metrics)``: scalars named like ``losses/policy``, ``charts/episode_return``,
+    ``eval/mean_return``."""
+    progress: Callable[[int, float | None], None] = _noop
+    """``progress(env_steps_advanced, key_metric_or_None)`` for the progress bar."""
+    checkpoint: Callable[[int, dict[str, Any]], None] | None = None
+    """``checkpoint(env_step, state)`` with everything needed to resume (see ``resume``)."""
+    checkpoint_every: int = 0
+    """Env steps between checkpoints (0: only the final state is returned)."""
+    evaluate_every: int = 0
+    """Env steps between deterministic evaluations (0: none during training)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation during training."""
+    stop: Callable[[int, dict[str, float]], bool] = lambda step, metrics: False
+    """``stop(env_step, eval_metrics) -> True`` ends training after an evaluation."""
+
+
+@dataclass
+class TrainOutput:
+    """What ``train`` returns."""
+
+    state: dict[str, Any]
+    """Final resumable state (model, optimizer, normalizers, counters, RNG, ...)."""
+    env_steps: int
+    """Env steps taken in total (including those before a resume)."""
+    seconds: float
+    """Wall seconds of this call, evaluation time excluded."""
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    """``(env_step, mean_return)`` of each evaluation during training."""
+
+
+class NonFiniteError(PavlovError):
+    """A loss or gradient became NaN/inf: training stops before any weight is updated with it."""
+
+
+def check_finite(name: str, value: torch.Tensor, step: int) -> None:
+    """Raise :class:`NonFiniteError` naming the quantity and the env step if ``value`` is not
+    finite. Call it on the loss *before* ``optimizer.step()`` so bad weights are never made."""
+    if not torch.isfinite(value).all():
+        raise NonFiniteError(
+            f"{name} is not finite at env step {step}; stopping (no NaN weights written)"
+        )
+
+
+# ------------------------------------------------------------------------------ spaces and nets
+
+
+def obs_dim(space: gym.Space) -> int:
+    """Size of the flat float vector an observation is encoded to (one-hot for Discrete)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.number):
+        return int(np.prod(space.shape))
+    raise PavlovError(f"cannot encode observation space {space} (need Box or Discrete)")
+
+
+def encode_obs(space: gym.Space, obs: np.ndarray | int) -> torch.Tensor:
+    """(N, *shape) or (N,) int observations -> (N, obs_dim) float32 tensor."""
+    if isinstance(space, gym.spaces.Discrete):
+        idx = torch.as_tensor(np.asarray(obs), dtype=torch.long).reshape(-1) - int(space.start)
+        return nn.functional.one_hot(idx, int(space.n)).float()
+    arr = np.asarray(obs, dtype=np.float32)
+    return torch.from_numpy(arr.reshape(arr.shape[0] if arr.ndim > len(space.shape) else 1, -1))
+
+
+def require_action_space(space: gym.Space, algo: str, allowed: Sequence[type]) -> None:
+    """PavlovError unless ``space`` is one of ``allowed`` (e.g. DQN on Box)."""
+    if not isinstance(space, tuple(allowed)):
+        names = " or ".join(t.__name__ for t in allowed)
+        raise PavlovError(f"{algo} supports {names} action spaces, not {space}")
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(
+    sizes: Sequence[int], activation: str = "tanh", out_gain: float = 1.0
+) -> nn.Sequential:
+    """``sizes = [in, h1, ..., out]`` -> Linear/activation stack, orthogonal init (gain √2 on
+    hidden layers, ``out_gain`` on the last; Engstrom et al. 2020 "Implementation Matters")."""
+    if activation not in ACTIVATIONS:
+        raise PavlovError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        lin = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(lin.weight, out_gain if last else math.sqrt(2))
+        nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------------ envs
+
+
+def make_vec_env(
+    env_id: str,
+    n_envs: int,
+    env_kwargs: dict[str, Any] | None = None,
+    mode: str = "sync",
+) -> gym.vector.VectorEnv:
+    """Gymnasium vector env in SAME_STEP autoreset mode.
+
+    SAME_STEP: when a sub-env's episode ends, ``step`` returns the *reset* observation and
+    puts the last observation of the episode in ``info["final_obs"]`` (mask
+    ``info["_final_obs"]``). Trainers bootstrap truncated steps from ``final_obs`` and never
+    mix transitions across an episode boundary (Gymnasium 1.x's default NEXT_STEP mode would
+    instead return a dummy transition on the following step that must be masked).
+    """
+    from pavlov.envs.factory import make_env
+
+    make_env(env_id, env_kwargs).close()  # one-line errors for bad ids/kwargs, before forking
+    if mode not in ("sync", "async"):
+        raise PavlovError(f"vectorization must be 'sync' or 'async', got {mode!r}")
+    return gym.make_vec(
+        env_id,
+        num_envs=n_envs,
+        vectorization_mode=mode,
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        **(env_kwargs or {}),
+    )
+
+
+def final_observations(next_obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """(N, ...) observations that *ended* each episode: ``final_obs`` where an episode ended
+    this step (SAME_STEP autoreset), else ``next_obs``."""
+    if "_final_obs" not in info:
+        return next_obs
+    out = np.array(next_obs, copy=True)
+    for i in np.flatnonzero(info["_final_obs"]):
+        out[i] = info["final_obs"][i]
+    return out
+
+
+class EpisodeStats:
+    """Tracks per-env running returns/lengths of a vector env; returns finished episodes."""
+
+    def __init__(self, n_envs: int) -> None:
+        self.returns = np.zeros(n_envs)
+        self.lengths = np.zeros(n_envs, dtype=np.int64)
+
+    def step(self, rewards: np.ndarray, done: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += rewards
+        self.lengths += 1
+        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(done)]
+        self.returns[done] = 0.0
+        self.lengths[done] = 0
+        return finished
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"returns": self.returns.copy(), "lengths": self.lengths.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns[:] = state["returns"]
+        self.lengths[:] = state["lengths"]
+
+
+# ------------------------------------------------------------------------------ RNG and eval
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy's global RNG and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy-global and torch RNG states, for exact resume."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+
+
+def evaluate_in_env(
+    env_id: str,
+    policy: Callable[[Any, int], Any],
+    episodes: int,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+):
+    """Deterministic evaluation in a fresh single env -> :class:`pavlov.evaluation.EvalResult`."""
+    from pavlov.envs.factory import make_env
+    from pavlov.evaluation import evaluate_policy
+
+    env = make_env(env_id, env_kwargs)
+    try:
+        return evaluate_policy(env, policy, episodes, seed=seed)
+    finally:
+        env.close()

@@ -31,7 +31,9 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 EnvKwargsOpt = Annotated[
     str | None,
-    typer.Option("--env-kwargs", help='JSON object passed to gymnasium.make, e.g. \'{"map_name": "8x8"}\'.'),
+    typer.Option(
+        "--env-kwargs", help='JSON object passed to gymnasium.make, e.g. \'{"map_name": "8x8"}\'.'
+    ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
 
@@ -53,7 +55,9 @@ def _options(config: Path | None, **given: Any) -> dict[str, Any]:
 
 @app.command()
 def envs(
-    all_: Annotated[bool, typer.Option("--all", help="List every registered Gymnasium id.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="List every registered Gymnasium id.")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """List the environments pavlov knows, with their spaces and whether they are tabular."""
@@ -64,7 +68,9 @@ def envs(
 
 @app.command()
 def solve(
-    env: Annotated[str, typer.Argument(help="Gymnasium id, e.g. FrozenLake-v1 or pavlov/Grid2x3-v0.")],
+    env: Annotated[
+        str, typer.Argument(help="Gymnasium id, e.g. FrozenLake-v1 or pavlov/Grid2x3-v0.")
+    ],
     method: Annotated[
         str | None,
         typer.Option(help="auto | value-iteration | policy-iteration | finite-horizon."),
@@ -84,16 +90,33 @@ def solve(
     """Plan the optimal policy of a known MDP (dynamic programming) and evaluate it."""
     from pavlov.commands.solve import run_solve
 
-    opts = _options(config, env=env, method=method, gamma=gamma, horizon=horizon,
-                    episodes=episodes, seed=seed, env_kwargs=env_kwargs)
+    opts = _options(
+        config,
+        env=env,
+        method=method,
+        gamma=gamma,
+        horizon=horizon,
+        episodes=episodes,
+        seed=seed,
+        env_kwargs=env_kwargs,
+    )
     run_solve(opts, json_)
 
 
 @app.command()
 def train(
-    algo: Annotated[str, typer.Argument(help="Algorithm; `pavlov train --help` lists them.")],
+    algo: Annotated[
+        str | None,
+        typer.Argument(
+            help="q-learning, sarsa, expected-sarsa, model-based, linear-q, "
+            "dqn, reinforce, a2c, ppo, apg (omit with --resume)."
+        ),
+    ] = None,
     env: Annotated[str | None, typer.Option("--env", "-e", help="Gymnasium id.")] = None,
-    episodes: Annotated[int | None, typer.Option(help="Training episodes.")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Training episodes (tabular).")] = None,
+    total_steps: Annotated[
+        int | None, typer.Option(help="Training env steps (deep agents).")
+    ] = None,
     gamma: Annotated[float | None, typer.Option(help="Discount in [0, 1].")] = None,
     alpha: Annotated[float | None, typer.Option(help="Step size in (0, 1].")] = None,
     exploration: Annotated[
@@ -109,6 +132,15 @@ def train(
     eval_episodes: Annotated[
         int | None, typer.Option(help="Greedy evaluation episodes at the end (default 1000).")
     ] = None,
+    evaluate_every: Annotated[
+        int | None, typer.Option(help="Deep agents: env steps between evaluations (0: none).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Deep agents: env steps between checkpoints (0: final).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue runs/NAME from its latest checkpoint.")
+    ] = None,
     env_kwargs: EnvKwargsOpt = None,
     config: ConfigOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -118,13 +150,35 @@ def train(
     from pavlov.commands.train import run_train
     from pavlov.config import parse_overrides
 
-    opts = _options(config, env=env, seed=seed, name=name, runs_dir=runs_dir,
-                    eval_episodes=eval_episodes, env_kwargs=env_kwargs)
+    opts = _options(
+        config,
+        algo=algo,
+        env=env,
+        seed=seed,
+        name=name,
+        runs_dir=runs_dir,
+        eval_episodes=eval_episodes,
+        env_kwargs=env_kwargs,
+        evaluate_every=evaluate_every,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
     agent = dict(opts.pop("agent", None) or {})
-    agent.update({k: v for k, v in dict(episodes=episodes, gamma=gamma, alpha=alpha,
-                                        exploration=exploration).items() if v is not None})
+    agent.update(
+        {
+            k: v
+            for k, v in dict(
+                episodes=episodes,
+                total_steps=total_steps,
+                gamma=gamma,
+                alpha=alpha,
+                exploration=exploration,
+            ).items()
+            if v is not None
+        }
+    )
     agent.update(parse_overrides(override))
-    run_train(algo, opts, agent, quiet=quiet, json_out=json_)
+    run_train(opts, agent, quiet=quiet, json_out=json_)
 
 
 @app.command(name="eval")
@@ -132,13 +186,16 @@ def eval_(
     run: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/q-learning-...")],
     episodes: Annotated[int | None, typer.Option(help="Episodes (default 1000).")] = None,
     seed: SeedOpt = None,
+    gif: Annotated[
+        Path | None, typer.Option(help="Also record one episode (rgb_array) to this GIF.")
+    ] = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Evaluate a trained run's greedy policy: mean return with a 95% interval, success rate."""
     from pavlov.commands.train import run_eval
 
-    opts = _options(config, episodes=episodes, seed=seed)
+    opts = _options(config, episodes=episodes, seed=seed, gif=gif)
     run_eval(run, opts, json_)
 
 
@@ -160,7 +217,9 @@ def plot(
 
 @app.command()
 def tour(
-    out: Annotated[Path, typer.Option(help="Where the tour's runs and plots go.")] = Path("runs/tour"),
+    out: Annotated[Path, typer.Option(help="Where the tour's runs and plots go.")] = Path(
+        "runs/tour"
+    ),
     json_: JsonOpt = False,
 ) -> None:
     """The tabular tour: plan and learn on the 2x3 grid, BattleMDP and FrozenLake."""

@@ -29,7 +29,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise PavlovError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise PavlovError(
+            f"config file {path} is not valid YAML: {str(e).splitlines()[0]}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -51,7 +53,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Coerce YAML/CLI values to simple annotated types (int, float, bool, str, Optional)."""
     if isinstance(tp, str):  # postponed annotations
-        tp = {"int": int, "float": float, "bool": bool, "str": str}.get(tp.split(" |")[0], None)
+        tp = {"int": int, "float": float, "bool": bool, "str": str}.get(tp.split(" |")[0])
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -15,18 +15,38 @@ from pavlov.run.console import stdout, table
 
 # (env id, env kwargs, [(algo, agent config)]): small budgets that still reach the optimum.
 PLAN: list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]] = [
-    ("pavlov/Grid2x3-v0", {}, [
-        ("q-learning", {"episodes": 300, "gamma": 0.9, "alpha": 0.5}),
-        ("sarsa", {"episodes": 300, "gamma": 0.9, "alpha": 0.5}),
-    ]),
-    ("pavlov/Battle-v0", {}, [
-        ("q-learning", {"episodes": 5000, "gamma": 1.0, "step_size": "visits"}),
-        ("model-based", {"episodes": 300, "gamma": 1.0}),
-    ]),
-    ("FrozenLake-v1", {}, [
-        ("q-learning", {"episodes": 30000, "gamma": 0.99, "alpha": 0.05,
-                        "epsilon_decay": "linear", "decay_fraction": 0.6}),
-    ]),
+    (
+        "pavlov/Grid2x3-v0",
+        {},
+        [
+            ("q-learning", {"episodes": 300, "gamma": 0.9, "alpha": 0.5}),
+            ("sarsa", {"episodes": 300, "gamma": 0.9, "alpha": 0.5}),
+        ],
+    ),
+    (
+        "pavlov/Battle-v0",
+        {},
+        [
+            ("q-learning", {"episodes": 5000, "gamma": 1.0, "step_size": "visits"}),
+            ("model-based", {"episodes": 300, "gamma": 1.0}),
+        ],
+    ),
+    (
+        "FrozenLake-v1",
+        {},
+        [
+            (
+                "q-learning",
+                {
+                    "episodes": 30000,
+                    "gamma": 0.99,
+                    "alpha": 0.05,
+                    "epsilon_decay": "linear",
+                    "decay_fraction": 0.6,
+                },
+            ),
+        ],
+    ),
 ]
 
 
@@ -46,8 +66,7 @@ def _plan_row(env_id: str, env_kwargs: dict[str, Any]) -> tuple[list[Any], float
 
 
 def _fmt(ev) -> str:
-    return (f"{ev.mean_return:.3f} ± {ev.return_ci95:.3f} / "
-            f"{100 * ev.success_rate:.1f}%")
+    return f"{ev.mean_return:.3f} ± {ev.return_ci95:.3f} / {100 * ev.success_rate:.1f}%"
 
 
 def run_tour(out: Path, json_out: bool) -> None:
@@ -64,24 +83,50 @@ def run_tour(out: Path, json_out: bool) -> None:
         runs = []
         for algo, agent in learners:
             t0 = time.perf_counter()
-            s = train_run(algo, env_id, agent, seed=0, env_kwargs=env_kwargs,
-                          name=f"{algo}-{env_id.replace('/', '_')}", runs_dir=out,
-                          eval_episodes=2000, quiet=json_out, overwrite=True)
+            s = train_run(
+                algo,
+                env_id,
+                agent,
+                seed=0,
+                env_kwargs=env_kwargs,
+                name=f"{algo}-{env_id.replace('/', '_')}",
+                runs_dir=out,
+                eval_episodes=2000,
+                quiet=json_out,
+                overwrite=True,
+            )
             runs.append(s["run"])
-            rows.append([env_id, algo, f"{s['mean_return']:.3f} ± {s['return_ci95']:.3f} / "
-                         f"{100 * s['success_rate']:.1f}%", opt, s["train_episodes"],
-                         time.perf_counter() - t0])
+            rows.append(
+                [
+                    env_id,
+                    algo,
+                    f"{s['mean_return']:.3f} ± {s['return_ci95']:.3f} / "
+                    f"{100 * s['success_rate']:.1f}%",
+                    opt,
+                    s["train_episodes"],
+                    time.perf_counter() - t0,
+                ]
+            )
             results.append(s)
-        plot_runs(runs, "charts/episode_return", out / "plots" / f"{env_id.replace('/', '_')}.png",
-                  window=100, title=f"{env_id}: episode return while learning", hline=opt)
-    stdout.print(table(
-        "pavlov tour: plan with the model, then learn from experience "
-        "(greedy evaluation over 2000 episodes)",
-        ["env", "method", "return ± 95% CI / success", "optimum", "episodes", "seconds"],
-        rows,
-    ))
+        plot_runs(
+            runs,
+            "charts/episode_return",
+            out / "plots" / f"{env_id.replace('/', '_')}.png",
+            window=100,
+            title=f"{env_id}: episode return while learning",
+            hline=opt,
+        )
+    stdout.print(
+        table(
+            "pavlov tour: plan with the model, then learn from experience "
+            "(greedy evaluation over 2000 episodes)",
+            ["env", "method", "return ± 95% CI / success", "optimum", "episodes", "seconds"],
+            rows,
+        )
+    )
     total = time.perf_counter() - t_start
-    stdout.print(f"learning curves: {out}/*/plots/*.png and {out}/plots/*.png  "
-                 f"(total {total:.1f} s)")
+    stdout.print(
+        f"learning curves: {out}/*/plots/*.png and {out}/plots/*.png  (total {total:.1f} s)"
+    )
     if json_out:
         emit_json({"results": results, "seconds": round(total, 2)})

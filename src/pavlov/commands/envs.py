@@ -58,8 +58,13 @@ def run_envs(all_: bool, json_out: bool) -> None:
             "Environments (pavlov envs --all lists every Gymnasium id)",
             ["id", "observations", "actions", "step limit", "tabular (solve)"],
             [
-                [r["id"], r["observation_space"], r["action_space"],
-                 r["max_episode_steps"] or "-", "yes" if r["tabular"] else "-"]
+                [
+                    r["id"],
+                    r["observation_space"],
+                    r["action_space"],
+                    r["max_episode_steps"] or "-",
+                    "yes" if r["tabular"] else "-",
+                ]
                 for r in rows
             ],
         )

@@ -26,8 +26,10 @@ def plan(mdp, method: str, gamma: float, horizon: int | None):
             raise PavlovError(f"finite-horizon DP needs --horizon: {mdp.name} has no step limit")
         res = planning.finite_horizon(mdp, horizon, gamma=gamma)
         return res, ev.finite_horizon_policy(res), method
-    solver = {"value-iteration": planning.value_iteration,
-              "policy-iteration": planning.policy_iteration}[method]
+    solver = {
+        "value-iteration": planning.value_iteration,
+        "policy-iteration": planning.policy_iteration,
+    }[method]
     res = solver(mdp, gamma)
     return res, ev.table_policy(res.policy), method
 
@@ -82,8 +84,10 @@ def run_solve(opts: dict[str, Any], json_out: bool) -> None:
             [
                 ["optimal value of the start state", out["optimal_value"]],
                 ["step limit (horizon)", out["horizon"] or "none"],
-                [f"success rate over {episodes} episodes",
-                 f"{ev.success_rate:.4f} [{ev.success_ci95[0]:.4f}, {ev.success_ci95[1]:.4f}]"],
+                [
+                    f"success rate over {episodes} episodes",
+                    f"{ev.success_rate:.4f} [{ev.success_ci95[0]:.4f}, {ev.success_ci95[1]:.4f}]",
+                ],
                 ["mean return (95% CI)", f"{ev.mean_return:.4f} ± {ev.return_ci95:.4f}"],
                 ["planning seconds", out["seconds"]],
             ],

@@ -15,7 +15,26 @@ from pavlov.run.console import ProgressBar, stdout, table
 from pavlov.run.plots import plot_runs
 from pavlov.run.rundir import load_run_checkpoint
 
-TRAIN_KEYS = {"env", "seed", "name", "runs_dir", "eval_episodes", "env_kwargs", "agent"}
+TRAIN_KEYS = {
+    "algo",
+    "env",
+    "seed",
+    "name",
+    "runs_dir",
+    "eval_episodes",
+    "env_kwargs",
+    "agent",
+    "evaluate_every",
+    "checkpoint_every",
+    "resume",
+}
+
+
+def _nonneg(name: str, opts: dict[str, Any]) -> int:
+    value = int(opts.get(name) or 0)
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+    return value
 
 
 def _positive(name: str, value: Any) -> int:
@@ -75,23 +94,37 @@ def train_run(
     eval_episodes = _positive("eval_episodes", eval_episodes)
     env = make_env(env_id, env_kwargs)
     spec.check(env)
-    config = {"algo": algo, "env": env_id, "env_kwargs": env_kwargs or {}, "seed": seed,
-              "eval_episodes": eval_episodes, "agent": config_dict(cfg)}
+    config = {
+        "algo": algo,
+        "env": env_id,
+        "env_kwargs": env_kwargs or {},
+        "seed": seed,
+        "eval_episodes": eval_episodes,
+        "agent": config_dict(cfg),
+    }
     run_name = name or default_run_name(algo, env_id)
     recent: deque[float] = deque(maxlen=100)
     steps = 0
     t0 = time.perf_counter()
-    with Run.create(runs_dir, run_name, config, overwrite=overwrite) as run, ProgressBar(
-        cfg.episodes, f"{algo} {env_id}", "return(100)", enabled=not quiet
-    ) as bar:
+    with (
+        Run.create(runs_dir, run_name, config, overwrite=overwrite) as run,
+        ProgressBar(cfg.episodes, f"{algo} {env_id}", "return(100)", enabled=not quiet) as bar,
+    ):
 
         def on_episode(i: int, ret: float, length: int, success: bool, epsilon: float) -> None:
             nonlocal steps
             steps += length
             recent.append(ret)
-            run.log(i, {"charts/episode_return": ret, "charts/episode_length": length,
-                        "charts/success": float(success), "charts/epsilon": epsilon,
-                        "charts/env_steps": steps})
+            run.log(
+                i,
+                {
+                    "charts/episode_return": ret,
+                    "charts/episode_length": length,
+                    "charts/success": float(success),
+                    "charts/epsilon": epsilon,
+                    "charts/env_steps": steps,
+                },
+            )
             bar.update(1, sum(recent) / len(recent))
 
         result = spec.train(env, cfg, on_episode)
@@ -99,13 +132,24 @@ def train_run(
         state = spec.state(result)
         run.save("final.npz", state)
         summary = evaluate_summary(env, spec.policy(state, cfg, env), eval_episodes, seed + 10_000)
-        summary.update(run=str(run.dir), algo=algo, env=env_id, train_episodes=cfg.episodes,
-                       env_steps=steps, train_seconds=round(train_seconds, 3))
+        summary.update(
+            run=str(run.dir),
+            algo=algo,
+            env=env_id,
+            train_episodes=cfg.episodes,
+            env_steps=steps,
+            train_seconds=round(train_seconds, 3),
+        )
         run.write_summary(summary)
         for metric in ("charts/episode_return", "charts/success"):
-            plot_runs([run.dir], metric, run.plots / f"{metric.split('/')[1]}.png",
-                      window=max(1, min(100, cfg.episodes // 20)), title=f"{algo} on {env_id}",
-                      hline=summary["optimum"] if metric.endswith("return") else None)
+            plot_runs(
+                [run.dir],
+                metric,
+                run.plots / f"{metric.split('/')[1]}.png",
+                window=max(1, min(100, cfg.episodes // 20)),
+                title=f"{algo} on {env_id}",
+                hline=summary["optimum"] if metric.endswith("return") else None,
+            )
     env.close()
     return summary
 
@@ -113,8 +157,10 @@ def train_run(
 def print_eval(title: str, s: dict[str, Any]) -> None:
     rows = [
         ["mean return (95% CI)", f"{s['mean_return']:.4f} ± {s['return_ci95']:.4f}"],
-        ["success rate (95% CI)",
-         f"{s['success_rate']:.4f} [{s['success_ci95'][0]:.4f}, {s['success_ci95'][1]:.4f}]"],
+        [
+            "success rate (95% CI)",
+            f"{s['success_rate']:.4f} [{s['success_ci95'][0]:.4f}, {s['success_ci95'][1]:.4f}]",
+        ],
         ["optimum", "-" if s["optimum"] is None else f"{s['optimum']:.4f}"],
         ["regret", "-" if s["regret"] is None else f"{s['regret']:.4f}"],
         ["evaluation episodes", s["episodes"]],
@@ -122,24 +168,63 @@ def print_eval(title: str, s: dict[str, Any]) -> None:
     stdout.print(table(title, ["quantity", "value"], rows))
 
 
-def run_train(algo: str, opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool,
-              json_out: bool) -> None:
+def _resume_opts(opts: dict[str, Any], agent: dict[str, Any]) -> tuple[dict, dict]:
+    """Options of a resumed run: its saved config, updated by what the user gave now."""
+    path, saved = open_run_dir(opts["resume"])
+    merged = {k: v for k, v in saved.items() if k in TRAIN_KEYS and k != "agent"}
+    for k in ("algo", "env"):
+        if opts.get(k) not in (None, saved[k]):
+            raise ConfigError(
+                f"--resume {path} is a {saved['algo']} run on {saved['env']}; got {k}={opts[k]!r}"
+            )
+    merged.update({k: v for k, v in opts.items() if k not in ("algo", "env")})
+    return merged, {**saved["agent"], **agent}
+
+
+def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_out: bool) -> None:
     from pavlov.cli import emit_json
+    from pavlov.commands.deep import train_deep_run
     from pavlov.envs.factory import parse_env_kwargs
 
     unknown = set(opts) - TRAIN_KEYS
     if unknown:
         raise ConfigError(f"unknown train option(s) {', '.join(sorted(unknown))}")
+    if opts.get("resume"):
+        opts, agent = _resume_opts(opts, agent)
+    if not opts.get("algo"):
+        raise PavlovError("train needs an algorithm, e.g. `pavlov train q-learning --env ...`")
     if not opts.get("env"):
         raise PavlovError("train needs an environment: --env ENV_ID (see `pavlov envs`)")
-    s = train_run(
-        algo, opts["env"], agent, seed=int(opts.get("seed", 0)),
-        env_kwargs=parse_env_kwargs(opts.get("env_kwargs")), name=opts.get("name"),
+    algo, spec = opts["algo"], get_algo(opts["algo"])
+    common = dict(
+        seed=int(opts.get("seed", 0)),
+        env_kwargs=parse_env_kwargs(opts.get("env_kwargs")),
+        name=opts.get("name"),
         runs_dir=opts.get("runs_dir", "runs"),
-        eval_episodes=opts.get("eval_episodes", 1000), quiet=quiet or json_out,
+        eval_episodes=_positive("eval_episodes", opts.get("eval_episodes", 1000)),
+        quiet=quiet or json_out,
     )
-    print_eval(f"{algo} on {opts['env']}: greedy policy after {s['train_episodes']} episodes "
-               f"({s['train_seconds']:.1f} s) -> {s['run']}", s)
+    if spec.kind == "deep":
+        s = train_deep_run(
+            spec,
+            opts["env"],
+            agent,
+            **common,
+            checkpoint_every=_nonneg("checkpoint_every", opts),
+            evaluate_every=_nonneg("evaluate_every", opts),
+            resume_from=Path(opts["resume"]) if opts.get("resume") else None,
+        )
+        done = f"{s['env_steps']} env steps"
+    else:
+        if opts.get("resume"):
+            raise PavlovError(f"--resume is for deep agents; {algo} runs are short, rerun them")
+        s = train_run(algo, opts["env"], agent, **common)
+        done = f"{s['train_episodes']} episodes"
+    print_eval(
+        f"{algo} on {opts['env']}: greedy policy after {done} "
+        f"({s['train_seconds']:.1f} s) -> {s['run']}",
+        s,
+    )
     if json_out:
         emit_json(s)
 
@@ -148,7 +233,7 @@ def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     from pavlov.cli import emit_json
     from pavlov.envs.factory import make_env
 
-    unknown = set(opts) - {"episodes", "seed"}
+    unknown = set(opts) - {"episodes", "seed", "gif"}
     if unknown:
         raise ConfigError(f"unknown eval option(s) {', '.join(sorted(unknown))}")
     path, config = open_run_dir(run_path)
@@ -157,8 +242,21 @@ def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     cfg = build_config(spec.config_cls, config["agent"], where="agent")
     env = make_env(config["env"], config.get("env_kwargs") or {})
     state = load_run_checkpoint(path)
-    s = evaluate_summary(env, spec.policy(state, cfg, env), episodes, int(opts.get("seed", 0)))
+    policy = (spec.mod.load_policy if spec.kind == "deep" else spec.policy)(state, cfg, env)
+    s = evaluate_summary(env, policy, episodes, int(opts.get("seed", 0)))
     env.close()
+    if opts.get("gif"):
+        from pavlov.run.record import record_gif
+
+        s["gif"] = str(
+            record_gif(
+                config["env"],
+                config.get("env_kwargs") or {},
+                policy,
+                Path(opts["gif"]),
+                seed=int(opts.get("seed", 0)),
+            )
+        )
     s.update(run=str(path), algo=config["algo"], env=config["env"])
     print_eval(f"{config['algo']} on {config['env']} ({path})", s)
     if json_out:

@@ -77,6 +77,18 @@ class Run:
             run._tb = ScalarWriter(path)
         return run
 
+    @classmethod
+    def reopen(cls, path: str | Path, config: dict[str, Any], tensorboard: bool = True) -> Run:
+        """Continue an existing run (``--resume``): append to its metrics, start a new
+        TensorBoard event file, and record the (possibly extended) config."""
+        path = Path(path)
+        run = cls(dir=path, config=config, tensorboard=tensorboard, _checkpointed=True)
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        run._metrics = open(path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if tensorboard:
+            run._tb = ScalarWriter(path)
+        return run
+
     @property
     def checkpoints(self) -> Path:
         return self.dir / "checkpoints"

@@ -22,9 +22,7 @@ class ScalarWriter:
         self._writer = EventFileWriter(str(logdir), flush_secs=flush_secs)
 
     def add_scalars(self, step: int, scalars: dict[str, float], wall_time: float | None = None):
-        values = [
-            self._summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()
-        ]
+        values = [self._summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
         event = self._event(
             wall_time=time.time() if wall_time is None else wall_time,
             step=int(step),
@@ -40,7 +38,7 @@ class ScalarWriter:
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Read every scalar series in ``logdir`` back with TensorBoard's own loader: tag -> [(step, value)]."""
+    """Every scalar series in ``logdir``, read by TensorBoard's own loader: tag -> [(step, v)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})

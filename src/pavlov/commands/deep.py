@@ -1,0 +1,110 @@
+"""Training runs of deep agents (``pavlov train dqn|ppo|a2c|reinforce|apg``), with resume."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pavlov.algos import DeepAlgo
+from pavlov.config import build_config, config_dict
+from pavlov.errors import PavlovError
+from pavlov.run import Run, default_run_name
+from pavlov.run.console import ProgressBar
+from pavlov.run.plots import plot_runs
+from pavlov.run.rundir import load_run_checkpoint
+
+
+def train_deep_run(
+    spec: DeepAlgo,
+    env_id: str,
+    agent: dict[str, Any],
+    *,
+    seed: int,
+    env_kwargs: dict[str, Any] | None,
+    name: str | None,
+    runs_dir: str | Path,
+    eval_episodes: int,
+    quiet: bool,
+    overwrite: bool = False,
+    checkpoint_every: int = 0,
+    evaluate_every: int = 0,
+    resume_from: Path | None = None,
+) -> dict[str, Any]:
+    """One deep run: config -> run dir -> train with hooks -> final checkpoint -> evaluation.
+
+    ``resume_from``: an existing run directory; training continues from its latest checkpoint
+    and appends to its metrics (config may raise ``total_steps``).
+    """
+    from pavlov.agents.common import Hooks
+    from pavlov.commands.train import evaluate_summary
+    from pavlov.envs.factory import make_env
+
+    mod = spec.mod
+    cfg = build_config(mod.Config, {**agent, "seed": seed}, where="agent")
+    env = make_env(env_id, env_kwargs)  # one-line error for a bad id before any file exists
+    config = {
+        "algo": spec.name,
+        "env": env_id,
+        "env_kwargs": env_kwargs or {},
+        "seed": seed,
+        "eval_episodes": eval_episodes,
+        "checkpoint_every": checkpoint_every,
+        "evaluate_every": evaluate_every,
+        "agent": config_dict(cfg),
+    }
+    if resume_from is not None:
+        resume_state = load_run_checkpoint(resume_from)
+        run = Run.reopen(resume_from, config)
+    else:
+        resume_state = None
+        run = Run.create(
+            runs_dir, name or default_run_name(spec.name, env_id), config, overwrite=overwrite
+        )
+    recent: deque[float] = deque(maxlen=20)
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        run.log(step, metrics)
+        if "charts/episode_return" in metrics:
+            recent.append(metrics["charts/episode_return"])
+
+    with (
+        run,
+        ProgressBar(
+            cfg.total_steps, f"{spec.name} {env_id}", "return(20)", enabled=not quiet
+        ) as bar,
+    ):
+        hooks = Hooks(
+            log=log,
+            progress=lambda n, v=None: bar.update(
+                n, v if v is not None else (sum(recent) / len(recent) if recent else None)
+            ),
+            checkpoint=lambda step, state: run.save(f"step_{step:010d}.pt", state),
+            checkpoint_every=checkpoint_every,
+            evaluate_every=evaluate_every,
+        )
+        out = mod.train(env_id, cfg, env_kwargs=env_kwargs, hooks=hooks, resume=resume_state)
+        run.save("final.pt", out.state)
+        policy = mod.load_policy(out.state, cfg, env)
+        summary = evaluate_summary(env, policy, eval_episodes, seed + 10_000)
+        summary.update(
+            run=str(run.dir),
+            algo=spec.name,
+            env=env_id,
+            env_steps=out.env_steps,
+            train_seconds=round(out.seconds, 3),
+            evals=[[int(s), float(r)] for s, r in out.evals],
+        )
+        run.write_summary(summary)
+    for metric in ("charts/episode_return", "eval/mean_return"):
+        with contextlib.suppress(PavlovError):  # a run without evaluations has no eval curve
+            plot_runs(
+                [run.dir],
+                metric,
+                run.plots / f"{metric.replace('/', '_')}.png",
+                window=20 if metric.startswith("charts") else 1,
+                title=f"{spec.name} on {env_id}",
+            )
+    env.close()
+    return summary

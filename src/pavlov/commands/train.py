@@ -149,6 +149,7 @@ def train_run(
                 window=max(1, min(100, cfg.episodes // 20)),
                 title=f"{algo} on {env_id}",
                 hline=summary["optimum"] if metric.endswith("return") else None,
+                xlabel="episode",
             )
     env.close()
     return summary

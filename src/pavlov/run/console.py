@@ -5,6 +5,7 @@ Progress goes to stderr so that stdout stays clean for tables and the ``--json``
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -19,7 +20,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-stdout = Console()
+# Piped or captured output (CI, `| tee`) gets 120 columns instead of rich's default 80, so that
+# summary tables are not wrapped into unreadable cells.
+stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True)
 
 

@@ -38,6 +38,7 @@ def plot_runs(
     labels: Sequence[str] | None = None,
     title: str | None = None,
     hline: float | None = None,
+    xlabel: str = "step",
 ) -> Path:
     """Overlay one metric of several runs (rolling mean of ``window`` points) into a PNG."""
     import matplotlib
@@ -50,11 +51,11 @@ def plot_runs(
     for run, label in zip(runs, labels, strict=True):
         xs, ys = series(run, metric)
         (line,) = ax.plot(xs, rolling_mean(ys, window), label=label, lw=1.8)
-        if window > 1 and len(runs) <= 3:
+        if window > 1 and len(runs) == 1 and len(xs) <= 5000:  # raw values, faint
             ax.plot(xs, ys, color=line.get_color(), alpha=0.15, lw=0.6)
     if hline is not None:
         ax.axhline(hline, color="k", ls="--", lw=1, label=f"optimum {hline:.4g}")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (rolling mean {window})" if window > 1 else metric)
     ax.set_title(title or metric)
     ax.grid(alpha=0.3)

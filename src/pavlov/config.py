@@ -46,8 +46,21 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PavlovError(f"override {item!r} must look like key=value")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        out[key.strip()] = _scalar(value)
     return out
+
+
+def _scalar(text: str) -> Any:
+    """YAML scalar, except that ``1e-3`` is a float (YAML 1.1 would keep it a string)."""
+    if not text.strip():
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:
@@ -60,6 +73,9 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if value is None:
             return None
         tp = args[0] if len(args) == 1 else None
+        origin = typing.get_origin(tp)
+    if origin in (tuple, list) and isinstance(value, list | tuple):
+        return origin(value)  # YAML has lists only; tuple fields get tuples back
     try:
         if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
             return float(value)
@@ -91,6 +107,14 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "config") ->
         raise ConfigError(f"{cls.__name__}: {e}") from None
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass config as a plain, YAML-safe dict."""
-    return dataclasses.asdict(cfg)
+    """A dataclass config as a plain, YAML-safe dict (tuples become lists)."""
+    return _plain(dataclasses.asdict(cfg))

@@ -1,0 +1,59 @@
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from pavlov.config import build_config, config_dict, parse_overrides
+from pavlov.errors import ConfigError, PavlovError
+
+
+@dataclass
+class Cfg:
+    lr: float = 1e-3
+    steps: int = 10
+    flag: bool = False
+    name: str = "x"
+    kl: float | None = None
+    hidden: tuple[int, ...] = (64, 64)
+    layers: list[int] = field(default_factory=lambda: [1])
+
+
+def test_values_are_coerced_from_yaml_and_cli_strings():
+    cfg = build_config(
+        Cfg,
+        {
+            "lr": "3e-4",
+            "steps": 5.0,
+            "flag": "true",
+            "kl": 0.1,
+            "hidden": [32, 32],
+            "layers": [2, 3],
+        },
+    )
+    assert cfg.lr == 3e-4 and cfg.steps == 5 and cfg.flag is True and cfg.kl == 0.1
+    assert cfg.hidden == (32, 32) and cfg.layers == [2, 3]
+    assert build_config(Cfg, {"kl": None}).kl is None
+
+
+def test_config_dict_is_yaml_safe():
+    d = config_dict(Cfg())
+    assert d["hidden"] == [64, 64]
+    assert yaml.safe_load(yaml.safe_dump(d)) == d
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ConfigError, match="steps must be int"):
+        build_config(Cfg, {"steps": 2.5})
+    with pytest.raises(ConfigError, match="unknown config key.*valid: lr"):
+        build_config(Cfg, {"nope": 1})
+
+
+def test_overrides_parse_yaml_scalars():
+    assert parse_overrides(["a=1", "b=linear", "c=1e-3", "d=[1, 2]"]) == {
+        "a": 1,
+        "b": "linear",
+        "c": 1e-3,
+        "d": [1, 2],
+    }
+    with pytest.raises(PavlovError, match="key=value"):
+        parse_overrides(["novalue"])

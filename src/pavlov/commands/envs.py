@@ -11,6 +11,7 @@ FEATURED = [
     "pavlov/Grid2x3-v0",
     "pavlov/GridWorld-v0",
     "pavlov/Battle-v0",
+    "pavlov/PointMass-v0",
     "FrozenLake-v1",
     "FrozenLake8x8-v1",
     "Taxi-v4",

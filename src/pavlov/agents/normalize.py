@@ -1,0 +1,93 @@
+"""Running normalizers for observations and rewards (NumPy, float64 statistics).
+
+* :class:`RunningMeanStd` merges batch statistics with the parallel-variance formula (Chan,
+  Golub & LeVeque 1979), as Stable-Baselines3's ``RunningMeanStd`` and OpenAI baselines do.
+* :class:`RewardScaler` divides each reward by the running std of the *discounted return*
+  (Engstrom et al. 2020, "Implementation Matters", reward scaling; SB3 ``VecNormalize``,
+  CleanRL's ``NormalizeReward``). The mean is not subtracted: the sign of a reward matters.
+
+Both are part of a trainer's saved state (``state_dict``/``load_state_dict``) so that a resumed
+run and ``load_policy`` see exactly the statistics that training used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RewardScaler", "RunningMeanStd"]
+
+
+class RunningMeanStd:
+    """Mean and (population) variance of every sample seen so far, per feature.
+
+    ``count`` starts at ``epsilon`` (with mean 0, variance 1) so the first division is safe.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
+
+    def update(self, batch: np.ndarray) -> None:
+        """Merge a ``(B, *shape)`` batch into the statistics."""
+        batch = np.asarray(batch, dtype=np.float64)
+        n = batch.shape[0]
+        if n == 0:
+            return
+        b_mean, b_var = batch.mean(axis=0), batch.var(axis=0)
+        # Chan et al. 1979: M2 = M2_a + M2_b + delta^2 * n_a * n_b / n
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * n + delta**2 * self.count * n / total
+        self.mean = self.mean + delta * n / total
+        self.var = m2 / total
+        self.count = total
+
+    def normalize(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
+        """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` as float32."""
+        out = (x - self.mean) / np.sqrt(self.var + eps)
+        return np.clip(out, -clip, clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean = np.array(state["mean"], dtype=np.float64)
+        self.var = np.array(state["var"], dtype=np.float64)
+        self.count = float(state["count"])
+
+
+class RewardScaler:
+    """Scales rewards by the running std of the discounted return, per env of a vector env.
+
+    ``G <- gamma * G + r`` per env (reset to 0 after an episode ends); ``r / sqrt(Var[G] + eps)``
+    clipped to ``[-clip, clip]``. Same as SB3 ``VecNormalize(norm_reward=True)``.
+    """
+
+    def __init__(self, n_envs: int, gamma: float, clip: float, eps: float = 1e-8) -> None:
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(n_envs, dtype=np.float64)
+        self.gamma, self.clip, self.eps = gamma, clip, eps
+
+    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """(N,) raw rewards and episode ends of one vector step -> (N,) scaled float32."""
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[done] = 0.0
+        return self.scale(rewards)
+
+    def scale(self, rewards: np.ndarray) -> np.ndarray:
+        """Scale with the current statistics, without updating them."""
+        out = rewards / np.sqrt(self.rms.var + self.eps)
+        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The return statistics only: a resumed run resets its envs, so the per-env running
+        returns restart at 0."""
+        return {"rms": self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rms.load_state_dict(state["rms"])
+        self.returns[:] = 0.0

@@ -1,0 +1,534 @@
+"""Proximal Policy Optimization (Schulman et al. 2017, arXiv:1707.06347) on Gymnasium envs.
+
+Read top to bottom: :class:`Config`; the actor-critic network; :func:`collect_rollout` (one
+vector env step per row, NumPy inference); :func:`ppo_update` (epochs of shuffled minibatches,
+clipped surrogate from :mod:`pavlov.math`); :func:`train`, which wires them to hooks; and
+:func:`load_policy`. Choices follow Stable-Baselines3 / CleanRL (Huang et al. 2022, "The 37
+Implementation Details of PPO"): orthogonal init, Adam eps 1e-5, per-minibatch advantage
+normalization, joint gradient-norm clipping, KL early stop at ``1.5 * target_kl`` (SB3),
+optional running observation / reward normalization (SB3 ``VecNormalize``).
+
+Time limits are not terminations (Pardo et al. 2018): the envs run in SAME_STEP autoreset mode
+and a truncated step bootstraps from ``V(final_obs)``; see :func:`pavlov.math.gae`.
+
+Resume: a state holds the model, the optimizer, normalizer statistics, counters, RNG states and
+the config, but not the envs' internal state. A resumed run resets its envs with a seed derived
+from ``(cfg.seed, env_steps)``, so it continues the same schedule and weights but not the
+exact trajectories an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from pavlov.agents.common import (
+    EpisodeStats,
+    Hooks,
+    TrainOutput,
+    check_finite,
+    encode_obs,
+    evaluate_in_env,
+    final_observations,
+    make_vec_env,
+    obs_dim,
+    require_action_space,
+    rng_state,
+    seed_all,
+    set_rng_state,
+)
+from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic, NumpyActorCritic
+from pavlov.agents.normalize import RewardScaler, RunningMeanStd
+from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.math import clipped_value_loss, gae, masked_whiten, ppo_clip_loss
+
+__all__ = ["Config", "collect_rollout", "load_policy", "ppo_update", "train"]
+
+EVAL_SEED_OFFSET = 10_000
+"""Evaluations during training reset their env with ``cfg.seed + EVAL_SEED_OFFSET``."""
+
+
+@dataclass
+class Config:
+    """PPO hyperparameters. Defaults are SB3's where they apply, with 8 envs."""
+
+    total_steps: int = 100_000
+    """Env steps to train for, counted over all envs (whole rollouts: may overshoot by less
+    than ``n_steps * n_envs``); also the horizon of the lr / clip-range annealing."""
+    n_envs: int = 8
+    """Parallel environments."""
+    vectorization: str = "sync"
+    """``"sync"`` (one process; best for cheap envs) or ``"async"`` (a process per env)."""
+    n_steps: int = 256
+    """Steps per env per rollout; a rollout holds ``n_steps * n_envs`` transitions."""
+    batch_size: int = 64
+    """Minibatch size, at most ``n_steps * n_envs``."""
+    n_epochs: int = 10
+    """Passes over each rollout."""
+    learning_rate: float = 3e-4
+    """Adam step size (initial value when annealed)."""
+    anneal_lr: bool = False
+    """Anneal the learning rate linearly to 0 over ``total_steps`` (rl-zoo ``lin_<lr>``)."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]."""
+    gae_lambda: float = 0.95
+    """GAE trace decay lambda in [0, 1]."""
+    clip_range: float = 0.2
+    """Clip range eps of the surrogate objective (initial value when annealed)."""
+    anneal_clip_range: bool = False
+    """Anneal the clip range linearly to 0 over ``total_steps`` (rl-zoo ``lin_<eps>``)."""
+    clip_range_vf: float | None = None
+    """Value clip range in return units (PPO2-style value clipping); None: no value clip."""
+    normalize_advantage: bool = True
+    """Whiten advantages per minibatch (SB3, CleanRL)."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Weight of the value loss ``0.5 * E[(V - R)^2]`` (CleanRL's convention; SB3's loss has no
+    1/2, so SB3's ``vf_coef=0.5`` is ``vf_coef=1.0`` here)."""
+    max_grad_norm: float | None = 0.5
+    """Clip the global gradient norm of all parameters to this; None: no clipping."""
+    target_kl: float | None = None
+    """Stop an update's epochs once the approximate KL exceeds ``1.5 * target_kl``; None: off."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer widths of the actor and of the critic (or of the shared trunk)."""
+    activation: str = "tanh"
+    """Hidden activation, ``"tanh"`` or ``"relu"``."""
+    shared_network: bool = False
+    """One trunk with policy and value heads instead of separate actor and critic MLPs."""
+    log_std_init: float = 0.0
+    """Initial log-std of the Gaussian policy (Box action spaces)."""
+    normalize_obs: bool = False
+    """Normalize observations with running mean/std (saved with the model, used by eval)."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    obs_clip: float = 10.0
+    """Normalized observations are clipped to [-obs_clip, obs_clip]."""
+    reward_clip: float = 10.0
+    """Scaled rewards are clipped to [-reward_clip, reward_clip]."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    seed: int = 0
+    """Seed for torch, NumPy, Python and the envs."""
+    torch_threads: int | None = 1
+    """torch intra-op threads while training (restored after): 1 is fastest for small MLPs,
+    and extra threads spin-wait badly on a busy machine; None keeps torch's setting."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "n_envs", "n_steps", "n_epochs", "batch_size"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("seed", self.seed, 0)
+        if self.torch_threads is not None:
+            _check_int("torch_threads", self.torch_threads, 1)
+        rollout = self.n_steps * self.n_envs
+        if self.batch_size > rollout:
+            raise ConfigError(
+                f"batch_size must be in [1, n_steps * n_envs = {rollout}], got {self.batch_size}"
+            )
+        for name in ("learning_rate", "clip_range", "obs_clip", "reward_clip", "adam_eps"):
+            check_positive(name, getattr(self, name))
+        for name in ("clip_range_vf", "max_grad_norm", "target_kl"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        check_range("ent_coef", self.ent_coef, 0.0, math.inf)
+        check_range("vf_coef", self.vf_coef, 0.0, math.inf)
+        check_range("log_std_init", self.log_std_init, -20.0, 20.0)
+        if self.vectorization not in ("sync", "async"):
+            raise ConfigError(
+                f"vectorization must be 'sync' or 'async', got {self.vectorization!r}"
+            )
+        if self.activation not in NP_ACTIVATIONS:  # those the NumPy rollout net knows
+            raise ConfigError(
+                f"activation must be one of {sorted(NP_ACTIVATIONS)}, got {self.activation!r}"
+            )
+        sizes = self.hidden_sizes
+        if not isinstance(sizes, list | tuple) or not sizes:
+            raise ConfigError(f"hidden_sizes must be a non-empty list of widths, got {sizes!r}")
+        for i, width in enumerate(sizes):
+            _check_int(f"hidden_sizes[{i}]", width, 1)
+        self.hidden_sizes = [int(w) for w in sizes]
+
+
+def _check_int(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------- rollout
+
+
+class Rollout:
+    """Preallocated ``(T, N, ...)`` NumPy buffers of one rollout, with torch views of them."""
+
+    def __init__(self, n_steps: int, n_envs: int, in_dim: int, head: Any) -> None:
+        shape = (n_steps, n_envs)
+        self.obs = np.zeros((*shape, in_dim), np.float32)  # normalized, as the net saw them
+        self.actions = np.zeros((*shape, *head.action_shape), head.action_dtype)
+        self.outputs = np.zeros((*shape, head.n_outputs), np.float32)  # logits or means
+        self.logp = np.zeros(shape, np.float32)
+        self.values = np.zeros(shape, np.float32)
+        self.rewards = np.zeros(shape, np.float32)  # scaled if normalize_reward
+        self.terminated = np.zeros(shape, bool)
+        self.truncated = np.zeros(shape, bool)
+        self.final_values = np.zeros(shape, np.float32)  # V(final_obs), read where truncated
+        self.last_values = np.zeros(n_envs, np.float32)
+        self.t = {k: torch.from_numpy(v) for k, v in vars(self).items()}  # shared memory
+
+
+@dataclass
+class Collector:
+    """What persists between rollouts: the envs, their current (prepared) observations,
+    episode bookkeeping, the normalizers and the action-sampling RNG."""
+
+    envs: gym.vector.VectorEnv
+    head: Any
+    buffer: Rollout
+    rng: np.random.Generator
+    obs_rms: RunningMeanStd | None
+    reward_scaler: RewardScaler | None
+    obs_clip: float
+    stats: EpisodeStats
+    obs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def prepare(self, raw: np.ndarray, update: bool) -> np.ndarray:
+        """Raw (N, ...) observations -> (N, in_dim) float32 the network reads."""
+        space = self.envs.single_observation_space
+        if isinstance(space, gym.spaces.Box):  # encode_obs's Box case, minus a torch round trip
+            x = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
+        else:
+            x = encode_obs(space, raw).numpy()
+        if self.obs_rms is None:
+            return x
+        if update:
+            self.obs_rms.update(x)
+        return self.obs_rms.normalize(x, self.obs_clip)
+
+    def reset(self, seed: int) -> None:
+        raw, _ = self.envs.reset(seed=seed)
+        self.obs = self.prepare(raw, update=True)
+
+
+def collect_rollout(c: Collector, net: NumpyActorCritic) -> list[tuple[float, int]]:
+    """Fill ``c.buffer`` with ``n_steps`` vector steps of the policy ``net``; return the
+    ``(return, length)`` of the episodes that finished (raw, unscaled rewards)."""
+    buf, head, k = c.buffer, c.head, c.head.n_outputs
+    finished: list[tuple[float, int]] = []
+    obs = c.obs
+    noise = head.noise_np(c.rng, buf.logp.shape)  # (T, N, k): one RNG call per rollout
+    for t in range(buf.obs.shape[0]):
+        out = net(obs)  # (N, k + 1)
+        actions = head.act_np(out[:, :k], net.log_std, noise[t])
+        buf.obs[t], buf.outputs[t], buf.values[t] = obs, out[:, :k], out[:, k]
+        buf.actions[t] = actions
+        raw, rewards, term, trunc, info = c.envs.step(head.to_env(actions))
+        done = term | trunc
+        finished += c.stats.step(rewards, done)
+        obs = c.prepare(raw, update=True)
+        buf.rewards[t] = rewards if c.reward_scaler is None else c.reward_scaler(rewards, done)
+        buf.terminated[t], buf.truncated[t] = term, trunc
+        # Bootstrap time-limit cuts from V(final_obs), Pardo et al. 2018. ("_final_obs" is in
+        # info only on steps where some episode ended: a cheap test before trunc.any().)
+        if "_final_obs" in info and trunc.any():
+            idx = np.flatnonzero(trunc & ~term)
+            final = c.prepare(final_observations(raw, info)[idx], update=False)
+            buf.final_values[t, idx] = net(final)[:, k]
+    buf.last_values[:] = net(obs)[:, k]
+    buf.logp[:] = head.log_prob_np(buf.outputs, net.log_std, buf.actions)  # (T, N), one pass
+    c.obs = obs
+    return finished
+
+
+def advantages_and_returns(buf: Rollout, cfg: Config) -> dict[str, torch.Tensor]:
+    """GAE over the rollout -> the flat ``(B,)`` / ``(B, ...)`` tensors the update reads."""
+    t = buf.t
+    adv, ret = gae(t["rewards"], t["values"], t["terminated"], t["truncated"], t["last_values"],
+                   cfg.gamma, cfg.gae_lambda, final_values=t["final_values"])
+    n = adv.numel()
+    return {
+        "obs": t["obs"].reshape(n, -1), "actions": t["actions"].reshape(n, *t["actions"].shape[2:]),
+        "logp": t["logp"].reshape(n), "values": t["values"].reshape(n),
+        "advantages": adv.reshape(n), "returns": ret.reshape(n),
+    }
+
+
+# ------------------------------------------------------------------------------------ update
+
+
+def _minibatch_loss(
+    model: ActorCritic, head: Any, mb: dict[str, torch.Tensor], cfg: Config, clip_eps: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out, values = model(mb["obs"])
+    new_logp = head.log_prob(out, model.log_std, mb["actions"])
+    adv = mb["advantages"]
+    if cfg.normalize_advantage and adv.numel() > 1:
+        adv = masked_whiten(adv, None)  # per minibatch, as SB3 / CleanRL
+    pg_loss, pm = ppo_clip_loss(new_logp, mb["logp"], adv, clip_eps)  # Schulman 2017, eq. 7
+    v_loss, vm = clipped_value_loss(values, mb["values"], mb["returns"], cfg.clip_range_vf)
+    ent = head.entropy(out, model.log_std).mean()
+    loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss  # Schulman 2017, eq. 9
+    metrics = {"losses/policy": pm["policy_loss"], "losses/value": vm["value_loss"],
+               "losses/entropy": ent.detach(), "losses/approx_kl": pm["approx_kl"],
+               "losses/clip_fraction": pm["clip_fraction"]}
+    return loss, metrics
+
+
+def ppo_update(
+    model: ActorCritic,
+    head: Any,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    cfg: Config,
+    clip_eps: float,
+    step: int,
+) -> dict[str, float]:
+    """``n_epochs`` passes of shuffled minibatches over ``batch``; mean metrics of the steps
+    taken. Raises :class:`~pavlov.agents.common.NonFiniteError` before stepping on a NaN loss."""
+    n = batch["obs"].shape[0]
+    logged: list[dict[str, torch.Tensor]] = []
+    kl_limit = math.inf if cfg.target_kl is None else 1.5 * cfg.target_kl
+    stopped = False
+    for _ in range(cfg.n_epochs):
+        # One minibatch per epoch (rl-zoo CartPole): its order is irrelevant, skip the gathers.
+        perm = torch.randperm(n) if cfg.batch_size < n else None
+        for start in range(0, n, cfg.batch_size):
+            mb = batch if perm is None else {
+                k: v[perm[start : start + cfg.batch_size]] for k, v in batch.items()
+            }
+            loss, metrics = _minibatch_loss(model, head, mb, cfg, clip_eps)
+            # SB3: the minibatch whose KL crossed the limit is not applied
+            stopped = kl_limit < math.inf and metrics["losses/approx_kl"].item() > kl_limit
+            if stopped:
+                break
+            check_finite("ppo loss", loss, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            logged.append(metrics)
+        if stopped:
+            break
+    out = {k: torch.stack([m[k] for m in logged]).mean().item() for k in (logged or [{}])[0]}
+    out["losses/explained_variance"] = _explained_variance(batch["values"], batch["returns"])
+    out["losses/n_minibatches"] = float(len(logged))
+    return out
+
+
+def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """``1 - Var[target - pred] / Var[target]`` (NaN when the target is constant)."""
+    var = target.var().item()
+    return float("nan") if var == 0 else 1.0 - (target - pred).var().item() / var
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+@dataclass
+class _Agent:
+    """Everything that learns or counts; :func:`_state` saves it."""
+
+    obs_space: gym.Space
+    model: ActorCritic
+    opt: torch.optim.Optimizer
+    head: Any
+    obs_rms: RunningMeanStd | None
+    reward_scaler: RewardScaler | None
+    env_steps: int = 0
+    updates: int = 0
+
+
+def _make_model(obs_space: gym.Space, act_space: gym.Space, cfg: Config
+                ) -> tuple[Any, ActorCritic, RunningMeanStd | None]:
+    """(head, freshly initialised model, observation normalizer or None) for these spaces."""
+    require_action_space(act_space, "ppo", (gym.spaces.Discrete, gym.spaces.Box))
+    head = HEADS[type(act_space)](act_space)
+    in_dim = obs_dim(obs_space)
+    log_std_init = cfg.log_std_init if isinstance(act_space, gym.spaces.Box) else None
+    model = ActorCritic(in_dim, head.n_outputs, cfg.hidden_sizes, cfg.activation,
+                        cfg.shared_network, log_std_init)
+    return head, model, RunningMeanStd((in_dim,)) if cfg.normalize_obs else None
+
+
+def _build(obs_space: gym.Space, act_space: gym.Space, cfg: Config) -> _Agent:
+    head, model, obs_rms = _make_model(obs_space, act_space, cfg)
+    # fused: one kernel for all parameters; ~4x faster per step than the default per-tensor
+    # loop on CPU for the 64x64 nets (76 vs 310 us)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+    scaler = RewardScaler(cfg.n_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
+    return _Agent(obs_space, model, opt, head, obs_rms, scaler)
+
+
+def _state(agent: _Agent, cfg: Config, np_rng: np.random.Generator) -> dict[str, Any]:
+    """A deep copy of everything :func:`train` needs to resume (and :func:`load_policy`)."""
+    return {
+        "algo": "ppo",
+        "model": {k: v.detach().clone() for k, v in agent.model.state_dict().items()},
+        "optimizer": copy.deepcopy(agent.opt.state_dict()),
+        "obs_rms": None if agent.obs_rms is None else agent.obs_rms.state_dict(),
+        "reward_scaler": None if agent.reward_scaler is None else agent.reward_scaler.state_dict(),
+        "env_steps": agent.env_steps,
+        "updates": agent.updates,
+        "rng": rng_state(),
+        "np_rng": copy.deepcopy(np_rng.bit_generator.state),
+        "cfg": dataclasses.asdict(cfg),
+    }
+
+
+def _load(agent: _Agent, state: dict[str, Any], np_rng: np.random.Generator) -> None:
+    if state.get("algo") != "ppo":
+        raise PavlovError(f"cannot resume PPO from a {state.get('algo')!r} state")
+    try:
+        agent.model.load_state_dict(state["model"])
+        agent.opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        raise PavlovError(f"resume state does not fit the config/env: {e}") from None
+    for name in ("obs_rms", "reward_scaler"):
+        if (getattr(agent, name) is None) != (state[name] is None):
+            raise PavlovError(f"resume state and config disagree on {name} (normalize_* fields)")
+        if state[name] is not None:
+            getattr(agent, name).load_state_dict(state[name])
+    agent.env_steps, agent.updates = int(state["env_steps"]), int(state["updates"])
+    set_rng_state(state["rng"])
+    np_rng.bit_generator.state = state["np_rng"]
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def train(
+    env_id: str,
+    cfg: Config,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainOutput:
+    """Train PPO on ``env_id`` until ``cfg.total_steps`` env steps (counting those before a
+    resume) or until ``hooks.stop`` says so after an evaluation. Evaluation and checkpoint time
+    are excluded from ``TrainOutput.seconds``.
+
+    ``hooks.log`` gets, after every update: ``losses/{policy,value,entropy,approx_kl,
+    clip_fraction}`` (means over the update's minibatches), ``losses/explained_variance``,
+    ``losses/n_minibatches``, ``charts/{learning_rate,clip_range,SPS}`` and, if episodes ended
+    during the rollout, their mean ``charts/episode_return`` / ``charts/episode_length``; after
+    each evaluation (every ``hooks.evaluate_every`` env steps, deterministic, in a separate env
+    seeded ``cfg.seed + EVAL_SEED_OFFSET``): ``eval/mean_return``.
+    """
+    hooks = hooks or Hooks()
+    envs = make_vec_env(env_id, cfg.n_envs, env_kwargs, cfg.vectorization)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cfg.torch_threads or threads)
+        seed_all(cfg.seed)
+        np_rng = np.random.default_rng(cfg.seed)
+        agent = _build(envs.single_observation_space, envs.single_action_space, cfg)
+        if resume is not None:
+            _load(agent, resume, np_rng)
+        buf = Rollout(cfg.n_steps, cfg.n_envs, obs_dim(envs.single_observation_space), agent.head)
+        c = Collector(envs, agent.head, buf, np_rng, agent.obs_rms, agent.reward_scaler,
+                      cfg.obs_clip, EpisodeStats(cfg.n_envs))
+        reset_seed = cfg.seed if resume is None else _derived_seed(cfg.seed, agent.env_steps)
+        c.reset(reset_seed)
+        return _loop(env_id, env_kwargs, cfg, hooks, agent, c)
+    finally:
+        torch.set_num_threads(threads)
+        envs.close()
+
+
+def _derived_seed(seed: int, env_steps: int) -> int:
+    return int(np.random.SeedSequence([seed, env_steps]).generate_state(1)[0])
+
+
+def _loop(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hooks,
+          agent: _Agent, c: Collector) -> TrainOutput:
+    """Rollout -> GAE -> update, until ``total_steps`` or ``hooks.stop``."""
+    start_steps, evals, recent = agent.env_steps, [], []
+    paused, t0 = 0.0, time.perf_counter()  # paused: eval + checkpoint seconds, not counted
+    while agent.env_steps < cfg.total_steps:
+        frac = 1.0 - agent.env_steps / cfg.total_steps  # linear annealing to 0 (rl-zoo lin_*)
+        lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
+        clip_eps = cfg.clip_range * (frac if cfg.anneal_clip_range else 1.0)
+        for group in agent.opt.param_groups:
+            group["lr"] = lr
+        finished = collect_rollout(c, NumpyActorCritic(agent.model))
+        before, agent.env_steps = agent.env_steps, agent.env_steps + cfg.n_steps * cfg.n_envs
+        batch = advantages_and_returns(c.buffer, cfg)
+        metrics = ppo_update(agent.model, agent.head, agent.opt, batch, cfg, clip_eps,
+                             agent.env_steps)
+        agent.updates += 1
+        recent = (recent + [r for r, _ in finished])[-100:]
+        sps = (agent.env_steps - start_steps) / max(time.perf_counter() - t0 - paused, 1e-9)
+        metrics.update({"charts/learning_rate": lr, "charts/clip_range": clip_eps,
+                        "charts/SPS": sps})
+        if finished:
+            metrics["charts/episode_return"] = float(np.mean([r for r, _ in finished]))
+            metrics["charts/episode_length"] = float(np.mean([n for _, n in finished]))
+        hooks.log(agent.env_steps, metrics)
+        hooks.progress(agent.env_steps - before, float(np.mean(recent)) if recent else None)
+        t_pause = time.perf_counter()
+        stop = _periodic(env_id, env_kwargs, cfg, hooks, agent, c.rng, before, evals)
+        paused += time.perf_counter() - t_pause
+        if stop:
+            break
+    seconds = time.perf_counter() - t0 - paused
+    return TrainOutput(_state(agent, cfg, c.rng), agent.env_steps, seconds, evals)
+
+
+def _periodic(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hooks,
+              agent: _Agent, np_rng: np.random.Generator, before: int,
+              evals: list[tuple[int, float]]) -> bool:
+    """Checkpoint and evaluate when their periods were crossed; True if ``hooks.stop`` says so."""
+    step = agent.env_steps
+    if hooks.checkpoint is not None and _crossed(before, step, hooks.checkpoint_every):
+        hooks.checkpoint(step, _state(agent, cfg, np_rng))
+    if not _crossed(before, step, hooks.evaluate_every):
+        return False
+    policy = _policy(agent.head, agent.model, agent.obs_rms, agent.obs_space, cfg)
+    result = evaluate_in_env(env_id, policy, hooks.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
+                             env_kwargs)
+    evals.append((step, result.mean_return))
+    metrics = {"eval/mean_return": result.mean_return}
+    hooks.log(step, metrics)
+    return bool(hooks.stop(step, metrics))
+
+
+# ------------------------------------------------------------------------------------ policy
+
+
+def _policy(head: Any, model: ActorCritic, obs_rms: RunningMeanStd | None,
+            obs_space: gym.Space, cfg: Config) -> Callable[[Any, int], Any]:
+    """Deterministic ``policy(obs, t)`` from a snapshot of the weights and statistics."""
+    net, k, rms = NumpyActorCritic(model), head.n_outputs, copy.deepcopy(obs_rms)
+    discrete = head.action_shape == ()
+
+    def policy(obs: Any, t: int) -> Any:
+        x = encode_obs(obs_space, obs).numpy()  # (1, in_dim)
+        if rms is not None:
+            x = rms.normalize(x, cfg.obs_clip)
+        action = head.to_env(head.mode_np(net(x)[:, :k], net.log_std))[0]
+        return int(action) if discrete else action
+
+    return policy
+
+
+def load_policy(state: dict[str, Any], cfg: Config, env: gym.Env) -> Callable[[Any, int], Any]:
+    """``policy(obs, t) -> action`` from a :func:`train` state: the argmax action (Discrete) or
+    the Gaussian mean clipped to the Box, after the saved observation normalization."""
+    head, model, obs_rms = _make_model(env.observation_space, env.action_space, cfg)
+    model.load_state_dict(state["model"])
+    if obs_rms is not None:
+        obs_rms.load_state_dict(state["obs_rms"])
+    return _policy(head, model, obs_rms, env.observation_space, cfg)

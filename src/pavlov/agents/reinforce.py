@@ -1,0 +1,459 @@
+"""REINFORCE: Monte-Carlo policy gradient on batches of whole episodes (Williams 1992).
+
+Williams 1992, "Simple statistical gradient-following algorithms for connectionist
+reinforcement learning", Machine Learning 8. Each update:
+
+1. **Collect** exactly ``episodes_per_update`` whole episodes with the current (stochastic)
+   policy from ``n_envs`` vectorized envs (reset with a per-update seed). Envs start new
+   episodes only while fewer than ``episodes_per_update`` have been started; an env whose last
+   allowed episode ended idles until the others finish, and its idle steps are discarded (they
+   still count as env steps: they were taken). Stopping at the first ``E`` *finished* episodes
+   instead would favour short episodes and bias the gradient.
+2. **Reward-to-go** ``G_t`` (:func:`pavlov.math.reward_to_go`). Truncated episodes (time
+   limits): with a baseline the last reward of a truncated episode gets ``gamma * V(s_final)``
+   added, so the return continues past the cut (Pardo et al. 2018, arXiv:1712.00378); without
+   a baseline there is nothing to bootstrap from and a truncation is treated as the episode end.
+3. **Policy step** on ``-mean(log pi(a_t|s_t) * A_t)`` (:func:`pavlov.math.reinforce_loss`) with
+   ``A_t = G_t - V(s_t)`` if ``baseline`` (else ``G_t``), optionally whitened, minus
+   ``ent_coef`` times the mean entropy.
+4. **Baseline step(s)**: ``value_epochs`` full-batch Adam steps on ``MSE(V(s_t), G_t)``.
+
+Discrete actions use a Categorical policy, Box actions a diagonal Gaussian with a learned
+state-independent log std (samples are clipped to the bounds only when sent to the env).
+
+This module also holds the pieces every policy-gradient agent here shares: :class:`Actor`,
+:func:`greedy_policy` and :class:`TrainClock`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pavlov.agents.common import (
+    EpisodeStats,
+    Hooks,
+    TrainOutput,
+    check_finite,
+    encode_obs,
+    evaluate_in_env,
+    final_observations,
+    make_vec_env,
+    mlp,
+    obs_dim,
+    require_action_space,
+    rng_state,
+    seed_all,
+    set_rng_state,
+)
+from pavlov.agents.distributions import HEADS
+from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
+
+# ------------------------------------------------------------------------ shared policy pieces
+
+PG_ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
+EVAL_SEED_OFFSET = 10_000
+"""Evaluations during training reset their env with ``cfg.seed + EVAL_SEED_OFFSET`` (as PPO)."""
+
+
+class Actor(nn.Module):
+    """Stochastic policy: an MLP from ``(B, in_dim)`` features to the parameters of the action
+    space's head (:data:`pavlov.agents.distributions.HEADS`: Categorical logits, or a Gaussian
+    mean with a learned state-independent ``log_std``). Sampling runs in NumPy on rollout-sized
+    batches; log-probs and entropies in torch for the update. The last layer has gain 0.01 so
+    the initial policy is near uniform / zero-mean (Andrychowicz et al. 2021)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        action_space: gym.Space,
+        hidden: Sequence[int],
+        activation: str = "tanh",
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.head = HEADS[type(action_space)](action_space)
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        k = self.head.n_outputs
+        self.net = mlp([in_dim, *hidden, k], activation, out_gain=0.01)
+        self.log_std = None if self.discrete else nn.Parameter(torch.full((k,), log_std_init))
+
+    def log_prob_entropy(self, x: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, in_dim) features, (B,) | (B, A) actions -> ((B,) log pi(a|s), (B,) entropy)."""
+        out = self.net(x)  # (B, k)
+        return self.head.log_prob(out, self.log_std, actions), self.head.entropy(out, self.log_std)
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, rng: np.random.Generator) -> np.ndarray:
+        """(N, in_dim) -> (N,) | (N, A) sampled actions (unclipped)."""
+        log_std = None if self.log_std is None else self.log_std.numpy()
+        return self.head.sample_np(self.net(x).numpy(), log_std, rng)[0]
+
+    @torch.no_grad()
+    def mode(self, x: Tensor) -> np.ndarray:
+        """(N, in_dim) -> deterministic actions: argmax, or the Gaussian mean."""
+        log_std = None if self.log_std is None else self.log_std.numpy()
+        return self.head.mode_np(self.net(x).numpy(), log_std)
+
+
+def greedy_policy(actor: Actor, obs_space: gym.Space, body: nn.Module | None = None
+                  ) -> Callable[[Any, int], Any]:
+    """``policy(obs, t) -> action`` acting with :meth:`Actor.mode` (``body``: a shared trunk)."""
+
+    @torch.no_grad()
+    def policy(obs: Any, t: int) -> Any:
+        x = encode_obs(obs_space, obs)  # (1, obs_dim)
+        a = actor.head.to_env(actor.mode(x if body is None else body(x)))[0]
+        return int(a) if actor.discrete else a
+
+    return policy
+
+
+def check_hidden(name: str, value: Sequence[int]) -> list[int]:
+    """A list of positive layer widths, else ConfigError naming the field."""
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value
+    ):
+        raise ConfigError(f"{name} must be a list of positive integers, got {value!r}")
+    return list(value)
+
+
+def check_count(name: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """Distinct reset seed for the ``index``-th batch of run ``seed`` (resume replays it)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class TrainClock:
+    """Env-step counter and wall clock of one ``train`` call; runs the periodic evaluations and
+    checkpoints that :class:`Hooks` asks for and excludes their time from ``seconds``."""
+
+    def __init__(self, hooks: Hooks, env_steps: int) -> None:
+        self.hooks = hooks
+        self.steps = self.start_steps = env_steps
+        self.evals: list[tuple[int, float]] = []
+        self._t0 = time.perf_counter()
+        self._paused = 0.0
+        self.next_eval = self._next(hooks.evaluate_every)
+        self.next_ckpt = self._next(hooks.checkpoint_every if hooks.checkpoint else 0)
+
+    def _next(self, every: int) -> int | None:
+        return (self.steps // every + 1) * every if every > 0 else None
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._t0 - self._paused
+
+    def sps(self) -> float:
+        return (self.steps - self.start_steps) / max(self.seconds, 1e-9)
+
+    def advance(self, n: int) -> None:
+        self.steps += n
+        self.hooks.progress(n, None)
+
+    def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict]) -> bool:
+        """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop."""
+        t = time.perf_counter()
+        stop = False
+        if self.next_eval is not None and self.steps >= self.next_eval:
+            ret = float(evaluate())
+            self.evals.append((self.steps, ret))
+            self.hooks.log(self.steps, {"eval/mean_return": ret})
+            stop = bool(self.hooks.stop(self.steps, {"eval/mean_return": ret}))
+            self.next_eval = self._next(self.hooks.evaluate_every)
+        if self.next_ckpt is not None and self.steps >= self.next_ckpt:
+            self.hooks.checkpoint(self.steps, state())
+            self.next_ckpt = self._next(self.hooks.checkpoint_every)
+        self._paused += time.perf_counter() - t
+        return stop
+
+    def output(self, state: dict[str, Any]) -> TrainOutput:
+        return TrainOutput(state, self.steps, self.seconds, self.evals)
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class Config:
+    """Hyperparameters of REINFORCE (defaults: the CartPole-v1 setting of the slow tests)."""
+
+    total_steps: int = 300_000
+    """Env steps to train for (> 0); the last batch may overshoot by less than one batch."""
+    n_envs: int = 8
+    """Parallel envs collecting episodes (> 0)."""
+    episodes_per_update: int = 16
+    """Whole episodes per policy update (> 0)."""
+    gamma: float = 0.99
+    """Discount in [0, 1] of the reward-to-go."""
+    learning_rate: float = 3e-3
+    """Adam step size of the policy (> 0)."""
+    baseline: bool = True
+    """Learn a state-value baseline V(s) and use ``G - V`` as the advantage."""
+    value_learning_rate: float = 1e-2
+    """Adam step size of the baseline (> 0)."""
+    value_epochs: int = 5
+    """Full-batch gradient steps of the baseline per update (> 0)."""
+    normalize_advantages: bool = True
+    """Whiten the advantages of each batch (zero mean, unit variance)."""
+    ent_coef: float = 0.0
+    """Weight (>= 0) of the entropy bonus in the policy loss."""
+    max_grad_norm: float = 1.0
+    """Clip each network's gradient to this global norm (> 0; ``inf`` disables)."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer widths of the policy and of the baseline."""
+    activation: str = "tanh"
+    """Hidden activation: ``"tanh"`` or ``"relu"``."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (Box actions only)."""
+    vectorization: str = "sync"
+    """``"sync"`` or ``"async"`` (subprocess) vector env."""
+    seed: int = 0
+    """Seeds torch/numpy/python and the per-batch env resets."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "n_envs", "episodes_per_update", "value_epochs"):
+            check_count(name, getattr(self, name))
+        for name in ("learning_rate", "value_learning_rate", "max_grad_norm"):
+            check_positive(name, getattr(self, name))
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("ent_coef", self.ent_coef, 0.0, math.inf)
+        self.hidden_sizes = check_hidden("hidden_sizes", self.hidden_sizes)
+        check_choice("activation", self.activation, ("tanh", "relu"))
+        check_choice("vectorization", self.vectorization, ("sync", "async"))
+
+
+# ------------------------------------------------------------------------- rollout and update
+
+
+@dataclass
+class EpisodeBatch:
+    """Time-major steps of one batch; ``valid`` marks the steps of its whole episodes."""
+
+    obs: Tensor  # (T, N, obs_dim)
+    actions: Tensor  # (T, N) long or (T, N, A) float
+    rewards: Tensor  # (T, N)
+    terminated: Tensor  # (T, N) bool
+    truncated: Tensor  # (T, N) bool
+    final_obs: Tensor  # (T, N, obs_dim): the real last observation where an episode ended
+    valid: Tensor  # (T, N) bool
+    episodes: list[tuple[float, int]]  # (return, length) of each episode of the batch
+
+
+def collect_episodes(
+    envs: gym.vector.VectorEnv, actor: Actor, quota: int, seed: int, rng: np.random.Generator
+) -> EpisodeBatch:
+    """Run ``actor`` until ``quota`` episodes started at the reset have all ended."""
+    obs_space, n = envs.single_observation_space, envs.num_envs
+    obs, _ = envs.reset(seed=seed)
+    active = np.arange(n) < quota
+    started = int(active.sum())
+    stats, episodes, rows = EpisodeStats(n), [], []
+    while active.any():
+        x = encode_obs(obs_space, obs)  # (N, obs_dim)
+        a = actor.sample(x, rng)  # (N,) | (N, A)
+        obs, r, term, trunc, info = envs.step(actor.head.to_env(a))
+        done = term | trunc
+        final = encode_obs(obs_space, final_observations(obs, info))
+        rows.append((x, torch.as_tensor(a), torch.as_tensor(r, dtype=torch.float32),
+                     torch.as_tensor(term), torch.as_tensor(trunc), final,
+                     torch.as_tensor(active.copy())))
+        finished = stats.step(r, done)
+        for i, ep in zip(np.flatnonzero(done), finished, strict=True):
+            if active[i]:
+                episodes.append(ep)
+                active[i] = started < quota
+                started += int(active[i])
+    cols = [torch.stack(c) for c in zip(*rows, strict=True)]
+    return EpisodeBatch(*cols, episodes=episodes)
+
+
+def returns_to_go(batch: EpisodeBatch, critic: nn.Module | None, gamma: float) -> Tensor:
+    """(T, N) reward-to-go; truncated episodes bootstrap ``gamma * V(s_final)`` if a critic
+    is given (Pardo et al. 2018), else end there."""
+    rewards = batch.rewards
+    if critic is not None:
+        with torch.no_grad():
+            v_final = critic(batch.final_obs).squeeze(-1)  # (T, N)
+        boot = batch.truncated & ~batch.terminated
+        rewards = rewards + gamma * torch.where(boot, v_final, torch.zeros_like(v_final))
+    return reward_to_go(rewards, batch.terminated | batch.truncated, gamma)
+
+
+def reinforce_update(
+    nets: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer], batch: EpisodeBatch,
+    cfg: Config, step: int,
+) -> dict[str, float]:
+    """One policy step (and ``value_epochs`` baseline steps) on a batch -> metrics."""
+    actor, critic = nets["actor"], nets.get("critic")
+    valid = batch.valid
+    g = returns_to_go(batch, critic, cfg.gamma)[valid]  # (B,)
+    x, actions = batch.obs[valid], batch.actions[valid]  # (B, obs_dim), (B,) | (B, A)
+    adv = g
+    if critic is not None:
+        with torch.no_grad():
+            adv = g - critic(x).squeeze(-1)
+    if cfg.normalize_advantages:
+        adv = masked_whiten(adv, None)
+    logp, ent = actor.log_prob_entropy(x, actions)  # (B,), (B,)
+    pg_loss, _ = reinforce_loss(logp, adv)
+    ent = ent.mean()
+    loss = pg_loss - cfg.ent_coef * ent
+    _step(opts["actor"], actor, loss, cfg.max_grad_norm, "policy loss", step)
+    metrics = {"losses/policy": pg_loss.item(), "losses/entropy": ent.item()}
+    for _ in range(cfg.value_epochs if critic is not None else 0):
+        v_loss = nn.functional.mse_loss(critic(x).squeeze(-1), g)
+        _step(opts["critic"], critic, v_loss, cfg.max_grad_norm, "value loss", step)
+        metrics["losses/value"] = v_loss.item()
+    return metrics
+
+
+def _step(opt: torch.optim.Optimizer, net: nn.Module, loss: Tensor, max_norm: float,
+          name: str, step: int) -> None:
+    check_finite(name, loss, step)
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    opt.step()
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+def _require_time_limit(env_id: str, env_kwargs: dict[str, Any] | None) -> None:
+    from pavlov.envs.factory import make_env
+
+    env = make_env(env_id, env_kwargs)
+    limit = env.spec.max_episode_steps if env.spec is not None else None
+    env.close()
+    if limit is None:
+        raise PavlovError(f"REINFORCE needs episodes that end; {env_id} has no time limit "
+                          "(register it with max_episode_steps)")
+
+
+def train(
+    env_id: str,
+    cfg: Config,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainOutput:
+    """Train REINFORCE on ``env_id`` until ``cfg.total_steps`` env steps (or ``hooks.stop``).
+
+    ``resume``: a state from a checkpoint or a previous ``TrainOutput``; training continues
+    exactly as if uninterrupted (every batch starts from a reset seeded by its index).
+    """
+    hooks = hooks or Hooks()
+    envs = make_vec_env(env_id, cfg.n_envs, env_kwargs, cfg.vectorization)
+    try:
+        obs_space, act_space = envs.single_observation_space, envs.single_action_space
+        require_action_space(act_space, "REINFORCE", PG_ACTION_SPACES)
+        _require_time_limit(env_id, env_kwargs)
+        seed_all(cfg.seed)
+        agent = build_agent(cfg, obs_space, act_space)
+        if resume is not None:
+            agent.load_state_dict(resume)
+        clock = TrainClock(hooks, agent.env_steps)
+
+        def evaluate() -> float:
+            policy = greedy_policy(agent.nets["actor"], obs_space)
+            return evaluate_in_env(env_id, policy, hooks.eval_episodes,
+                                   cfg.seed + EVAL_SEED_OFFSET, env_kwargs).mean_return
+
+        while agent.env_steps < cfg.total_steps:
+            seed = batch_seed(cfg.seed, agent.updates)
+            batch = collect_episodes(envs, agent.nets["actor"], cfg.episodes_per_update, seed,
+                                     agent.rng)
+            clock.advance(batch.rewards.numel())
+            metrics = reinforce_update(agent.nets, agent.opts, batch, cfg, clock.steps)
+            agent.env_steps, agent.updates = clock.steps, agent.updates + 1
+            for ret, length in batch.episodes:
+                hooks.log(clock.steps, {"charts/episode_return": ret,
+                                        "charts/episode_length": float(length)})
+            hooks.log(clock.steps, {**metrics, "charts/SPS": clock.sps()})
+            if clock.periodic(evaluate, agent.state_dict):
+                break
+        return clock.output(agent.state_dict())
+    finally:
+        envs.close()
+
+
+@dataclass
+class Agent:
+    """Everything a REINFORCE run carries from update to update."""
+
+    cfg: Config
+    nets: dict[str, nn.Module]  # "actor", and "critic" with a baseline
+    opts: dict[str, torch.optim.Optimizer]
+    rng: np.random.Generator  # action sampling
+    env_steps: int = 0
+    updates: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of everything needed to resume (and for :func:`load_policy`)."""
+        return copy.deepcopy({
+            "algo": "reinforce",
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.opts.items()},
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "rng": rng_state(),
+            "np_rng": self.rng.bit_generator.state,
+            "config": asdict(self.cfg),
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A copy: torch's Optimizer.load_state_dict keeps the given tensors and updates them.
+        state = copy.deepcopy(state)
+        if state.get("algo") != "reinforce":
+            raise PavlovError(f"cannot resume REINFORCE from a {state.get('algo')!r} state")
+        if set(state["nets"]) != set(self.nets):
+            raise PavlovError("resume state and config disagree on `baseline`")
+        for k, net in self.nets.items():
+            net.load_state_dict(state["nets"][k])
+            self.opts[k].load_state_dict(state["optimizers"][k])
+        self.env_steps, self.updates = int(state["env_steps"]), int(state["updates"])
+        set_rng_state(state["rng"])
+        self.rng.bit_generator.state = state["np_rng"]
+
+
+def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> Agent:
+    """Fresh networks, Adam optimizers and sampling RNG (call after ``seed_all(cfg.seed)``)."""
+    d = obs_dim(obs_space)
+    nets: dict[str, nn.Module] = {
+        "actor": Actor(d, act_space, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)
+    }
+    if cfg.baseline:
+        nets["critic"] = mlp([d, *cfg.hidden_sizes, 1], cfg.activation, out_gain=1.0)
+    lrs = {"actor": cfg.learning_rate, "critic": cfg.value_learning_rate}
+    opts = {k: torch.optim.Adam(net.parameters(), lr=lrs[k]) for k, net in nets.items()}
+    return Agent(cfg, nets, opts, np.random.default_rng(cfg.seed))
+
+
+def load_policy(state: dict[str, Any], cfg: Config, env: gym.Env) -> Callable[[Any, int], Any]:
+    """Deterministic ``policy(obs, t)`` (argmax / Gaussian mean) from a trained state."""
+    actor = Actor(obs_dim(env.observation_space), env.action_space, cfg.hidden_sizes,
+                  cfg.activation, cfg.log_std_init)
+    actor.load_state_dict(state["nets"]["actor"])
+    return greedy_policy(actor, env.observation_space)

@@ -26,7 +26,7 @@ _SPECS = {
     "pavlov/GridWorld-v0": ("pavlov.envs.gridworld:GridWorld", {}, 100),
     "pavlov/Grid2x3-v0": ("pavlov.envs.gridworld:GridWorld", dict(GRID2X3_KWARGS), 100),
     "pavlov/Battle-v0": ("pavlov.envs.battle:BattleMDP", {}, 50),
-    "pavlov/PointMass-v0": ("pavlov.envs.pointmass:PointMassEnv", {}, 50),  # differentiable twin: apg
+    "pavlov/PointMass-v0": ("pavlov.envs.pointmass:PointMassEnv", {}, 50),  # torch dynamics (apg)
 }
 ENV_IDS = tuple(_SPECS)
 

@@ -5,7 +5,7 @@ In one process, on the same vector env configuration (``pavlov.agents.common.mak
 
 * raw: ``envs.step`` with pre-generated uniform random actions (autoreset included) — the
   floor no agent on that vector env can beat;
-* pavlov: :func:`pavlov.agents.ppo.collect_rollout` with a freshly initialised 64x64 tanh
+* pavlov: :func:`pavlov.agents.rollout.collect_rollout` with a freshly initialised 64x64 tanh
   actor-critic: policy forward, action sampling, buffer writes, episode bookkeeping and the
   truncation bootstrap, i.e. everything PPO does per vector step except the update.
 
@@ -52,7 +52,7 @@ def raw_steps_per_second(env_id: str, n_envs: int, steps: int, seed: int = 0) ->
 
 def rollout_steps_per_second(env_id: str, n_envs: int, n_steps: int, steps: int,
                              seed: int = 0) -> float:
-    """:func:`pavlov.agents.ppo.collect_rollout` throughput (rollouts of ``n_steps``)."""
+    """:func:`pavlov.agents.rollout.collect_rollout` throughput (rollouts of ``n_steps``)."""
     cfg = ppo.Config(n_envs=n_envs, n_steps=n_steps, batch_size=n_steps * n_envs, seed=seed)
     envs = make_vec_env(env_id, n_envs)
     seed_all(seed)

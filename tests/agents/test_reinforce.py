@@ -11,6 +11,7 @@ import torch
 
 import pavlov.envs  # noqa: F401  registers pavlov/* ids first
 from pavlov.agents import reinforce
+from pavlov.agents.actor import Actor
 from pavlov.agents.common import Hooks, NonFiniteError, seed_all
 from pavlov.envs.pointmass import HORIZON
 from pavlov.errors import ConfigError, PavlovError
@@ -77,7 +78,7 @@ def test_collect_episodes_returns_exactly_the_quota_of_whole_episodes():
     envs = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
     seed_all(0)
-    actor = reinforce.Actor(4, envs.single_action_space, [8])
+    actor = Actor(4, envs.single_action_space, [8])
     batch = reinforce.collect_episodes(envs, actor, 5, seed=0, rng=np.random.default_rng(0))
     assert len(batch.episodes) == 5
     # every valid step belongs to one of the 5 episodes, and each of them ended inside the batch

@@ -31,12 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pavlov.agents.actor import PG_ACTION_SPACES, Actor, greedy_policy
 from pavlov.agents.common import (
     ACTIVATIONS,
+    EVAL_SEED_OFFSET,
     EpisodeStats,
     Hooks,
+    TrainClock,
     TrainOutput,
+    batch_seed,
+    check_choice,
+    check_count,
     check_finite,
+    check_hidden,
     encode_obs,
     evaluate_in_env,
     final_observations,
@@ -47,17 +54,6 @@ from pavlov.agents.common import (
     rng_state,
     seed_all,
     set_rng_state,
-)
-from pavlov.agents.reinforce import (
-    EVAL_SEED_OFFSET,
-    PG_ACTION_SPACES,
-    Actor,
-    TrainClock,
-    batch_seed,
-    check_choice,
-    check_count,
-    check_hidden,
-    greedy_policy,
 )
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math import gae, masked_whiten, nstep_targets, reinforce_loss

@@ -32,9 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.agents.common import (
+    EVAL_SEED_OFFSET,
     Hooks,
+    TrainClock,
     TrainOutput,
+    check_choice,
+    check_count,
     check_finite,
+    check_hidden,
     evaluate_in_env,
     mlp,
     obs_dim,
@@ -42,13 +47,6 @@ from pavlov.agents.common import (
     rng_state,
     seed_all,
     set_rng_state,
-)
-from pavlov.agents.reinforce import (
-    EVAL_SEED_OFFSET,
-    TrainClock,
-    check_choice,
-    check_count,
-    check_hidden,
 )
 from pavlov.errors import PavlovError, check_positive
 

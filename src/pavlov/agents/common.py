@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pavlov.errors import PavlovError
+from pavlov.errors import ConfigError, PavlovError
 
 # --------------------------------------------------------------------------- training contract
 
@@ -113,9 +114,7 @@ def require_action_space(space: gym.Space, algo: str, allowed: Sequence[type]) -
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(
-    sizes: Sequence[int], activation: str = "tanh", out_gain: float = 1.0
-) -> nn.Sequential:
+def mlp(sizes: Sequence[int], activation: str = "tanh", out_gain: float = 1.0) -> nn.Sequential:
     """``sizes = [in, h1, ..., out]`` -> Linear/activation stack, orthogonal init (gain √2 on
     hidden layers, ``out_gain`` on the last; Engstrom et al. 2020 "Implementation Matters")."""
     if activation not in ACTIVATIONS:
@@ -184,6 +183,8 @@ class EpisodeStats:
     def step(self, rewards: np.ndarray, done: np.ndarray) -> list[tuple[float, int]]:
         self.returns += rewards
         self.lengths += 1
+        if not done.any():  # the common case: skip the bookkeeping below (~5-10 us a step)
+            return []
         finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(done)]
         self.returns[done] = 0.0
         self.lengths[done] = 0
@@ -195,6 +196,84 @@ class EpisodeStats:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.returns[:] = state["returns"]
         self.lengths[:] = state["lengths"]
+
+
+# ------------------------------------------------------------------- config checks, training clock
+
+EVAL_SEED_OFFSET = 10_000
+"""Evaluations during training reset their env with ``cfg.seed + EVAL_SEED_OFFSET``."""
+
+
+def check_hidden(name: str, value: Sequence[int]) -> list[int]:
+    """A list of positive layer widths, else ConfigError naming the field."""
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value
+    ):
+        raise ConfigError(f"{name} must be a list of positive integers, got {value!r}")
+    return list(value)
+
+
+def check_count(name: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """Distinct reset seed for the ``index``-th batch of run ``seed`` (resume replays it)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class TrainClock:
+    """Env-step counter and wall clock of one ``train`` call; runs the periodic evaluations and
+    checkpoints that :class:`Hooks` asks for and excludes their time from ``seconds``."""
+
+    def __init__(self, hooks: Hooks, env_steps: int) -> None:
+        self.hooks = hooks
+        self.steps = self.start_steps = env_steps
+        self.evals: list[tuple[int, float]] = []
+        self._t0 = time.perf_counter()
+        self._paused = 0.0
+        self.next_eval = self._next(hooks.evaluate_every)
+        self.next_ckpt = self._next(hooks.checkpoint_every if hooks.checkpoint else 0)
+
+    def _next(self, every: int) -> int | None:
+        return (self.steps // every + 1) * every if every > 0 else None
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._t0 - self._paused
+
+    def sps(self) -> float:
+        return (self.steps - self.start_steps) / max(self.seconds, 1e-9)
+
+    def advance(self, n: int) -> None:
+        self.steps += n
+        self.hooks.progress(n, None)
+
+    def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict]) -> bool:
+        """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop."""
+        t = time.perf_counter()
+        stop = False
+        if self.next_eval is not None and self.steps >= self.next_eval:
+            ret = float(evaluate())
+            self.evals.append((self.steps, ret))
+            self.hooks.log(self.steps, {"eval/mean_return": ret})
+            stop = bool(self.hooks.stop(self.steps, {"eval/mean_return": ret}))
+            self.next_eval = self._next(self.hooks.evaluate_every)
+        if self.next_ckpt is not None and self.steps >= self.next_ckpt:
+            self.hooks.checkpoint(self.steps, state())
+            self.next_ckpt = self._next(self.hooks.checkpoint_every)
+        self._paused += time.perf_counter() - t
+        return stop
+
+    def output(self, state: dict[str, Any]) -> TrainOutput:
+        return TrainOutput(state, self.steps, self.seconds, self.evals)
 
 
 # ------------------------------------------------------------------------------ RNG and eval

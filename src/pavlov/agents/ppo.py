@@ -39,7 +39,6 @@ from pavlov.agents.common import (
     check_finite,
     encode_obs,
     evaluate_in_env,
-    final_observations,
     make_vec_env,
     obs_dim,
     require_action_space,
@@ -49,6 +48,7 @@ from pavlov.agents.common import (
 )
 from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic, NumpyActorCritic
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
+from pavlov.agents.rollout import Collector, Rollout, collect_rollout
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math import clipped_value_loss, gae, masked_whiten, ppo_clip_loss
 
@@ -167,87 +167,6 @@ def _check_int(name: str, value: Any, lo: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- rollout
-
-
-class Rollout:
-    """Preallocated ``(T, N, ...)`` NumPy buffers of one rollout, with torch views of them."""
-
-    def __init__(self, n_steps: int, n_envs: int, in_dim: int, head: Any) -> None:
-        shape = (n_steps, n_envs)
-        self.obs = np.zeros((*shape, in_dim), np.float32)  # normalized, as the net saw them
-        self.actions = np.zeros((*shape, *head.action_shape), head.action_dtype)
-        self.outputs = np.zeros((*shape, head.n_outputs), np.float32)  # logits or means
-        self.logp = np.zeros(shape, np.float32)
-        self.values = np.zeros(shape, np.float32)
-        self.rewards = np.zeros(shape, np.float32)  # scaled if normalize_reward
-        self.terminated = np.zeros(shape, bool)
-        self.truncated = np.zeros(shape, bool)
-        self.final_values = np.zeros(shape, np.float32)  # V(final_obs), read where truncated
-        self.last_values = np.zeros(n_envs, np.float32)
-        self.t = {k: torch.from_numpy(v) for k, v in vars(self).items()}  # shared memory
-
-
-@dataclass
-class Collector:
-    """What persists between rollouts: the envs, their current (prepared) observations,
-    episode bookkeeping, the normalizers and the action-sampling RNG."""
-
-    envs: gym.vector.VectorEnv
-    head: Any
-    buffer: Rollout
-    rng: np.random.Generator
-    obs_rms: RunningMeanStd | None
-    reward_scaler: RewardScaler | None
-    obs_clip: float
-    stats: EpisodeStats
-    obs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-
-    def prepare(self, raw: np.ndarray, update: bool) -> np.ndarray:
-        """Raw (N, ...) observations -> (N, in_dim) float32 the network reads."""
-        space = self.envs.single_observation_space
-        if isinstance(space, gym.spaces.Box):  # encode_obs's Box case, minus a torch round trip
-            x = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
-        else:
-            x = encode_obs(space, raw).numpy()
-        if self.obs_rms is None:
-            return x
-        if update:
-            self.obs_rms.update(x)
-        return self.obs_rms.normalize(x, self.obs_clip)
-
-    def reset(self, seed: int) -> None:
-        raw, _ = self.envs.reset(seed=seed)
-        self.obs = self.prepare(raw, update=True)
-
-
-def collect_rollout(c: Collector, net: NumpyActorCritic) -> list[tuple[float, int]]:
-    """Fill ``c.buffer`` with ``n_steps`` vector steps of the policy ``net``; return the
-    ``(return, length)`` of the episodes that finished (raw, unscaled rewards)."""
-    buf, head, k = c.buffer, c.head, c.head.n_outputs
-    finished: list[tuple[float, int]] = []
-    obs = c.obs
-    noise = head.noise_np(c.rng, buf.logp.shape)  # (T, N, k): one RNG call per rollout
-    for t in range(buf.obs.shape[0]):
-        out = net(obs)  # (N, k + 1)
-        actions = head.act_np(out[:, :k], net.log_std, noise[t])
-        buf.obs[t], buf.outputs[t], buf.values[t] = obs, out[:, :k], out[:, k]
-        buf.actions[t] = actions
-        raw, rewards, term, trunc, info = c.envs.step(head.to_env(actions))
-        done = term | trunc
-        finished += c.stats.step(rewards, done)
-        obs = c.prepare(raw, update=True)
-        buf.rewards[t] = rewards if c.reward_scaler is None else c.reward_scaler(rewards, done)
-        buf.terminated[t], buf.truncated[t] = term, trunc
-        # Bootstrap time-limit cuts from V(final_obs), Pardo et al. 2018. ("_final_obs" is in
-        # info only on steps where some episode ended: a cheap test before trunc.any().)
-        if "_final_obs" in info and trunc.any():
-            idx = np.flatnonzero(trunc & ~term)
-            final = c.prepare(final_observations(raw, info)[idx], update=False)
-            buf.final_values[t, idx] = net(final)[:, k]
-    buf.last_values[:] = net(obs)[:, k]
-    buf.logp[:] = head.log_prob_np(buf.outputs, net.log_std, buf.actions)  # (T, N), one pass
-    c.obs = obs
-    return finished
 
 
 def advantages_and_returns(buf: Rollout, cfg: Config) -> dict[str, torch.Tensor]:

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,11 +38,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pavlov.agents.actor import PG_ACTION_SPACES, Actor, greedy_policy
 from pavlov.agents.common import (
+    EVAL_SEED_OFFSET,
     EpisodeStats,
     Hooks,
+    TrainClock,
     TrainOutput,
+    batch_seed,
+    check_choice,
+    check_count,
     check_finite,
+    check_hidden,
     encode_obs,
     evaluate_in_env,
     final_observations,
@@ -55,141 +61,8 @@ from pavlov.agents.common import (
     seed_all,
     set_rng_state,
 )
-from pavlov.agents.distributions import HEADS
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import PavlovError, check_positive, check_range
 from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
-
-# ------------------------------------------------------------------------ shared policy pieces
-
-PG_ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
-EVAL_SEED_OFFSET = 10_000
-"""Evaluations during training reset their env with ``cfg.seed + EVAL_SEED_OFFSET`` (as PPO)."""
-
-
-class Actor(nn.Module):
-    """Stochastic policy: an MLP from ``(B, in_dim)`` features to the parameters of the action
-    space's head (:data:`pavlov.agents.distributions.HEADS`: Categorical logits, or a Gaussian
-    mean with a learned state-independent ``log_std``). Sampling runs in NumPy on rollout-sized
-    batches; log-probs and entropies in torch for the update. The last layer has gain 0.01 so
-    the initial policy is near uniform / zero-mean (Andrychowicz et al. 2021)."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        action_space: gym.Space,
-        hidden: Sequence[int],
-        activation: str = "tanh",
-        log_std_init: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.head = HEADS[type(action_space)](action_space)
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        k = self.head.n_outputs
-        self.net = mlp([in_dim, *hidden, k], activation, out_gain=0.01)
-        self.log_std = None if self.discrete else nn.Parameter(torch.full((k,), log_std_init))
-
-    def log_prob_entropy(self, x: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, in_dim) features, (B,) | (B, A) actions -> ((B,) log pi(a|s), (B,) entropy)."""
-        out = self.net(x)  # (B, k)
-        return self.head.log_prob(out, self.log_std, actions), self.head.entropy(out, self.log_std)
-
-    @torch.no_grad()
-    def sample(self, x: Tensor, rng: np.random.Generator) -> np.ndarray:
-        """(N, in_dim) -> (N,) | (N, A) sampled actions (unclipped)."""
-        log_std = None if self.log_std is None else self.log_std.numpy()
-        return self.head.sample_np(self.net(x).numpy(), log_std, rng)[0]
-
-    @torch.no_grad()
-    def mode(self, x: Tensor) -> np.ndarray:
-        """(N, in_dim) -> deterministic actions: argmax, or the Gaussian mean."""
-        log_std = None if self.log_std is None else self.log_std.numpy()
-        return self.head.mode_np(self.net(x).numpy(), log_std)
-
-
-def greedy_policy(actor: Actor, obs_space: gym.Space, body: nn.Module | None = None
-                  ) -> Callable[[Any, int], Any]:
-    """``policy(obs, t) -> action`` acting with :meth:`Actor.mode` (``body``: a shared trunk)."""
-
-    @torch.no_grad()
-    def policy(obs: Any, t: int) -> Any:
-        x = encode_obs(obs_space, obs)  # (1, obs_dim)
-        a = actor.head.to_env(actor.mode(x if body is None else body(x)))[0]
-        return int(a) if actor.discrete else a
-
-    return policy
-
-
-def check_hidden(name: str, value: Sequence[int]) -> list[int]:
-    """A list of positive layer widths, else ConfigError naming the field."""
-    if not isinstance(value, list | tuple) or not all(
-        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value
-    ):
-        raise ConfigError(f"{name} must be a list of positive integers, got {value!r}")
-    return list(value)
-
-
-def check_count(name: str, value: Any) -> None:
-    """ConfigError unless ``value`` is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def batch_seed(seed: int, index: int) -> int:
-    """Distinct reset seed for the ``index``-th batch of run ``seed`` (resume replays it)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-class TrainClock:
-    """Env-step counter and wall clock of one ``train`` call; runs the periodic evaluations and
-    checkpoints that :class:`Hooks` asks for and excludes their time from ``seconds``."""
-
-    def __init__(self, hooks: Hooks, env_steps: int) -> None:
-        self.hooks = hooks
-        self.steps = self.start_steps = env_steps
-        self.evals: list[tuple[int, float]] = []
-        self._t0 = time.perf_counter()
-        self._paused = 0.0
-        self.next_eval = self._next(hooks.evaluate_every)
-        self.next_ckpt = self._next(hooks.checkpoint_every if hooks.checkpoint else 0)
-
-    def _next(self, every: int) -> int | None:
-        return (self.steps // every + 1) * every if every > 0 else None
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self._t0 - self._paused
-
-    def sps(self) -> float:
-        return (self.steps - self.start_steps) / max(self.seconds, 1e-9)
-
-    def advance(self, n: int) -> None:
-        self.steps += n
-        self.hooks.progress(n, None)
-
-    def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict]) -> bool:
-        """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop."""
-        t = time.perf_counter()
-        stop = False
-        if self.next_eval is not None and self.steps >= self.next_eval:
-            ret = float(evaluate())
-            self.evals.append((self.steps, ret))
-            self.hooks.log(self.steps, {"eval/mean_return": ret})
-            stop = bool(self.hooks.stop(self.steps, {"eval/mean_return": ret}))
-            self.next_eval = self._next(self.hooks.evaluate_every)
-        if self.next_ckpt is not None and self.steps >= self.next_ckpt:
-            self.hooks.checkpoint(self.steps, state())
-            self.next_ckpt = self._next(self.hooks.checkpoint_every)
-        self._paused += time.perf_counter() - t
-        return stop
-
-    def output(self, state: dict[str, Any]) -> TrainOutput:
-        return TrainOutput(state, self.steps, self.seconds, self.evals)
-
 
 # ------------------------------------------------------------------------------------ config
 

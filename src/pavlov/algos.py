@@ -82,6 +82,13 @@ class DeepAlgo:
     def config_cls(self) -> type:
         return self.mod.Config
 
+    def check(self, env) -> None:
+        """Spaces the agent cannot handle fail here, before any file is written."""
+        from pavlov.agents.common import obs_dim, require_action_space
+
+        require_action_space(env.action_space, self.name, self.mod.ACTION_SPACES)
+        obs_dim(env.observation_space)
+
 
 _TAB = "pavlov.tabular"
 ALGOS: dict[str, TabularAlgo | DeepAlgo] = {

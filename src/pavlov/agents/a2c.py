@@ -58,6 +58,9 @@ from pavlov.agents.common import (
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math import gae, masked_whiten, nstep_targets, reinforce_loss
 
+ACTION_SPACES = PG_ACTION_SPACES
+"""Action spaces this agent supports (checked before a run directory is made)."""
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     # torch RMSprop: eps added outside the square root (TF adds it inside; SB3's default is torch).
     "rmsprop": lambda params, cfg: torch.optim.RMSprop(

@@ -50,6 +50,9 @@ from pavlov.agents.common import (
 )
 from pavlov.errors import PavlovError, check_positive
 
+ACTION_SPACES = (gym.spaces.Box,)
+"""Action spaces this agent supports (checked before a run directory is made)."""
+
 DIFFERENTIABLE_API = ("dynamics", "initial_states", "observe")
 
 

@@ -64,6 +64,9 @@ from pavlov.agents.replay import ReplayBuffer
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math.value import double_q_target, huber, polyak_update, td_target
 
+ACTION_SPACES = (gym.spaces.Discrete,)
+"""Action spaces this agent supports (checked before a run directory is made)."""
+
 
 class TDLoss(NamedTuple):
     """An elementwise loss of the TD error ``d = Q(s, a) - y`` and its derivative in ``d``."""

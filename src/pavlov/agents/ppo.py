@@ -52,6 +52,9 @@ from pavlov.agents.rollout import Collector, Rollout, collect_rollout
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math import clipped_value_loss, gae, masked_whiten, ppo_clip_loss
 
+ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
+"""Action spaces this agent supports (checked before a run directory is made)."""
+
 __all__ = ["Config", "collect_rollout", "load_policy", "ppo_update", "train"]
 
 EVAL_SEED_OFFSET = 10_000

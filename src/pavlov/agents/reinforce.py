@@ -64,6 +64,9 @@ from pavlov.agents.common import (
 from pavlov.errors import PavlovError, check_positive, check_range
 from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
 
+ACTION_SPACES = PG_ACTION_SPACES
+"""Action spaces this agent supports (checked before a run directory is made)."""
+
 # ------------------------------------------------------------------------------------ config
 
 

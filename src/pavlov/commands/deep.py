@@ -44,6 +44,7 @@ def train_deep_run(
     mod = spec.mod
     cfg = build_config(mod.Config, {**agent, "seed": seed}, where="agent")
     env = make_env(env_id, env_kwargs)  # one-line error for a bad id before any file exists
+    spec.check(env)
     config = {
         "algo": spec.name,
         "env": env_id,

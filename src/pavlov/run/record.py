@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from pavlov.errors import PavlovError
@@ -31,7 +32,10 @@ def record_gif(
     except PavlovError as e:
         raise PavlovError(f"{env_id} cannot render rgb_array frames for a GIF: {e}") from None
     obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
+    try:
+        frames = [env.render()]
+    except gym.error.DependencyNotInstalled as e:
+        raise PavlovError(f"{env_id} cannot render: {e}") from None
     if frames[0] is None:
         raise PavlovError(f"{env_id} returned no rgb_array frame; it cannot be recorded")
     done, t = False, 0

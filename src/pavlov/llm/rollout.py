@@ -1,0 +1,319 @@
+"""Batched sampling from a causal language model with a KV cache: the rollout engine.
+
+:func:`generate` samples responses to a batch of left-padded prompts and returns a
+:class:`Rollout` holding everything an RLHF trainer needs next: the ids, the masks and the
+log-probability of every sampled token under the distribution it was sampled from. It drives
+the model's own ``forward`` with ``past_key_values`` (one prefill, then one token per step)
+instead of ``model.generate``, so the per-token log-probs come for free and the loop stays
+small enough to read.
+
+Layout (the same everywhere in :mod:`pavlov.llm`): prompts are **left-padded** to a common
+length ``P``, responses follow at columns ``P .. P+T-1``, so every row's response starts at the
+same column. Position ids are ``cumsum(attention_mask) - 1`` (clamped at 0) and are passed
+explicitly on every forward, so a padded row gets the positions it would have alone, for
+absolute-position (GPT-2) and rotary (Llama) models alike.
+
+Log-probs: ``Rollout.logprobs`` are ``log_softmax(logits / temperature)`` of the sampled token,
+taken *before* top-k / top-p truncation (what TRL and vLLM report). They are therefore exactly
+what :func:`pavlov.llm.scoring.token_logprobs` recomputes at the same temperature, which is what
+a PPO ratio or a KL penalty needs. With greedy decoding (``temperature=0``) they are the
+temperature-1 log-probs of the chosen tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Rollout",
+    "SamplingConfig",
+    "generate",
+    "left_pad",
+    "position_ids_from_mask",
+    "sample_next",
+]
+
+
+@dataclass
+class SamplingConfig:
+    """How :func:`generate` picks tokens and when it stops."""
+
+    max_new_tokens: int = 32
+    """Response length limit ``T``; the loop stops earlier once every row has emitted an EOS."""
+    temperature: float = 1.0
+    """Logits are divided by this before softmax; ``0`` means greedy (argmax) decoding."""
+    top_k: int = 0
+    """Sample among the ``top_k`` most likely tokens only; ``0`` turns the filter off."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with probability >= ``top_p`` (after
+    top-k), in ``(0, 1]``; ``1`` turns the filter off (Holtzman et al. 2020)."""
+    eos_token_ids: int | tuple[int, ...] = ()
+    """Token id(s) that end a response; the EOS itself belongs to the response. Empty: never
+    stop before ``max_new_tokens``. Normalised to a tuple."""
+    pad_token_id: int = 0
+    """Id written at response positions after a row's EOS (masked out in every mask)."""
+    seed: int | None = 0
+    """Seed of the per-call ``torch.Generator``: the same seed, model and prompts give the same
+    samples. ``None`` draws a fresh seed."""
+
+    def __post_init__(self) -> None:
+        ids = self.eos_token_ids
+        self.eos_token_ids = (int(ids),) if isinstance(ids, int) else tuple(int(i) for i in ids)
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Rollout:
+    """Prompts and sampled responses of one :func:`generate` call.
+
+    ``B`` rows, prompt length ``P`` (left-padded), response length ``T`` = the number of decode
+    steps actually run (``<= max_new_tokens``; shorter when every row stopped early).
+    """
+
+    sequences: Tensor
+    """``(B, P+T)`` long: prompt ids followed by response ids (pad after a row's EOS)."""
+    attention_mask: Tensor
+    """``(B, P+T)`` long: the prompt mask followed by ``response_mask``."""
+    response_mask: Tensor
+    """``(B, T)`` bool: true up to and including the first EOS, false after it."""
+    logprobs: Tensor
+    """``(B, T)`` float32: log-prob of each sampled token under the sampling distribution,
+    ``log_softmax(logits / temperature)`` before top-k/top-p truncation (temperature 1 when
+    greedy); 0 where ``response_mask`` is false."""
+    prompt_length: int
+    """``P``: responses start at this column of ``sequences``."""
+    response_lengths: Tensor
+    """``(B,)`` long: number of response tokens, EOS included."""
+    eos_reached: Tensor
+    """``(B,)`` bool: whether the row emitted an EOS (false: cut at ``max_new_tokens``)."""
+
+    @property
+    def responses(self) -> Tensor:
+        """``(B, T)`` response ids, ``sequences[:, prompt_length:]``."""
+        return self.sequences[:, self.prompt_length :]
+
+
+# --- padding helpers --------------------------------------------------------------------------
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int] | Tensor],
+    pad_token_id: int,
+    device: torch.device | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Stack token-id lists of different lengths, padding on the left.
+
+    Returns:
+        ``(ids, attention_mask)``, both ``(B, max_len)`` long; the mask is 1 on real tokens.
+    """
+    if not sequences:
+        raise ValueError("sequences must not be empty")
+    rows = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sequences]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """``(B, L)`` position ids ``cumsum(mask) - 1`` clamped at 0: 0 at each row's first token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def sample_next(
+    logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Pick one token per row from next-token logits.
+
+    Args:
+        logits: ``(B, V)`` logits of the last position.
+        cfg: temperature, top-k and top-p.
+        generator: random source for ``torch.multinomial``.
+
+    Returns:
+        ``(tokens, logprobs)``, both ``(B,)``: the chosen ids (long) and their float32
+        ``log_softmax(logits / temperature)`` before truncation (temperature 1 when greedy).
+    """
+    logits = logits.float()
+    if cfg.temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        scaled = logits
+    else:
+        scaled = logits / cfg.temperature if cfg.temperature != 1 else logits
+        if cfg.top_k > 0 or cfg.top_p < 1.0:
+            tokens = _sample_truncated(scaled, cfg.top_k, cfg.top_p, generator)
+        else:
+            probs = torch.softmax(scaled, dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    chosen = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B,)
+    return tokens, chosen - torch.logsumexp(scaled, dim=-1)
+
+
+def _sample_truncated(
+    scaled: Tensor, top_k: int, top_p: float, generator: torch.Generator | None
+) -> Tensor:
+    """Sample after top-k then top-p filtering (the order of HF's logits warpers), ``(B,)``."""
+    if 0 < top_k < scaled.shape[-1]:
+        values, index = scaled.topk(top_k, dim=-1)  # (B, k), sorted descending
+    else:
+        values, index = scaled.sort(dim=-1, descending=True)  # (B, V)
+    if top_p < 1.0:
+        probs = values.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+        values = values.masked_fill(mass_before >= top_p, float("-inf"))  # the top one stays
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+    return index.gather(-1, choice).squeeze(-1)
+
+
+# --- the decode loop --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while sampling; the previous train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    cfg: SamplingConfig | None = None,
+) -> Rollout:
+    """Sample a response for every prompt, with a KV cache, returning ids, masks and log-probs.
+
+    One prefill forward over the prompts (logits of the last position only), then one forward
+    per new token. Rows that have emitted an EOS keep being fed pad tokens (their outputs are
+    ignored) until every row is done or ``max_new_tokens`` is reached. The model is put in eval
+    mode for the call. Works with Hugging Face causal LMs (and PEFT wrappers of them): anything
+    whose ``forward`` takes ``input_ids, attention_mask, position_ids, past_key_values,
+    use_cache, logits_to_keep`` and returns ``.logits`` and ``.past_key_values``.
+
+    Args:
+        model: the policy.
+        prompt_ids: ``(B, P)`` long, left-padded (see :func:`left_pad`).
+        attention_mask: ``(B, P)``, 1 on real tokens; ``None`` means no padding.
+        cfg: sampling settings; ``None`` is ``SamplingConfig()``.
+
+    Returns:
+        A :class:`Rollout`.
+    """
+    cfg = SamplingConfig() if cfg is None else cfg
+    if attention_mask is None:
+        attention_mask = torch.ones_like(prompt_ids)
+    _check_prompts(prompt_ids, attention_mask)
+    B, P = prompt_ids.shape
+    T, device = cfg.max_new_tokens, prompt_ids.device
+    generator = _new_generator(cfg.seed, device)
+
+    responses = torch.full((B, T), cfg.pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((B, T), dtype=torch.float32, device=device)
+    response_mask = torch.zeros((B, T), dtype=torch.bool, device=device)
+    alive = torch.ones(B, dtype=torch.bool, device=device)  # no EOS emitted yet
+    eos = torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device)
+    # Without prompt padding no mask is needed at all (the cache only holds this batch's keys);
+    # with it, the mask grows by a column of ones per step: what a row does after its EOS only
+    # affects that row's own, discarded, outputs.
+    mask = None
+    if not bool(attention_mask.all()):
+        mask = torch.cat([attention_mask.long(), attention_mask.new_ones((B, T)).long()], dim=1)
+
+    positions = position_ids_from_mask(attention_mask)  # (B, P)
+    with _eval_mode(model):
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=None if mask is None else mask[:, :P],
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache, next_position = out.past_key_values, positions[:, -1:] + 1  # (B, 1)
+        steps = 0
+        while True:
+            tokens, token_logprobs = sample_next(out.logits[:, -1, :], cfg, generator)
+            responses[:, steps] = torch.where(alive, tokens, cfg.pad_token_id)
+            logprobs[:, steps] = torch.where(alive, token_logprobs, 0.0)
+            response_mask[:, steps] = alive
+            if eos.numel():
+                alive &= ~torch.isin(tokens, eos)
+            steps += 1
+            if steps == T or not bool(alive.any()):
+                break
+            out = model(
+                input_ids=responses[:, steps - 1 : steps],
+                attention_mask=None if mask is None else mask[:, : P + steps],
+                position_ids=next_position + (steps - 1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+    del cache, out
+    return _finish(prompt_ids, attention_mask, responses, response_mask, logprobs, steps, alive)
+
+
+def _check_prompts(prompt_ids: Tensor, attention_mask: Tensor) -> None:
+    if prompt_ids.dim() != 2 or attention_mask.shape != prompt_ids.shape:
+        raise ValueError(
+            f"prompt_ids must be (B, P) and attention_mask the same shape, got "
+            f"{tuple(prompt_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
+    if prompt_ids.shape[1] == 0 or not bool(attention_mask[:, -1].all()):
+        raise ValueError(
+            "prompts must be left-padded with at least one real token each: the last column of "
+            "attention_mask must be all ones (see pavlov.llm.rollout.left_pad)"
+        )
+
+
+def _finish(
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    responses: Tensor,
+    response_mask: Tensor,
+    logprobs: Tensor,
+    steps: int,
+    alive: Tensor,
+) -> Rollout:
+    """Trim the preallocated ``(B, max_new_tokens)`` buffers to ``steps`` and assemble."""
+    responses, response_mask = responses[:, :steps], response_mask[:, :steps]
+    return Rollout(
+        sequences=torch.cat([prompt_ids.long(), responses], dim=1),
+        attention_mask=torch.cat([prompt_mask.long(), response_mask.long()], dim=1),
+        response_mask=response_mask,
+        logprobs=logprobs[:, :steps],
+        prompt_length=prompt_ids.shape[1],
+        response_lengths=response_mask.sum(dim=1),
+        eos_reached=~alive,
+    )

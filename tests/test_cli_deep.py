@@ -1,0 +1,83 @@
+"""`pavlov train` with deep agents: run dirs, checkpoints, --resume, eval and --gif."""
+
+import json
+
+import pytest
+
+from pavlov.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def last_json(out):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_ppo_run_checkpoints_resume_eval_gif(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = [
+        "train",
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "--total-steps",
+        "1024",
+        "-o",
+        "n_envs=4",
+        "-o",
+        "n_steps=64",
+        "--checkpoint-every",
+        "512",
+        "--evaluate-every",
+        "512",
+        "--eval-episodes",
+        "3",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "p",
+        "--json",
+    ]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    s = last_json(out)
+    assert s["env_steps"] == 1024 and s["episodes"] == 3
+    d = runs / "p"
+    ckpts = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
+    assert ckpts == ["final.pt", "step_0000000512.pt", "step_0000001024.pt"]
+    assert (d / "checkpoints" / "latest").read_text().strip() == "final.pt"
+    assert [e[0] for e in s["evals"]] == [512, 1024]
+
+    code, out, err = run_cli(
+        ["train", "--resume", str(d), "--total-steps", "2048", "--eval-episodes", "2", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert last_json(out)["env_steps"] == 2048
+
+    gif = tmp_path / "ep.gif"
+    code, out, _ = run_cli(["eval", str(d), "--episodes", "2", "--gif", str(gif), "--json"], capsys)
+    assert code == 0 and last_json(out)["episodes"] == 2
+    assert gif.read_bytes()[:6] == b"GIF89a"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "dqn", "--env", "Pendulum-v1"], "dqn supports Discrete action spaces"),
+        (["train", "ppo", "--env", "CartPole-v1", "-o", "gamma=2"], "gamma"),
+        (["train", "ppo", "--env", "CartPole-v1", "--episodes", "5"], "unknown agent key"),
+        (["train", "--resume", "/nonexistent"], "not a pavlov run directory"),
+    ],
+)
+def test_deep_bad_input(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -18,11 +18,6 @@ from pavlov.llm.data import (
     load_prompts,
     load_sft,
     pack_sequences,
-    rt_movies,
-    rt_preferences,
-    rt_sentiment,
-    rt_sft,
-    rt_split_of,
     tokenize_preferences,
     tokenize_sft,
 )
@@ -36,8 +31,9 @@ from pavlov.llm.models import (
     pad_left,
     pad_right,
     save_model,
-    tiny_causal_lm,
 )
+from pavlov.llm.rt import rt_movies, rt_preferences, rt_sentiment, rt_sft, rt_split_of
+from pavlov.llm.tiny import tiny_causal_lm
 
 __all__ = [
     "LabeledText",

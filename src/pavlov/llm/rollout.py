@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pavlov.llm.models import position_ids_from_mask
+
 __all__ = [
     "Rollout",
     "SamplingConfig",
@@ -131,11 +133,6 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """``(B, L)`` position ids ``cumsum(mask) - 1`` clamped at 0: 0 at each row's first token."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
-
-
 # --- sampling ---------------------------------------------------------------------------------
 
 
@@ -147,7 +144,7 @@ def sample_next(
     Args:
         logits: ``(B, V)`` logits of the last position.
         cfg: temperature, top-k and top-p.
-        generator: random source for ``torch.multinomial``.
+        generator: random source of the draws.
 
     Returns:
         ``(tokens, logprobs)``, both ``(B,)``: the chosen ids (long) and their float32
@@ -162,8 +159,7 @@ def sample_next(
         if cfg.top_k > 0 or cfg.top_p < 1.0:
             tokens = _sample_truncated(scaled, cfg.top_k, cfg.top_p, generator)
         else:
-            probs = torch.softmax(scaled, dim=-1)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            tokens = _draw(torch.softmax(scaled, dim=-1), generator)
     chosen = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B,)
     return tokens, chosen - torch.logsumexp(scaled, dim=-1)
 
@@ -180,8 +176,26 @@ def _sample_truncated(
         probs = values.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
         values = values.masked_fill(mass_before >= top_p, float("-inf"))  # the top one stays
-    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1)
-    return index.gather(-1, choice).squeeze(-1)
+    choice = _draw(values.softmax(dim=-1), generator)  # (B,)
+    return index.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One inverse-CDF sample per row of ``probs`` ``(B, V)`` (>= 0, not necessarily
+    normalised), ``(B,)``.
+
+    Equivalent in distribution to ``torch.multinomial(probs, 1)`` but one uniform number per row:
+    on CPU, ``multinomial`` over a 49k vocabulary costs ~9 ms for 8 rows, this ~0.3 ms. The CDF
+    is accumulated in float64 (a float32 running sum over 50k entries drifts); ``right=True``
+    means a zero-probability token is never chosen.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    u = (
+        torch.rand((probs.shape[0], 1), dtype=cdf.dtype, device=cdf.device, generator=generator)
+        * cdf[:, -1:]
+    )
+    index = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    return index.clamp_(max=probs.shape[-1] - 1)
 
 
 # --- the decode loop --------------------------------------------------------------------------

@@ -109,8 +109,8 @@ def sequence_logprob(
 def _response_span(response: Response, attention_mask: Tensor) -> tuple[int, Tensor]:
     """``(start, mask)``: first scored column and the ``(B, L - start)`` bool response mask."""
     B, L = attention_mask.shape
-    if isinstance(response, int):
-        start = response
+    if not isinstance(response, Tensor):
+        start = int(response)
         mask = attention_mask[:, start:].bool()
     else:
         if response.shape != attention_mask.shape:

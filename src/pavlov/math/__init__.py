@@ -2,10 +2,12 @@
 
 Modules: :mod:`~pavlov.math.returns` (returns and advantages over ``(T, N)`` rollouts),
 :mod:`~pavlov.math.policy` (policy losses, KL estimators, entropy), :mod:`~pavlov.math.value`
-(TD targets, Huber, Polyak), :mod:`~pavlov.math.sequence` (token log-probs, KL penalty) and
-:mod:`~pavlov.math.masked` (masked mean/whiten).
+(TD targets, Huber, Polyak), :mod:`~pavlov.math.sequence` (token log-probs, KL penalty),
+:mod:`~pavlov.math.masked` (masked mean/whiten), :mod:`~pavlov.math.preference` (Bradley-Terry and
+DPO-family losses) and :mod:`~pavlov.math.group` (GRPO / RLOO group advantages).
 """
 
+from pavlov.math.group import group_advantages, rloo_advantages
 from pavlov.math.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from pavlov.math.policy import (
     KL_ESTIMATORS,
@@ -21,6 +23,14 @@ from pavlov.math.policy import (
     ppo_clip_loss,
     reinforce_loss,
 )
+from pavlov.math.preference import (
+    DPO_LOSSES,
+    bradley_terry_loss,
+    dpo_hinge_loss,
+    dpo_ipo_loss,
+    dpo_loss,
+    dpo_sigmoid_loss,
+)
 from pavlov.math.returns import (
     discounted_returns,
     gae,
@@ -32,14 +42,21 @@ from pavlov.math.sequence import kl_penalty, selective_log_softmax
 from pavlov.math.value import double_q_target, huber, polyak_update, td_target
 
 __all__ = [
+    "DPO_LOSSES",
     "KL_ESTIMATORS",
     "approx_kl",
+    "bradley_terry_loss",
     "categorical_entropy",
     "clipped_value_loss",
     "discounted_returns",
     "double_q_target",
+    "dpo_hinge_loss",
+    "dpo_ipo_loss",
+    "dpo_loss",
+    "dpo_sigmoid_loss",
     "entropy",
     "gae",
+    "group_advantages",
     "huber",
     "importance_ratio",
     "kl_estimator",
@@ -57,6 +74,7 @@ __all__ = [
     "ppo_clip_loss",
     "reinforce_loss",
     "reward_to_go",
+    "rloo_advantages",
     "selective_log_softmax",
     "td_target",
 ]

@@ -293,7 +293,7 @@ def test_config_validation_names_the_field(field, value):
 @pytest.mark.parametrize("name", ["ppo-cartpole", "ppo-acrobot", "ppo-pendulum"])
 def test_yaml_configs_build(name):
     data = load_yaml(CONFIGS / f"{name}.yaml")
-    assert set(data) == {"env", "seed", "agent"}
+    assert set(data) == {"algo", "env", "seed", "agent"} and data["algo"] == "ppo"
     cfg = build_config(ppo.Config, data["agent"], where="agent")
     assert cfg.total_steps > 0
 

@@ -15,7 +15,6 @@ them to the run directory, the progress bar and checkpoints; a benchmark wires a
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from pavlov.errors import ConfigError, PavlovError
+from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 # --------------------------------------------------------------------------- training contract
 
@@ -277,28 +277,6 @@ class TrainClock:
 
 
 # ------------------------------------------------------------------------------ RNG and eval
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy's global RNG and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy-global and torch RNG states, for exact resume."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
 
 
 def evaluate_in_env(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -28,3 +29,31 @@ def seed_env(env, seed: int):
     env.action_space.seed(seed)
     env.observation_space.seed(seed)
     return env.reset(seed=seed)
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy's global RNG and torch (imports torch: for the deep agents)."""
+    import torch
+
+    seed_everything(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy-global and torch RNG states, for exact resume from a checkpoint."""
+    import torch
+
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    torch.set_rng_state(state["torch"])

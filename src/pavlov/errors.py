@@ -25,3 +25,19 @@ def check_positive(name: str, value: float) -> None:
     """Raise :class:`ConfigError` unless ``value > 0``."""
     if not (value > 0):
         raise ConfigError(f"{name} must be positive, got {value!r}")
+
+
+class NonFiniteError(PavlovError):
+    """A loss or gradient became NaN/inf: training stops before any weight is updated with it."""
+
+
+def check_finite(name: str, value, step: int, unit: str = "step", hint: str = "") -> None:
+    """Raise :class:`NonFiniteError` naming the quantity and the ``unit`` count (``"env step"``
+    for RL agents, ``"step"`` for optimizer steps) unless every element of the tensor ``value``
+    is finite. Call it on the loss *before* ``optimizer.step()`` so bad weights are never made.
+    (Duck-typed on ``value.isfinite()``: this module does not import torch.)"""
+    if not bool(value.isfinite().all()):
+        raise NonFiniteError(
+            f"{name} is not finite at {unit} {step}; stopped before the optimizer step "
+            f"(no NaN weights written){'; ' + hint if hint else ''}"
+        )

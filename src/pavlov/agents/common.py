@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pavlov.errors import ConfigError, PavlovError
+from pavlov.errors import ConfigError, NonFiniteError, PavlovError  # noqa: F401  re-exported
+from pavlov.errors import check_finite as _check_finite
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 # --------------------------------------------------------------------------- training contract
@@ -70,17 +71,9 @@ class TrainOutput:
     """``(env_step, mean_return)`` of each evaluation during training."""
 
 
-class NonFiniteError(PavlovError):
-    """A loss or gradient became NaN/inf: training stops before any weight is updated with it."""
-
-
 def check_finite(name: str, value: torch.Tensor, step: int) -> None:
-    """Raise :class:`NonFiniteError` naming the quantity and the env step if ``value`` is not
-    finite. Call it on the loss *before* ``optimizer.step()`` so bad weights are never made."""
-    if not torch.isfinite(value).all():
-        raise NonFiniteError(
-            f"{name} is not finite at env step {step}; stopping (no NaN weights written)"
-        )
+    """:func:`pavlov.errors.check_finite` counting env steps."""
+    _check_finite(name, value, step, unit="env step")
 
 
 # ------------------------------------------------------------------------------ spaces and nets

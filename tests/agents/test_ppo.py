@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pavlov.agents import ppo
+from pavlov.agents import ppo, ppo_fast
 from pavlov.agents.common import EpisodeStats, Hooks, NonFiniteError, make_vec_env, seed_all
 from pavlov.agents.distributions import (
     ActorCritic,
@@ -25,6 +26,7 @@ from pavlov.agents.normalize import RunningMeanStd
 from pavlov.config import build_config, load_yaml
 from pavlov.errors import ConfigError, PavlovError
 from pavlov.evaluation import evaluate_policy
+from pavlov.math import masked_whiten
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -152,6 +154,119 @@ def test_truncation_bootstraps_from_the_final_observation():
     assert not buf.terminated.any()
     np.testing.assert_allclose(buf.final_values[4], net(np.array([[5.0]], np.float32))[0, 2])
     np.testing.assert_allclose(buf.last_values, net(np.array([[2.0]] * 2, np.float32))[:, 2])
+
+
+# ------------------------------------------------------- hand-written update == autograd
+
+SPACES = {"discrete": gym.spaces.Discrete(3), "box": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
+
+
+def _model_and_batch(kind: str, n: int, dtype=torch.float64, seed: int = 0):
+    """A non-trivial (model, head, batch): old log-probs and values off the current ones, so
+    that many ratios lie outside the clip range and the value clip binds."""
+    torch.manual_seed(seed)
+    head = {"discrete": CategoricalHead, "box": GaussianHead}[kind](SPACES[kind])
+    model = ActorCritic(5, head.n_outputs, [16, 8], "tanh", False,
+                        None if kind == "discrete" else -0.3).to(dtype)
+    for lin in (model.pi[-1], model.v[-1]):  # larger output layers than the 0.01 init
+        torch.nn.init.normal_(lin.weight, std=0.5)
+    obs = torch.randn(n, 5, dtype=dtype)
+    with torch.no_grad():
+        out, values = model(obs)
+        if kind == "discrete":
+            actions = torch.distributions.Categorical(logits=out).sample()
+        else:
+            actions = out + torch.randn_like(out)
+        logp = head.log_prob(out, model.log_std, actions)
+    batch = {"obs": obs, "actions": actions, "logp": logp + 0.3 * torch.randn_like(logp),
+             "values": values + 0.5 * torch.randn_like(values),
+             "advantages": torch.randn(n, dtype=dtype), "returns": torch.randn(n, dtype=dtype)}
+    return model, head, batch
+
+
+def _opt(model, lr=1e-2):
+    return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
+OPTIONS = [dict(), dict(clip_range_vf=0.2, ent_coef=0.01), dict(normalize_advantage=False)]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("kind", ["discrete", "box"])
+def test_fast_loss_gradient_and_metrics_equal_autograd(kind, options):
+    cfg = dataclasses.replace(TINY, batch_size=32, **options)
+    model, head, batch = _model_and_batch(kind, 32)
+    ref = copy.deepcopy(model)
+    fast = ppo_fast.FastUpdate(model, head, _opt(model))
+    loss, parts = fast.loss_and_grad(fast.split(fast.pack(batch), cfg), cfg, 0.2)
+    ref_loss, ref_metrics = ppo._minibatch_loss(ref, head, batch, cfg, 0.2)
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-10)
+    grads = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+    torch.testing.assert_close(fast.flat_grad, grads, rtol=1e-10, atol=1e-10)
+    metrics = ppo_fast._metrics([parts], 0.2)
+    assert 0.2 < metrics["losses/clip_fraction"] < 0.8  # the clip is active
+    for name, value in ref_metrics.items():
+        torch.testing.assert_close(metrics[name], value, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("kind", "dtype", "tol"), [("discrete", torch.float64, 1e-9),
+                                                    ("box", torch.float64, 1e-9),
+                                                    ("discrete", torch.float32, 1e-5)])
+@pytest.mark.parametrize("batch_size", [64, 24])  # one minibatch per epoch; shuffled, ragged
+def test_fast_ppo_update_equals_autograd_update(kind, dtype, tol, batch_size):
+    """Three epochs with the gradient-norm clip active: same parameters, optimizer state and
+    metrics as the autograd update, and the same for a checkpoint's optimizer state."""
+    cfg = dataclasses.replace(TINY, batch_size=batch_size, n_epochs=3, max_grad_norm=0.05,
+                              clip_range_vf=0.5, ent_coef=0.01)
+    model, head, batch = _model_and_batch(kind, 64, dtype)
+    ref = copy.deepcopy(model)
+    opt, ref_opt = _opt(model), _opt(ref)
+    fast = ppo_fast.FastUpdate(model, head, opt)
+    fast.loss_and_grad(fast.split(fast.pack(batch), cfg), cfg, 0.2)
+    assert fast.flat_grad.norm() > 4 * cfg.max_grad_norm  # clipping active
+    torch.manual_seed(1)
+    metrics = ppo.ppo_update(model, head, opt, batch, cfg, 0.2, 0, fast)
+    torch.manual_seed(1)
+    ref_metrics = ppo.ppo_update(ref, head, ref_opt, batch, cfg, 0.2, 0)
+    assert metrics.keys() == ref_metrics.keys()
+    assert metrics["losses/n_minibatches"] == 3 * math.ceil(64 / batch_size)
+    for name, value in ref_metrics.items():
+        assert metrics[name] == pytest.approx(value, rel=tol, abs=tol), name
+    for name, value in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=tol, atol=tol)
+    state, ref_state = opt.state_dict(), ref_opt.state_dict()
+    for i, ref_param_state in ref_state["state"].items():
+        for key, value in ref_param_state.items():
+            torch.testing.assert_close(state["state"][i][key], value, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 20, 64])
+def test_whiten_minibatches_equals_masked_whiten_per_slice(size):
+    adv = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    slices = [adv[i : i + size] for i in range(0, 64, size)]
+    expected = torch.cat([masked_whiten(s, None) if len(s) > 1 else s for s in slices])
+    torch.testing.assert_close(ppo_fast._whiten_minibatches(adv, size, True), expected)
+    assert ppo_fast._whiten_minibatches(adv, size, False) is adv
+
+
+def test_fast_update_is_used_where_supported_and_resumes_on_either_path():
+    agent = ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), TINY)
+    assert agent.fast is not None
+    shared = dataclasses.replace(TINY, shared_network=True)
+    assert ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Box(-1, 1, (1,)), shared).fast is None
+    off = dataclasses.replace(TINY, fast_update=False)
+    assert ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), off).fast is None
+    cfg = dataclasses.replace(TINY, total_steps=512)
+    fast_out = ppo.train("CartPole-v1", cfg)
+    moments = fast_out.state["optimizer"]["state"]
+    assert moments[0]["exp_avg"].shape == fast_out.state["model"]["pi.0.weight"].shape
+    assert float(moments[0]["step"]) == 2 * 4 * 2  # updates x minibatches x epochs
+    for path in (cfg, dataclasses.replace(cfg, fast_update=False)):
+        more = ppo.train("CartPole-v1", dataclasses.replace(path, total_steps=1024),
+                         resume=fast_out.state)
+        assert float(more.state["optimizer"]["state"][0]["step"]) == 4 * 4 * 2
+        assert not _params_equal(more.state["model"], fast_out.state["model"])
 
 
 # ------------------------------------------------------------------------------ smoke runs

@@ -1,4 +1,4 @@
-"""Fast small-MLP training without autograd's per-op overhead (used by DQN).
+"""Fast small-MLP training without autograd's per-op overhead (used by DQN and PPO).
 
 DQN takes ~10^4 minibatch steps on nets this small, where autograd bookkeeping and
 ``Optimizer.step`` Python overhead cost as much as the matmuls. Here parameters live in one flat
@@ -53,6 +53,9 @@ class MLPGrad:
         self.biases = [m.bias.detach() for m in linears]
         self.weight_grads = [m.weight.grad for m in linears]
         self.bias_grads = [m.bias.grad for m in linears]
+        # NumPy views for the weight gradients of narrow-input layers (the observation layer):
+        # MKL takes ~22 µs for g^T @ x with x (256, 4), OpenBLAS ~5 µs
+        self.narrow = [w.shape[1] <= 16 for w in self.weights]
         self.act_forward, self.act_backward, _ = _ACTIVATION_GRADS[activation]
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -67,17 +70,30 @@ class MLPGrad:
         """Write d loss / d parameters into ``.grad`` given ``grad_out`` = d loss / d output."""
         g = grad_out  # (B, out_i): gradient at layer i's pre-activation
         for i in range(len(self.weights) - 1, -1, -1):
-            torch.mm(g.t(), hs[i], out=self.weight_grads[i])  # (out_i, in_i)
+            if self.narrow[i]:
+                np.matmul(g.numpy().T, hs[i].numpy(), out=self.weight_grads[i].numpy())
+            else:
+                torch.mm(g.t(), hs[i], out=self.weight_grads[i])  # (out_i, in_i)
             torch.sum(g, 0, out=self.bias_grads[i])
             if i > 0:
                 g = self.act_backward(g @ self.weights[i], hs[i])
+
+
+def _tanh_(h: Tensor) -> Tensor:
+    """``torch.tanh_`` computed by NumPy on the same memory: on our CPUs torch's float32 tanh
+    takes 70-90 µs on a (256, 64) block, NumPy's 7-10 µs (same values to an ulp or two)."""
+    if h.device.type != "cpu" or h.requires_grad or not h.is_contiguous():
+        return torch.tanh_(h)
+    a = h.numpy()
+    np.tanh(a, out=a)
+    return h
 
 
 _ACTIVATION_GRADS: dict[str, tuple[Callable, Callable, Callable]] = {
     # (in-place forward, backward given the output (autograd's own kernels), NumPy in place)
     "relu": (torch.relu_, lambda g, h: torch.ops.aten.threshold_backward(g, h, 0),
              lambda h: np.maximum(h, 0, out=h)),
-    "tanh": (torch.tanh_, torch.ops.aten.tanh_backward, lambda h: np.tanh(h, out=h)),
+    "tanh": (_tanh_, torch.ops.aten.tanh_backward, lambda h: np.tanh(h, out=h)),
 }
 
 

@@ -48,6 +48,7 @@ from pavlov.agents.common import (
 )
 from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic, NumpyActorCritic
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
+from pavlov.agents.ppo_fast import FastUpdate, supported
 from pavlov.agents.rollout import Collector, Rollout, collect_rollout
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math import clipped_value_loss, gae, masked_whiten, ppo_clip_loss
@@ -123,6 +124,11 @@ class Config:
     """Adam epsilon."""
     seed: int = 0
     """Seed for torch, NumPy, Python and the envs."""
+    fast_update: bool = True
+    """Run the update through :mod:`pavlov.agents.ppo_fast` (closed-form loss gradients and a
+    hand-written backward on flat parameters: the same numbers as autograd to float rounding,
+    ~3x faster per minibatch on 64x64 nets) where it applies: separate actor and critic MLPs.
+    ``False``, or a shared network, uses autograd."""
     torch_threads: int | None = 1
     """torch intra-op threads while training (restored after): 1 is fastest for small MLPs,
     and extra threads spin-wait badly on a busy machine; None keeps torch's setting."""
@@ -214,9 +220,14 @@ def ppo_update(
     cfg: Config,
     clip_eps: float,
     step: int,
+    fast: FastUpdate | None = None,
 ) -> dict[str, float]:
     """``n_epochs`` passes of shuffled minibatches over ``batch``; mean metrics of the steps
-    taken. Raises :class:`~pavlov.agents.common.NonFiniteError` before stepping on a NaN loss."""
+    taken. Raises :class:`~pavlov.agents.common.NonFiniteError` before stepping on a NaN loss.
+    With ``fast`` (built on this ``model`` and ``opt``) the same update runs by hand."""
+    if fast is not None:
+        means, n_steps = fast.update(batch, cfg, clip_eps, step)
+        return _summary(means, n_steps, batch)
     n = batch["obs"].shape[0]
     logged: list[dict[str, torch.Tensor]] = []
     kl_limit = math.inf if cfg.target_kl is None else 1.5 * cfg.target_kl
@@ -242,9 +253,15 @@ def ppo_update(
             logged.append(metrics)
         if stopped:
             break
-    out = {k: torch.stack([m[k] for m in logged]).mean().item() for k in (logged or [{}])[0]}
+    means = {k: torch.stack([m[k] for m in logged]).mean() for k in (logged or [{}])[0]}
+    return _summary(means, len(logged), batch)
+
+
+def _summary(means: dict[str, torch.Tensor], n_steps: int, batch: dict[str, torch.Tensor]
+             ) -> dict[str, float]:
+    out = {k: v.item() for k, v in means.items()}
     out["losses/explained_variance"] = _explained_variance(batch["values"], batch["returns"])
-    out["losses/n_minibatches"] = float(len(logged))
+    out["losses/n_minibatches"] = float(n_steps)
     return out
 
 
@@ -267,6 +284,7 @@ class _Agent:
     head: Any
     obs_rms: RunningMeanStd | None
     reward_scaler: RewardScaler | None
+    fast: FastUpdate | None = None
     env_steps: int = 0
     updates: int = 0
 
@@ -289,7 +307,8 @@ def _build(obs_space: gym.Space, act_space: gym.Space, cfg: Config) -> _Agent:
     # loop on CPU for the 64x64 nets (76 vs 310 us)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
     scaler = RewardScaler(cfg.n_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
-    return _Agent(obs_space, model, opt, head, obs_rms, scaler)
+    fast = FastUpdate(model, head, opt) if cfg.fast_update and supported(model, head) else None
+    return _Agent(obs_space, model, opt, head, obs_rms, scaler, fast)
 
 
 def _state(agent: _Agent, cfg: Config, np_rng: np.random.Generator) -> dict[str, Any]:
@@ -316,6 +335,8 @@ def _load(agent: _Agent, state: dict[str, Any], np_rng: np.random.Generator) -> 
         agent.opt.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError) as e:
         raise PavlovError(f"resume state does not fit the config/env: {e}") from None
+    if agent.fast is not None:
+        agent.fast.adam.link()  # load_state_dict replaced the optimizer's state tensors
     for name in ("obs_rms", "reward_scaler"):
         if (getattr(agent, name) is None) != (state[name] is None):
             raise PavlovError(f"resume state and config disagree on {name} (normalize_* fields)")
@@ -389,7 +410,7 @@ def _loop(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Ho
         before, agent.env_steps = agent.env_steps, agent.env_steps + cfg.n_steps * cfg.n_envs
         batch = advantages_and_returns(c.buffer, cfg)
         metrics = ppo_update(agent.model, agent.head, agent.opt, batch, cfg, clip_eps,
-                             agent.env_steps)
+                             agent.env_steps, agent.fast)
         agent.updates += 1
         recent = (recent + [r for r, _ in finished])[-100:]
         sps = (agent.env_steps - start_steps) / max(time.perf_counter() - t0 - paused, 1e-9)

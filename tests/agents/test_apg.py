@@ -118,7 +118,7 @@ def test_bptt_gradient_matches_finite_differences():
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
-def test_apg_improves_the_return_within_seconds():
+def test_apg_improves_the_return_within_16k_steps():
     cfg = apg.Config(total_steps=16_000, seed=0)
     env = gym.make(ENV_ID)
     seed_all(cfg.seed)  # what train() does before building the policy
@@ -126,7 +126,7 @@ def test_apg_improves_the_return_within_seconds():
     before = evaluate_in_env(ENV_ID, apg._numpy_policy(init), 50, 123).mean_return
     out = apg.train(ENV_ID, cfg)
     after = evaluate_in_env(ENV_ID, apg.load_policy(out.state, cfg, env), 50, 123).mean_return
-    assert out.env_steps == 16_000 and out.seconds < 10
+    assert out.env_steps == 16_000  # wall time is benchmarked, not asserted (CI load varies)
     # random actions score ~ -76 here, the optimum ~ -12
     assert before < -55 and after > -25, (before, after)
 

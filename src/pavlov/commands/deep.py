@@ -37,10 +37,15 @@ def train_deep_run(
     ``resume_from``: an existing run directory; training continues from its latest checkpoint
     and appends to its metrics (config may raise ``total_steps``).
     """
+    import torch
+
     from pavlov.agents.common import Hooks
     from pavlov.commands.train import evaluate_summary
     from pavlov.envs.factory import make_env
 
+    # Classic-control nets are tiny: a second intra-op thread only spin-waits (measured 30x
+    # slower PPO on a busy 2-core machine). PPO sets this itself through cfg.torch_threads.
+    torch.set_num_threads(1)
     mod = spec.mod
     cfg = build_config(mod.Config, {**agent, "seed": seed}, where="agent")
     env = make_env(env_id, env_kwargs)  # one-line error for a bad id before any file exists

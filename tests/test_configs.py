@@ -1,4 +1,4 @@
-"""Every shipped YAML config builds a valid agent config (a broken config is a bug)."""
+"""Every shipped YAML config builds a valid config (a broken config is a bug)."""
 
 from pathlib import Path
 
@@ -8,21 +8,32 @@ from pavlov.algos import get_algo
 from pavlov.config import build_config, load_yaml
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+RUN_KEYS = {
+    "algo",
+    "env",
+    "seed",
+    "env_kwargs",
+    "agent",
+    "eval_episodes",
+    "evaluate_every",
+    "checkpoint_every",
+}
+
+
+def _llm_config_cls(prefix: str):
+    from pavlov.llm.trainers import DPOConfig, RewardConfig, SFTConfig
+
+    return {"sft": SFTConfig, "rm": RewardConfig, "dpo": DPOConfig}[prefix]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_builds(path):
     data = load_yaml(path)
-    spec = get_algo(data.get("algo") or path.stem.split("-")[0])
+    prefix = path.stem.split("-")[0]
+    if "trainer" in data:  # pavlov sft / reward-model / dpo
+        assert build_config(_llm_config_cls(prefix), data["trainer"]) is not None
+        return
+    spec = get_algo(data.get("algo") or prefix)
     cfg = build_config(spec.config_cls, {**getattr(spec, "defaults", {}), **data["agent"]})
     assert cfg is not None
-    assert set(data) <= {
-        "algo",
-        "env",
-        "seed",
-        "env_kwargs",
-        "agent",
-        "eval_episodes",
-        "evaluate_every",
-        "checkpoint_every",
-    }
+    assert set(data) <= RUN_KEYS

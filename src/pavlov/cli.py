@@ -228,6 +228,156 @@ def tour(
     run_tour(out, json_)
 
 
+# ---------------------------------------------------------------------------------------------
+# Language models: sft, reward-model, dpo, generate (thin wrappers over pavlov.commands.llm)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Model directory, .gguf file or run dir (default: embedded SmolLM2)."),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Training data .jsonl/.csv/.parquet (default: Rotten Tomatoes, train split)."
+    ),
+]
+EvalDataOpt = Annotated[
+    Path | None,
+    typer.Option(help="Held-out data file (default: Rotten Tomatoes test split, built-in data)."),
+]
+OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-o", help="Any trainer field: -o learning_rate=1e-4 (repeatable)."),
+]
+LoraOpt = Annotated[
+    bool | None, typer.Option("--lora/--no-lora", help="Train LoRA adapters only (default off).")
+]
+MaxStepsOpt = Annotated[
+    int | None, typer.Option(help="Optimizer steps (default: one epoch of the data).")
+]
+NameOpt = Annotated[str | None, typer.Option(help="Run name (default command-model-time).")]
+RunsDirOpt = Annotated[Path | None, typer.Option(help="Where runs go (default runs/).")]
+ResumeOpt = Annotated[
+    Path | None, typer.Option(help="Continue runs/NAME from its latest checkpoint.")
+]
+ChatOpt = Annotated[
+    bool | None,
+    typer.Option("--chat-template/--no-chat-template", help="Render prompts as chat turns."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _llm_train(command: str, config, opts: dict[str, Any], flags: dict[str, Any], override,
+               quiet: bool, json_: bool) -> None:  # fmt: skip
+    from pavlov.commands.llm import run_llm_train
+
+    run_llm_train(command, _options(config, **opts), flags, override, quiet=quiet, json_out=json_)
+
+
+@app.command()
+def sft(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
+    max_steps: MaxStepsOpt = None,
+    lora: LoraOpt = None,
+    seed: SeedOpt = None,
+    override: OverrideOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    resume: ResumeOpt = None,
+    chat_template: ChatOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Supervised fine-tuning of a causal LM on prompt -> completion data (loss on completions)."""
+    opts = dict(model=model, data=data, eval_data=eval_data, name=name, runs_dir=runs_dir,
+                resume=resume, chat_template=chat_template)  # fmt: skip
+    flags = dict(max_steps=max_steps, lora=lora, seed=seed)
+    _llm_train("sft", config, opts, flags, override, quiet, json_)
+
+
+@app.command(name="reward-model")
+def reward_model(
+    model: ModelOpt = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="causal (head on an LM) or encoder (default model: embedded MiniLM)."),
+    ] = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
+    max_steps: MaxStepsOpt = None,
+    lora: LoraOpt = None,
+    seed: SeedOpt = None,
+    override: OverrideOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    resume: ResumeOpt = None,
+    chat_template: ChatOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Train a scalar reward model: Bradley-Terry on preference pairs (-o mode=pointwise: BCE on
+    labelled texts)."""
+    opts = dict(model=model, backbone=backbone, data=data, eval_data=eval_data, name=name,
+                runs_dir=runs_dir, resume=resume, chat_template=chat_template)  # fmt: skip
+    flags = dict(max_steps=max_steps, lora=lora, seed=seed)
+    _llm_train("reward-model", config, opts, flags, override, quiet, json_)
+
+
+@app.command()
+def dpo(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
+    max_steps: MaxStepsOpt = None,
+    lora: LoraOpt = None,
+    seed: SeedOpt = None,
+    override: OverrideOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    resume: ResumeOpt = None,
+    chat_template: ChatOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Direct Preference Optimization (also IPO, hinge: -o loss_type=ipo) on preference pairs."""
+    opts = dict(model=model, data=data, eval_data=eval_data, name=name, runs_dir=runs_dir,
+                resume=resume, chat_template=chat_template)  # fmt: skip
+    flags = dict(max_steps=max_steps, lora=lora, seed=seed)
+    _llm_train("dpo", config, opts, flags, override, quiet, json_)
+
+
+@app.command()
+def generate(
+    model: ModelOpt = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt (repeatable).")] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="File of prompts (.jsonl/.csv/.parquet, field 'prompt').")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per completion (64).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 is greedy (default 1).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-k filter (0: off).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus filter in (0, 1] (1: off).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per batch (8).")] = None,
+    chat_template: ChatOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Sample completions from a model or a trained run (KV-cache rollout engine)."""
+    from pavlov.commands.llm import run_generate
+
+    opts = _options(config, model=model, prompt=prompt, prompts=prompts,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, batch_size=batch_size, chat_template=chat_template,
+                    seed=seed)  # fmt: skip
+    run_generate(opts, json_)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,327 @@
+"""The training loop shared by SFT, the reward model and DPO.
+
+A trainer describes its work as a :class:`Task` (plain functions: build a micro-batch, compute
+its loss, save the weights, evaluate) and calls :func:`fit`, which owns everything else:
+AdamW and the lr schedule, gradient accumulation with the loss weights, clipping, the NaN
+guard, metric records, the progress bar, held-out evaluations, checkpoints and resume.
+
+Checkpoints (with a :class:`~pavlov.run.Run`)::
+
+    runs/NAME/checkpoints/step_<n>/    weights saved by ``task.save`` (atomic directory)
+                                       + trainer_state.pt: optimizer, scheduler, step, RNG
+    runs/NAME/checkpoints/latest       "step_<n>", written last (atomic_write_text)
+    runs/NAME/model/                   the final model, loadable by transformers / peft
+
+Resume is exact: the batch plan is a function of ``(seed, step)``
+(:class:`~pavlov.llm.trainers.common.BatchPlan`), and the weights, AdamW moments, scheduler
+step and RNG state are restored, so an interrupted run continued with ``--resume`` gives the
+same weights as an uninterrupted one. What may differ: raising ``max_steps`` on resume
+lengthens the linear lr decay from that step on (the schedule is recomputed for the new total).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pavlov.errors import PavlovError
+from pavlov.llm.trainers.common import (
+    TrainConfig,
+    autocast,
+    batch_plan,
+    check_finite,
+    make_optimizer,
+    make_scheduler,
+    rng_state,
+    set_rng_state,
+    trainable_parameters,
+)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "trainer_state.pt"
+Metrics = dict[str, Tensor | float]
+
+
+@dataclass
+class Task:
+    """What a trainer hands :func:`fit`: composed functions, no base class."""
+
+    name: str
+    """Short name for the progress bar (``"sft"``)."""
+    model: nn.Module
+    """The module whose trainable parameters are optimised (``requires_grad`` decides)."""
+    lengths: list[int]
+    """Tokens of each training example (pairs, sequences or packed blocks): their number is the
+    data size the batch plan draws from; ``group_by_length`` sorts by them."""
+    collate: Callable[[list[int]], Any]
+    """Example indices -> a micro-batch."""
+    loss: Callable[[Any], tuple[Tensor, Metrics]]
+    """Micro-batch -> ``(mean loss, metrics)``; called under the precision's autocast."""
+    weight: Callable[[Any], float]
+    """How many units the micro-batch's mean is over (completion tokens for SFT, pairs or
+    examples otherwise): micro-batch losses are weighted by ``weight / total`` of the step."""
+    save: Callable[[Path, bool], None]
+    """``save(directory, final)``: write loadable weights (and tokenizer) into a new directory,
+    atomically; ``final`` is true for the run's ``model/`` (e.g. merge LoRA adapters there)."""
+    evaluate: Callable[[], dict[str, float]] | None = None
+    """Held-out metrics (``eval/...``), called in eval mode under ``torch.no_grad()``."""
+    key_metric: str = "loss"
+    """Train metric shown on the progress bar."""
+    state: Callable[[], dict[str, Any]] = dict
+    """Extra resumable state saved in each checkpoint (e.g. DPO's reference log-probs)."""
+
+
+@dataclass
+class FitResult:
+    steps: int
+    """Optimizer steps done in total (including those before a resume)."""
+    train: dict[str, float]
+    """The last metric record (``train/...``)."""
+    eval: dict[str, float]
+    """The last evaluation (``eval/...``); empty without an evaluation function."""
+    seconds: float
+    """Wall seconds of this call (evaluations included)."""
+    seconds_per_step: float = 0.0
+    """Mean wall seconds per optimizer step of this call, evaluations excluded."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Every metric record of this call (also in ``metrics.jsonl`` with a run)."""
+
+
+def fit(
+    cfg: TrainConfig,
+    task: Task,
+    *,
+    run=None,
+    resume: dict[str, Any] | None = None,
+    quiet: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Run the optimizer steps of ``cfg`` on ``task``; log, evaluate and checkpoint into ``run``.
+
+    Args:
+        cfg: the shared fields of :class:`~pavlov.llm.trainers.common.TrainConfig`.
+        task: the trainer's functions.
+        run: a :class:`pavlov.run.Run` (metrics, checkpoints, the final ``model/``) or None.
+        resume: a ``trainer_state.pt`` dict (:func:`load_resume`); the task's weights must
+            already be loaded from the same checkpoint.
+        quiet: no progress bar.
+        callback: ``callback(step, record)`` after every optimizer step (tests, stop rules).
+    """
+    from pavlov.run.console import ProgressBar
+
+    plan = batch_plan(cfg, task.lengths)
+    total = plan.total_steps(cfg.epochs, cfg.max_steps)
+    params = [p for _, p in trainable_parameters(task.model)]
+    optimizer = make_optimizer(task.model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total)
+    step = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        step = int(resume["step"])
+    t0, start, log = time.perf_counter(), step, _Log(run, cfg.log_every)
+    task.model.train()
+    with ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar:
+        while step < total:
+            t_step = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            metrics["train/learning_rate"] = lr
+            metrics["train/epoch"] = step / plan.steps_per_epoch
+            metrics["train/seconds_per_step"] = time.perf_counter() - t_step
+            log.add(step, metrics, force=step == total)
+            bar.update(1, metrics.get(f"train/{task.key_metric}"))
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                log.evaluation(step, _evaluate(cfg, task))
+            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(run, cfg, task, step, optimizer, scheduler)
+            if callback is not None:
+                callback(step, metrics)
+    if task.evaluate is not None:
+        log.evaluation(step, _evaluate(cfg, task))
+    if run is not None:
+        if step > start or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
+            save_checkpoint(run, cfg, task, step, optimizer, scheduler)
+        task.save(run.dir / "model", True)
+    return FitResult(
+        steps=step,
+        train=log.last_train,
+        eval=log.last_eval,
+        seconds=time.perf_counter() - t0,
+        seconds_per_step=log.train_seconds / (step - start) if step > start else 0.0,
+        history=log.history,
+    )
+
+
+class _Log:
+    """Averages step metrics over ``every`` steps into records for ``run.log``."""
+
+    def __init__(self, run, every: int) -> None:
+        self.run, self.every = run, every
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.train_seconds = 0.0
+        self.last_train: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+
+    def add(self, step: int, metrics: dict[str, float], force: bool) -> None:
+        self.train_seconds += metrics["train/seconds_per_step"]
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        if step % self.every == 0 or force:
+            self.last_train = {k: v / self.n for k, v in self.sums.items()}
+            self.sums, self.n = {}, 0
+            self._write(step, self.last_train)
+
+    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        if metrics:
+            self.last_eval = metrics
+            self._write(step, metrics)
+
+    def _write(self, step: int, record: dict[str, float]) -> None:
+        self.history.append({"step": step, **record})
+        if self.run is not None:
+            self.run.log(step, record)
+
+
+def accumulate_gradients(
+    cfg: TrainConfig, task: Task, micro: list[list[int]], params: list, step: int
+) -> dict[str, float]:
+    """Forward/backward over the micro-batches of one step; return weighted-mean metrics.
+
+    Each micro-batch mean loss is scaled by ``weight / total weight`` before backward, so the
+    accumulated gradient is that of the mean over the whole step (per token for SFT).
+    """
+    batches = [task.collate(idx) for idx in micro]
+    weights = [float(task.weight(b)) for b in batches]
+    total = sum(weights) or 1.0
+    sums: dict[str, float] = {}
+    for batch, w in zip(batches, weights, strict=True):
+        with autocast(cfg.precision):
+            loss, metrics = task.loss(batch)
+        check_finite("the loss", loss.detach(), step)
+        (loss * (w / total)).backward()
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * w / total
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    check_finite("the gradient norm", grad_norm, step)
+    out = {f"train/{k}": v for k, v in sums.items()}
+    out["train/grad_norm"] = float(grad_norm)
+    return out
+
+
+def _evaluate(cfg: TrainConfig, task: Task) -> dict[str, float]:
+    if task.evaluate is None:
+        return {}
+    was_training = task.model.training
+    task.model.eval()
+    try:
+        with torch.no_grad(), autocast(cfg.precision):
+            return {k: float(v) for k, v in task.evaluate().items()}
+    finally:
+        task.model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer, scheduler) -> Path:
+    """``checkpoints/step_<n>/`` (weights + ``trainer_state.pt``), then the ``latest`` pointer.
+
+    The weights directory is written atomically by ``task.save`` and the state file with
+    :func:`~pavlov.run.checkpoint.atomic_write`; the pointer is written last, so it only ever
+    names a complete checkpoint. Older step directories beyond ``keep_checkpoints`` are removed.
+    """
+    from pavlov.config import config_dict
+    from pavlov.run.checkpoint import atomic_write, atomic_write_text
+
+    root = run.dir / CHECKPOINTS
+    path = root / f"step_{step}"
+    task.save(path, False)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "config": config_dict(cfg),
+        "task": task.state(),
+    }
+    atomic_write(path / STATE_FILE, lambda f: torch.save(state, f))
+    atomic_write_text(root / LATEST, path.name + "\n")
+    run._checkpointed = True  # a later failure keeps the run (resumable) instead of deleting it
+    _prune(root, cfg.keep_checkpoints, keep=path.name)
+    return path
+
+
+def _prune(root: Path, keep_n: int, keep: str) -> None:
+    steps = sorted(
+        (p for p in root.glob("step_*") if p.is_dir() and p.name.split("_")[1].isdigit()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    for old in steps[:-keep_n]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint directory that ``run_dir/checkpoints/latest`` names."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if not pointer.is_file():
+        raise PavlovError(f"no checkpoint to resume in {run_dir} (missing {pointer})")
+    path = root / pointer.read_text().strip()
+    if not (path / STATE_FILE).is_file():
+        raise PavlovError(f"checkpoint {path} named by {pointer} is incomplete or missing")
+    return path
+
+
+def load_resume(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(checkpoint dir, trainer state)`` of a run's latest checkpoint."""
+    path = latest_checkpoint(run_dir)
+    return path, torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load weights written by ``save_pretrained`` into a live model, in place.
+
+    A peft model takes ``adapter_model.safetensors``; a plain one ``model.safetensors`` (tied
+    weights such as a tied ``lm_head`` are restored through the tensor they share).
+    """
+    from safetensors.torch import load_file
+
+    from pavlov.llm.models import is_peft_model
+
+    directory = Path(directory)
+    if is_peft_model(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        return
+    file = directory / "model.safetensors"
+    if not file.is_file():
+        raise PavlovError(f"{directory}: no model.safetensors to resume from")
+    missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+    tied = {n for n, _ in model.named_parameters()}  # named_parameters lists a tied weight once
+    really_missing = [m for m in missing if m in tied]
+    if really_missing or unexpected:
+        raise PavlovError(
+            f"{file} does not fit the model (missing {really_missing[:3]}, "
+            f"unexpected {list(unexpected)[:3]})"
+        )

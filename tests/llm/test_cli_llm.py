@@ -1,0 +1,202 @@
+"""`pavlov sft | reward-model | dpo | generate` on tiny models and tiny data files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pavlov.cli import main
+from pavlov.llm.models import save_model
+from pavlov.llm.tiny import tiny_causal_lm
+
+PREFS = [
+    {"prompt": f"Review of film {i}:", "chosen": " great, funny and warm", "rejected": " dull"}
+    for i in range(6)
+]
+SFT = [{"prompt": f"Review of film {i}:", "completion": " a bold and beautiful story"} for i in
+       range(6)]  # fmt: skip
+FAST = ["-o", "batch_size=3", "-o", "learning_rate=1e-3", "-o", "max_length=64"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # unknown model paths fail at once, no retries
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm-cli")
+    model, tok = tiny_causal_lm()
+    save_model(model, tok, root / "tiny")
+    write_jsonl(root / "prefs.jsonl", PREFS)
+    write_jsonl(root / "sft.jsonl", SFT)
+    with open(root / "sft.csv", "w", encoding="utf-8") as f:
+        f.write(
+            "prompt,completion\n" + "".join(f'"{r["prompt"]}","{r["completion"]}"\n' for r in SFT)
+        )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(PREFS), root / "prefs.parquet")
+    write_jsonl(
+        root / "labels.jsonl", [{"text": "great", "label": 1}, {"text": "dull", "label": 0}]
+    )
+    return root
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def train(command, files, tmp_path, capsys, *extra):
+    args = [command, "--model", str(files / "tiny"), "--runs-dir", str(tmp_path / "runs"),
+            "--name", "r", *FAST, "--json", *extra]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("command", "data", "key"),
+    [
+        ("sft", "sft.jsonl", "eval/perplexity"),
+        ("sft", "sft.csv", "eval/loss"),
+        ("reward-model", "prefs.parquet", "eval/accuracy"),
+        ("dpo", "prefs.jsonl", "eval/rewards/accuracies"),
+    ],
+)
+def test_train_commands_json_contract(command, data, key, files, tmp_path, capsys):
+    s = train(command, files, tmp_path, capsys, "--data", str(files / data),
+              "--eval-data", str(files / data))  # fmt: skip
+    run = tmp_path / "runs" / "r"
+    assert s["run"] == str(run) and s["model"] == str(run / "model")
+    assert s["command"] == command and s["steps"] == 2 and s["seconds"] > 0
+    assert key in s["metrics"] and "train/loss" in s["metrics"]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_2"
+    assert (run / "plots" / "train_loss.png").is_file()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 2]  # two steps + the evaluation
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_sft_resume_continues_the_step_count(files, tmp_path, capsys):
+    train("sft", files, tmp_path, capsys, "--data", str(files / "sft.jsonl"))
+    run = tmp_path / "runs" / "r"
+    code, out, err = run_cli(["sft", "--resume", str(run), "--max-steps", "5", "--json"], capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["steps"] == 5 and s["run"] == str(run)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_lora_dpo_then_generate_from_the_run(files, tmp_path, capsys):
+    s = train("dpo", files, tmp_path, capsys, "--data", str(files / "prefs.jsonl"), "--lora")
+    assert (tmp_path / "runs" / "r" / "model" / "adapter_config.json").is_file()
+    code, out, err = run_cli(
+        ["generate", "--model", s["run"], "--prompt", "Review of Up:", "--prompt", "What is",
+         "--max-new-tokens", "5", "--temperature", "0", "--json"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    g = json.loads(out.strip().splitlines()[-1])
+    assert [c["prompt"] for c in g["completions"]] == ["Review of Up:", "What is"]
+    assert all(1 <= c["tokens"] <= 5 for c in g["completions"])
+
+
+def test_generate_from_a_prompt_file_is_seeded(files, capsys):
+    args = [
+        "generate",
+        "--model",
+        str(files / "tiny"),
+        "--prompts",
+        str(files / "sft.jsonl"),
+        "--max-new-tokens",
+        "4",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--json",
+    ]
+    runs = [json.loads(run_cli(args, capsys)[1].strip().splitlines()[-1]) for _ in range(2)]
+    assert len(runs[0]["completions"]) == len(SFT)
+    assert runs[0]["completions"] == runs[1]["completions"]
+
+
+def test_pointwise_reward_model_on_labelled_texts(files, tmp_path, capsys):
+    s = train("reward-model", files, tmp_path, capsys, "--data", str(files / "labels.jsonl"),
+              "-o", "mode=pointwise")  # fmt: skip
+    assert s["steps"] == 1
+    from pavlov.llm.trainers import load_reward_model
+
+    assert len(load_reward_model(s["run"])(["x"], ["great"])) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing under runs/
+
+
+def _bad_files(files, tmp_path):
+    missing = [dict(PREFS[0]), *PREFS[1:]]
+    del missing[0]["rejected"]
+    write_jsonl(tmp_path / "missing.jsonl", missing)
+    write_jsonl(tmp_path / "empty.jsonl", [PREFS[0], {**PREFS[1], "chosen": "  "}])
+    write_jsonl(tmp_path / "long.jsonl", [{**PREFS[0], "prompt": "word " * 300}])
+    (tmp_path / "prefs.txt").write_text("prompt\tchosen\trejected\n")
+    model, tok = tiny_causal_lm()
+    tok.pad_token, tok.eos_token = None, None
+    save_model(model, tok, tmp_path / "nopad")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["dpo", "--data", "{tmp}/missing.jsonl"],
+            "missing.jsonl row 1: field 'rejected' is missing",
+        ),
+        (
+            ["reward-model", "--data", "{tmp}/empty.jsonl"],
+            "empty.jsonl row 2: field 'chosen' is empty",
+        ),
+        (["dpo", "--data", "{tmp}/long.jsonl"], "long.jsonl row 1: prompt is"),
+        (["dpo", "--data", "{tmp}/prefs.txt"], "unsupported data file type .txt"),
+        (["dpo", "--data", "{tmp}/nope.jsonl"], "does not exist"),
+        (["sft", "--model", "{tmp}/nopad", "--data", "{files}/sft.jsonl"], "neither a pad"),
+        (["sft", "--model", "{tmp}/no-such-model", "--data", "{files}/sft.jsonl"], "no-such-model"),
+        (["dpo", "--data", "{files}/prefs.jsonl", "-o", "beta=0"], "beta must be positive"),
+        (["dpo", "--data", "{files}/prefs.jsonl", "-o", "betta=1"], "unknown trainer key"),
+        (["sft", "--data", "{files}/sft.jsonl", "-o", "max_length=100000"], "context"),
+        (["sft", "--resume", "{tmp}/runs"], "not a pavlov run directory"),
+        (["generate", "--model", "{files}/tiny"], "--prompt"),
+        (
+            ["generate", "--model", "{files}/tiny", "--prompt", "hi", "--max-new-tokens", "300"],
+            "exceeds the model's context",
+        ),
+        (["generate", "--model", "{files}/tiny", "--prompt", "hi", "--top-p", "0"], "top_p"),
+    ],
+)
+def test_bad_input_one_line_exit_2_no_run_dir(args, message, files, tmp_path, capsys):
+    _bad_files(files, tmp_path)
+    args = [a.format(tmp=tmp_path, files=files) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(files / "tiny")]
+    if args[0] != "generate":
+        args += ["--runs-dir", str(tmp_path / "runs"), "--name", "bad"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pavlov: error:"), err
+    assert message in lines[0]
+    assert not (tmp_path / "runs" / "bad").exists()

@@ -319,8 +319,7 @@ def reward_model(
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Train a scalar reward model: Bradley-Terry on preference pairs (-o mode=pointwise: BCE on
-    labelled texts)."""
+    """Train a scalar reward model on preference pairs (-o mode=pointwise: labelled texts)."""
     opts = dict(model=model, backbone=backbone, data=data, eval_data=eval_data, name=name,
                 runs_dir=runs_dir, resume=resume, chat_template=chat_template)  # fmt: skip
     flags = dict(max_steps=max_steps, lora=lora, seed=seed)

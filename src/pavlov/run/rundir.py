@@ -115,6 +115,11 @@ class Run:
         self._checkpointed = True
         return path
 
+    def mark_checkpointed(self) -> None:
+        """Record that a whole checkpoint exists (written by other means than :meth:`save`, e.g.
+        a ``save_pretrained`` directory): a later failure then keeps the run, resumable."""
+        self._checkpointed = True
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         """``summary.json``: the final numbers of the run, for ``pavlov eval`` and scripts."""
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")

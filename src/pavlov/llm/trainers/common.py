@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LR_SCHEDULES = ("linear", "constant")
@@ -92,8 +92,9 @@ class TrainConfig:
     """Optimizer steps between metric records (averaged over the steps in between)."""
     checkpoint_every: int = 100
     """Optimizer steps between resumable checkpoints; 0 checkpoints only at the end."""
-    keep_checkpoints: int = 2
-    """Most recent step checkpoints kept on disk (older ones are deleted), >= 1."""
+    keep_checkpoints: int = 1
+    """Most recent step checkpoints kept on disk, >= 1; older ones are deleted once a newer one
+    is complete (a full SmolLM2 checkpoint with AdamW state is ~1.6 GB)."""
 
     def __post_init__(self) -> None:
         self.lora_target_modules = tuple(self.lora_target_modules)
@@ -129,46 +130,11 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 # Seeding, precision, the NaN guard
 
 
-def seed_all(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - legacy global RNG used by some libraries
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy-global and torch RNG states (dropout draws), for an exact resume."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
-
-
 def autocast(precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CPU for ``"bf16"``; a no-op for ``"fp32"``."""
     if precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-class NonFiniteError(PavlovError):
-    """A loss or gradient norm became NaN/inf; training stops before the optimizer step."""
-
-
-def check_finite(name: str, value: torch.Tensor, step: int) -> None:
-    """Raise :class:`NonFiniteError` naming ``name`` and the 1-based optimizer ``step``."""
-    if not bool(torch.isfinite(value).all()):
-        raise NonFiniteError(
-            f"{name} is not finite at step {step}; stopped before the optimizer step "
-            f"(no NaN weights saved; lower learning_rate or try precision=fp32)"
-        )
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -240,8 +206,9 @@ class BatchPlan:
     optimizer step. With ``lengths``, each run of :data:`GROUP_SPAN` micro-batches of that order
     is sorted by length and cut into micro-batches, which are then shuffled (Hugging Face's
     ``group_by_length``, without its longest-first order, so that a short run is not a run on
-    the longest examples): a micro-batch holds sequences of similar lengths and little padding. Nothing depends on earlier steps, so
-    a resumed run sees exactly the batches an uninterrupted one would.
+    the longest examples): a micro-batch holds sequences of similar lengths and little padding.
+    Nothing depends on earlier steps, so a resumed run sees exactly the batches an uninterrupted
+    one would.
     """
 
     n_examples: int

@@ -31,12 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pavlov.errors import PavlovError
+from pavlov.errors import PavlovError, check_finite
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
     batch_plan,
-    check_finite,
     make_optimizer,
     make_scheduler,
     rng_state,
@@ -47,6 +46,7 @@ from pavlov.llm.trainers.common import (
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
+HINT = "lower learning_rate, or use precision=fp32"
 Metrics = dict[str, Tensor | float]
 
 
@@ -214,13 +214,13 @@ def accumulate_gradients(
     for batch, w in zip(batches, weights, strict=True):
         with autocast(cfg.precision):
             loss, metrics = task.loss(batch)
-        check_finite("the loss", loss.detach(), step)
+        check_finite("the loss", loss.detach(), step, hint=HINT)
         (loss * (w / total)).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    check_finite("the gradient norm", grad_norm, step)
+    check_finite("the gradient norm", grad_norm, step, hint=HINT)
     out = {f"train/{k}": v for k, v in sums.items()}
     out["train/grad_norm"] = float(grad_norm)
     return out
@@ -265,7 +265,7 @@ def save_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer, sch
     }
     atomic_write(path / STATE_FILE, lambda f: torch.save(state, f))
     atomic_write_text(root / LATEST, path.name + "\n")
-    run._checkpointed = True  # a later failure keeps the run (resumable) instead of deleting it
+    run.mark_checkpointed()  # a later failure keeps the run (resumable) instead of deleting it
     _prune(root, cfg.keep_checkpoints, keep=path.name)
     return path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from pavlov.llm.rollout import (
     Rollout,
@@ -19,26 +18,14 @@ from pavlov.llm.rollout import (
     position_ids_from_mask,
     sample_next,
 )
+from pavlov.llm.tiny import tiny_random_lm
 
 V = 97
 torch.set_num_threads(2)
 
 
 def tiny_model(arch: str, seed: int = 0):
-    torch.manual_seed(seed)
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=V,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
-    else:
-        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=V, n_positions=128)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_random_lm(arch, V, seed)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

@@ -93,3 +93,20 @@ def tiny_causal_lm(vocab_size: int = 512, arch: str = "llama", seed: int = 0):
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model.eval(), tok
+
+
+def tiny_random_lm(arch: str, vocab_size: int = 97, seed: int = 0):
+    """A tokenizer-free tiny random causal LM (hidden 32, 2 layers) for engine/scoring tests that
+    feed integer ids directly: ``"llama"`` (rotary, GQA 4/2 heads) or ``"gpt2"`` (absolute
+    positions). Seeds torch's global RNG with ``seed``."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=128)  # fmt: skip
+    else:
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=vocab_size, n_positions=128)
+    return AutoModelForCausalLM.from_config(config).eval()

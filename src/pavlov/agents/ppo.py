@@ -51,7 +51,7 @@ from pavlov.agents.normalize import RewardScaler, RunningMeanStd
 from pavlov.agents.ppo_fast import FastUpdate, supported
 from pavlov.agents.rollout import Collector, Rollout, collect_rollout
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
-from pavlov.math import clipped_value_loss, gae, masked_whiten, ppo_clip_loss
+from pavlov.math import clipped_value_loss, explained_variance, gae, masked_whiten, ppo_clip_loss
 
 ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
 """Action spaces this agent supports (checked before a run directory is made)."""
@@ -260,15 +260,9 @@ def ppo_update(
 def _summary(means: dict[str, torch.Tensor], n_steps: int, batch: dict[str, torch.Tensor]
              ) -> dict[str, float]:
     out = {k: v.item() for k, v in means.items()}
-    out["losses/explained_variance"] = _explained_variance(batch["values"], batch["returns"])
+    out["losses/explained_variance"] = explained_variance(batch["values"], batch["returns"])
     out["losses/n_minibatches"] = float(n_steps)
     return out
-
-
-def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """``1 - Var[target - pred] / Var[target]`` (NaN when the target is constant)."""
-    var = target.var().item()
-    return float("nan") if var == 0 else 1.0 - (target - pred).var().item() / var
 
 
 # ------------------------------------------------------------------------------------- train

@@ -1,5 +1,6 @@
 """Language models for RL: loading (embedded SmolLM2 policy, MiniLM encoder), padding, LoRA,
-saving, tiny test models, and prompt/SFT/preference data (files, datasets, Rotten Tomatoes).
+saving, tiny test models, prompt/SFT/preference data (files, datasets, Rotten Tomatoes) and
+reward functions for online RL (callables, reward models, VADER, weighted sums).
 
 Heavy imports (transformers, peft) happen inside the functions that need them.
 """
@@ -32,6 +33,14 @@ from pavlov.llm.models import (
     pad_right,
     save_model,
 )
+from pavlov.llm.rewards import (
+    RewardError,
+    compute_rewards,
+    resolve_reward,
+    reward_model_fn,
+    vader_reward,
+    weighted_sum,
+)
 from pavlov.llm.rt import rt_movies, rt_preferences, rt_sentiment, rt_sft, rt_split_of
 from pavlov.llm.tiny import tiny_causal_lm
 
@@ -41,12 +50,14 @@ __all__ = [
     "PackedBlock",
     "PreferenceExample",
     "PromptExample",
+    "RewardError",
     "SFTExample",
     "TokenizedPreference",
     "TokenizedSFT",
     "apply_lora",
     "collate_packed",
     "collate_sft",
+    "compute_rewards",
     "embed",
     "ensure_pad_token",
     "load_causal_lm",
@@ -57,6 +68,8 @@ __all__ = [
     "pack_sequences",
     "pad_left",
     "pad_right",
+    "resolve_reward",
+    "reward_model_fn",
     "rt_movies",
     "rt_preferences",
     "rt_sentiment",
@@ -66,4 +79,6 @@ __all__ = [
     "tiny_causal_lm",
     "tokenize_preferences",
     "tokenize_sft",
+    "vader_reward",
+    "weighted_sum",
 ]

@@ -22,6 +22,8 @@ so the values equal the rollout engine's ``logprobs`` for its own samples (same 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -30,7 +32,13 @@ from pavlov.math.masked import masked_mean, masked_sum
 from pavlov.math.policy import entropy
 from pavlov.math.sequence import selective_log_softmax
 
-__all__ = ["sequence_logprob", "token_logprobs", "token_logprobs_and_entropy"]
+__all__ = [
+    "TokenScores",
+    "score_tokens",
+    "sequence_logprob",
+    "token_logprobs",
+    "token_logprobs_and_entropy",
+]
 
 Response = int | Tensor
 
@@ -60,7 +68,9 @@ def token_logprobs(
     Returns:
         ``(B, L - start)`` float32 (or the logits' dtype if wider), 0 outside the response.
     """
-    return _score(model, input_ids, attention_mask, response, temperature, chunk_size, False)[0]
+    return _score(
+        model, input_ids, attention_mask, response, temperature, chunk_size, False
+    ).logprobs
 
 
 def token_logprobs_and_entropy(
@@ -75,10 +85,8 @@ def token_logprobs_and_entropy(
     """:func:`token_logprobs` and the entropy of each response position's next-token
     distribution ``softmax(logits / temperature)``, both ``(B, T_resp)``, 0 outside the response.
     """
-    logprobs, ent, _ = _score(
-        model, input_ids, attention_mask, response, temperature, chunk_size, True
-    )
-    return logprobs, ent
+    out = _score(model, input_ids, attention_mask, response, temperature, chunk_size, True)
+    return out.logprobs, out.entropy
 
 
 def sequence_logprob(
@@ -96,11 +104,9 @@ def sequence_logprob(
     ``average=True`` divides by the number of response tokens instead (the length-normalised
     log-prob that TRL feeds its IPO loss; SimPO's reward). An empty response gives 0.
     """
-    logprobs, _, mask = _score(
-        model, input_ids, attention_mask, response, temperature, chunk_size, False
-    )
+    out = _score(model, input_ids, attention_mask, response, temperature, chunk_size, False)
     reduce = masked_mean if average else masked_sum
-    return reduce(logprobs, mask, dim=-1)
+    return reduce(out.logprobs, out.mask, dim=-1)
 
 
 # --- internals --------------------------------------------------------------------------------
@@ -129,6 +135,45 @@ def _response_span(response: Response, attention_mask: Tensor) -> tuple[int, Ten
     return start, mask
 
 
+@dataclass
+class TokenScores:
+    """What one scoring pass gives, each ``(B, L - start)`` and 0 outside the response."""
+
+    logprobs: Tensor
+    """Log-probs of the response tokens (with grad when enabled)."""
+    mask: Tensor
+    """Bool response mask."""
+    entropy: Tensor | None = None
+    """Entropy of each position's next-token distribution (``entropy=True``)."""
+    hidden: Tensor | None = None
+    """``(B, L - start, H)`` final-layer hidden state at the position that predicts each
+    response token, i.e. the state *before* the token (``hidden=True``): a value head's input."""
+
+
+def score_tokens(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response: Response,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    entropy: bool = False,
+    entropy_grad: bool = False,
+    hidden: bool = False,
+) -> TokenScores:
+    """One pass giving response log-probs and, on request, entropies and hidden states.
+
+    The general form of :func:`token_logprobs`; the online RL trainers take the policy's
+    log-probs, its entropy (a metric: ``entropy_grad=False`` computes it on detached logits,
+    so no ``(B, T, V)`` softmax is kept for backward) and a value head's input from one forward.
+    """
+    return _score(
+        model, input_ids, attention_mask, response, temperature, chunk_size, entropy,
+        entropy_grad, hidden,
+    )  # fmt: skip
+
+
 def _score(
     model: nn.Module,
     input_ids: Tensor,
@@ -137,8 +182,9 @@ def _score(
     temperature: float,
     chunk_size: int | None,
     with_entropy: bool,
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """``(logprobs, entropy or None, mask)``, each ``(B, L - start)``."""
+    entropy_grad: bool = True,
+    with_hidden: bool = False,
+) -> TokenScores:
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if chunk_size is not None and chunk_size < 1:
@@ -148,10 +194,11 @@ def _score(
     n = L - start
     if n == 0:
         empty = torch.zeros((B, 0), device=input_ids.device)
-        return empty, (empty if with_entropy else None), mask
+        hid = torch.zeros((B, 0, 0), device=input_ids.device) if with_hidden else None
+        return TokenScores(empty, mask, empty if with_entropy else None, hid)
     positions = position_ids_from_mask(attention_mask)
     targets = input_ids[:, start:]  # (B, n)
-    logp_parts, ent_parts = [], []
+    logp_parts, ent_parts, hidden_parts = [], [], []
     step = chunk_size or B
     for first in range(0, B, step):
         rows = slice(first, first + step)
@@ -161,15 +208,21 @@ def _score(
             position_ids=positions[rows],
             use_cache=False,
             logits_to_keep=n + 1,
+            output_hidden_states=with_hidden,
         )
         logits = out.logits[:, -(n + 1) : -1]  # (b, n, V): columns start-1 .. L-2
         if temperature != 1.0:
             logits = logits.float() / temperature  # upcast first: bf16 / T loses digits
         logp_parts.append(selective_log_softmax(logits, targets[rows]))
         if with_entropy:
-            ent_parts.append(entropy(logits.float()))
+            ent_parts.append(entropy((logits if entropy_grad else logits.detach()).float()))
+        if with_hidden:  # the last entry is the final layer's output, after the final norm
+            hidden_parts.append(out.hidden_states[-1][:, start - 1 : L - 1])
         del out, logits
     zero = torch.zeros((), device=input_ids.device)
-    logprobs = torch.where(mask, torch.cat(logp_parts), zero)
-    ent = torch.where(mask, torch.cat(ent_parts), zero) if with_entropy else None
-    return logprobs, ent, mask
+    return TokenScores(
+        logprobs=torch.where(mask, torch.cat(logp_parts), zero),
+        mask=mask,
+        entropy=torch.where(mask, torch.cat(ent_parts), zero) if with_entropy else None,
+        hidden=torch.cat(hidden_parts) if with_hidden else None,
+    )

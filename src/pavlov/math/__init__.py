@@ -4,7 +4,8 @@ Modules: :mod:`~pavlov.math.returns` (returns and advantages over ``(T, N)`` rol
 :mod:`~pavlov.math.policy` (policy losses, KL estimators, entropy), :mod:`~pavlov.math.value`
 (TD targets, Huber, Polyak), :mod:`~pavlov.math.sequence` (token log-probs, KL penalty),
 :mod:`~pavlov.math.masked` (masked mean/whiten), :mod:`~pavlov.math.preference` (Bradley-Terry and
-DPO-family losses) and :mod:`~pavlov.math.group` (GRPO / RLOO group advantages).
+DPO-family losses), :mod:`~pavlov.math.group` (GRPO / RLOO group advantages) and
+:mod:`~pavlov.math.rlhf` (token rewards with a KL penalty, token GAE, KL control, loss reductions).
 """
 
 from pavlov.math.group import group_advantages, rloo_advantages
@@ -21,6 +22,7 @@ from pavlov.math.policy import (
     kl_k2,
     kl_k3,
     ppo_clip_loss,
+    ppo_clip_terms,
     reinforce_loss,
 )
 from pavlov.math.preference import (
@@ -38,11 +40,29 @@ from pavlov.math.returns import (
     nstep_targets,
     reward_to_go,
 )
+from pavlov.math.rlhf import (
+    LOSS_AGGREGATIONS,
+    adaptive_kl_coef,
+    aggregate_token_loss,
+    apply_missing_eos_penalty,
+    last_token_index,
+    rlhf_token_rewards,
+    token_gae,
+)
 from pavlov.math.sequence import kl_penalty, selective_log_softmax
-from pavlov.math.value import double_q_target, huber, polyak_update, td_target
+from pavlov.math.value import double_q_target, explained_variance, huber, polyak_update, td_target
 
 __all__ = [
     "DPO_LOSSES",
+    "LOSS_AGGREGATIONS",
+    "adaptive_kl_coef",
+    "aggregate_token_loss",
+    "apply_missing_eos_penalty",
+    "explained_variance",
+    "last_token_index",
+    "ppo_clip_terms",
+    "rlhf_token_rewards",
+    "token_gae",
     "KL_ESTIMATORS",
     "approx_kl",
     "bradley_terry_loss",

@@ -31,6 +31,7 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "ppo_clip_loss",
+    "ppo_clip_terms",
     "reinforce_loss",
 ]
 
@@ -62,6 +63,30 @@ def importance_ratio(new_logp: Tensor, old_logp: Tensor) -> Tensor:
     return torch.exp(new_logp - old_logp)
 
 
+def ppo_clip_terms(
+    new_logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Unreduced PPO clip loss ``-min(r * A, clip(r, 1 - eps, 1 + eps_high) * A)`` and ``r``.
+
+    The per-entry terms of :func:`ppo_clip_loss`, for callers that reduce them their own way
+    (per token, per sequence: :func:`pavlov.math.rlhf.aggregate_token_loss`). Old log-probs and
+    advantages are detached here.
+
+    Returns:
+        ``(loss_terms, ratio)``, both the shape of ``new_logp``.
+    """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    old_logp, advantages = old_logp.detach(), advantages.detach()
+    ratio = importance_ratio(new_logp, old_logp)
+    surrogate = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high) * advantages
+    return -torch.minimum(surrogate, clipped), ratio
+
+
 def ppo_clip_loss(
     new_logp: Tensor,
     old_logp: Tensor,
@@ -91,11 +116,8 @@ def ppo_clip_loss(
         logs it) and ``ratio_mean``.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    old_logp, advantages = old_logp.detach(), advantages.detach()
-    ratio = importance_ratio(new_logp, old_logp)
-    surrogate = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high) * advantages
-    loss = -masked_mean(torch.minimum(surrogate, clipped), mask)
+    per_entry, ratio = ppo_clip_terms(new_logp, old_logp, advantages, clip_eps, eps_high)
+    loss = masked_mean(per_entry, mask)
     with torch.no_grad():
         outside = (ratio < 1.0 - clip_eps) | (ratio > 1.0 + eps_high)
         metrics = {

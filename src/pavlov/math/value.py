@@ -13,7 +13,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["double_q_target", "huber", "polyak_update", "td_target"]
+from pavlov.math.masked import masked_var
+
+__all__ = ["double_q_target", "explained_variance", "huber", "polyak_update", "td_target"]
 
 
 def td_target(rewards: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
@@ -114,3 +116,13 @@ def polyak_update(
             target.copy_(online)
         else:
             target.lerp_(online, tau)
+
+
+def explained_variance(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """``1 - Var[target - pred] / Var[target]`` over the (masked) entries: 1 is a perfect value
+    function, 0 no better than a constant, < 0 worse. NaN when the target is constant.
+    """
+    var = float(masked_var(target.float(), mask))
+    if var == 0:
+        return float("nan")
+    return 1.0 - float(masked_var((target - pred).float(), mask)) / var

@@ -1,4 +1,4 @@
-"""Language-model trainers: supervised fine-tuning, reward models and DPO.
+"""Language-model trainers: supervised fine-tuning, reward models, DPO and online RL.
 
 Each trainer is a typed config dataclass and a ``train_*`` function that builds a
 :class:`~pavlov.llm.trainers.loop.Task` (plain functions: batches, loss, save, evaluate) and
@@ -16,6 +16,7 @@ gradient accumulation, clipping, NaN guard, metrics, checkpoints, resume).
 from pavlov.llm.trainers.common import TrainConfig
 from pavlov.llm.trainers.dpo import DPOConfig, DPOResult, train_dpo
 from pavlov.llm.trainers.loop import FitResult, Task, fit, load_resume
+from pavlov.llm.trainers.online import OnlineConfig, OnlineResult, train_online
 from pavlov.llm.trainers.reward import RewardConfig, RewardResult, load_labeled, train_reward_model
 from pavlov.llm.trainers.reward_model import RewardModel, RewardScorer, load_reward_model
 from pavlov.llm.trainers.sft import SFTConfig, SFTResult, sft_loss, train_sft
@@ -24,6 +25,8 @@ __all__ = [
     "DPOConfig",
     "DPOResult",
     "FitResult",
+    "OnlineConfig",
+    "OnlineResult",
     "RewardConfig",
     "RewardModel",
     "RewardResult",
@@ -38,6 +41,7 @@ __all__ = [
     "load_reward_model",
     "sft_loss",
     "train_dpo",
+    "train_online",
     "train_reward_model",
     "train_sft",
 ]

@@ -128,7 +128,7 @@ def fit(
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         step = int(resume["step"])
-    t0, start, log = time.perf_counter(), step, _Log(run, cfg.log_every)
+    t0, start, log = time.perf_counter(), step, MetricLog(run, cfg.log_every)
     task.model.train()
     with ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar:
         while step < total:
@@ -142,7 +142,7 @@ def fit(
             metrics["train/learning_rate"] = lr
             metrics["train/epoch"] = step / plan.steps_per_epoch
             metrics["train/seconds_per_step"] = time.perf_counter() - t_step
-            log.add(step, metrics, force=step == total)
+            log.add(step, metrics, step == total, metrics["train/seconds_per_step"])
             bar.update(1, metrics.get(f"train/{task.key_metric}"))
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 log.evaluation(step, _evaluate(cfg, task))
@@ -166,8 +166,9 @@ def fit(
     )
 
 
-class _Log:
-    """Averages step metrics over ``every`` steps into records for ``run.log``."""
+class MetricLog:
+    """Averages step metrics over ``every`` steps into records for ``run.log`` (and keeps them
+    in ``history``); ``train_seconds`` sums the steps' own seconds, evaluations excluded."""
 
     def __init__(self, run, every: int) -> None:
         self.run, self.every = run, every
@@ -178,8 +179,8 @@ class _Log:
         self.last_eval: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
 
-    def add(self, step: int, metrics: dict[str, float], force: bool) -> None:
-        self.train_seconds += metrics["train/seconds_per_step"]
+    def add(self, step: int, metrics: dict[str, float], force: bool, seconds: float) -> None:
+        self.train_seconds += seconds
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.n += 1

@@ -1,0 +1,710 @@
+"""Online RL for language models: PPO-RLHF with a critic, GRPO, RLOO and REINFORCE, one loop.
+
+Every optimizer step of :func:`train_online` runs the same stages::
+
+    prompts (a deterministic plan, resumable)  x group_size
+      -> generate         the rollout engine, KV cache                    pavlov.llm.rollout
+      -> score            reward functions / reward models, validated     pavlov.llm.rewards
+      -> reference        frozen-reference log-probs (skipped at beta 0)  pavlov.llm.scoring
+      -> advantages       token GAE (PPO) or sequence baselines           pavlov.math
+      -> update           ppo_epochs x num_minibatches clipped steps
+      -> log / checkpoint / adapt the KL coefficient
+
+What differs between algorithms (``ALGOS``) is only the advantage and where the KL goes:
+
+* ``"ppo"`` (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022): a value head on
+  the policy's last hidden state; per-token rewards ``-beta * KL_t`` with the score added at the
+  last response token (:func:`pavlov.math.rlhf.rlhf_token_rewards`, k1 by default); GAE over the
+  response tokens (:func:`~pavlov.math.rlhf.token_gae`), advantages whitened over valid tokens,
+  clipped value loss; ``beta`` fixed or adapted to ``target_kl``
+  (:func:`~pavlov.math.rlhf.adaptive_kl_coef`).
+* ``"grpo"`` (Shao et al. 2024): ``group_size`` responses per prompt, advantage
+  :func:`~pavlov.math.group.group_advantages` on every token, ``beta * k3`` added to the loss.
+* ``"rloo"`` (Ahmadian et al. 2024): leave-one-out baseline
+  :func:`~pavlov.math.group.rloo_advantages` on ``score - beta * KL(sequence)``.
+* ``"reinforce"``: REINFORCE with a moving-average baseline on ``score - beta * KL(sequence)``.
+
+Old log-probs: with one update per batch (``ppo_epochs == num_minibatches == 1``, the default)
+the update's own forward pass provides them (``old = new.detach()``), so the ratio is exactly 1
+and no separate pass is run; PPO then also takes its old values, and so its advantages, from
+that pass. With several updates per batch one no-grad pass computes them before the first.
+
+The reference is the model as it is passed in: with LoRA (``lora=True``) the same network with
+its adapters disabled (no copy); otherwise a frozen copy, or ``reference=`` given explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pavlov.errors import ConfigError, check_finite, check_range
+from pavlov.llm.data import PromptExample
+from pavlov.llm.models import ensure_pad_token, is_peft_model, save_model
+from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
+from pavlov.llm.scoring import score_tokens
+from pavlov.llm.trainers.common import (
+    TrainConfig,
+    autocast,
+    batch_plan,
+    check_choice,
+    check_context,
+    check_count,
+    disable_dropout,
+    make_optimizer,
+    make_scheduler,
+    maybe_lora,
+    rng_state,
+    seed_all,
+    set_rng_state,
+)
+from pavlov.llm.trainers.loop import HINT, MetricLog, load_weights, save_checkpoint
+from pavlov.math import (
+    LOSS_AGGREGATIONS,
+    adaptive_kl_coef,
+    aggregate_token_loss,
+    apply_missing_eos_penalty,
+    clipped_value_loss,
+    explained_variance,
+    group_advantages,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    ppo_clip_terms,
+    rlhf_token_rewards,
+    rloo_advantages,
+    token_gae,
+)
+
+ALGOS = ("ppo", "grpo", "rloo", "reinforce")
+KL_MODES = ("auto", "reward", "loss")
+
+
+@dataclass
+class OnlineConfig(TrainConfig):
+    """Online RL on sampled text; fields beyond :class:`TrainConfig` (whose ``batch_size``,
+    ``epochs``, ``grad_accum_steps`` and ``group_by_length`` do not apply here)."""
+
+    algo: str = "ppo"
+    """``"ppo"`` (critic + GAE), ``"grpo"``, ``"rloo"`` or ``"reinforce"``; see the module doc."""
+    max_steps: int = 100
+    """Optimizer-step batches to run (each: generate, score, update), >= 1."""
+    learning_rate: float = 1e-5
+    """Peak AdamW learning rate (~1e-4 with LoRA)."""
+    lr_schedule: str = "constant"
+    """``"constant"`` (after warmup) or ``"linear"`` decay, as in :class:`TrainConfig`."""
+    prompts_per_step: int = 8
+    """Distinct prompts per batch; the batch has ``prompts_per_step * group_size`` responses."""
+    group_size: int = 0
+    """Responses sampled per prompt; 0 picks 1 for PPO / REINFORCE and 4 for GRPO / RLOO (which
+    need >= 2: the group is their baseline)."""
+    max_new_tokens: int = 32
+    """Response length limit."""
+    temperature: float = 1.0
+    """Sampling temperature, > 0; log-probs and ratios refer to ``softmax(logits / T)``."""
+    top_k: int = 0
+    """Sample among the top-k tokens only (0: off). Ratios still use the untruncated
+    distribution, as TRL does; keep off for exact on-policy updates."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold in (0, 1] (1: off); see ``top_k``."""
+    ppo_epochs: int = 1
+    """Passes over each batch (TRL's ``num_ppo_epochs`` / ``num_iterations``)."""
+    num_minibatches: int = 1
+    """Optimizer steps per pass; the batch's responses are split evenly among them."""
+    clip_eps: float = 0.2
+    """PPO ratio clip range, > 0."""
+    clip_eps_high: float = 0.0
+    """Upper clip range if > 0 (DAPO's clip-higher); 0 uses ``clip_eps``."""
+    beta: float = 0.05
+    """KL coefficient to the reference, >= 0 (the initial value when ``target_kl`` > 0). 0 runs
+    no reference model at all."""
+    kl_estimator: str = ""
+    """``"k1"``, ``"k2"`` or ``"k3"``; empty picks k3 for a KL in the loss (GRPO) and k1 for a
+    KL in the reward (whose per-sequence sum is then an unbiased KL estimate)."""
+    kl_mode: str = "auto"
+    """Where the KL penalty goes: ``"reward"`` (PPO, RLOO, REINFORCE), ``"loss"`` (GRPO) or
+    ``"auto"`` (those defaults)."""
+    target_kl: float = 0.0
+    """Adaptive KL control (Ziegler et al. 2019) towards this KL per response, nats; 0: fixed
+    ``beta``. Only with the KL in the reward."""
+    kl_horizon: int = 10000
+    """Responses over which the adaptive controller makes a full 20% correction."""
+    gamma: float = 1.0
+    """Discount over response tokens (PPO)."""
+    lam: float = 0.95
+    """GAE lambda over response tokens (PPO)."""
+    whiten_advantages: bool = True
+    """Normalise advantages over the batch's valid tokens (PPO, RLOO, REINFORCE; GRPO's are
+    already scaled by their group)."""
+    whiten_rewards: bool = False
+    """Scale PPO's token rewards to unit variance (mean kept) before GAE."""
+    scale_rewards: bool = True
+    """GRPO: divide by the group's reward std (False: Dr. GRPO's mean-only baseline)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (PPO), >= 0."""
+    value_clip: float = 0.2
+    """PPO2 value clip range in reward units; 0 turns the clip off."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight, >= 0 (0: entropy is only logged)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of a response cut at ``max_new_tokens`` without EOS, >= 0."""
+    loss_aggregation: str = "token"
+    """Reduction of the per-token loss: ``"token"``, ``"sequence"`` or ``"constant"``
+    (:func:`pavlov.math.rlhf.aggregate_token_loss`)."""
+    baseline_decay: float = 0.9
+    """REINFORCE: the baseline is this moving average of past batch mean rewards."""
+    disable_dropout: bool = True
+    """Set all dropout to 0: sampling, scoring and updating then see the same policy."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("algo", self.algo, ALGOS)
+        check_count("max_steps", self.max_steps)
+        for name in ("prompts_per_step", "max_new_tokens", "ppo_epochs", "num_minibatches"):
+            check_count(name, getattr(self, name))
+        check_count("kl_horizon", self.kl_horizon)
+        check_count("group_size", self.group_size, minimum=0)
+        if self.group_size == 0:
+            self.group_size = 4 if self.algo in ("grpo", "rloo") else 1
+        if self.algo in ("grpo", "rloo") and self.group_size < 2:
+            raise ConfigError(f"{self.algo} needs group_size >= 2, got {self.group_size}")
+        if self.batch_responses % self.num_minibatches:
+            raise ConfigError(
+                f"num_minibatches {self.num_minibatches} must divide the "
+                f"{self.batch_responses} responses of a batch (prompts_per_step x group_size)"
+            )
+        check_range("temperature", self.temperature, 1e-6, math.inf)
+        check_range("top_p", self.top_p, 1e-6, 1.0)
+        check_count("top_k", self.top_k, minimum=0)
+        check_range("clip_eps", self.clip_eps, 1e-6, math.inf)
+        for name in ("clip_eps_high", "beta", "target_kl", "vf_coef", "value_clip"):
+            check_range(name, getattr(self, name), 0.0, math.inf)
+        for name in ("entropy_coef", "missing_eos_penalty"):
+            check_range(name, getattr(self, name), 0.0, math.inf)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("lam", self.lam, 0.0, 1.0)
+        check_range("baseline_decay", self.baseline_decay, 0.0, 1.0)
+        check_choice("kl_mode", self.kl_mode, KL_MODES)
+        check_choice("loss_aggregation", self.loss_aggregation, tuple(LOSS_AGGREGATIONS))
+        if self.kl_estimator:
+            check_choice("kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        if self.target_kl and self.kl_place == "loss":
+            raise ConfigError("target_kl (adaptive KL) needs the KL in the reward (kl_mode)")
+
+    @property
+    def batch_responses(self) -> int:
+        """Responses per batch, ``prompts_per_step * group_size``."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def kl_place(self) -> str:
+        """``"reward"`` or ``"loss"``: ``kl_mode`` with ``"auto"`` resolved."""
+        if self.kl_mode != "auto":
+            return self.kl_mode
+        return "loss" if self.algo == "grpo" else "reward"
+
+    @property
+    def estimator(self) -> str:
+        """``kl_estimator`` with the default resolved."""
+        return self.kl_estimator or ("k3" if self.kl_place == "loss" else "k1")
+
+    @property
+    def single_update(self) -> bool:
+        """One optimizer step per batch: the update's forward gives the old log-probs."""
+        return self.ppo_epochs == 1 and self.num_minibatches == 1
+
+
+@dataclass
+class OnlineResult:
+    model: nn.Module
+    """The trained policy (a peft model with LoRA)."""
+    steps: int
+    """Batches (each ``ppo_epochs * num_minibatches`` optimizer steps) done in total."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Every per-step record of this call (``step`` plus the metrics of :func:`train_online`)."""
+    seconds: float = 0.0
+    """Wall seconds of this call."""
+    seconds_per_step: float = 0.0
+    """Mean wall seconds per batch of this call."""
+
+
+class ValueHead(nn.Module):
+    """``V(s_t) = w . h_t + b`` on the policy's final hidden state; ``(B, T, H) -> (B, T)``.
+
+    Zero-initialised: the first value estimates are 0, so the first advantages are the plain
+    returns. Kept in float32 whatever the precision (it is tiny).
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch: what generation, scoring and the reference give
+
+
+@dataclass
+class Batch:
+    """The samples of one step, ``N = prompts_per_step * group_size`` rows, ``T`` response
+    columns after ``P`` prompt columns."""
+
+    rollout: Rollout
+    prompts: list[str]
+    completions: list[str]
+    scores: Tensor
+    """``(N,)`` the reward functions' total, before any penalty."""
+    ref_logp: Tensor | None
+    """``(N, T)`` reference log-probs, or None when ``beta == 0``."""
+    old_logp: Tensor | None = None
+    """``(N, T)`` log-probs before the update (several updates per batch only)."""
+    old_values: Tensor | None = None
+    """``(N, T)`` values before the update (PPO, several updates per batch only)."""
+    advantages: Tensor | None = None
+    """``(N, T)`` per token (filled once old log-probs / values exist)."""
+    returns: Tensor | None = None
+    """``(N, T)`` PPO value targets."""
+
+    @property
+    def mask(self) -> Tensor:
+        return self.rollout.response_mask
+
+
+def _tokenize_prompts(prompts: Sequence[str | PromptExample], tokenizer) -> list[list[int]]:
+    out = []
+    for i, p in enumerate(prompts):
+        text, chat = (p.prompt, p.chat) if isinstance(p, PromptExample) else (p, False)
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"prompt {i} must be a non-empty string, got {text!r}")
+        out.append(list(tokenizer(text, add_special_tokens=not chat)["input_ids"]))
+    return out
+
+
+def _prompt_texts(prompts: Sequence[str | PromptExample]) -> list[str]:
+    return [p.prompt if isinstance(p, PromptExample) else p for p in prompts]
+
+
+def _decode(tokenizer, rollout: Rollout) -> list[str]:
+    """Response text of each row: the masked tokens, special tokens (EOS) dropped."""
+    rows = rollout.responses
+    return [
+        tokenizer.decode(r[m].tolist(), skip_special_tokens=True)
+        for r, m in zip(rows, rollout.response_mask, strict=True)
+    ]
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module, adapters_off: bool):
+    """No grad, eval mode and, with ``adapters_off``, LoRA adapters disabled."""
+    was_training = module.training
+    module.eval()
+    off = module.disable_adapter() if adapters_off else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), off:
+            yield
+    finally:
+        module.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages
+
+
+def sequence_advantages(cfg: OnlineConfig, scores: Tensor, baseline: float | None) -> Tensor:
+    """``(N,)`` advantage of each response for GRPO / RLOO / REINFORCE from its (KL-adjusted)
+    score; REINFORCE subtracts ``baseline`` (the batch mean when None)."""
+    if cfg.algo == "grpo":
+        return group_advantages(scores, cfg.group_size, scale_std=cfg.scale_rewards)
+    if cfg.algo == "rloo":
+        return rloo_advantages(scores, cfg.group_size)
+    return scores - (scores.mean() if baseline is None else baseline)
+
+
+def compute_advantages(
+    cfg: OnlineConfig,
+    batch: Batch,
+    old_logp: Tensor,
+    old_values: Tensor | None,
+    kl_coef: float,
+    baseline: float | None,
+) -> dict[str, Tensor]:
+    """Fill ``batch.advantages`` (and ``returns`` for PPO) from the pre-update log-probs and
+    values; return the per-batch metrics they give (KL to the reference, scores used)."""
+    mask = batch.mask
+    scores = apply_missing_eos_penalty(
+        batch.scores, batch.rollout.eos_reached, cfg.missing_eos_penalty
+    )
+    metrics: dict[str, Tensor] = {}
+    in_reward = batch.ref_logp is not None and cfg.kl_place == "reward"
+    if batch.ref_logp is not None:
+        k1 = kl_penalty(old_logp, batch.ref_logp, "k1")
+        metrics["kl/ref"] = masked_sum(k1, mask, dim=1).mean()
+    if cfg.algo == "ppo":
+        ref = batch.ref_logp if batch.ref_logp is not None else old_logp
+        rewards, kl = rlhf_token_rewards(
+            scores, old_logp, ref, mask, kl_coef if in_reward else 0.0, cfg.estimator
+        )
+        if cfg.whiten_rewards:
+            rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
+        adv, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        batch.returns = returns
+        metrics["value/explained_variance"] = torch.tensor(
+            explained_variance(old_values, returns, mask)
+        )
+        metrics["reward/with_kl"] = masked_sum(rewards, mask, dim=1).mean()
+    else:
+        if in_reward:
+            kl = kl_penalty(old_logp, batch.ref_logp, cfg.estimator)
+            scores = scores - kl_coef * masked_sum(kl, mask, dim=1)
+            metrics["reward/with_kl"] = scores.mean()
+        adv = sequence_advantages(cfg, scores, baseline).unsqueeze(1).expand_as(old_logp)
+    if cfg.whiten_advantages and cfg.algo != "grpo":
+        adv = masked_whiten(adv, mask)
+    batch.advantages = torch.where(mask, adv, 0.0).detach()
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss of one minibatch
+
+
+def minibatch_loss(
+    cfg: OnlineConfig,
+    model: nn.Module,
+    value_head: ValueHead | None,
+    batch: Batch,
+    rows: Tensor,
+    kl_coef: float,
+    prepare: Callable[[Tensor, Tensor | None], dict[str, Tensor]] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped policy loss (+ KL loss, value loss, entropy bonus) on ``rows`` of the batch.
+
+    ``prepare(old_logp, old_values)``: with one update per batch, called with this forward's
+    detached outputs to compute the advantages first (:func:`compute_advantages`).
+    """
+    r = batch.rollout
+    scores = score_tokens(
+        model, r.sequences[rows], r.attention_mask[rows], r.prompt_length,
+        temperature=cfg.temperature, entropy=True, entropy_grad=cfg.entropy_coef > 0,
+        hidden=value_head is not None,
+    )  # fmt: skip
+    mask, logp = batch.mask[rows], scores.logprobs
+    values = value_head(scores.hidden) if value_head is not None else None
+    metrics: dict[str, Tensor] = {}
+    if prepare is not None:  # single update: rows is the whole batch
+        metrics.update(prepare(logp.detach(), None if values is None else values.detach()))
+        old_logp = logp.detach()
+        old_values = None if values is None else values.detach()
+    else:
+        old_logp = batch.old_logp[rows]
+        old_values = None if batch.old_values is None else batch.old_values[rows]
+    adv = batch.advantages[rows]
+    terms, ratio = ppo_clip_terms(logp, old_logp, adv, cfg.clip_eps, cfg.clip_eps_high or None)
+    if batch.ref_logp is not None and cfg.kl_place == "loss":
+        kl = kl_penalty(logp, batch.ref_logp[rows], cfg.estimator)
+        terms = terms + kl_coef * kl
+        metrics["kl/loss"] = masked_mean(kl.detach(), mask)
+    loss = aggregate_token_loss(terms, mask, cfg.loss_aggregation)
+    ent = masked_mean(scores.entropy, mask)
+    if cfg.entropy_coef:
+        loss = loss - cfg.entropy_coef * ent
+    if value_head is not None:
+        vloss, vm = clipped_value_loss(
+            values, old_values, batch.returns[rows], cfg.value_clip or None, mask
+        )
+        loss = loss + cfg.vf_coef * vloss
+        metrics["value/loss"] = vm["value_loss"]
+        metrics["value/clip_fraction"] = vm["value_clip_fraction"]
+    with torch.no_grad():
+        eps_high = cfg.clip_eps_high or cfg.clip_eps
+        outside = (ratio < 1 - cfg.clip_eps) | (ratio > 1 + eps_high)
+        metrics["policy/clip_fraction"] = masked_mean(outside.float(), mask)
+        metrics["policy/ratio_mean"] = masked_mean(ratio, mask)
+        metrics["policy/approx_kl"] = masked_mean(kl_penalty(old_logp, logp, "k3"), mask)
+        metrics["policy/entropy"] = ent.detach()
+        metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def train_online(
+    cfg: OnlineConfig,
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str | PromptExample],
+    reward: Any,
+    *,
+    reference: nn.Module | None = None,
+    run=None,
+    resume: tuple[Path, dict] | None = None,
+    quiet: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> OnlineResult:
+    """Optimise ``model`` online against ``reward``; the model as passed in is the reference.
+
+    Args:
+        cfg: hyperparameters.
+        model: the policy (a Hugging Face causal LM); wrapped with LoRA when ``cfg.lora``.
+        tokenizer: its tokenizer (needs an EOS token; a pad token is added if missing).
+        prompts: prompt strings or :class:`~pavlov.llm.data.PromptExample` (chat-rendered).
+        reward: anything :func:`pavlov.llm.rewards.resolve_reward` accepts: a callable
+            ``(prompts, completions) -> list[float]``, ``"vader"``, a saved reward model
+            directory, or weighted combinations of those.
+        reference: the frozen reference policy; None uses the initial model (see module doc).
+        run: a :class:`pavlov.run.Run` for metrics, checkpoints and the final ``model/``.
+        resume: ``(checkpoint dir, trainer state)`` from
+            :func:`~pavlov.llm.trainers.loop.load_resume`.
+        quiet: no progress bar.
+        callback: ``callback(step, record)`` after every batch.
+
+    Per-step record (also ``metrics.jsonl`` / TensorBoard with a run): ``reward/mean``,
+    ``reward/std``, ``reward/<term>`` per reward function, ``kl/ref`` (mean per-response KL to the
+    reference, k1), ``kl/coef``, ``policy/entropy``, ``policy/clip_fraction``,
+    ``policy/approx_kl``, ``policy/ratio_mean``, ``loss``, ``grad_norm``, PPO's ``value/loss``,
+    ``value/explained_variance`` and ``value/clip_fraction``, ``response/length``,
+    ``response/eos_rate``, and ``time/generate``, ``time/reward``, ``time/reference``,
+    ``time/learn``, ``time/step`` in seconds.
+    """
+    from pavlov.llm.rewards import compute_rewards, resolve_reward
+    from pavlov.run.console import ProgressBar
+
+    reward_fn = resolve_reward(reward)
+    pad_id = ensure_pad_token(tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no eos token: responses could never end")
+    prompt_ids = _tokenize_prompts(prompts, tokenizer)
+    texts = _prompt_texts(prompts)
+    if not prompt_ids:
+        raise ConfigError("no prompts")
+    longest = max(len(p) for p in prompt_ids)
+    check_context(model, longest + cfg.max_new_tokens, "longest prompt + max_new_tokens")
+    seed_all(cfg.seed)
+    model = maybe_lora(model, cfg)
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    lora = is_peft_model(model)
+    if reference is None and cfg.beta > 0 and not lora:
+        reference = copy.deepcopy(model).requires_grad_(False)  # before any update
+    value_head = None
+    if cfg.algo == "ppo":
+        value_head = ValueHead(model.config.hidden_size)
+    trainable = nn.ModuleDict({"policy": model, **({"value": value_head} if value_head else {})})
+    plan = batch_plan(replace(cfg, batch_size=cfg.prompts_per_step, grad_accum_steps=1,
+                              group_by_length=False), prompt_ids)  # fmt: skip
+    updates = cfg.ppo_epochs * cfg.num_minibatches
+    optimizer = make_optimizer(trainable, cfg)
+    scheduler = make_scheduler(optimizer, cfg, cfg.max_steps * updates)
+    state = {"kl_coef": cfg.beta, "baseline": None}
+    step = 0
+    if resume is not None:
+        load_weights(model, resume[0])
+        saved = resume[1]
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        step = int(saved["step"])
+        state.update({k: saved["task"][k] for k in ("kl_coef", "baseline")})
+        if value_head is not None:
+            value_head.load_state_dict(saved["task"]["value_head"])
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    saver = _Saver(model, tokenizer, value_head, state, cfg)
+    sampling = SamplingConfig(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+        top_p=cfg.top_p, eos_token_ids=tokenizer.eos_token_id, pad_token_id=pad_id,
+    )  # fmt: skip
+    log, t0, start = MetricLog(run, cfg.log_every), time.perf_counter(), step
+    model.train()
+    with ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar:
+        while step < cfg.max_steps:
+            t_step = time.perf_counter()
+            idx = [i for i in plan.step(step)[0] for _ in range(cfg.group_size)]
+            times: dict[str, float] = {}
+
+            t = time.perf_counter()
+            ids, attn = left_pad([prompt_ids[i] for i in idx], pad_id)
+            with autocast(cfg.precision):
+                rollout = generate(
+                    model, ids, attn, replace(sampling, seed=cfg.seed * 1_000_003 + step)
+                )
+            times["time/generate"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            batch_prompts = [texts[i] for i in idx]
+            completions = _decode(tokenizer, rollout)
+            scores, reward_metrics = compute_rewards(reward_fn, batch_prompts, completions)
+            times["time/reward"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            ref_logp = None
+            if cfg.beta > 0:
+                ref_module = model if reference is None else reference
+                ref_logp = _logprobs(cfg, ref_module, rollout, adapters_off=reference is None)
+            batch = Batch(rollout, batch_prompts, completions, scores.float(), ref_logp)
+            kl_coef = state["kl_coef"]
+            metrics: dict[str, float] = {}
+
+            def prepare(old_logp, old_values, batch=batch, kl_coef=kl_coef):
+                return compute_advantages(cfg, batch, old_logp, old_values, kl_coef,
+                                          state["baseline"])  # fmt: skip
+
+            if not cfg.single_update:
+                batch.old_logp, batch.old_values = _old_pass(cfg, model, value_head, rollout)
+                metrics.update(_floats(prepare(batch.old_logp, batch.old_values)))
+            times["time/reference"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            metrics.update(
+                _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler,
+                        params, step + 1)
+            )  # fmt: skip
+            times["time/learn"] = time.perf_counter() - t
+
+            step += 1
+            if cfg.target_kl and "kl/ref" in metrics:
+                state["kl_coef"] = adaptive_kl_coef(
+                    kl_coef, metrics["kl/ref"], cfg.target_kl, cfg.kl_horizon, len(idx)
+                )
+            mean_score = float(scores.mean())
+            if cfg.algo == "reinforce":
+                b = state["baseline"]
+                d = cfg.baseline_decay
+                state["baseline"] = mean_score if b is None else d * b + (1 - d) * mean_score
+            times["time/step"] = time.perf_counter() - t_step
+            record = {
+                "reward/mean": mean_score,
+                "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
+                **{k: float(v) for k, v in reward_metrics.items() if k != "reward/mean"},
+                **metrics,
+                "kl/coef": kl_coef,
+                "response/length": float(rollout.response_lengths.float().mean()),
+                "response/eos_rate": float(rollout.eos_reached.float().mean()),
+                "learning_rate": optimizer.param_groups[0]["lr"],
+                **times,
+            }
+            log.add(step, record, step == cfg.max_steps, times["time/step"])
+            bar.update(1, record["reward/mean"])
+            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(run, cfg, saver, step, optimizer, scheduler)
+            if callback is not None:
+                callback(step, record)
+    if run is not None:
+        if step > start or not (run.dir / "checkpoints" / f"step_{step}").is_dir():
+            save_checkpoint(run, cfg, saver, step, optimizer, scheduler)
+        saver.save(run.dir / "model", True)
+    return OnlineResult(
+        model=model,
+        steps=step,
+        history=log.history,
+        seconds=time.perf_counter() - t0,
+        seconds_per_step=log.train_seconds / (step - start) if step > start else 0.0,
+    )
+
+
+def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_off: bool):
+    """``(N, T)`` no-grad log-probs of the rollout's responses under ``module``."""
+    with _frozen(module, adapters_off), autocast(cfg.precision):
+        return score_tokens(
+            module, rollout.sequences, rollout.attention_mask, rollout.prompt_length,
+            temperature=cfg.temperature, chunk_size=cfg.eval_batch_size,
+        ).logprobs.float()  # fmt: skip
+
+
+def _old_pass(cfg, model, value_head, rollout) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and PPO values) of the batch before its first update, no grad."""
+    with _frozen(model, False), autocast(cfg.precision):
+        out = score_tokens(
+            model, rollout.sequences, rollout.attention_mask, rollout.prompt_length,
+            temperature=cfg.temperature, chunk_size=cfg.eval_batch_size,
+            hidden=value_head is not None,
+        )  # fmt: skip
+        values = None if value_head is None else value_head(out.hidden).float()
+    return out.logprobs.float(), values
+
+
+def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler, params, step):
+    """``ppo_epochs x num_minibatches`` optimizer steps on the batch; mean metrics."""
+    n = len(batch.scores)
+    size = n // cfg.num_minibatches
+    sums: dict[str, float] = {}
+    count = 0
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=generator) if cfg.num_minibatches > 1 else None
+        for k in range(cfg.num_minibatches):
+            rows = torch.arange(n) if order is None else order[k * size : (k + 1) * size]
+            with autocast(cfg.precision):
+                loss, metrics = minibatch_loss(
+                    cfg, model, value_head, batch, rows, kl_coef,
+                    prepare if cfg.single_update else None,
+                )  # fmt: skip
+            check_finite("the loss", loss.detach(), step, hint=HINT)
+            loss.backward()
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            check_finite("the gradient norm", grad_norm, step, hint=HINT)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            metrics["grad_norm"] = grad_norm
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+    return {k: v / count for k, v in sums.items()}
+
+
+@dataclass
+class _Saver:
+    """What :func:`~pavlov.llm.trainers.loop.save_checkpoint` needs: ``save`` and ``state``."""
+
+    model: nn.Module
+    tokenizer: Any
+    value_head: ValueHead | None
+    counters: dict
+    cfg: OnlineConfig
+
+    def save(self, path: Path, final: bool) -> None:
+        save_model(self.model, self.tokenizer, path, merge=final and self.cfg.merge_lora)
+
+    def state(self) -> dict[str, Any]:
+        out = dict(self.counters)
+        if self.value_head is not None:
+            out["value_head"] = self.value_head.state_dict()
+        return out
+
+
+__all__ = [
+    "ALGOS",
+    "OnlineConfig",
+    "OnlineResult",
+    "ValueHead",
+    "compute_advantages",
+    "minibatch_loss",
+    "rng_state",
+    "sequence_advantages",
+    "train_online",
+]

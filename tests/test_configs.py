@@ -30,6 +30,12 @@ def _llm_config_cls(prefix: str):
 def test_config_builds(path):
     data = load_yaml(path)
     prefix = path.stem.split("-")[0]
+    if "case_study" in data:  # pavlov rlhf
+        from pavlov.llm.case_study import CaseStudyConfig, stage_configs
+
+        assert set(data) <= {"name", "runs_dir", "case_study"}
+        assert stage_configs(build_config(CaseStudyConfig, data["case_study"])) is not None
+        return
     if "trainer" in data:  # pavlov sft / reward-model / dpo
         assert build_config(_llm_config_cls(prefix), data["trainer"]) is not None
         return

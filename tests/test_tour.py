@@ -1,4 +1,4 @@
-"""`make demo` (pavlov tour): every learner gets close to the planned optimum, quickly."""
+"""`make tour` (pavlov tour): every learner gets close to the planned optimum, quickly."""
 
 import json
 

@@ -377,6 +377,38 @@ def generate(
     run_generate(opts, json_)
 
 
+@app.command()
+def rlhf(
+    algo: Annotated[
+        str | None,
+        typer.Option(help="Step 3: ppo | grpo | rloo (against the reward model) | dpo."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A shortened run (~1/3 of the demo's time).")
+    ] = False,
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-o",
+            help="A case-study field (-o rl_steps=20) or a step's trainer field "
+            "(-o sft.warmup_steps=0, -o rm.weight_decay=0.01, -o rl.beta=0.1); repeatable.",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default rlhf-ALGO-time).")] = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """The positive-movie-review case study: SFT -> reward model -> PPO, evaluated on held-out
+    movies by the reward model and a held-out judge (VADER); what `make demo` runs."""
+    from pavlov.commands.rlhf import run_rlhf
+
+    opts = _options(config, algo=algo, name=name, runs_dir=runs_dir)
+    run_rlhf(opts, override, quick=quick, quiet=quiet, json_out=json_)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -356,6 +356,15 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def merge_adapters(model):
+    """The plain model under a peft ``model`` with its LoRA updates merged into the base weights
+    (in place: the peft wrapper is spent); a plain model is returned as it is."""
+    if not is_peft_model(model):
+        return model
+    with _peft_quiet():
+        return model.merge_and_unload()
+
+
 def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = False) -> Path:
     """Save ``model`` and ``tokenizer`` with ``save_pretrained`` (safetensors), atomically.
 

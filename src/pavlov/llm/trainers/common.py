@@ -154,7 +154,7 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay on matrices only (ndim >= 2)."""
+    """Fused AdamW over the trainable parameters; weight decay on matrices only (ndim >= 2)."""
     named = trainable_parameters(model)
     if not named:
         raise PavlovError(f"{type(model).__name__} has no trainable parameters")
@@ -163,7 +163,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    # fused: one pass over param/grad/moments instead of ~7 foreach passes; on 2 CPU cores the
+    # update of SmolLM2-135M's 134.5M parameters drops from ~1 s to ~0.12 s (same math).
+    return torch.optim.AdamW(
+        groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

@@ -384,7 +384,7 @@ def rlhf(
         typer.Option(help="Step 3: ppo | grpo | rloo (against the reward model) | dpo."),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="A shortened run (~1/3 of the demo's time).")
+        bool, typer.Option("--quick", help="Shorter training (smoke tests); the same evaluation.")
     ] = False,
     override: Annotated[
         list[str] | None,

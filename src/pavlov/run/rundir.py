@@ -34,6 +34,12 @@ from pavlov.run.tensorboard import ScalarWriter
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def check_run_name(name: str) -> None:
+    """PavlovError unless ``name`` is a safe directory name: letters, digits, ``._-``."""
+    if not _NAME.match(str(name)):
+        raise PavlovError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
+
+
 def default_run_name(algo: str, env_id: str) -> str:
     """``<algo>-<env>-<YYYYmmdd-HHMMSS>`` with characters unsafe in paths replaced."""
     env = re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
@@ -62,8 +68,7 @@ class Run:
         tensorboard: bool = True,
     ) -> Run:
         """Make ``root/name`` and write ``config.yaml``. Refuses to clobber an existing run."""
-        if not _NAME.match(name):
-            raise PavlovError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
+        check_run_name(name)
         path = Path(root) / name
         if path.exists():
             if not overwrite:

@@ -1,0 +1,391 @@
+"""The positive-movie-review case study: the three steps of RLHF on Rotten Tomatoes, end to end.
+
+1. **SFT**: the embedded SmolLM2-135M-Instruct learns, with LoRA, to continue
+   ``"Review of <Title>:"`` with a critic snippet (:func:`pavlov.llm.rt_sft`); the adapters are
+   then merged: the merged model is the policy's starting point *and* the KL reference.
+2. **Reward model**: a scalar head on the embedded MiniLM encoder (or on SmolLM2), trained with
+   Bradley-Terry on human-labelled pairs, a fresh snippet preferred over a rotten one of the same
+   movie (:func:`pavlov.llm.rt_preferences`); its held-out pairwise accuracy is reported.
+3. **RL**: PPO (or GRPO / RLOO) with fresh LoRA adapters on the SFT model, rewarded by the
+   reward model with a KL penalty to the SFT reference (the base with adapters disabled); or DPO
+   straight on the preference pairs (``algo="dpo"``), no reward model in the loop.
+
+Before and after step 3, the policy is evaluated on held-out movies (never seen by any step) with
+the same prompts and random numbers (:func:`pavlov.llm.policy_eval.evaluate_policy`): mean reward
+model score, the held-out judge (VADER's compound sentiment, never used in training, so that
+reward hacking would show), the share of positive reviews, KL to the reference, length and EOS
+rate. During step 3 the judge also scores the training rollouts (logged only, never returned to
+the trainer) for the judge-vs-KL curve.
+
+Run directory (:func:`run_case_study`)::
+
+    runs/NAME/config.yaml, metrics.jsonl     the case study's config; before/after metrics
+    runs/NAME/sft/  reward_model/  rl/       each step's own run (metrics.jsonl, model/, ...)
+    runs/NAME/summary.json                   before/after metrics, RM accuracy, seconds per stage
+    runs/NAME/samples.md                     before/after table of sampled reviews
+    runs/NAME/curves.png  judge_vs_kl.png    learning curves; judge score against KL
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pavlov.config import build_config, config_dict
+from pavlov.errors import ConfigError, PavlovError, check_positive
+from pavlov.llm.trainers.common import PRECISIONS, TrainConfig, check_choice, check_count
+
+ALGOS = ("ppo", "grpo", "rloo", "dpo")
+RM_BACKBONES = ("encoder", "causal")
+COUNTS = (
+    "sft_steps", "sft_batch_size", "sft_max_length", "sft_lora_r", "rm_steps", "rm_batch_size",
+    "rm_max_length", "rl_steps", "max_new_tokens", "rl_lora_r", "dpo_batch_size", "eval_prompts",
+    "eval_samples", "eval_batch_size",
+)  # fmt: skip
+POSITIVES = ("sft_learning_rate", "rm_learning_rate", "rl_learning_rate", "dpo_learning_rate",
+             "dpo_beta", "temperature")  # fmt: skip
+QUICK = {"sft_steps": 16, "rm_steps": 30, "rl_steps": 12}
+"""``pavlov rlhf --quick``: shorter training (smoke test, slow test), the same evaluation."""
+
+
+@dataclass
+class CaseStudyConfig:
+    """The case study's settings; the defaults are the demo (<= 15 min on 2 CPU cores)."""
+
+    algo: str = "ppo"
+    """Step 3: ``"ppo"``, ``"grpo"``, ``"rloo"`` (online RL against the reward model) or
+    ``"dpo"`` (offline, on the preference pairs)."""
+    seed: int = 0
+    """Seed of every stage (each stage's trainer seeds itself with it) and of the evaluation."""
+    precision: str = "bf16"
+    """``"bf16"`` (autocast matmuls, fp32 master weights: ~3x faster matmuls on AVX-512-BF16
+    CPUs) or ``"fp32"``; used by every stage and by the evaluation."""
+    policy: str = "smollm2"
+    """The policy to post-train: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a model path."""
+    # --- step 1: SFT
+    sft_steps: int = 40
+    """SFT optimizer steps (packed blocks of ``sft_max_length`` tokens, ~2-3 snippets each)."""
+    sft_learning_rate: float = 2e-4
+    """SFT peak learning rate (LoRA), > 0."""
+    sft_batch_size: int = 8
+    """Packed blocks per SFT step."""
+    sft_max_length: int = 64
+    """SFT block length in tokens (a snippet is ~25 tokens on average, <= 84)."""
+    sft_lora_r: int = 16
+    """LoRA rank of the SFT adapters (merged into the model afterwards)."""
+    # --- step 2: reward model
+    rm_backbone: str = "encoder"
+    """``"encoder"``: a head on the embedded MiniLM (fast); ``"causal"``: a head on the policy's
+    base model with LoRA."""
+    rm_steps: int = 60
+    """Reward-model optimizer steps (Bradley-Terry on preference pairs)."""
+    rm_batch_size: int = 16
+    """Preference pairs per reward-model step."""
+    rm_learning_rate: float = 1e-4
+    """Reward-model peak learning rate, > 0."""
+    rm_max_length: int = 64
+    """Tokens of prompt + review the reward model reads."""
+    # --- step 3: RL (or DPO)
+    rl_steps: int = 40
+    """Optimizer steps of step 3 (rollout + update rounds for PPO/GRPO/RLOO; DPO steps)."""
+    rl_learning_rate: float = 1e-4
+    """Step 3 peak learning rate (LoRA) for PPO/GRPO/RLOO, > 0."""
+    prompts_per_step: int = 0
+    """Training prompts (movies) per RL step; 0: ``8 // group_size`` (8 completions a step)."""
+    group_size: int = 0
+    """Completions per prompt; >= 2 for GRPO/RLOO (their baseline is the group); 0: 1 for PPO,
+    4 for GRPO/RLOO."""
+    max_new_tokens: int = 24
+    """Longest sampled review, in tokens, in training and evaluation."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts and of the evaluation, > 0."""
+    beta: float = 0.05
+    """KL penalty coefficient to the SFT reference (PPO/GRPO/RLOO), >= 0."""
+    rl_lora_r: int = 16
+    """LoRA rank of the step-3 adapters (on the merged SFT model)."""
+    dpo_beta: float = 0.1
+    """DPO's inverse temperature (``algo="dpo"``), > 0."""
+    dpo_learning_rate: float = 5e-4
+    """DPO peak learning rate (LoRA), > 0."""
+    dpo_batch_size: int = 8
+    """Preference pairs per DPO step."""
+    # --- evaluation
+    eval_prompts: int = 16
+    """Held-out movies evaluated (evenly spaced over the 45 test movies)."""
+    eval_samples: int = 4
+    """Sampled reviews per held-out movie, before and after."""
+    eval_batch_size: int = 32
+    """Sequences per generation / scoring batch in the evaluation."""
+    # --- pass-through
+    sft_options: dict[str, Any] = field(default_factory=dict)
+    """Further :class:`~pavlov.llm.trainers.SFTConfig` fields (CLI: ``-o sft.FIELD=VALUE``)."""
+    rm_options: dict[str, Any] = field(default_factory=dict)
+    """Further :class:`~pavlov.llm.trainers.RewardConfig` fields (``-o rm.FIELD=VALUE``)."""
+    rl_options: dict[str, Any] = field(default_factory=dict)
+    """Further fields of step 3's config, ``OnlineConfig`` or ``DPOConfig`` (``-o rl.F=V``)."""
+
+    def __post_init__(self) -> None:
+        check_choice("algo", self.algo, ALGOS)
+        check_choice("precision", self.precision, tuple(PRECISIONS))
+        check_choice("rm_backbone", self.rm_backbone, RM_BACKBONES)
+        for name in COUNTS:
+            check_count(name, getattr(self, name))
+        check_count("seed", self.seed, minimum=0)
+        check_count("prompts_per_step", self.prompts_per_step, minimum=0)
+        check_count("group_size", self.group_size, minimum=0)
+        for name in POSITIVES:
+            check_positive(name, getattr(self, name))
+        if not self.beta >= 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
+        for name in ("sft_options", "rm_options", "rl_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a mapping of config fields")
+        if self.group_size == 0:
+            self.group_size = 1 if self.algo in ("ppo", "dpo") else 4
+        if self.algo in ("grpo", "rloo") and self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 for {self.algo}, got {self.group_size}")
+        if self.prompts_per_step == 0:
+            self.prompts_per_step = max(1, 8 // self.group_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage configs, built (and so validated) before anything runs
+
+
+def stage_configs(cfg: CaseStudyConfig) -> dict[str, TrainConfig]:
+    """The trainer configs of the three steps (``sft``, ``reward_model``, ``rl``); a bad
+    ``*_options`` key or value raises :class:`ConfigError` naming it."""
+    from pavlov.llm.trainers import RewardConfig, SFTConfig
+
+    common = {"seed": cfg.seed, "precision": cfg.precision, "checkpoint_every": 0}
+    sft = {
+        **common, "lora": True, "lora_r": cfg.sft_lora_r, "learning_rate": cfg.sft_learning_rate,
+        "warmup_steps": 5, "batch_size": cfg.sft_batch_size, "max_length": cfg.sft_max_length,
+        "packing": True, "max_steps": cfg.sft_steps, "max_eval_examples": 64,
+    }  # fmt: skip
+    rm = {
+        **common, "mode": "pairwise", "learning_rate": cfg.rm_learning_rate, "warmup_steps": 5,
+        "batch_size": cfg.rm_batch_size, "max_length": cfg.rm_max_length,
+        "max_steps": cfg.rm_steps, "lora": cfg.rm_backbone == "causal",
+    }  # fmt: skip
+    return {
+        "sft": build_config(SFTConfig, {**sft, **cfg.sft_options}, where="sft_options"),
+        "reward_model": build_config(RewardConfig, {**rm, **cfg.rm_options}, where="rm_options"),
+        "rl": _rl_config(cfg, common),
+    }
+
+
+def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
+    if cfg.algo == "dpo":
+        from pavlov.llm.trainers import DPOConfig
+
+        dpo = {
+            **common, "lora": True, "lora_r": cfg.rl_lora_r, "beta": cfg.dpo_beta,
+            "learning_rate": cfg.dpo_learning_rate, "warmup_steps": 5,
+            "batch_size": cfg.dpo_batch_size, "max_length": 96, "max_steps": cfg.rl_steps,
+        }  # fmt: skip
+        return build_config(DPOConfig, {**dpo, **cfg.rl_options}, where="rl_options")
+    from pavlov.llm.trainers.online import OnlineConfig
+
+    online = {
+        **common, "algo": cfg.algo, "max_steps": cfg.rl_steps,
+        "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size,
+        "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+        "learning_rate": cfg.rl_learning_rate, "beta": cfg.beta, "lora": True,
+        "lora_r": cfg.rl_lora_r,
+    }  # fmt: skip
+    return build_config(OnlineConfig, {**online, **cfg.rl_options}, where="rl_options")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where models and data come from (tests inject tiny ones)
+
+
+def _rt_prompts(split: str) -> list[tuple[str, str]]:
+    from pavlov.llm.assets import rt_title
+    from pavlov.llm.rt import rt_movies, rt_prompt
+
+    return [(rt_title(m), rt_prompt(m)) for m in rt_movies(split)]
+
+
+def _load_policy(name: str):
+    from pavlov.llm.models import ensure_pad_token, load_causal_lm
+
+    model, tokenizer = load_causal_lm(None if name == "smollm2" else name)
+    ensure_pad_token(tokenizer)
+    return model, tokenizer
+
+
+def _load_reward_backbone(kind: str, policy: str):
+    if kind == "encoder":
+        from pavlov.llm.models import load_encoder
+
+        return load_encoder(None)
+    return _load_policy(policy)
+
+
+def _rt_sft(split: str) -> list:
+    from pavlov.llm.rt import rt_sft
+
+    return rt_sft(split)
+
+
+def _rt_preferences(split: str) -> list:
+    from pavlov.llm.rt import rt_preferences
+
+    return rt_preferences(split)
+
+
+@dataclass
+class CaseStudyAssets:
+    """The case study's models and data, as loaders; the defaults are the embedded assets."""
+
+    load_policy: Callable[[str], tuple[Any, Any]] = _load_policy
+    """``cfg.policy -> (causal LM, tokenizer)``."""
+    load_reward_backbone: Callable[[str, str], tuple[Any, Any]] = _load_reward_backbone
+    """``(cfg.rm_backbone, cfg.policy) -> (backbone, tokenizer)``."""
+    sft_data: Callable[[str], list] = _rt_sft
+    """``split -> SFT examples`` (``"train"`` trains, ``"test"`` gives the held-out loss)."""
+    preferences: Callable[[str], list] = _rt_preferences
+    """``split -> preference pairs`` (reward model, DPO; ``"test"``: held-out accuracy)."""
+    prompts: Callable[[str], list[tuple[str, str]]] = _rt_prompts
+    """``split -> [(label, prompt)]``: RL prompts (``"train"``), evaluation prompts (``"test"``)."""
+
+
+@dataclass
+class _Inputs:
+    policy: Any
+    tokenizer: Any
+    rm_backbone: Any
+    rm_tokenizer: Any
+    sft_train: list
+    sft_test: list
+    pref_train: list
+    pref_test: list
+    rl_prompts: list[str]
+    eval_labels: list[str]
+    eval_prompts: list[str]
+
+
+def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
+    from pavlov.llm.trainers.common import evenly_spaced
+
+    held_out = assets.prompts("test")
+    if len(held_out) < cfg.eval_prompts:
+        raise ConfigError(
+            f"eval_prompts must be <= {len(held_out)} (held-out movies), got {cfg.eval_prompts}"
+        )
+    chosen = evenly_spaced(held_out, cfg.eval_prompts)
+    policy, tokenizer = assets.load_policy(cfg.policy)
+    backbone, rm_tokenizer = assets.load_reward_backbone(cfg.rm_backbone, cfg.policy)
+    return _Inputs(
+        policy, tokenizer, backbone, rm_tokenizer,
+        assets.sft_data("train"), assets.sft_data("test"),
+        assets.preferences("train"), assets.preferences("test"),
+        [p for _, p in assets.prompts("train")], [t for t, _ in chosen], [p for _, p in chosen],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def run_case_study(
+    cfg: CaseStudyConfig,
+    run_dir: str | Path,
+    *,
+    quiet: bool = True,
+    assets: CaseStudyAssets | None = None,
+) -> dict[str, Any]:
+    """Run SFT, the reward model and step 3, evaluate before/after, write the report.
+
+    Everything that can be checked (configs of every stage, the assets, the run name) is checked
+    before ``run_dir`` is created. A failure before the SFT step completes leaves no directory;
+    a later one keeps the finished steps (``run.json``: failed).
+
+    Args:
+        cfg: the settings.
+        run_dir: the run directory to create (must not exist).
+        quiet: no progress bars or stage lines.
+        assets: model and data loaders (default: the embedded SmolLM2, MiniLM, Rotten Tomatoes).
+
+    Returns:
+        The summary also written to ``run_dir/summary.json``.
+    """
+    from pavlov.llm import case_study_report as report
+    from pavlov.llm import case_study_steps as steps
+    from pavlov.llm.models import _quiet_progress  # no "Writing model shards" bars
+    from pavlov.run import Run
+    from pavlov.run.rundir import check_run_name
+
+    run_dir = Path(run_dir)
+    stages = stage_configs(cfg)
+    check_run_name(run_dir.name)
+    if run_dir.exists():
+        raise PavlovError(f"run directory {run_dir} already exists (pick another --name)")
+    clock = _Clock(quiet)
+    inputs = _load_inputs(cfg, assets or CaseStudyAssets())
+    clock.lap("load")
+    config = {
+        "command": "rlhf",
+        "case_study": config_dict(cfg),
+        "stages": {k: config_dict(v) for k, v in stages.items()},
+    }
+    with Run.create(run_dir.parent, run_dir.name, config) as run, _quiet_progress():
+        clock.say(f"step 1/3: SFT, {cfg.sft_steps} steps")
+        sft_model, sft_info = steps.sft(stages["sft"], inputs, run, quiet)
+        run.mark_checkpointed()  # a finished step is worth keeping if a later one fails
+        clock.lap("sft")
+        clock.say(f"step 2/3: reward model ({cfg.rm_backbone}), {cfg.rm_steps} steps")
+        scorer, rm_info = steps.reward_model(cfg, stages["reward_model"], inputs, run, quiet)
+        clock.lap("reward_model")
+        clock.say("evaluating the SFT policy on held-out movies")
+        before = steps.evaluate(cfg, sft_model, inputs, scorer, reference=None)
+        run.log(0, {f"eval/{k}": v for k, v in before.metrics.items()})
+        clock.lap("eval_before")
+        clock.say(f"step 3/3: {cfg.algo}, {cfg.rl_steps} steps")
+        policy, reference, rl_info, history = steps.step3(
+            cfg, stages["rl"], sft_model, inputs, scorer, run, quiet
+        )
+        clock.lap("rl")
+        clock.say(f"evaluating the {cfg.algo} policy on held-out movies")
+        after = steps.evaluate(cfg, policy, inputs, scorer, reference=reference)
+        run.log(rl_info["steps"], {f"eval/{k}": v for k, v in after.metrics.items()})
+        clock.lap("eval_after")
+        files = report.write_report(run.dir, cfg, before, after, history)
+        summary = {
+            "command": "rlhf",
+            "algo": cfg.algo,
+            "run": str(run.dir),
+            "before": before.metrics,
+            "after": after.metrics,
+            "judge_gain": after.metrics["judge/mean"] - before.metrics["judge/mean"],
+            "reward_gain": after.metrics["reward/mean"] - before.metrics["reward/mean"],
+            "reward_model": {"backbone": cfg.rm_backbone, "accuracy": rm_info["accuracy"]},
+            "stages": {"sft": sft_info, "reward_model": rm_info, "rl": rl_info},
+            "seconds": clock.laps(),
+            "files": {k: str(v) for k, v in files.items()},
+        }
+        run.write_summary(summary)
+    return summary
+
+
+class _Clock:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.t0, self.last, self.times = quiet, time.perf_counter(), 0.0, {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter() - self.t0
+        self.times[name], self.last = round(now - self.last, 2), now
+
+    def laps(self) -> dict[str, float]:
+        return {**self.times, "total": round(time.perf_counter() - self.t0, 2)}
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            from pavlov.run.console import stderr
+
+            stderr.print(f"[bold]rlhf[/bold] {text}  [dim]({time.perf_counter() - self.t0:.0f} s)")

@@ -1,0 +1,154 @@
+"""The steps of the case study (:mod:`pavlov.llm.case_study`): SFT, the reward model, step 3
+(online RL or DPO) and the held-out evaluation, each writing its own sub-run."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from pavlov.config import config_dict
+
+
+def _info(fit) -> dict[str, Any]:
+    return {
+        "steps": fit.steps,
+        "seconds": round(fit.seconds, 2),
+        "metrics": {**fit.train, **fit.eval},
+    }
+
+
+def sft(sft_cfg, inputs, run, quiet: bool):
+    """Step 1; returns the SFT model with its adapters merged (the step-3 start and reference)."""
+    from pavlov.llm.models import merge_adapters
+    from pavlov.llm.trainers import train_sft
+    from pavlov.run import Run
+
+    with Run.create(run.dir, "sft", {"command": "sft", "trainer": config_dict(sft_cfg)}) as sub:
+        out = train_sft(sft_cfg, inputs.policy, inputs.tokenizer, inputs.sft_train,
+                        inputs.sft_test, run=sub, quiet=quiet)  # fmt: skip
+    inputs.policy = None  # the merged model below replaces it
+    return merge_adapters(out.model).eval(), _info(out.fit)
+
+
+def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
+    """Step 2; returns the saved model reloaded as a scorer (bf16 autocast when asked)."""
+    from pavlov.llm.rewards import reward_model_fn
+    from pavlov.llm.trainers import load_reward_model, train_reward_model
+    from pavlov.llm.trainers.common import autocast
+    from pavlov.run import Run
+
+    rm_run = {"command": "reward-model", "backbone": cfg.rm_backbone,
+              "trainer": config_dict(rm_cfg)}  # fmt: skip
+    with Run.create(run.dir, "reward_model", rm_run) as sub:
+        out = train_reward_model(
+            rm_cfg, inputs.rm_backbone, inputs.rm_tokenizer, inputs.pref_train, inputs.pref_test,
+            kind=cfg.rm_backbone, base_model=cfg.policy if cfg.rm_backbone == "causal" else None,
+            run=sub, quiet=quiet,
+        )  # fmt: skip
+    inputs.rm_backbone = None
+    scorer = load_reward_model(sub.dir / "model", batch_size=cfg.eval_batch_size)
+
+    def score(prompts, completions) -> list[float]:
+        with autocast(cfg.precision):
+            return scorer(prompts, completions)
+
+    info = _info(out.fit)
+    info["accuracy"] = out.fit.eval.get("eval/accuracy")
+    return reward_model_fn(score, name="reward_model"), info
+
+
+def evaluate(cfg, model, inputs, scorer, reference):
+    from pavlov.llm.policy_eval import evaluate_policy
+
+    return evaluate_policy(
+        model, inputs.tokenizer, inputs.eval_prompts, reward=scorer, reference=reference,
+        labels=inputs.eval_labels, samples_per_prompt=cfg.eval_samples,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000,
+        batch_size=cfg.eval_batch_size, precision=cfg.precision,
+    )  # fmt: skip
+
+
+def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
+    """Step 3 from the merged SFT model: ``(policy, reference log-prob fn, info, history)``."""
+    from pavlov.llm.models import is_peft_model
+    from pavlov.llm.policy_eval import module_logprobs
+    from pavlov.run import Run
+
+    # Without LoRA the step-3 trainer changes the SFT weights themselves: keep a copy to score
+    # the reference with. With LoRA the reference is the base under the adapters (no copy).
+    frozen = None if rl_cfg.lora else copy.deepcopy(sft_model).requires_grad_(False)
+    sub_config = {"command": cfg.algo, "trainer": config_dict(rl_cfg)}
+    with Run.create(run.dir, "rl", sub_config) as sub:
+        if cfg.algo == "dpo":
+            policy, info, history = _dpo(rl_cfg, sft_model, inputs, sub, quiet)
+        else:
+            policy, info, history = _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet)
+    policy.eval()
+    options = {"precision": cfg.precision, "chunk_size": cfg.eval_batch_size}
+    if frozen is None and is_peft_model(policy):
+        reference = module_logprobs(policy, base=True, **options)
+    else:
+        reference = module_logprobs(frozen if frozen is not None else sft_model, **options)
+    return policy, reference, info, history
+
+
+def _dpo(dpo_cfg, sft_model, inputs, sub, quiet: bool):
+    from pavlov.llm.trainers import train_dpo
+
+    # No held-out pairs here: the case study's own evaluation follows (and DPO's would cost
+    # a reference pass over every test pair).
+    out = train_dpo(
+        dpo_cfg, sft_model, inputs.tokenizer, inputs.pref_train, None, run=sub, quiet=quiet
+    )
+    return out.model, _info(out.fit), list(out.fit.history)
+
+
+class JudgeTap:
+    """The reward function of step 3, which also scores the same completions with the held-out
+    judge for the judge-vs-KL curve: the trainer gets the reward model's scores, never the
+    judge's."""
+
+    name = "reward_model"
+
+    def __init__(self, reward, judge) -> None:
+        self.reward, self.judge, self.pending = reward, judge, []
+
+    def __call__(self, prompts, completions) -> list[float]:
+        self.pending.extend(float(x) for x in self.judge(prompts, completions))
+        return self.reward(prompts, completions)
+
+    def take(self) -> float | None:
+        """Mean judge score of the completions seen since the last call (None: none)."""
+        scores, self.pending = self.pending, []
+        return sum(scores) / len(scores) if scores else None
+
+
+def _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
+    from pavlov.llm.rewards import vader_reward
+    from pavlov.llm.trainers.online import train_online
+
+    tap = JudgeTap(scorer, vader_reward())
+    judged: dict[int, float] = {}
+
+    def callback(step: int, record: dict) -> None:
+        score = tap.take()
+        if score is not None:
+            judged[step] = score
+            sub.log(step, {"judge/train_mean": score})
+
+    t0 = time.perf_counter()
+    out = train_online(rl_cfg, sft_model, inputs.tokenizer, prompts=inputs.rl_prompts,
+                       reward=tap, run=sub, quiet=quiet, callback=callback)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    history = [dict(r) for r in out.history]
+    for record in history:
+        if int(record.get("step", -1)) in judged:
+            record["judge/train_mean"] = judged[int(record["step"])]
+    last = history[-1] if history else {}
+    info = {
+        "steps": out.steps,
+        "seconds": round(seconds, 2),
+        "metrics": {k: v for k, v in last.items() if k != "step"},
+    }
+    return out.model, info, history

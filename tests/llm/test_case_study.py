@@ -1,0 +1,306 @@
+"""`pavlov rlhf` / :mod:`pavlov.llm.case_study`: the pipeline on tiny random models (fast), and the
+shortened demo on the embedded assets (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pavlov.cli import main
+from pavlov.errors import ConfigError, PavlovError
+from pavlov.llm.case_study import CaseStudyAssets, CaseStudyConfig, run_case_study, stage_configs
+from pavlov.llm.case_study_steps import JudgeTap
+from pavlov.llm.data import PreferenceExample, SFTExample
+from pavlov.llm.policy_eval import evaluate_policy, module_logprobs
+from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
+
+# peft 0.21 calls a helper transformers 5 deprecated
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = dict(
+    precision="fp32", sft_steps=2, sft_batch_size=2, sft_max_length=48, rm_steps=2,
+    rm_batch_size=2, rl_steps=2, dpo_batch_size=2, max_new_tokens=6, eval_prompts=3,
+    eval_samples=2, eval_batch_size=4, sft_learning_rate=1e-2, rm_learning_rate=1e-2,
+    rl_learning_rate=1e-2, dpo_learning_rate=1e-2,
+)  # fmt: skip
+
+
+def tiny_encoder():
+    from transformers import BertConfig, BertModel
+
+    tok = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return BertModel(config).eval(), tok
+
+
+def _sft(split):
+    words = ["great", "dull", "warm and funny", "a mess"]
+    return [SFTExample(f"Review of Film {i}:", f" {words[i % 4]}") for i in range(8)]
+
+
+def _prefs(split):
+    return [PreferenceExample(f"Review of Film {i}:", " great, funny", " dull") for i in range(6)]
+
+
+def _prompts(split):
+    n = 5 if split == "test" else 8
+    return [(f"Film {i}", f"Review of Film {i}:") for i in range(n)]
+
+
+def tiny_assets() -> CaseStudyAssets:
+    return CaseStudyAssets(
+        load_policy=lambda name: tiny_causal_lm(),
+        load_reward_backbone=lambda kind, policy: (
+            tiny_encoder() if kind == "encoder" else tiny_causal_lm(seed=1)
+        ),
+        sft_data=_sft,
+        preferences=_prefs,
+        prompts=_prompts,
+    )
+
+
+def run_tiny(tmp_path, **overrides) -> dict:
+    cfg = CaseStudyConfig(**{**TINY, **overrides})
+    return run_case_study(cfg, tmp_path / "runs" / "cs", assets=tiny_assets())
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("algo", "a2c"),
+        ("precision", "fp16"),
+        ("rm_backbone", "bert"),
+        ("sft_steps", 0),
+        ("eval_samples", 0),
+        ("rl_learning_rate", 0.0),
+        ("beta", -0.1),
+        ("rl_options", "ppo_epochs=2"),
+    ],
+)
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        CaseStudyConfig(**{field: value})
+
+
+def test_group_defaults_keep_eight_completions_per_step():
+    assert (CaseStudyConfig().prompts_per_step, CaseStudyConfig().group_size) == (8, 1)
+    grpo = CaseStudyConfig(algo="grpo")
+    assert (grpo.prompts_per_step, grpo.group_size) == (2, 4)
+    with pytest.raises(ConfigError, match="group_size"):
+        CaseStudyConfig(algo="rloo", group_size=1)
+
+
+def test_stage_configs_carry_the_shared_fields_and_the_options():
+    cfg = CaseStudyConfig(seed=3, sft_options={"warmup_steps": 0}, rl_options={"ppo_epochs": 2})
+    stages = stage_configs(cfg)
+    assert {s.seed for s in stages.values()} == {3}
+    assert {s.precision for s in stages.values()} == {"bf16"}
+    assert stages["sft"].lora and stages["sft"].packing and stages["sft"].warmup_steps == 0
+    assert stages["rl"].algo == "ppo" and stages["rl"].ppo_epochs == 2 and stages["rl"].lora
+    assert type(stage_configs(CaseStudyConfig(algo="dpo"))["rl"]).__name__ == "DPOConfig"
+    with pytest.raises(ConfigError, match="unknown rl_options key"):
+        stage_configs(CaseStudyConfig(rl_options={"ppo_epoch": 2}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation pieces
+
+
+def test_evaluation_is_seeded_and_a_policy_has_zero_kl_to_itself():
+    model, tok = tiny_causal_lm()
+    reward = lambda prompts, completions: [float(len(c)) for c in completions]
+    args = dict(reward=reward, samples_per_prompt=2, max_new_tokens=5, batch_size=3)
+    prompts = ["Review of Up:", "Review of Heat:"]
+    first = evaluate_policy(model, tok, prompts, **args, reference=module_logprobs(model))
+    again = evaluate_policy(model, tok, prompts, **args)
+    assert [s.completion for s in first.samples] == [s.completion for s in again.samples]
+    assert [s.prompt for s in first.samples] == prompts * 2  # sample j of prompt i: row j*n+i
+    assert first.metrics["kl/ref"] == 0.0 and first.metrics["samples"] == 4.0
+    assert first.metrics["reward/mean"] == pytest.approx(
+        sum(len(s.completion) for s in first.samples) / 4
+    )
+    assert -1.0 <= first.metrics["judge/mean"] <= 1.0
+    assert 1 <= first.metrics["response/length"] <= 5
+
+
+def test_kl_to_a_different_reference_is_positive_on_average():
+    model, tok = tiny_causal_lm(seed=0)
+    other, _ = tiny_causal_lm(seed=1)
+    ev = evaluate_policy(model, tok, ["Review of Up:"] * 4, reward=lambda p, c: [0.0] * len(c),
+                         reference=module_logprobs(other), samples_per_prompt=4,
+                         max_new_tokens=8)  # fmt: skip
+    assert ev.metrics["kl/ref"] > 0
+
+
+def test_judge_tap_logs_the_judge_but_returns_the_reward():
+    tap = JudgeTap(lambda p, c: [1.0] * len(c), lambda p, c: [0.5, -0.5][: len(c)])
+    assert tap(["a", "b"], ["x", "y"]) == [1.0, 1.0]
+    assert tap.take() == 0.0 and tap.take() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline on tiny models
+
+
+def _check_outputs(s: dict, run) -> None:
+    for stage in ("sft", "reward_model", "rl"):
+        assert (run / stage / "metrics.jsonl").read_text().strip(), stage
+        assert (run / stage / "model").is_dir(), stage
+    assert json.loads((run / "summary.json").read_text())["algo"] == s["algo"]
+    for key in ("reward/mean", "judge/mean", "judge/positive_fraction", "kl/ref",
+                "response/length", "response/eos_rate"):  # fmt: skip
+        assert key in s["before"] and key in s["after"], key
+    assert s["before"]["kl/ref"] == 0.0 and s["after"]["samples"] == 6.0
+    assert set(s["seconds"]) >= {"load", "sft", "reward_model", "eval_before", "rl", "total"}
+    assert 0.0 <= s["reward_model"]["accuracy"] <= 1.0
+    for name in ("curves", "judge_vs_kl"):
+        assert (run / f"{name}.png").read_bytes()[:8] == PNG
+    text = (run / "samples.md").read_text()
+    assert "| movie | SFT review | judge | RM |" in text
+    assert sum(line.startswith("| Film ") for line in text.splitlines()) == 3  # one per movie
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 2]  # before and after
+
+
+def test_dpo_case_study_writes_every_output(tmp_path):
+    s = run_tiny(tmp_path, algo="dpo")
+    run = tmp_path / "runs" / "cs"
+    _check_outputs(s, run)
+    assert s["after"]["kl/ref"] != 0.0  # the DPO adapters moved the policy
+    assert (run / "rl" / "model" / "adapter_config.json").is_file()
+
+
+def test_ppo_case_study_logs_the_judge_on_training_rollouts(tmp_path):
+    s = run_tiny(tmp_path, algo="ppo")
+    run = tmp_path / "runs" / "cs"
+    _check_outputs(s, run)
+    records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "judge/train_mean" in r] == [1, 2]
+    assert all(r["reward/mean"] is not None for r in records if "reward/mean" in r)
+
+
+def test_a_causal_reward_model_scores_the_policy(tmp_path):
+    s = run_tiny(tmp_path, algo="dpo", rm_backbone="causal", rm_options={"lora": False})
+    config = json.loads((tmp_path / "runs" / "cs" / "reward_model" / "model" /
+                         "reward_config.json").read_text())  # fmt: skip
+    assert config["kind"] == "causal" and s["reward_model"]["backbone"] == "causal"
+
+
+def test_grpo_case_study_runs(tmp_path):
+    s = run_tiny(tmp_path, algo="grpo", group_size=2, prompts_per_step=2)
+    assert s["stages"]["rl"]["steps"] == 2
+
+
+def test_a_failure_inside_the_sft_step_leaves_nothing(tmp_path):
+    assets = tiny_assets()
+    assets.sft_data = lambda split: [SFTExample("word " * 300, " great")]  # prompt too long
+    with pytest.raises(PavlovError, match="prompt"):
+        run_case_study(CaseStudyConfig(**TINY), tmp_path / "runs" / "cs", assets=assets)
+    assert not (tmp_path / "runs" / "cs").exists()
+
+
+def test_a_later_failure_keeps_the_finished_steps(tmp_path):
+    assets = tiny_assets()
+    assets.preferences = lambda split: [PreferenceExample("word " * 300, " a", " b")]
+    with pytest.raises(PavlovError, match="prompt"):
+        run_case_study(CaseStudyConfig(**TINY), tmp_path / "runs" / "cs", assets=assets)
+    run = tmp_path / "runs" / "cs"
+    assert (run / "sft" / "model").is_dir() and not (run / "reward_model").exists()
+    assert json.loads((run / "run.json").read_text()) == {"status": "failed"}
+
+
+def test_an_existing_run_dir_is_refused(tmp_path):
+    (tmp_path / "runs" / "cs").mkdir(parents=True)
+    with pytest.raises(PavlovError, match="already exists"):
+        run_case_study(CaseStudyConfig(**TINY), tmp_path / "runs" / "cs", assets=tiny_assets())
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algo", "a2c"], "algo must be one of"),
+        (["-o", "rl_steps=0"], "rl_steps must be an integer >= 1"),
+        (["-o", "rl_stepz=3"], "unknown case_study key"),
+        (["-o", "rl.ppo_epoch=2"], "unknown rl_options key"),
+        (["-o", "sft.packing=maybe"], "packing"),
+        (["-o", "xx.beta=1"], "prefix must be one of"),
+        (["--name", "bad name"], "run name"),
+        (["-o", "eval_prompts=46"], "eval_prompts must be <= 45"),
+        (["--config", "{tmp}/nope.yaml"], "cannot read config file"),
+        (["--config", "{tmp}/bad.yaml"], "unknown rlhf option"),
+    ],
+)
+def test_bad_input_one_line_exit_2_no_run_dir(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "bad.yaml").write_text("case_study: {algo: ppo}\ntrainer: {}\n")
+    args = ["rlhf", *[a.format(tmp=tmp_path) for a in args], "--runs-dir", str(tmp_path / "runs")]
+    if "--name" not in args:
+        args += ["--name", "bad"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pavlov: error:") and message in lines[0], err
+    assert not (tmp_path / "runs" / "bad").exists()
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_cli_runs_the_case_study_with_injected_assets(tmp_path, capsys, monkeypatch):
+    """`pavlov rlhf --json` end to end, with the loaders swapped for tiny ones."""
+    import pavlov.llm.case_study as cs
+
+    monkeypatch.setattr(cs, "CaseStudyAssets", tiny_assets)
+    config = tmp_path / "rlhf.yaml"
+    config.write_text(
+        "case_study:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items()) + "  algo: ppo\n"
+    )
+    args = ["rlhf", "--config", str(config), "--algo", "dpo", "-o", "rl_steps=1", "-o",
+            "rl.beta=0.2", "--runs-dir", str(tmp_path / "runs"), "--name", "r",
+            "--json"]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["algo"] == "dpo" and s["stages"]["rl"]["steps"] == 1
+    assert "judge: VADER compound (held out)" in out  # the before/after table
+    saved = (tmp_path / "runs" / "r" / "config.yaml").read_text()
+    assert "beta: 0.2" in saved and "algo: dpo" in saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: the shortened demo on the embedded assets
+
+
+@pytest.mark.slow
+def test_quick_demo_raises_the_held_out_judge_score(tmp_path, capsys):
+    """`pavlov rlhf --quick` (SmolLM2 + LoRA, MiniLM reward model, PPO): after RL the held-out
+    judge's (VADER) mean score on held-out movies is higher than the SFT policy's."""
+    args = ["rlhf", "--quick", "--runs-dir", str(tmp_path), "--name", "quick", "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    with capsys.disabled():
+        print(f"\nrlhf --quick: {s['seconds']}, before {s['before']}, after {s['after']}")
+    assert s["reward_model"]["accuracy"] >= 0.75
+    assert s["after"]["judge/mean"] > s["before"]["judge/mean"]
+    assert s["after"]["reward/mean"] > s["before"]["reward/mean"]

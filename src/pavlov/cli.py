@@ -409,6 +409,42 @@ def rlhf(
     run_rlhf(opts, override, quick=quick, quiet=quiet, json_out=json_)
 
 
+@app.command()
+def rl(
+    algo: Annotated[
+        str | None, typer.Option(help="ppo (critic + GAE, default) | grpo | rloo | reinforce.")
+    ] = None,
+    model: ModelOpt = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompts .jsonl/.csv/.parquet (default: Rotten Tomatoes movies)."),
+    ] = None,
+    reward: Annotated[
+        list[str] | None,
+        typer.Option(help="vader | a reward-model run/dir, optionally SPEC=WEIGHT (repeatable)."),
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Batches to run (100).")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL coefficient to the reference.")] = None,
+    lora: LoraOpt = None,
+    seed: SeedOpt = None,
+    override: OverrideOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    resume: ResumeOpt = None,
+    chat_template: ChatOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Online RL of a causal LM against reward functions: PPO-RLHF, GRPO, RLOO, REINFORCE."""
+    from pavlov.commands.rl import run_rl
+
+    opts = _options(config, model=model, prompts=prompts, reward=reward, name=name,
+                    runs_dir=runs_dir, resume=resume, chat_template=chat_template)  # fmt: skip
+    flags = dict(algo=algo, max_steps=max_steps, beta=beta, lora=lora, seed=seed)
+    run_rl(opts, flags, override, quiet=quiet, json_out=json_)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -200,3 +200,47 @@ def test_bad_input_one_line_exit_2_no_run_dir(args, message, files, tmp_path, ca
     assert len(lines) == 1 and lines[0].startswith("pavlov: error:"), err
     assert message in lines[0]
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+# --- pavlov rl -------------------------------------------------------------------------------
+
+
+def rl_args(files, tmp_path, *extra):
+    write_jsonl(files / "prompts.jsonl", [{"prompt": f"Review of film {i}:"} for i in range(4)])
+    return ["rl", "--model", str(files / "tiny"), "--prompts", str(files / "prompts.jsonl"),
+            "--runs-dir", str(tmp_path / "runs"), "--name", "r", "--max-steps", "2",
+            "-o", "prompts_per_step=2", "-o", "max_new_tokens=6", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_rl_command_trains_saves_and_resumes(algo, files, tmp_path, capsys):
+    code, out, err = run_cli(rl_args(files, tmp_path, "--algo", algo, "--reward", "vader",
+                                     "--json", "-o", "checkpoint_every=1"), capsys)  # fmt: skip
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    run = tmp_path / "runs" / "r"
+    assert s["steps"] == 2 and s["algo"] == algo and s["model"] == str(run / "model")
+    assert {"reward/mean", "kl/ref", "time/step"} <= set(s["metrics"])
+    assert (run / "model" / "model.safetensors").is_file()
+    assert (run / "plots" / "reward_mean.png").is_file()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    code, out, err = run_cli(["rl", "--resume", str(run), "--max-steps", "3", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ((), "rl needs a reward"),
+        (("--reward", "vadr"), "unknown reward 'vadr'"),
+        (("--reward", "vader=x"), "weight 'x' is not a number"),
+        (("--reward", "vader", "--algo", "grpo", "-o", "group_size=1"), "group_size >= 2"),
+        (("--reward", "vader", "-o", "max_new_tokens=100000"), "context"),
+    ],
+)
+def test_rl_bad_input_one_line_exit_2_no_run_dir(extra, message, files, tmp_path, capsys):
+    code, _, err = run_cli(rl_args(files, tmp_path, *extra), capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs" / "r").exists()

@@ -53,17 +53,23 @@ COMMANDS = {
 
 
 def resolve_options(
-    command: str, opts: dict[str, Any], flags: dict[str, Any], overrides: list[str] | None
+    command: str,
+    opts: dict[str, Any],
+    flags: dict[str, Any],
+    overrides: list[str] | None,
+    top_keys: set[str] = TOP_KEYS,
+    saved_keys: tuple[str, ...] = SAVED_KEYS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(top-level options, trainer fields)`` from config file + flags + overrides (+ the saved
-    config of a ``--resume`` run, which the others extend)."""
+    config of a ``--resume`` run, which the others extend). ``top_keys``: the options a config
+    file may set besides ``trainer:``; ``saved_keys``: those a resumed run takes from its own."""
     opts = dict(opts)
     trainer = dict(opts.pop("trainer", None) or {})
-    unknown = set(opts) - TOP_KEYS
+    unknown = set(opts) - top_keys
     if unknown:
         raise ConfigError(
             f"unknown {command} option(s) {', '.join(sorted(unknown))}; valid: "
-            f"{', '.join(sorted(TOP_KEYS | {'trainer'}))}"
+            f"{', '.join(sorted(top_keys | {'trainer'}))}"
         )
     trainer.update({k: v for k, v in flags.items() if v is not None})
     trainer.update(parse_overrides(overrides))
@@ -73,7 +79,7 @@ def resolve_options(
         path, saved = open_run_dir(opts["resume"])
         if saved.get("command") != command:
             raise ConfigError(f"--resume {path} is a {saved.get('command')!r} run, not {command}")
-        opts = {**{k: saved.get(k) for k in SAVED_KEYS}, **opts, "resume": path}
+        opts = {**{k: saved.get(k) for k in saved_keys}, **opts, "resume": path}
         trainer = {**saved.get("trainer", {}), **trainer}
     return opts, trainer
 

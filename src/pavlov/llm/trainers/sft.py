@@ -73,17 +73,30 @@ def sft_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
         ``(loss, {"loss"})``; ``loss`` is float32.
     """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     labels = batch["labels"][:, 1:]  # (B, T-1)
-    n = (labels != IGNORE_INDEX).sum()
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    loss = nll / n.clamp(min=1)
+    keep = labels != IGNORE_INDEX
+    head = _plain_lm_head(model)
+    if head is None:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][keep]  # (K, V)
+    else:
+        # Project only the K labelled positions onto the vocabulary (not prompts or padding):
+        # the LM head is ~20% of SmolLM2's FLOPs per position, and a (B, T, V) logits tensor
+        # and its gradient are never built. The final hidden state is the head's input.
+        out = model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+        logits = head(out.hidden_states[-1][:, :-1][keep])  # (K, V)
+    nll = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    loss = nll / keep.sum().clamp(min=1)
     return loss, {"loss": loss.detach()}
+
+
+def _plain_lm_head(model: nn.Module) -> nn.Module | None:
+    """The output projection when logits are exactly ``head(final hidden state)``; None for
+    models that post-process logits (e.g. Gemma's soft-capping) or hide their head."""
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head if isinstance(head, nn.Linear) else None
 
 
 def label_tokens(batch: dict[str, Tensor]) -> int:

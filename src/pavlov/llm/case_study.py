@@ -47,7 +47,7 @@ COUNTS = (
 )  # fmt: skip
 POSITIVES = ("sft_learning_rate", "rm_learning_rate", "rl_learning_rate", "dpo_learning_rate",
              "dpo_beta", "temperature")  # fmt: skip
-QUICK = {"sft_steps": 16, "rm_steps": 30, "rl_steps": 12}
+QUICK = {"sft_steps": 16, "rm_steps": 30, "rl_steps": 20}
 """``pavlov rlhf --quick``: shorter training (smoke test, slow test), the same evaluation."""
 
 
@@ -91,8 +91,12 @@ class CaseStudyConfig:
     # --- step 3: RL (or DPO)
     rl_steps: int = 40
     """Optimizer steps of step 3 (rollout + update rounds for PPO/GRPO/RLOO; DPO steps)."""
-    rl_learning_rate: float = 1e-4
+    rl_learning_rate: float = 3e-4
     """Step 3 peak learning rate (LoRA) for PPO/GRPO/RLOO, > 0."""
+    rl_epochs: int = 4
+    """Passes over each batch of samples (PPO/GRPO/RLOO ``ppo_epochs``)."""
+    rl_minibatches: int = 2
+    """Optimizer steps per pass (``num_minibatches``); must divide the 8 samples of a step."""
     prompts_per_step: int = 0
     """Training prompts (movies) per RL step; 0: ``8 // group_size`` (8 completions a step)."""
     group_size: int = 0
@@ -102,8 +106,9 @@ class CaseStudyConfig:
     """Longest sampled review, in tokens, in training and evaluation."""
     temperature: float = 1.0
     """Sampling temperature of training rollouts and of the evaluation, > 0."""
-    beta: float = 0.05
-    """KL penalty coefficient to the SFT reference (PPO/GRPO/RLOO), >= 0."""
+    beta: float = 0.2
+    """KL penalty coefficient to the SFT reference (PPO/GRPO/RLOO), >= 0. In tuning, 0.05 let the
+    KL reach 10-20 nats per review (reward hacking); 0.2 held it near 5."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1
@@ -195,7 +200,8 @@ def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
         "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size,
         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
         "learning_rate": cfg.rl_learning_rate, "beta": cfg.beta, "lora": True,
-        "lora_r": cfg.rl_lora_r,
+        "lora_r": cfg.rl_lora_r, "ppo_epochs": cfg.rl_epochs,
+        "num_minibatches": cfg.rl_minibatches,
     }  # fmt: skip
     return build_config(OnlineConfig, {**online, **cfg.rl_options}, where="rl_options")
 

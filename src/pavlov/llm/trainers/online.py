@@ -63,7 +63,6 @@ from pavlov.llm.trainers.common import (
     make_optimizer,
     make_scheduler,
     maybe_lora,
-    rng_state,
     seed_all,
     set_rng_state,
 )
@@ -704,7 +703,6 @@ __all__ = [
     "ValueHead",
     "compute_advantages",
     "minibatch_loss",
-    "rng_state",
     "sequence_advantages",
     "train_online",
 ]

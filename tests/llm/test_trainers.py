@@ -404,10 +404,10 @@ def test_nan_guard_stops_before_the_step_and_saves_no_nan(tmp_path):
     def poison(_module, _inputs, output):
         calls["n"] += 1
         if calls["n"] >= 2:  # the second forward: optimizer step 2
-            output.logits = output.logits * float("nan")
+            return output * float("nan")
         return output
 
-    model.register_forward_hook(poison)
+    model.get_input_embeddings().register_forward_hook(poison)  # once per forward pass
     cfg = SFTConfig(batch_size=3, max_steps=3, checkpoint_every=1, learning_rate=1e-2)
     with (
         pytest.raises(PavlovError, match="not finite at step 2"),

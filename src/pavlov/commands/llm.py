@@ -161,8 +161,6 @@ def run_llm_train(
 ) -> dict[str, Any]:
     """Validate, load, train, save and summarise one ``sft`` / ``reward-model`` / ``dpo`` run."""
     from pavlov.cli import emit_json
-    from pavlov.llm.trainers.loop import load_resume
-    from pavlov.run import Run, default_run_name
 
     spec = COMMANDS[command]
     opts, trainer = resolve_options(command, opts, flags, overrides)
@@ -176,12 +174,7 @@ def run_llm_train(
     config.update(backbone=kind, trainer=config_dict(cfg))
     kwargs = _trainer_kwargs(command, opts, kind)
     t0 = time.perf_counter()
-    if opts.get("resume"):
-        resume = load_resume(opts["resume"])  # before reopening: a run without one stays as is
-        run = Run.reopen(opts["resume"], config)
-    else:
-        name = opts.get("name") or default_run_name(command, Path(opts["model"] or "smollm2").name)
-        run, resume = Run.create(opts.get("runs_dir") or "runs", name, config), None
+    run, resume = open_llm_run(command, opts, config)
     with run:
         result = spec.load("train")(
             cfg, model, tokenizer, train, held_out, run=run, resume=resume,
@@ -194,6 +187,19 @@ def run_llm_train(
     if json_out:
         emit_json(summary)
     return summary
+
+
+def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any]):
+    """``(run, resume)``: ``--resume``'s run reopened with its latest checkpoint's state, or a
+    new run ``runs_dir/name`` (default ``<prefix>-<model>-<time>``) and None."""
+    from pavlov.llm.trainers.loop import load_resume
+    from pavlov.run import Run, default_run_name
+
+    if opts.get("resume"):
+        resume = load_resume(opts["resume"])  # before reopening: a run without one stays as is
+        return Run.reopen(opts["resume"], config), resume
+    name = opts.get("name") or default_run_name(prefix, Path(opts["model"] or "smollm2").name)
+    return Run.create(opts.get("runs_dir") or "runs", name, config), None
 
 
 def _trainer_kwargs(command: str, opts: dict[str, Any], kind: str) -> dict[str, Any]:

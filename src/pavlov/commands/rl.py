@@ -69,11 +69,15 @@ def run_rl(
 ) -> dict[str, Any]:
     """Validate, load, train with :func:`pavlov.llm.trainers.online.train_online`, summarise."""
     from pavlov.cli import emit_json
-    from pavlov.commands.llm import _model_ref, _path, load_trained_lm, resolve_options
+    from pavlov.commands.llm import (
+        _model_ref,
+        _path,
+        load_trained_lm,
+        open_llm_run,
+        resolve_options,
+    )
     from pavlov.llm.rewards import resolve_reward
-    from pavlov.llm.trainers.loop import load_resume
     from pavlov.llm.trainers.online import OnlineConfig, train_online
-    from pavlov.run import Run, default_run_name
 
     opts, trainer = resolve_options("rl", opts, flags, overrides, RL_KEYS, SAVED_KEYS)
     cfg = build_config(OnlineConfig, trainer, where="trainer")
@@ -87,14 +91,7 @@ def run_rl(
     saved_reward = [list(t) for t in reward_spec] if isinstance(reward_spec, list) else reward_spec
     config.update(reward=saved_reward, trainer=config_dict(cfg))
     t0 = time.perf_counter()
-    if opts.get("resume"):
-        resume = load_resume(opts["resume"])
-        run = Run.reopen(opts["resume"], config)
-    else:
-        name = opts.get("name") or default_run_name(
-            f"rl-{cfg.algo}", Path(opts["model"] or "smollm2").name
-        )
-        run, resume = Run.create(opts.get("runs_dir") or "runs", name, config), None
+    run, resume = open_llm_run(f"rl-{cfg.algo}", opts, config)
     with run:
         result = train_online(cfg, model, tokenizer, prompts, reward, run=run, resume=resume,
                               quiet=quiet or json_out)  # fmt: skip

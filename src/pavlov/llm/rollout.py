@@ -2,10 +2,11 @@
 
 :func:`generate` samples responses to a batch of left-padded prompts and returns a
 :class:`Rollout` holding everything an RLHF trainer needs next: the ids, the masks and the
-log-probability of every sampled token under the distribution it was sampled from. It drives
-the model's own ``forward`` with ``past_key_values`` (one prefill, then one token per step)
-instead of ``model.generate``, so the per-token log-probs come for free and the loop stays
-small enough to read.
+log-probability of every sampled token under the distribution it was sampled from. One
+prefill, then one token per step, instead of ``model.generate``, so the per-token log-probs come
+for free and the loop stays small enough to read. Llama-family models (SmolLM2 included) step
+through :mod:`pavlov.llm.decoder` (static KV cache, oneDNN-packed weights: ~1.5x faster on a
+2-core CPU, same outputs); any other model through its own ``forward`` with ``past_key_values``.
 
 Layout (the same everywhere in :mod:`pavlov.llm`): prompts are **left-padded** to a common
 length ``P``, responses follow at columns ``P .. P+T-1``, so every row's response starts at the
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pavlov.llm.decoder import fast_decoder
 from pavlov.llm.models import position_ids_from_mask
 
 __all__ = [
@@ -62,6 +64,10 @@ class SamplingConfig:
     seed: int | None = 0
     """Seed of the per-call ``torch.Generator``: the same seed, model and prompts give the same
     samples. ``None`` draws a fresh seed."""
+    fast: bool = True
+    """Decode Llama-family models (Llama, Mistral, Qwen2, SmolLM2) with
+    :mod:`pavlov.llm.decoder` (static KV cache, same outputs); ``False`` always drives the
+    model's own ``forward``. Other models always take the generic path."""
 
     def __post_init__(self) -> None:
         ids = self.eos_token_ids
@@ -268,17 +274,22 @@ def generate(
 
     positions = position_ids_from_mask(attention_mask)  # (B, P)
     with _eval_mode(model):
-        out = model(
-            input_ids=prompt_ids,
-            attention_mask=None if mask is None else mask[:, :P],
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache, next_position = out.past_key_values, positions[:, -1:] + 1  # (B, 1)
+        decoder = fast_decoder(model, B, P + T) if cfg.fast else None
+        if decoder is not None:
+            logits = decoder.prefill(prompt_ids, attention_mask, positions)
+        else:
+            out = model(
+                input_ids=prompt_ids,
+                attention_mask=None if mask is None else mask[:, :P],
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache, next_position = out.past_key_values, positions[:, -1:] + 1  # (B, 1)
+            logits = out.logits[:, -1, :]
         steps = 0
         while True:
-            tokens, token_logprobs = sample_next(out.logits[:, -1, :], cfg, generator)
+            tokens, token_logprobs = sample_next(logits, cfg, generator)
             responses[:, steps] = torch.where(alive, tokens, cfg.pad_token_id)
             logprobs[:, steps] = torch.where(alive, token_logprobs, 0.0)
             response_mask[:, steps] = alive
@@ -287,6 +298,9 @@ def generate(
             steps += 1
             if steps == T or not bool(alive.any()):
                 break
+            if decoder is not None:
+                logits = decoder.step(responses[:, steps - 1])
+                continue
             out = model(
                 input_ids=responses[:, steps - 1 : steps],
                 attention_mask=None if mask is None else mask[:, : P + steps],
@@ -294,7 +308,8 @@ def generate(
                 past_key_values=cache,
                 use_cache=True,
             )
-    del cache, out
+            logits = out.logits[:, -1, :]
+    del decoder, logits
     return _finish(prompt_ids, attention_mask, responses, response_mask, logprobs, steps, alive)
 
 

@@ -1,0 +1,218 @@
+"""A lean incremental forward for Llama-family causal LMs: the rollout engine's fast path.
+
+Sampling spends almost all its time in the decode step: one forward of ``B`` new tokens through
+every layer. Hugging Face's generic forward pays per layer for a growing ``DynamicCache``
+(a ``cat`` per layer per token), a fresh attention mask per step and several module calls; on a
+CPU, with a 135M model and ``B = 8``, that overhead was a third of the step. This module runs
+the same computation on the model's own weights (no copy) with
+
+* a **static KV cache** ``(B, kv_heads, P + T, head_dim)`` per layer, written in place;
+* the key mask built once per call (``(B, 1, 1, P + T)`` bool), sliced per step;
+* rotary tables for all ``P + T`` positions computed once by the model's own ``rotary_emb``
+  (so every RoPE scaling variant the model supports is honoured);
+* GQA through ``scaled_dot_product_attention(enable_gqa=True)`` (no repeated K/V).
+
+It supports the plain decoder-only architectures (``model_type`` llama, mistral, qwen2 — SmolLM2
+is a Llama) without PEFT adapters; :func:`fast_decoder` returns ``None`` for anything else and
+the rollout engine then drives the model's own ``forward``. Outputs equal the model's forward to
+float32 round-off (tested against it, with left padding, on tiny random models).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LlamaDecoder", "fast_decoder"]
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def fast_decoder(model: nn.Module, batch: int, length: int) -> LlamaDecoder | None:
+    """A :class:`LlamaDecoder` for ``model`` with room for ``length`` positions per row, or
+    ``None`` when the model is not a supported plain causal LM (PEFT-wrapped, another
+    architecture, sliding-window attention shorter than ``length``, attention dropout on)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED:
+        return None
+    if hasattr(model, "peft_config") or not hasattr(model, "lm_head"):
+        return None
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return None
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) and window < length:
+        return None
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return None
+    for layer in inner.layers:
+        if not _plain_layer(layer):
+            return None
+    return LlamaDecoder(model, batch, length)
+
+
+def _plain_layer(layer: nn.Module) -> bool:
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    if attn is None or mlp is None or not all(type(getattr(attn, n, None)) is nn.Linear
+                                              for n in names):  # fmt: skip
+        return False  # LoRA layers, quantized linears, ... take the generic path
+    if not all(type(getattr(mlp, n, None)) is nn.Linear for n in ("gate_proj", "up_proj",
+                                                                   "down_proj")):  # fmt: skip
+        return False
+    # q/k norms (Qwen3, OLMo2) or extra norms (Gemma) are not part of this forward.
+    extra = {"q_norm", "k_norm", "pre_feedforward_layernorm", "post_feedforward_layernorm"}
+    return not any(hasattr(attn, n) or hasattr(layer, n) for n in extra)
+
+
+def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """The Llama RMSNorm ``w * x / sqrt(mean(x^2) + eps)``, computed in float32 like HF's."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        eps = norm.eps
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return norm.weight * h.to(x.dtype)
+
+
+def _packable(model: nn.Module) -> bool:
+    """Whether oneDNN can pre-pack the float32 CPU weights (not under autocast)."""
+    weight = model.lm_head.weight
+    return (
+        weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+class _Linears:
+    """``y = x W^T + b`` for the model's linear layers, through weights that oneDNN pre-packed
+    for ``rows`` rows when possible.
+
+    Why: a decode step multiplies a handful of rows by every weight matrix, which only streams
+    the weights from memory. MKL's ``x @ W^T`` reached ~8-12 GB/s on the 2-core CPUs we
+    measured, oneDNN on a weight reordered for that row count ~20 GB/s (2-2.6x faster; the
+    numbers in docs/benchmarks.md). Packing costs one read and write of the weights per
+    :func:`~pavlov.llm.rollout.generate` call. Without oneDNN (or under autocast, or for
+    non-float32 weights) this is plain :func:`torch.nn.functional.linear`.
+    """
+
+    def __init__(self, layers: list[nn.Linear], rows: int, pack: bool) -> None:
+        self.packed: dict[int, Tensor] = {}
+        if pack:
+            reorder = torch.ops.mkldnn._reorder_linear_weight
+            self.packed = {id(m): reorder(m.weight.detach(), rows) for m in layers}
+
+    def __call__(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        packed = self.packed.get(id(layer))
+        if packed is None:
+            return F.linear(x, layer.weight, layer.bias)
+        bias = None if layer.bias is None else layer.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE (Su et al. 2021) in the half-split layout HF uses: ``x cos + rotate_half(x) sin``.
+    ``x`` ``(B, heads, S, D)``; ``cos, sin`` ``(B, 1, S, D)``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaDecoder:
+    """Prefill and one-token decode steps over a static KV cache, on ``model``'s weights.
+
+    Use: ``logits = dec.prefill(ids, mask, positions)`` once, then ``logits = dec.step(tokens,
+    positions)`` per new token; both return the last position's ``(B, V)`` logits. The key mask
+    marks prompt padding; every generated column is attended (as in the generic path, what a
+    finished row does afterwards only affects its own, discarded, outputs).
+    """
+
+    def __init__(self, model: nn.Module, batch: int, length: int) -> None:
+        cfg = model.config
+        self.model, self.inner = model, model.model
+        self.layers = list(self.inner.layers)
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.scale = self.layers[0].self_attn.scaling if hasattr(
+            self.layers[0].self_attn, "scaling") else self.head_dim**-0.5  # fmt: skip
+        self.batch, self.length = batch, length
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.linear = _Linears(linears, batch, _packable(model))
+        self.filled = 0  # cache columns written so far
+        self.k: list[Tensor] = []
+        self.v: list[Tensor] = []
+        self.keys: Tensor | None = None  # (B, 1, 1, length) bool: columns that may be attended
+        self.cos: Tensor | None = None  # (B, 1, length, D) rotary tables by column
+        self.sin: Tensor | None = None
+
+    # --- public ------------------------------------------------------------------------------
+
+    def prefill(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        """Run the ``(B, P)`` left-padded prompts; returns ``(B, V)`` next-token logits."""
+        if ids.shape[0] != self.batch or ids.shape[1] >= self.length:
+            raise ValueError(
+                f"prefill of {tuple(ids.shape)} does not fit ({self.batch}, {self.length})"
+            )
+        B, P = ids.shape
+        device = ids.device
+        x = self.inner.embed_tokens(ids)  # (B, P, H)
+        self.k, self.v = [], []  # allocated at the first write, in the dtype K/V come out in
+        # Rotary tables for every column: prompt positions, then the last one + 1, + 2, ...
+        steps = torch.arange(1, self.length - P + 1, device=device)
+        all_pos = torch.cat([positions, positions[:, -1:] + steps], dim=1)  # (B, length)
+        cos, sin = self.inner.rotary_emb(x, all_pos)  # (B, length, D)
+        self.cos, self.sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        keys = torch.ones((B, self.length), dtype=torch.bool, device=device)
+        keys[:, :P] = mask.bool()
+        self.keys = keys[:, None, None, :]
+        # Prompt attention: causal over the prompt and padding-aware; a pad query also sees
+        # itself so that no row of the softmax is empty (its output is never used).
+        causal = torch.ones((P, P), dtype=torch.bool, device=device).tril()
+        attend = (causal & self.keys[..., :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        self.filled = 0
+        return self._forward(x, attend)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed one ``(B,)`` token per row at the next column; returns ``(B, V)`` logits."""
+        if self.filled >= self.length:
+            raise ValueError(f"the cache is full ({self.length} positions)")
+        x = self.inner.embed_tokens(tokens[:, None])  # (B, 1, H)
+        return self._forward(x, self.keys[..., : self.filled + 1])
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _forward(self, x: Tensor, attend: Tensor) -> Tensor:
+        """``x`` ``(B, S, H)`` at columns ``filled .. filled+S-1``; ``attend`` ``(B, 1, S or 1,
+        filled+S)`` bool. Writes the cache, returns the last position's logits ``(B, V)``."""
+        B, S, _ = x.shape
+        lo, hi = self.filled, self.filled + S
+        cos, sin = self.cos[:, :, lo:hi], self.sin[:, :, lo:hi]
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            h = _rms_norm(layer.input_layernorm, x)
+            lin = self.linear
+            q = lin(attn.q_proj, h).view(B, S, self.heads, self.head_dim).transpose(1, 2)
+            k = lin(attn.k_proj, h).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = lin(attn.v_proj, h).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            if len(self.k) == i:
+                shape = (B, self.kv_heads, self.length, self.head_dim)
+                self.k.append(k.new_zeros(shape))
+                self.v.append(v.new_zeros(shape))
+            self.k[i][:, :, lo:hi] = k
+            self.v[i][:, :, lo:hi] = v
+            out = F.scaled_dot_product_attention(
+                q, self.k[i][:, :, :hi], self.v[i][:, :, :hi], attn_mask=attend,
+                scale=self.scale, enable_gqa=self.kv_heads != self.heads,
+            )  # fmt: skip
+            x = x + lin(attn.o_proj, out.transpose(1, 2).reshape(B, S, -1))
+            h = _rms_norm(layer.post_attention_layernorm, x)
+            x = x + lin(mlp.down_proj, mlp.act_fn(lin(mlp.gate_proj, h)) * lin(mlp.up_proj, h))
+        self.filled = hi
+        last = _rms_norm(self.inner.norm, x[:, -1])
+        return self.linear(self.model.lm_head, last[:, None])[:, 0]  # (B, V)

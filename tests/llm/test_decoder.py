@@ -1,0 +1,94 @@
+"""Tests for pavlov.llm.decoder: the Llama-family fast decode path must compute exactly what the
+model's own forward computes (to float32 round-off), with left padding and a static cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pavlov.llm import decoder as decoder_module
+from pavlov.llm.decoder import fast_decoder
+from pavlov.llm.models import LoraSpec, apply_lora
+from pavlov.llm.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
+from pavlov.llm.tiny import tiny_random_lm
+
+V = 97
+torch.set_num_threads(2)
+
+
+def qwen2_with_bias():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1,
+                         max_position_embeddings=128, tie_word_embeddings=False)  # fmt: skip
+    model = Qwen2ForCausalLM(config).eval()
+    assert model.model.layers[0].self_attn.q_proj.bias is not None  # the bias path is exercised
+    return model
+
+
+MODELS = {"llama": lambda: tiny_random_lm("llama", V, 0), "qwen2": qwen2_with_bias}
+
+
+def batch(lengths=(5, 9, 3, 7), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return left_pad([torch.randint(3, V, (n,), generator=g) for n in lengths], pad_token_id=0)
+
+
+@pytest.fixture(params=[True, False], ids=["packed", "plain"])
+def packing(request, monkeypatch):
+    """Run each test with oneDNN weight packing on (when available) and off."""
+    if not request.param:
+        monkeypatch.setattr(decoder_module, "_packable", lambda model: False)
+    return request.param
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_logits_equal_the_models_forward(arch, packing):
+    model = MODELS[arch]()
+    ids, mask = batch()
+    B, P = ids.shape
+    extra = torch.randint(3, V, (B, 6), generator=torch.Generator().manual_seed(3))
+    dec = fast_decoder(model, B, P + 6)
+    assert dec is not None
+    with torch.no_grad():
+        got = [dec.prefill(ids, mask, position_ids_from_mask(mask))]
+        got += [dec.step(extra[:, t]) for t in range(5)]
+        full_ids = torch.cat([ids, extra], dim=1)
+        full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
+        ref = model(input_ids=full_ids, attention_mask=full_mask,
+                    position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    for t, logits in enumerate(got):
+        torch.testing.assert_close(logits, ref[:, P - 1 + t], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generate_fast_equals_generic(arch, temperature, packing):
+    model = MODELS[arch]()
+    ids, mask = batch()
+    cfg = SamplingConfig(max_new_tokens=12, temperature=temperature, eos_token_ids=(5,), seed=4)
+    fast = generate(model, ids, mask, cfg)
+    slow = generate(model, ids, mask, SamplingConfig(**{**cfg.__dict__, "fast": False}))
+    assert torch.equal(fast.sequences, slow.sequences)
+    assert torch.equal(fast.response_mask, slow.response_mask)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_models_take_the_generic_path():
+    assert fast_decoder(tiny_random_lm("gpt2", V), 2, 16) is None
+    lora = apply_lora(tiny_random_lm("llama", V), LoraSpec(r=4))
+    assert fast_decoder(lora, 2, 16) is None
+    assert fast_decoder(tiny_random_lm("llama", V), 2, 16) is not None
+
+
+def test_cache_overflow_is_an_error():
+    model = tiny_random_lm("llama", V)
+    ids, mask = batch((3, 2))
+    dec = fast_decoder(model, 2, 4)
+    with torch.no_grad():
+        dec.prefill(ids, mask, position_ids_from_mask(mask))
+        dec.step(torch.tensor([4, 4]))
+        with pytest.raises(ValueError, match="cache is full"):
+            dec.step(torch.tensor([4, 4]))

@@ -16,6 +16,7 @@ from pavlov.math import (
     masked_sum,
     masked_var,
     masked_whiten,
+    projected_logprobs,
     selective_log_softmax,
 )
 
@@ -145,3 +146,53 @@ def test_masked_whiten_flat_advantages():
     out = masked_whiten(adv, None)
     assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert out.std().item() == pytest.approx(1.0, abs=1e-6)
+
+
+# --- projected_logprobs: the fused hidden-state -> token log-prob path ---------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_projected_logprobs_equals_log_softmax_and_gradchecks(temperature, with_bias):
+    g = torch.Generator().manual_seed(0)
+    R, H, V = 6, 5, 11
+    h = torch.randn(R, H, generator=g, dtype=torch.double, requires_grad=True)
+    w = torch.randn(V, H, generator=g, dtype=torch.double, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=torch.double, requires_grad=True) if with_bias else None
+    idx = torch.randint(0, V, (R,), generator=g)
+    logp, ent = projected_logprobs(h, w, idx, b, temperature)
+    z = (h @ w.t() + (0 if b is None else b)) / temperature
+    expected = z.log_softmax(-1).gather(-1, idx[:, None]).squeeze(-1)
+    torch.testing.assert_close(logp, expected)
+    torch.testing.assert_close(ent, -(z.softmax(-1) * z.log_softmax(-1)).sum(-1))
+    assert not ent.requires_grad  # a metric only
+    inputs = (h, w) if b is None else (h, w, b)
+
+    def fn(*args):
+        return projected_logprobs(args[0], args[1], idx, args[2] if b is not None else None,
+                                  temperature)[0]  # fmt: skip
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_projected_logprobs_gradients_match_autograd_float32():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(40, 16, generator=g, requires_grad=True)
+    w = torch.randn(300, 16, generator=g, requires_grad=True)
+    idx = torch.randint(0, 300, (40,), generator=g)
+    weights = torch.randn(40, generator=g)
+    (projected_logprobs(h, w, idx)[0] * weights).sum().backward()
+    got = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = selective_log_softmax(h @ w.t(), idx)
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(got[0], h.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], w.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_projected_logprobs_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="hidden must be"):
+        projected_logprobs(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        projected_logprobs(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(3, dtype=torch.long),
+                           temperature=0.0)  # fmt: skip

@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from pavlov.llm.rollout import position_ids_from_mask
 from pavlov.math.masked import masked_mean, masked_sum
 from pavlov.math.policy import entropy
-from pavlov.math.sequence import selective_log_softmax
+from pavlov.math.sequence import projected_logprobs, selective_log_softmax
 
 __all__ = [
     "TokenScores",
+    "plain_lm_head",
     "score_tokens",
     "sequence_logprob",
     "token_logprobs",
@@ -107,6 +108,16 @@ def sequence_logprob(
     out = _score(model, input_ids, attention_mask, response, temperature, chunk_size, False)
     reduce = masked_mean if average else masked_sum
     return reduce(out.logprobs, out.mask, dim=-1)
+
+
+def plain_lm_head(model: nn.Module) -> nn.Module | None:
+    """The output projection when logits are exactly ``head(final hidden state)``; None for
+    models that post-process logits (e.g. Gemma's soft-capping) or hide their head."""
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head if isinstance(head, nn.Linear) else None
 
 
 # --- internals --------------------------------------------------------------------------------
@@ -198,6 +209,9 @@ def _score(
         return TokenScores(empty, mask, empty if with_entropy else None, hid)
     positions = position_ids_from_mask(attention_mask)
     targets = input_ids[:, start:]  # (B, n)
+    # The fused path projects only the scored positions' hidden states onto the vocabulary
+    # (pavlov.math.sequence.projected_logprobs); an entropy bonus needs real logits.
+    head = None if (with_entropy and entropy_grad) else plain_lm_head(model)
     logp_parts, ent_parts, hidden_parts = [], [], []
     step = chunk_size or B
     for first in range(0, B, step):
@@ -207,18 +221,29 @@ def _score(
             attention_mask=attention_mask[rows],
             position_ids=positions[rows],
             use_cache=False,
-            logits_to_keep=n + 1,
-            output_hidden_states=with_hidden,
+            logits_to_keep=1 if head is not None else n + 1,
+            output_hidden_states=with_hidden or head is not None,
         )
-        logits = out.logits[:, -(n + 1) : -1]  # (b, n, V): columns start-1 .. L-2
-        if temperature != 1.0:
-            logits = logits.float() / temperature  # upcast first: bf16 / T loses digits
-        logp_parts.append(selective_log_softmax(logits, targets[rows]))
-        if with_entropy:
-            ent_parts.append(entropy((logits if entropy_grad else logits.detach()).float()))
+        if head is not None:
+            final = out.hidden_states[-1][:, start - 1 : L - 1]  # (b, n, H)
+            keep = mask[rows]
+            logp, ent = projected_logprobs(
+                final[keep], head.weight, targets[rows][keep], head.bias, temperature
+            )
+            logp_parts.append(logp.new_zeros(keep.shape).masked_scatter(keep, logp))
+            if with_entropy:
+                ent_parts.append(ent.new_zeros(keep.shape).masked_scatter(keep, ent))
+        else:
+            logits = out.logits[:, -(n + 1) : -1]  # (b, n, V): columns start-1 .. L-2
+            if temperature != 1.0:
+                logits = logits.float() / temperature  # upcast first: bf16 / T loses digits
+            logp_parts.append(selective_log_softmax(logits, targets[rows]))
+            if with_entropy:
+                ent_parts.append(entropy((logits if entropy_grad else logits.detach()).float()))
+            del logits
         if with_hidden:  # the last entry is the final layer's output, after the final norm
             hidden_parts.append(out.hidden_states[-1][:, start - 1 : L - 1])
-        del out, logits
+        del out
     zero = torch.zeros((), device=input_ids.device)
     return TokenScores(
         logprobs=torch.where(mask, torch.cat(logp_parts), zero),

@@ -49,7 +49,7 @@ from pavlov.math.rlhf import (
     rlhf_token_rewards,
     token_gae,
 )
-from pavlov.math.sequence import kl_penalty, selective_log_softmax
+from pavlov.math.sequence import kl_penalty, projected_logprobs, selective_log_softmax
 from pavlov.math.value import double_q_target, explained_variance, huber, polyak_update, td_target
 
 __all__ = [
@@ -95,6 +95,7 @@ __all__ = [
     "reinforce_loss",
     "reward_to_go",
     "rloo_advantages",
+    "projected_logprobs",
     "selective_log_softmax",
     "td_target",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "projected_logprobs",
     "selective_log_softmax",
 ]
 
@@ -63,6 +64,86 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = 512) 
     dtype = torch.float32 if logits.dtype in _UPCAST else logits.dtype
     result = torch.cat(out) if out else flat.new_empty(0, dtype=dtype)
     return result.reshape(index.shape)
+
+
+class _ProjectedLogProbs(torch.autograd.Function):
+    """Token log-probs and entropies straight from final hidden states and the vocabulary
+    projection, with a hand-written backward (see :func:`projected_logprobs`)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, index, temperature):  # type: ignore[override]
+        z = hidden @ weight.t()  # (R, V) logits; float32 even when autocast computed them in bf16
+        if z.dtype in _UPCAST:
+            z = z.float()
+        if bias is not None:
+            z += bias
+        if temperature != 1.0:
+            z /= temperature
+        lse = torch.logsumexp(z, dim=-1)  # (R,)
+        logp = z.gather(-1, index[:, None]).squeeze(-1) - lse
+        log_p = z.sub_(lse[:, None])  # in place: z is now log softmax
+        p = log_p.exp()
+        entropy = -torch.linalg.vecdot(p, log_p)  # sum_v p log p, no (R, V) temporary
+        del z, log_p
+        ctx.save_for_backward(hidden, weight, index, p)
+        ctx.has_bias, ctx.temperature = bias is not None, temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):  # type: ignore[override]
+        hidden, weight, index, p = ctx.saved_tensors
+        # d logp_r / d z_rv = 1[v = index_r] - p_rv, then the chain rule through z = h W^T / T.
+        grad_z = p * -grad_logp[:, None]
+        grad_z.scatter_add_(-1, index[:, None], grad_logp[:, None])
+        if ctx.temperature != 1.0:
+            grad_z /= ctx.temperature
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = (grad_z @ weight.to(grad_z.dtype)).to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad_z.t() @ hidden.to(grad_z.dtype)).to(weight.dtype)
+        grad_bias = grad_z.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def projected_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    index: Tensor,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of chosen tokens and the entropy of each next-token distribution, computed from
+    final hidden states and the output projection in one fused step.
+
+    Equals ``logits = (hidden @ weight.T + bias) / temperature`` followed by
+    ``log_softmax(logits)[index]`` and ``-(softmax(logits) * log_softmax(logits)).sum(-1)``,
+    but autograd keeps a single ``(R, V)`` buffer (the probabilities) instead of the logits plus
+    the saved inputs and outputs of each op, and backward is one pass over it plus two
+    matmuls: ``dlogits = g (onehot - p) / temperature``. The same idea as fused linear
+    cross-entropy kernels (e.g. Liger). The entropy is a metric: it carries no gradient (use
+    :func:`selective_log_softmax` on real logits for an entropy bonus).
+
+    Args:
+        hidden: ``(R, H)`` final hidden states (after the final norm), one row per scored token.
+        weight: ``(V, H)`` output projection (``lm_head.weight``).
+        index: ``(R,)`` long, the token each row predicts.
+        bias: optional ``(V,)`` projection bias.
+        temperature: logits are divided by it, > 0.
+
+    Returns:
+        ``(logp, entropy)``, both ``(R,)``, float32 for 16-bit inputs; ``logp`` is differentiable in
+        ``hidden``, ``weight`` and ``bias``.
+    """
+    if hidden.dim() != 2 or index.shape != hidden.shape[:1]:
+        raise ValueError(
+            f"hidden must be (R, H) and index (R,), got {tuple(hidden.shape)} and "
+            f"{tuple(index.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _ProjectedLogProbs.apply(hidden, weight, bias, index, float(temperature))
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor:

@@ -63,6 +63,11 @@ class TrainConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: str = "fp32"
     """``"fp32"`` (default, exact) or ``"bf16"`` (autocast forward, fp32 master weights)."""
+    compact_heap: bool = True
+    """On glibc (Linux), serve allocations of 64 KiB and more with ``mmap`` (``mallopt``) so
+    that freed activations and gradients go back to the OS instead of staying in a fragmented
+    heap: peak RSS of the GRPO benchmark fell from 3.56 to 3.21 GB. Process-wide; ``False``
+    leaves malloc alone. See :func:`compact_heap`."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""
@@ -135,6 +140,31 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     if precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+
+
+def compact_heap(threshold: int = 64 * 1024) -> bool:
+    """Ask glibc to ``mmap`` every allocation of ``threshold`` bytes or more.
+
+    Why: glibc's default threshold adapts upwards as large blocks are freed (to 32 MiB), after
+    which megabyte-sized tensors come from the heap, and a heap only shrinks from its top, so a
+    training step's freed activations and gradients stay resident. A fixed threshold returns
+    them on ``free``. Cost: fresh pages are faulted in again each step. Returns whether the
+    setting was applied (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 def disable_dropout(model: nn.Module) -> None:

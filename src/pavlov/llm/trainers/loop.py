@@ -36,6 +36,7 @@ from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
     batch_plan,
+    compact_heap,
     make_optimizer,
     make_scheduler,
     rng_state,
@@ -117,6 +118,8 @@ def fit(
     """
     from pavlov.run.console import ProgressBar
 
+    if cfg.compact_heap:
+        compact_heap()
     plan = batch_plan(cfg, task.lengths)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for _, p in trainable_parameters(task.model)]

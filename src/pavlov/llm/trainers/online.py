@@ -59,6 +59,7 @@ from pavlov.llm.trainers.common import (
     check_choice,
     check_context,
     check_count,
+    compact_heap,
     disable_dropout,
     make_optimizer,
     make_scheduler,
@@ -499,6 +500,8 @@ def train_online(
     longest = max(len(p) for p in prompt_ids)
     check_context(model, longest + cfg.max_new_tokens, "longest prompt + max_new_tokens")
     seed_all(cfg.seed)
+    if cfg.compact_heap:
+        compact_heap()
     model = maybe_lora(model, cfg)
     if cfg.disable_dropout:
         disable_dropout(model)

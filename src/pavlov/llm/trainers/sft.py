@@ -29,6 +29,7 @@ from pavlov.llm.data import (
     pack_sequences,
     tokenize_sft,
 )
+from pavlov.llm.scoring import plain_lm_head
 from pavlov.llm.trainers.common import (
     TrainConfig,
     check_context,
@@ -75,7 +76,7 @@ def sft_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     labels = batch["labels"][:, 1:]  # (B, T-1)
     keep = labels != IGNORE_INDEX
-    head = _plain_lm_head(model)
+    head = plain_lm_head(model)
     if head is None:
         logits = model(**inputs, use_cache=False).logits[:, :-1][keep]  # (K, V)
     else:
@@ -87,16 +88,6 @@ def sft_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
     nll = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
     loss = nll / keep.sum().clamp(min=1)
     return loss, {"loss": loss.detach()}
-
-
-def _plain_lm_head(model: nn.Module) -> nn.Module | None:
-    """The output projection when logits are exactly ``head(final hidden state)``; None for
-    models that post-process logits (e.g. Gemma's soft-capping) or hide their head."""
-    config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return head if isinstance(head, nn.Linear) else None
 
 
 def label_tokens(batch: dict[str, Tensor]) -> int:

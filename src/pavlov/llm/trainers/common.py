@@ -63,6 +63,10 @@ class TrainConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: str = "fp32"
     """``"fp32"`` (default, exact) or ``"bf16"`` (autocast forward, fp32 master weights)."""
+    fast_kernels: bool = True
+    """float32 CPU linears through oneDNN and a sparse gradient for a tied input embedding
+    (:mod:`pavlov.llm.kernels`): the same results to float32 round-off, less time and memory
+    traffic per step. ``False`` uses PyTorch's defaults."""
     compact_heap: bool = True
     """On glibc (Linux), serve allocations of 64 KiB and more with ``mmap`` (``mallopt``) so
     that freed activations and gradients go back to the OS instead of staying in a fragmented

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import PavlovError, check_finite
+from pavlov.llm.kernels import fast_kernels
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
@@ -133,7 +134,10 @@ def fit(
         step = int(resume["step"])
     t0, start, log = time.perf_counter(), step, MetricLog(run, cfg.log_every)
     task.model.train()
-    with ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar:
+    with (
+        fast_kernels(task.model, enabled=cfg.fast_kernels),
+        ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar,
+    ):
         while step < total:
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from pavlov.errors import ConfigError, check_finite, check_range
 from pavlov.llm.data import PromptExample
+from pavlov.llm.kernels import fast_kernels
 from pavlov.llm.models import ensure_pad_token, is_peft_model, save_model
 from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.scoring import score_tokens
@@ -537,7 +538,10 @@ def train_online(
     )  # fmt: skip
     log, t0, start = MetricLog(run, cfg.log_every), time.perf_counter(), step
     model.train()
-    with ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar:
+    with (
+        fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
+        ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar,
+    ):
         while step < cfg.max_steps:
             t_step = time.perf_counter()
             idx = [i for i in plan.step(step)[0] for _ in range(cfg.group_size)]

@@ -1,0 +1,77 @@
+"""Tests for pavlov.llm.kernels: oneDNN linears and the sparse tied-embedding gradient must give
+the gradients PyTorch's defaults give (to float32 round-off), and be undone on exit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pavlov.llm.kernels import (
+    dnn_linear,
+    fast_kernels,
+    onednn_available,
+    onednn_linears,
+    sparse_tied_embedding,
+)
+from pavlov.llm.scoring import score_tokens
+from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_dnn_linear_matches_f_linear_values_and_gradients(bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 48, generator=g, requires_grad=True)
+    w = torch.randn(40, 48, generator=g, requires_grad=True)
+    b = torch.randn(40, generator=g, requires_grad=True) if bias else None
+    out = dnn_linear(x, w, b)
+    ref = torch.nn.functional.linear(x, w, b)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad((out * weights).sum(), [t for t in (x, w, b) if t is not None])
+    want = torch.autograd.grad((ref * weights).sum(), [t for t in (x, w, b) if t is not None])
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_dnn_linear_falls_back_for_other_dtypes():
+    x, w = torch.randn(4, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    assert dnn_linear(x, w).dtype == torch.float64
+    torch.testing.assert_close(dnn_linear(x, w), x @ w.t())
+
+
+def grads(model, ids, mask, **kernels):
+    model.zero_grad(set_to_none=True)
+    with fast_kernels(model, **kernels):
+        score_tokens(model, ids, mask, 4).logprobs.pow(2).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fast_kernels_give_the_default_gradients(arch):
+    model, _ = tiny_causal_lm(arch=arch)
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    ids = torch.randint(3, 500, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    plain = grads(model, ids, mask, enabled=False)
+    fast = grads(model, ids, mask)
+    assert plain.keys() == fast.keys()
+    for name in plain:
+        assert not fast[name].is_sparse, name  # what the optimizer receives is dense
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_patches_are_undone_and_untied_embeddings_stay_dense():
+    model, _ = tiny_causal_lm(arch="llama")
+    q = model.model.layers[0].self_attn.q_proj
+    with onednn_linears(model):
+        assert ("forward" in q.__dict__) == onednn_available()
+    assert "forward" not in q.__dict__
+    with sparse_tied_embedding(model) as applied:
+        assert applied and model.get_input_embeddings().sparse
+    assert not model.get_input_embeddings().sparse
+    untied = tiny_random_lm("llama", 97)  # LlamaConfig does not tie by default
+    assert untied.get_input_embeddings().weight is not untied.get_output_embeddings().weight
+    with sparse_tied_embedding(untied) as applied:
+        assert not applied and not untied.get_input_embeddings().sparse

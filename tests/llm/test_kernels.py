@@ -75,3 +75,20 @@ def test_patches_are_undone_and_untied_embeddings_stay_dense():
     assert untied.get_input_embeddings().weight is not untied.get_output_embeddings().weight
     with sparse_tied_embedding(untied) as applied:
         assert not applied and not untied.get_input_embeddings().sparse
+
+
+def test_heap_compaction_is_auto_for_full_fp32_training_only():
+    import sys
+
+    from pavlov.llm.trainers.common import TrainConfig, compact_heap, heap_compaction
+
+    model = tiny_random_lm("llama", 97)
+    assert heap_compaction(TrainConfig(), model)
+    assert not heap_compaction(TrainConfig(precision="bf16"), model)
+    assert not heap_compaction(TrainConfig(lora=True), model)
+    assert heap_compaction(TrainConfig(precision="bf16", compact_heap=True), model)
+    assert not heap_compaction(TrainConfig(compact_heap=False), model)
+    with compact_heap(True) as applied:
+        assert applied == sys.platform.startswith("linux")
+    with compact_heap(False) as applied:
+        assert not applied

@@ -38,6 +38,7 @@ from pavlov.llm.trainers.common import (
     autocast,
     batch_plan,
     compact_heap,
+    heap_compaction,
     make_optimizer,
     make_scheduler,
     rng_state,
@@ -119,8 +120,6 @@ def fit(
     """
     from pavlov.run.console import ProgressBar
 
-    if cfg.compact_heap:
-        compact_heap()
     plan = batch_plan(cfg, task.lengths)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for _, p in trainable_parameters(task.model)]
@@ -135,6 +134,7 @@ def fit(
     t0, start, log = time.perf_counter(), step, MetricLog(run, cfg.log_every)
     task.model.train()
     with (
+        compact_heap(heap_compaction(cfg, task.model)),
         fast_kernels(task.model, enabled=cfg.fast_kernels),
         ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar,
     ):

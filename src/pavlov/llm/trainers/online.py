@@ -62,6 +62,7 @@ from pavlov.llm.trainers.common import (
     check_count,
     compact_heap,
     disable_dropout,
+    heap_compaction,
     make_optimizer,
     make_scheduler,
     maybe_lora,
@@ -501,8 +502,6 @@ def train_online(
     longest = max(len(p) for p in prompt_ids)
     check_context(model, longest + cfg.max_new_tokens, "longest prompt + max_new_tokens")
     seed_all(cfg.seed)
-    if cfg.compact_heap:
-        compact_heap()
     model = maybe_lora(model, cfg)
     if cfg.disable_dropout:
         disable_dropout(model)
@@ -539,6 +538,7 @@ def train_online(
     log, t0, start = MetricLog(run, cfg.log_every), time.perf_counter(), step
     model.train()
     with (
+        compact_heap(heap_compaction(cfg, model)),
         fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
         ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar,
     ):

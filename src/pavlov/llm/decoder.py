@@ -125,10 +125,11 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class LlamaDecoder:
     """Prefill and one-token decode steps over a static KV cache, on ``model``'s weights.
 
-    Use: ``logits = dec.prefill(ids, mask, positions)`` once, then ``logits = dec.step(tokens,
-    positions)`` per new token; both return the last position's ``(B, V)`` logits. The key mask
-    marks prompt padding; every generated column is attended (as in the generic path, what a
-    finished row does afterwards only affects its own, discarded, outputs).
+    Use: ``logits = dec.prefill(ids, mask, positions)`` once, then ``logits = dec.step(tokens)``
+    per new token (the next column, at the next position of each row); both return the last
+    position's ``(B, V)`` logits. The key mask marks prompt padding; every generated column is
+    attended (as in the generic path, what a finished row does afterwards only affects its own,
+    discarded, outputs).
     """
 
     def __init__(self, model: nn.Module, batch: int, length: int) -> None:
@@ -138,8 +139,7 @@ class LlamaDecoder:
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
-        self.scale = self.layers[0].self_attn.scaling if hasattr(
-            self.layers[0].self_attn, "scaling") else self.head_dim**-0.5  # fmt: skip
+        self.scale = getattr(self.layers[0].self_attn, "scaling", self.head_dim**-0.5)
         self.batch, self.length = batch, length
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.linear = _Linears(linears, batch, _packable(model))

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pavlov.llm.kernels import can_pack, pack_weight, packed_linear
+
 __all__ = ["LlamaDecoder", "fast_decoder"]
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -82,9 +84,8 @@ def _packable(model: nn.Module) -> bool:
     return (
         weight.dtype == torch.float32
         and weight.device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and can_pack()
     )
 
 
@@ -103,15 +104,13 @@ class _Linears:
     def __init__(self, layers: list[nn.Linear], rows: int, pack: bool) -> None:
         self.packed: dict[int, Tensor] = {}
         if pack:
-            reorder = torch.ops.mkldnn._reorder_linear_weight
-            self.packed = {id(m): reorder(m.weight.detach(), rows) for m in layers}
+            self.packed = {id(m): pack_weight(m.weight, rows) for m in layers}
 
     def __call__(self, layer: nn.Linear, x: Tensor) -> Tensor:
         packed = self.packed.get(id(layer))
         if packed is None:
             return F.linear(x, layer.weight, layer.bias)
-        bias = None if layer.bias is None else layer.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return packed_linear(x, packed, layer.bias)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -22,10 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "can_pack",
     "dnn_linear",
     "fast_kernels",
     "onednn_available",
     "onednn_linears",
+    "pack_weight",
+    "packed_linear",
     "sparse_tied_embedding",
 ]
 
@@ -36,8 +39,25 @@ def onednn_available() -> bool:
 
 
 def _dnn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x @ weight.T + bias`` for a 2-D ``x`` through oneDNN."""
+    """``x @ weight.T + bias`` through oneDNN; ``weight`` plain ``(out, in)`` or pre-packed by
+    :func:`pack_weight`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def can_pack() -> bool:
+    """Whether :func:`pack_weight` is available in this build."""
+    return onednn_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def pack_weight(weight: Tensor, rows: int) -> Tensor:
+    """A float32 ``(out, in)`` weight reordered by oneDNN for inputs of about ``rows`` rows; a
+    copy, usable only through :func:`packed_linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ W^T + b`` with ``W`` from :func:`pack_weight` (no autograd through ``W``)."""
+    return _dnn(x, packed, None if bias is None else bias.detach())
 
 
 class _DnnLinear(torch.autograd.Function):

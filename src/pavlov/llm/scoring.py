@@ -224,8 +224,10 @@ def _score(
             logits_to_keep=1 if head is not None else n + 1,
             output_hidden_states=with_hidden or head is not None,
         )
+        # The final layer's output (after the final norm) at the positions predicting the
+        # response tokens: the fused projection's and a value head's input.
+        final = out.hidden_states[-1][:, start - 1 : L - 1] if out.hidden_states else None
         if head is not None:
-            final = out.hidden_states[-1][:, start - 1 : L - 1]  # (b, n, H)
             keep = mask[rows]
             logp, ent = projected_logprobs(
                 final[keep], head.weight, targets[rows][keep], head.bias, temperature
@@ -241,8 +243,8 @@ def _score(
             if with_entropy:
                 ent_parts.append(entropy((logits if entropy_grad else logits.detach()).float()))
             del logits
-        if with_hidden:  # the last entry is the final layer's output, after the final norm
-            hidden_parts.append(out.hidden_states[-1][:, start - 1 : L - 1])
+        if with_hidden:
+            hidden_parts.append(final)
         del out
     zero = torch.zeros((), device=input_ids.device)
     return TokenScores(

@@ -8,7 +8,9 @@ import torch
 
 from pavlov.llm import decoder as decoder_module
 from pavlov.llm.decoder import fast_decoder
+from pavlov.llm.kernels import can_pack
 from pavlov.llm.models import LoraSpec, apply_lora
+from pavlov.llm.native import row_kernel_available
 from pavlov.llm.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
 from pavlov.llm.tiny import tiny_random_lm
 
@@ -36,12 +38,17 @@ def batch(lengths=(5, 9, 3, 7), seed=0):
     return left_pad([torch.randint(3, V, (n,), generator=g) for n in lengths], pad_token_id=0)
 
 
-@pytest.fixture(params=[True, False], ids=["packed", "plain"])
+@pytest.fixture(params=["native", "packed", "plain"])
 def packing(request, monkeypatch):
-    """Run each test with oneDNN weight packing on (when available) and off."""
-    if not request.param:
-        monkeypatch.setattr(decoder_module, "_packable", lambda model: False)
-    return request.param
+    """Run each test with each way of multiplying by the weights in the decode step: the C row
+    kernel, oneDNN on packed weights, ``F.linear``."""
+    kernel = request.param
+    if kernel == "native" and not row_kernel_available():
+        pytest.skip("no C compiler / AVX2 here: the native row kernel is unavailable")
+    if kernel == "packed" and not can_pack():
+        pytest.skip("this torch build has no oneDNN weight packing")
+    monkeypatch.setattr(decoder_module, "_kernel", lambda model, rows: kernel)
+    return kernel
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

@@ -77,7 +77,7 @@ def test_patches_are_undone_and_untied_embeddings_stay_dense():
         assert not applied and not untied.get_input_embeddings().sparse
 
 
-def test_heap_compaction_is_auto_for_full_fp32_training_only():
+def test_heap_compaction_is_auto_for_full_fp32_offline_training_only():
     import sys
 
     from pavlov.llm.trainers.common import TrainConfig, compact_heap, heap_compaction
@@ -88,6 +88,8 @@ def test_heap_compaction_is_auto_for_full_fp32_training_only():
     assert not heap_compaction(TrainConfig(lora=True), model)
     assert heap_compaction(TrainConfig(precision="bf16", compact_heap=True), model)
     assert not heap_compaction(TrainConfig(compact_heap=False), model)
+    assert not heap_compaction(TrainConfig(), model, online=True)
+    assert heap_compaction(TrainConfig(compact_heap=True), model, online=True)
     with compact_heap(True) as applied:
         assert applied == sys.platform.startswith("linux")
     with compact_heap(False) as applied:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pavlov.llm.kernels import can_pack, pack_weight, packed_linear
+from pavlov.llm.native import MAX_ROWS, row_kernel_available, row_linear
 
 __all__ = ["LlamaDecoder", "fast_decoder"]
 
@@ -78,35 +79,48 @@ def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
     return norm.weight * h.to(x.dtype)
 
 
-def _packable(model: nn.Module) -> bool:
-    """Whether oneDNN can pre-pack the float32 CPU weights (not under autocast)."""
+def _float32_cpu(model: nn.Module) -> bool:
+    """Whether the weights are float32 on the CPU and no autocast is active."""
     weight = model.lm_head.weight
     return (
         weight.dtype == torch.float32
         and weight.device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
-        and can_pack()
     )
 
 
+def _kernel(model: nn.Module, rows: int) -> str:
+    """How the decode step multiplies by the weights: ``"native"`` (the C row kernel of
+    :mod:`pavlov.llm.native`, on the weights as they are), ``"packed"`` (oneDNN on weights
+    re-packed per call) or ``"plain"`` (:func:`torch.nn.functional.linear`)."""
+    if not _float32_cpu(model):
+        return "plain"
+    if rows <= MAX_ROWS and row_kernel_available():
+        return "native"
+    return "packed" if can_pack() else "plain"
+
+
 class _Linears:
-    """``y = x W^T + b`` for the model's linear layers, through weights that oneDNN pre-packed
-    for ``rows`` rows when possible.
+    """``y = x W^T + b`` for the model's linear layers in a decode step of ``rows`` rows.
 
     Why: a decode step multiplies a handful of rows by every weight matrix, which only streams
-    the weights from memory. MKL's ``x @ W^T`` reached ~8-12 GB/s on the 2-core CPUs we
-    measured, oneDNN on a weight reordered for that row count ~20 GB/s (2-2.6x faster; the
-    numbers in docs/benchmarks.md). Packing costs one read and write of the weights per
-    :func:`~pavlov.llm.rollout.generate` call. Without oneDNN (or under autocast, or for
-    non-float32 weights) this is plain :func:`torch.nn.functional.linear`.
+    the weights from memory, and the general GEMMs are slow at that shape: MKL's ``x @ W^T``
+    reached ~4-8 GB/s on the 2-core CPUs we measured, oneDNN on a weight reordered for that row
+    count ~6-9 GB/s (plus the reorder: one read and write of all weights per
+    :func:`~pavlov.llm.rollout.generate` call), the C kernel of :mod:`pavlov.llm.native` 11-12
+    GB/s with no reorder (numbers in docs/benchmarks.md). ``kernel`` is one of
+    :func:`_kernel`'s answers; multi-token calls (the prefill) always use ``F.linear``.
     """
 
-    def __init__(self, layers: list[nn.Linear], rows: int, pack: bool) -> None:
+    def __init__(self, layers: list[nn.Linear], rows: int, kernel: str) -> None:
+        self.kernel = kernel
         self.packed: dict[int, Tensor] = {}
-        if pack:
+        if kernel == "packed":
             self.packed = {id(m): pack_weight(m.weight, rows) for m in layers}
 
     def __call__(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        if x.shape[-2] == 1 and self.kernel == "native":
+            return row_linear(x, layer.weight, layer.bias)
         packed = self.packed.get(id(layer))
         if packed is None:
             return F.linear(x, layer.weight, layer.bias)
@@ -141,7 +155,7 @@ class LlamaDecoder:
         self.scale = getattr(self.layers[0].self_attn, "scaling", self.head_dim**-0.5)
         self.batch, self.length = batch, length
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self.linear = _Linears(linears, batch, _packable(model))
+        self.linear = _Linears(linears, batch, _kernel(model, batch))
         self.filled = 0  # cache columns written so far
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []

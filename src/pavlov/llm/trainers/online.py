@@ -538,7 +538,7 @@ def train_online(
     log, t0, start = MetricLog(run, cfg.log_every), time.perf_counter(), step
     model.train()
     with (
-        compact_heap(heap_compaction(cfg, model)),
+        compact_heap(heap_compaction(cfg, model, online=True)),
         fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
         ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar,
     ):

@@ -1,0 +1,73 @@
+"""Tests for pavlov.llm.native: the C row kernel computes ``x W^T + b`` like ``F.linear``."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pavlov.llm import native
+from pavlov.llm.native import row_kernel_available, row_linear
+
+
+def test_the_kernel_builds_on_x86_linux_with_a_compiler():
+    """CI and dev machines are x86-64 Linux with gcc: there the kernel must really be in use
+    (a silent fallback would make the decode benchmarks measure something else)."""
+    if platform.machine() != "x86_64" or not native._cpu_supported():
+        pytest.skip("not an AVX2 x86-64 Linux machine")
+    assert row_kernel_available()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize(("n", "k"), [(64, 32), (37, 576), (96, 13), (1, 8)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_equals_f_linear(rows, n, k, bias):
+    if not row_kernel_available():
+        pytest.skip("native row kernel unavailable here")
+    g = torch.Generator().manual_seed(rows * 1000 + n + k)
+    x = torch.randn(rows, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    got = row_linear(x, w, b)
+    assert got.shape == (rows, n)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_leading_dims_threads_and_noncontiguous_inputs():
+    if not row_kernel_available():
+        pytest.skip("native row kernel unavailable here")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, 40, generator=g)
+    w = torch.randn(48, 80, generator=g)[:, ::2]  # non-contiguous view
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            torch.testing.assert_close(row_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_falls_back_where_the_kernel_does_not_apply():
+    """Autograd, other dtypes: the result is F.linear's (and differentiable)."""
+    x = torch.randn(2, 16, requires_grad=True)
+    w = torch.randn(8, 16)
+    y = row_linear(x, w)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(2, 16))
+    xd = torch.randn(2, 16, dtype=torch.float64)
+    assert row_linear(xd, w.double()).dtype == torch.float64
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("PAVLOV_NATIVE", "0")
+    native._library.cache_clear()
+    try:
+        assert not row_kernel_available()
+        x, w = torch.randn(2, 8), torch.randn(4, 8)
+        torch.testing.assert_close(row_linear(x, w), F.linear(x, w))
+    finally:
+        monkeypatch.delenv("PAVLOV_NATIVE")
+        native._library.cache_clear()

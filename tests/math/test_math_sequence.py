@@ -190,6 +190,31 @@ def test_projected_logprobs_gradients_match_autograd_float32():
     torch.testing.assert_close(got[1], w.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_projected_logprobs_project_hook_gives_the_same_values_and_gradients():
+    """``project`` (e.g. an lm_head running a faster kernel) replaces only the forward product."""
+    g = torch.Generator().manual_seed(2)
+    head = torch.nn.Linear(8, 30)
+    h = torch.randn(12, 8, generator=g, requires_grad=True)
+    idx = torch.randint(0, 30, (12,), generator=g)
+    calls = []
+
+    def project(x):
+        calls.append(x.shape)
+        return head(x)
+
+    out = projected_logprobs(h, head.weight, idx, head.bias, 0.7, project)
+    out[0].sum().backward()
+    got = h.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()
+    h.grad = head.weight.grad = head.bias.grad = None
+    ref = projected_logprobs(h, head.weight, idx, head.bias, 0.7)
+    ref[0].sum().backward()
+    assert calls == [(12, 8)]
+    torch.testing.assert_close(out[0], ref[0])
+    torch.testing.assert_close(out[1], ref[1])
+    for a, b in zip(got, (h.grad, head.weight.grad, head.bias.grad), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_projected_logprobs_rejects_bad_shapes():
     with pytest.raises(ValueError, match="hidden must be"):
         projected_logprobs(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long))

@@ -229,8 +229,8 @@ def _score(
         final = out.hidden_states[-1][:, start - 1 : L - 1] if out.hidden_states else None
         if head is not None:
             keep = mask[rows]
-            logp, ent = projected_logprobs(
-                final[keep], head.weight, targets[rows][keep], head.bias, temperature
+            logp, ent = projected_logprobs(  # head: its own (maybe oneDNN) kernel forward
+                final[keep], head.weight, targets[rows][keep], head.bias, temperature, head
             )
             logp_parts.append(logp.new_zeros(keep.shape).masked_scatter(keep, logp))
             if with_entropy:

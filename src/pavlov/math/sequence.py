@@ -8,6 +8,8 @@ KL estimators in :mod:`pavlov.math.policy`; they are re-exported or reused here,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -71,11 +73,12 @@ class _ProjectedLogProbs(torch.autograd.Function):
     projection, with a hand-written backward (see :func:`projected_logprobs`)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, index, temperature):  # type: ignore[override]
-        z = hidden @ weight.t()  # (R, V) logits; float32 even when autocast computed them in bf16
+    def forward(ctx, hidden, weight, bias, index, temperature, project):  # type: ignore[override]
+        # (R, V) logits; float32 even when autocast computed them in bf16
+        z = hidden @ weight.t() if project is None else project(hidden)
         if z.dtype in _UPCAST:
             z = z.float()
-        if bias is not None:
+        if bias is not None and project is None:
             z += bias
         if temperature != 1.0:
             z /= temperature
@@ -104,7 +107,7 @@ class _ProjectedLogProbs(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = (grad_z.t() @ hidden.to(grad_z.dtype)).to(weight.dtype)
         grad_bias = grad_z.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def projected_logprobs(
@@ -113,6 +116,7 @@ def projected_logprobs(
     index: Tensor,
     bias: Tensor | None = None,
     temperature: float = 1.0,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Log-probs of chosen tokens and the entropy of each next-token distribution, computed from
     final hidden states and the output projection in one fused step.
@@ -131,6 +135,9 @@ def projected_logprobs(
         index: ``(R,)`` long, the token each row predicts.
         bias: optional ``(V,)`` projection bias.
         temperature: logits are divided by it, > 0.
+        project: optional ``hidden -> hidden @ weight.T + bias`` for the forward pass (e.g. the
+            ``lm_head`` module itself, when it runs a faster kernel than ``@``); it must compute
+            exactly that product with these ``weight`` and ``bias``, which the backward uses.
 
     Returns:
         ``(logp, entropy)``, both ``(R,)``, float32 for 16-bit inputs; ``logp`` is differentiable in
@@ -143,7 +150,7 @@ def projected_logprobs(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return _ProjectedLogProbs.apply(hidden, weight, bias, index, float(temperature))
+    return _ProjectedLogProbs.apply(hidden, weight, bias, index, float(temperature), project)
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor:

@@ -11,11 +11,12 @@ once per 8 floats and multiplied into up to 8 accumulators (one per input row), 
 ``W`` are split evenly over the threads torch uses.
 
 The C source is compiled on first use with the system C compiler (``cc -O3 -mavx2 -mfma
--fopenmp``, about a second) into ``~/.cache/pavlov/native/`` and loaded with :mod:`ctypes`; it
-links the OpenMP runtime torch already loaded (same soname). :func:`row_kernel_available` is
-False (and callers use :func:`torch.nn.functional.linear`) off x86-64 Linux, without AVX2/FMA,
-without a C compiler, when the build fails, or when ``PAVLOV_NATIVE=0``. Results equal
-``F.linear`` to float32 round-off (summation order differs; tested).
+-fopenmp``, about a second) into ``$PAVLOV_CACHE/native/`` (default ``~/.cache/pavlov``) and
+loaded with :mod:`ctypes`; it links the OpenMP runtime torch already loaded (same soname).
+:func:`row_kernel_available` is False (and callers use :func:`torch.nn.functional.linear`)
+off x86-64 Linux, without AVX2/FMA, without a C compiler, when the build fails, or when
+``PAVLOV_NATIVE=0``. Results equal ``F.linear`` to float32 round-off (summation order differs;
+tested).
 """
 
 from __future__ import annotations
@@ -136,9 +137,10 @@ def _build(cache: Path) -> Path | None:
 def _library():
     if os.environ.get("PAVLOV_NATIVE", "1") == "0" or not _cpu_supported():
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pavlov" / "native"
+    from pavlov.llm.assets import cache_root
+
     try:
-        path = _build(cache)
+        path = _build(cache_root() / "native")
         if path is None:
             return None
         lib = ctypes.CDLL(str(path))

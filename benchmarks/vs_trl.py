@@ -920,8 +920,31 @@ def summarize(results: list[dict], machine: dict) -> dict:
 
 
 def _mean_reward(r: dict) -> dict:
+    """GRPO: mean reward per step, and the judge reward gained per wall-clock minute."""
     rewards = [s["reward_mean"] for s in r.get("grpo_steps", []) if s["reward_mean"] is not None]
-    return {"reward_mean": statistics.fmean(rewards)} if rewards else {}
+    if not rewards:
+        return {}
+    return {"reward_mean": statistics.fmean(rewards), **reward_per_minute(r)}
+
+
+def reward_per_minute(r: dict) -> dict:
+    """Judge (VADER) reward gained per wall-clock minute of training: the least-squares slope of
+    each step's mean reward against the wall-clock minutes elapsed at the end of that step, with
+    its standard error. Both sides see the same prompts in the same order, so the prompt mix
+    moves both curves alike; with 20 steps at lr 1e-5 the slope is small next to its error."""
+    steps = r.get("grpo_steps", [])
+    pairs = [(sum(r["step_seconds"][: i + 1]) / 60, s["reward_mean"])
+             for i, s in enumerate(steps[: len(r["step_seconds"])])
+             if s["reward_mean"] is not None]  # fmt: skip
+    if len(pairs) < 3:
+        return {}
+    xs, ys = zip(*pairs, strict=True)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in pairs) / sxx
+    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in pairs)
+    se = (resid / (len(pairs) - 2) / sxx) ** 0.5
+    return {"reward_per_minute": slope, "reward_per_minute_se": se, "train_minutes": xs[-1]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -1003,6 +1026,11 @@ def print_table(summary: dict) -> None:
         if rewards:
             print(f"{'':<8}mean reward per step: " + ", ".join(
                 f"{i} {r:+.3f}" for i, r in rewards.items()))  # fmt: skip
+        slopes = {i: impls[i] for i in IMPLS if "reward_per_minute" in impls.get(i, {})}
+        if slopes:
+            print(f"{'':<8}reward gained per minute: " + ", ".join(
+                f"{i} {r['reward_per_minute']:+.4f} ± {r['reward_per_minute_se']:.4f}"
+                for i, r in slopes.items()))  # fmt: skip
     s = summary.get("sampling")
     if s and "ratio_best" in s:
         print(

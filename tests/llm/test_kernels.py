@@ -94,3 +94,23 @@ def test_heap_compaction_is_auto_for_full_fp32_offline_training_only():
         assert applied == sys.platform.startswith("linux")
     with compact_heap(False) as applied:
         assert not applied
+
+
+def test_precision_auto_picks_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
+    from pavlov.llm.trainers import common
+    from pavlov.llm.trainers.common import TrainConfig, autocast, heap_compaction
+
+    TrainConfig(precision="auto")  # an accepted value
+    for fast, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(common, "fast_bf16", lambda fast=fast: fast)
+        assert common.resolve_precision("auto") == expected
+        assert common.resolve_precision("fp32") == "fp32"
+        assert common.resolve_precision("bf16") == "bf16"
+        with autocast("auto"):
+            assert torch.is_autocast_enabled("cpu") == (expected == "bf16")
+        model = tiny_random_lm("llama", 50, 0)
+        assert heap_compaction(TrainConfig(precision="auto"), model) == (expected == "fp32")
+    common._warn_slow_bf16.cache_clear()  # warned once per process
+    with pytest.warns(RuntimeWarning, match="without AVX-512"), autocast("bf16"):
+        assert torch.is_autocast_enabled("cpu")
+    common._warn_slow_bf16.cache_clear()

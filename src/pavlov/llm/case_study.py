@@ -60,9 +60,10 @@ class CaseStudyConfig:
     ``"dpo"`` (offline, on the preference pairs)."""
     seed: int = 0
     """Seed of every stage (each stage's trainer seeds itself with it) and of the evaluation."""
-    precision: str = "bf16"
-    """``"bf16"`` (autocast matmuls, fp32 master weights: ~3x faster matmuls on AVX-512-BF16
-    CPUs) or ``"fp32"``; used by every stage and by the evaluation."""
+    precision: str = "auto"
+    """``"auto"`` (bf16 where the CPU multiplies bf16 fast, i.e. has AVX-512, else fp32),
+    ``"bf16"`` (autocast matmuls, fp32 master weights: ~3x faster matmuls on AVX-512-BF16 CPUs,
+    ~30x slower on AVX2-only ones) or ``"fp32"``; used by every stage and the evaluation."""
     policy: str = "smollm2"
     """The policy to post-train: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a model path."""
     # --- step 1: SFT

@@ -109,7 +109,8 @@ class _Linears:
     count ~6-9 GB/s (plus the reorder: one read and write of all weights per
     :func:`~pavlov.llm.rollout.generate` call), the C kernel of :mod:`pavlov.llm.native` 11-12
     GB/s with no reorder (numbers in docs/benchmarks.md). ``kernel`` is one of
-    :func:`_kernel`'s answers; multi-token calls (the prefill) always use ``F.linear``.
+    :func:`_kernel`'s answers; with ``"native"``, multi-token calls (the prefill) use
+    ``F.linear``.
     """
 
     def __init__(self, layers: list[nn.Linear], rows: int, kernel: str) -> None:

@@ -105,7 +105,7 @@ def test_stage_configs_carry_the_shared_fields_and_the_options():
     cfg = CaseStudyConfig(seed=3, sft_options={"warmup_steps": 0}, rl_options={"ppo_epochs": 2})
     stages = stage_configs(cfg)
     assert {s.seed for s in stages.values()} == {3}
-    assert {s.precision for s in stages.values()} == {"bf16"}
+    assert {s.precision for s in stages.values()} == {"auto"}
     assert stages["sft"].lora and stages["sft"].packing and stages["sft"].warmup_steps == 0
     assert stages["rl"].algo == "ppo" and stages["rl"].ppo_epochs == 2 and stages["rl"].lora
     assert type(stage_configs(CaseStudyConfig(algo="dpo"))["rl"]).__name__ == "DPOConfig"

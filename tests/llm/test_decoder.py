@@ -30,7 +30,23 @@ def qwen2_with_bias():
     return model
 
 
-MODELS = {"llama": lambda: tiny_random_lm("llama", V, 0), "qwen2": qwen2_with_bias}
+def llama_with_lora():
+    """A tiny Llama under peft LoRA on every projection, with non-zero B (peft starts B at 0,
+    which would make the adapters invisible)."""
+    model = apply_lora(tiny_random_lm("llama", V, 0), LoraSpec(r=4, alpha=8, include_mlp=True))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+MODELS = {
+    "llama": lambda: tiny_random_lm("llama", V, 0),
+    "qwen2": qwen2_with_bias,
+    "llama-lora": llama_with_lora,
+}
 
 
 def batch(lengths=(5, 9, 3, 7), seed=0):
@@ -83,10 +99,30 @@ def test_generate_fast_equals_generic(arch, temperature, packing):
     torch.testing.assert_close(fast.logprobs, slow.logprobs, rtol=1e-4, atol=1e-5)
 
 
+def test_lora_adapters_change_the_decoders_logits_and_can_be_disabled():
+    model = llama_with_lora()
+    ids, mask = batch()
+    B, P = ids.shape
+    positions = position_ids_from_mask(mask)
+    with torch.no_grad():
+        with_adapters = fast_decoder(model, B, P + 2).prefill(ids, mask, positions)
+        with model.disable_adapter():
+            without = fast_decoder(model, B, P + 2).prefill(ids, mask, positions)
+            base = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    torch.testing.assert_close(without, base[:, -1], rtol=1e-4, atol=1e-5)
+    assert (with_adapters - without).abs().max() > 1e-2  # the adapters were applied
+
+
 def test_unsupported_models_take_the_generic_path():
+    from peft import LoraConfig, get_peft_model
+
     assert fast_decoder(tiny_random_lm("gpt2", V), 2, 16) is None
-    lora = apply_lora(tiny_random_lm("llama", V), LoraSpec(r=4))
-    assert fast_decoder(lora, 2, 16) is None
+    dora = get_peft_model(tiny_random_lm("llama", V), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], use_dora=True))  # fmt: skip
+    assert fast_decoder(dora, 2, 16) is None
+    embedding = get_peft_model(tiny_random_lm("llama", V), LoraConfig(
+        r=4, target_modules=["embed_tokens", "q_proj"]))  # fmt: skip
+    assert fast_decoder(embedding, 2, 16) is None
     assert fast_decoder(tiny_random_lm("llama", V), 2, 16) is not None
 
 

@@ -162,10 +162,14 @@ def sparse_tied_embedding(model: nn.Module) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = True):
-    """:func:`onednn_linears` on ``policy`` and ``others`` plus :func:`sparse_tied_embedding`
-    on ``policy``, for a training loop; nothing when ``enabled`` is false."""
+    """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`sparse_tied_embedding`
+    and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.lean.lean_blocks` on ``policy``,
+    for a training loop; nothing when ``enabled`` is false."""
+    from pavlov.llm.lean import lean_blocks  # lean uses this module's oneDNN helpers
+
     with contextlib.ExitStack() as stack:
         if enabled:
             stack.enter_context(onednn_linears(policy, *others))
             stack.enter_context(sparse_tied_embedding(policy))
+            stack.enter_context(lean_blocks(policy))
         yield

@@ -11,6 +11,7 @@ import torch
 from pavlov.llm.offload import is_offloaded, loaded, offload_copy
 from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
 from pavlov.llm.trainers.online import OnlineConfig, train_online
+
 V = 97
 PROMPTS = ["hello there", "the cat", "a dog sat", "we"]
 
@@ -23,9 +24,10 @@ def qwen2_untied():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(1)
-    return Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)).eval()  # fmt: skip
+    config = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=False)  # fmt: skip
+    return Qwen2ForCausalLM(config).eval()
 
 
 MODELS = {

@@ -102,9 +102,8 @@ def offload_copy(model: nn.Module, directory: str | os.PathLike | None = None) -
     frozen = copy.deepcopy(model, memo)  # structure and buffers; parameters are placeholders
     frozen.requires_grad_(False)
 
-    handle = tempfile.TemporaryFile(dir=directory)  # O_TMPFILE where supported: no name at all
-    fd = os.dup(handle.fileno())
-    handle.close()
+    with tempfile.TemporaryFile(dir=directory) as handle:  # O_TMPFILE: no name at all
+        fd = os.dup(handle.fileno())  # keeps the file alive after the handle closes
     state = OffloadedWeights(fd, _blocks(frozen))
     placed: set[int] = set()
     offset = 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pavlov.llm import native
-from pavlov.llm.native import row_kernel_available, row_linear
+from pavlov.llm.native import row_kernel_available, row_linear, row_linears
 
 
 def test_the_kernel_builds_on_x86_linux_with_a_compiler():
@@ -33,6 +33,28 @@ def test_equals_f_linear(rows, n, k, bias):
     got = row_linear(x, w, b)
     assert got.shape == (rows, n)
     torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 11])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_several_weights_in_one_call_equal_their_concatenation(rows, threads):
+    if not row_kernel_available():
+        pytest.skip("native row kernel unavailable here")
+    g = torch.Generator().manual_seed(rows + 10 * threads)
+    x = torch.randn(2, rows, 1, 40, generator=g)
+    ws = [torch.randn(n, 40, generator=g) for n in (48, 5, 16)]  # q/k/v-like, uneven
+    bs = [torch.randn(48, generator=g), None, torch.randn(16, generator=g)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = row_linears(x, ws, bs)
+    finally:
+        torch.set_num_threads(before)
+    expected = torch.cat([F.linear(x, w, b) for w, b in zip(ws, bs, strict=True)], dim=-1)
+    assert got.shape == (2, rows, 1, 69)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(RuntimeError):  # mismatched K: F.linear's own error, not a crash
+        row_linears(x, [ws[0], torch.randn(4, 39)])
 
 
 def test_leading_dims_threads_and_noncontiguous_inputs():

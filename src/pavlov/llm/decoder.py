@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pavlov.llm.kernels import can_pack, pack_weight, packed_linear
-from pavlov.llm.native import MAX_ROWS, row_kernel_available, row_linear
+from pavlov.llm.native import MAX_ROWS, row_kernel_available, row_linear, row_linears
 
 __all__ = ["LlamaDecoder", "fast_decoder"]
 
@@ -194,6 +194,14 @@ class _Linears:
             y = y + F.linear(F.linear(x.to(a.weight.dtype), a.weight), b.weight) * scaling
         return y
 
+    def many(self, layers: tuple[nn.Module, ...], x: Tensor) -> Tensor:
+        """The outputs of ``layers`` (all reading ``x``) side by side, ``(..., sum out)``: one
+        kernel call in a native decode step (q/k/v, gate/up), separate calls otherwise."""
+        if self.kernel == "native" and x.shape[-2] == 1:
+            weights = [self.weights[id(m)] for m in layers]
+            return row_linears(x, weights, [self.plans[id(m)].base.bias for m in layers])
+        return torch.cat([self(m, x) for m in layers], dim=-1)
+
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE (Su et al. 2021) in the half-split layout HF uses: ``x cos + rotate_half(x) sin``.
@@ -277,27 +285,29 @@ class LlamaDecoder:
         B, S, _ = x.shape
         lo, hi = self.filled, self.filled + S
         cos, sin = self.cos[:, :, lo:hi], self.sin[:, :, lo:hi]
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
+        lin = self.linear
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = _rms_norm(layer.input_layernorm, x)
-            lin = self.linear
-            q = lin(attn.q_proj, h).view(B, S, self.heads, self.head_dim).transpose(1, 2)
-            k = lin(attn.k_proj, h).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = lin(attn.v_proj, h).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            qkv = lin.many((attn.q_proj, attn.k_proj, attn.v_proj), h)  # (B, S, (H + 2 KV) D)
+            qkv = qkv.view(B, S, H + 2 * KV, D).transpose(1, 2)  # (B, H + 2 KV, S, D)
+            qk = _rotate(qkv[:, : H + KV], cos, sin)  # q and k heads rotated together
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + KV :]
             if len(self.k) == i:
-                shape = (B, self.kv_heads, self.length, self.head_dim)
+                shape = (B, KV, self.length, D)
                 self.k.append(k.new_zeros(shape))
                 self.v.append(v.new_zeros(shape))
             self.k[i][:, :, lo:hi] = k
             self.v[i][:, :, lo:hi] = v
             out = F.scaled_dot_product_attention(
                 q, self.k[i][:, :, :hi], self.v[i][:, :, :hi], attn_mask=attend,
-                scale=self.scale, enable_gqa=self.kv_heads != self.heads,
+                scale=self.scale, enable_gqa=KV != H,
             )  # fmt: skip
             x = x + lin(attn.o_proj, out.transpose(1, 2).reshape(B, S, -1))
             h = _rms_norm(layer.post_attention_layernorm, x)
-            x = x + lin(mlp.down_proj, mlp.act_fn(lin(mlp.gate_proj, h)) * lin(mlp.up_proj, h))
+            gate, up = lin.many((mlp.gate_proj, mlp.up_proj), h).chunk(2, dim=-1)
+            x = x + lin(mlp.down_proj, mlp.act_fn(gate) * up)
         self.filled = hi
         last = _rms_norm(self.inner.norm, x[:, -1])
         return self.linear(self.model.lm_head, last[:, None])[:, 0]  # (B, V)

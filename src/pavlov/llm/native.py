@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_ROWS", "row_kernel_available", "row_linear"]
+__all__ = ["MAX_ROWS", "row_kernel_available", "row_linear", "row_linears"]
 
 MAX_ROWS = 16
 """Largest row count :func:`row_linear` is meant for: above it the weights are re-read per block
@@ -55,10 +55,10 @@ static inline float hsum(__m256 v) {
 }
 
 /* y[m, n] = sum_k x[m, k] W[n, k] + b[n] for rows m < M (M <= 8) and weight rows n0 <= n < n1.
-   x (M, K), W (N, K), y (M, N), all row-major. Called with a literal M so that the compiler
-   unrolls the row loop and keeps the M accumulators in registers. */
+   x (M, K) and W (N, K) row-major; y has row stride ldy. Called with a literal M so that the
+   compiler unrolls the row loop and keeps the M accumulators in registers. */
 static inline void block(const float *x, const float *W, const float *b, float *y,
-                         int M, int N, int K, int n0, int n1) {
+                         int M, int ldy, int K, int n0, int n1) {
     int K8 = K & ~7;
     for (int n = n0; n < n1; n++) {
         const float *w = W + (int64_t)n * K;
@@ -72,29 +72,45 @@ static inline void block(const float *x, const float *W, const float *b, float *
         for (int m = 0; m < M; m++) {
             float s = hsum(acc[m]) + (b ? b[n] : 0.0f);
             for (int k = K8; k < K; k++) s += w[k] * x[(int64_t)m * K + k];
-            y[(int64_t)m * N + n] = s;
+            y[(int64_t)m * ldy + n] = s;
         }
     }
 }
 
-void row_linear(const float *x, const float *W, const float *b, float *y,
-                int M, int N, int K, int threads) {
+static void rows(const float *x, const float *W, const float *b, float *y,
+                 int M, int ldy, int K, int n0, int n1) {
+    for (int m0 = 0; m0 < M; m0 += 8) {
+        const float *xm = x + (int64_t)m0 * K;
+        float *ym = y + (int64_t)m0 * ldy;
+        switch (M - m0 < 8 ? M - m0 : 8) {
+        case 1: block(xm, W, b, ym, 1, ldy, K, n0, n1); break;
+        case 2: block(xm, W, b, ym, 2, ldy, K, n0, n1); break;
+        case 3: block(xm, W, b, ym, 3, ldy, K, n0, n1); break;
+        case 4: block(xm, W, b, ym, 4, ldy, K, n0, n1); break;
+        case 5: block(xm, W, b, ym, 5, ldy, K, n0, n1); break;
+        case 6: block(xm, W, b, ym, 6, ldy, K, n0, n1); break;
+        case 7: block(xm, W, b, ym, 7, ldy, K, n0, n1); break;
+        default: block(xm, W, b, ym, 8, ldy, K, n0, n1); break;
+        }
+    }
+}
+
+/* y = x [W_0; W_1; ...]^T + [b_0; b_1; ...]: nw weights (N_j, K) sharing the input x (M, K),
+   outputs side by side in y (M, sum N_j). The stacked weight rows are split evenly over the
+   threads (one parallel region, however many weights: q/k/v or gate/up in one call). */
+void row_linear(const float *x, const float *const *W, const float *const *b, const int *N,
+                int nw, float *y, int M, int K, int threads) {
+    int64_t total = 0;
+    for (int j = 0; j < nw; j++) total += N[j];
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int t = 0; t < threads; t++) {
-        int n0 = (int)((int64_t)N * t / threads), n1 = (int)((int64_t)N * (t + 1) / threads);
-        for (int m0 = 0; m0 < M; m0 += 8) {
-            const float *xm = x + (int64_t)m0 * K;
-            float *ym = y + (int64_t)m0 * N;
-            switch (M - m0 < 8 ? M - m0 : 8) {
-            case 1: block(xm, W, b, ym, 1, N, K, n0, n1); break;
-            case 2: block(xm, W, b, ym, 2, N, K, n0, n1); break;
-            case 3: block(xm, W, b, ym, 3, N, K, n0, n1); break;
-            case 4: block(xm, W, b, ym, 4, N, K, n0, n1); break;
-            case 5: block(xm, W, b, ym, 5, N, K, n0, n1); break;
-            case 6: block(xm, W, b, ym, 6, N, K, n0, n1); break;
-            case 7: block(xm, W, b, ym, 7, N, K, n0, n1); break;
-            default: block(xm, W, b, ym, 8, N, K, n0, n1); break;
-            }
+        int64_t g0 = total * t / threads, g1 = total * (t + 1) / threads, start = 0;
+        for (int j = 0; j < nw; j++) {
+            int64_t lo = g0 > start ? g0 : start, hi = g1 < start + N[j] ? g1 : start + N[j];
+            if (lo < hi)
+                rows(x, W[j], b[j], y + start, M, (int)total, K, (int)(lo - start),
+                     (int)(hi - start));
+            start += N[j];
         }
     }
 }
@@ -148,9 +164,13 @@ def _library():
         return None
     fn = lib.row_linear
     p, i = ctypes.c_void_p, ctypes.c_int
-    fn.argtypes = [p, p, p, p, i, i, i, i]
+    fn.argtypes = [p, p, p, p, i, p, i, i, i]
     fn.restype = None
     return fn
+
+
+_POINTERS = [ctypes.c_void_p * n for n in range(9)]
+_INTS = [ctypes.c_int * n for n in range(9)]
 
 
 def row_kernel_available() -> bool:
@@ -166,25 +186,36 @@ def row_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     :func:`torch.nn.functional.linear` when the kernel is unavailable or the inputs are not
     plain float32 CPU tensors.
     """
+    return row_linears(x, [weight], [bias])
+
+
+def row_linears(
+    x: Tensor, weights: list[Tensor], biases: list[Tensor | None] | None = None
+) -> Tensor:
+    """``x`` times several weights that share it (q/k/v, gate/up) in one kernel call:
+    ``cat([x @ W_j.T + b_j for j], -1)`` as ``(..., sum N_j)``, without concatenating the
+    weights. At most 8 weights; the same fallback as :func:`row_linear`."""
     fn = _library()
+    biases = [None] * len(weights) if biases is None else biases
+    tensors = [x, *weights, *(b for b in biases if b is not None)]
     if (
         fn is None
-        or x.dtype != torch.float32
-        or weight.dtype != torch.float32
-        or x.device.type != "cpu"
-        or weight.device.type != "cpu"
-        or (bias is not None and bias.dtype != torch.float32)
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad)))
-    ):  # fmt: skip
-        return torch.nn.functional.linear(x, weight, bias)
+        or not 1 <= len(weights) <= 8
+        or any(w.dim() != 2 or w.shape[1] != x.shape[-1] for w in weights)
+        or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors)
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    ):
+        outs = [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases, strict=True)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     K = x.shape[-1]
     x2 = x.reshape(-1, K).contiguous()
-    w = weight.detach().contiguous()
-    b = None if bias is None else bias.detach().contiguous()
-    M, N = x2.shape[0], w.shape[0]
-    y = torch.empty((M, N), dtype=torch.float32)
-    if M and N:
-        fn(x2.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
-           M, N, K, torch.get_num_threads())  # fmt: skip
-    return y.reshape(*x.shape[:-1], N)
+    ws = [w.detach().contiguous() for w in weights]
+    bs = [None if b is None else b.detach().contiguous() for b in biases]
+    M, n = x2.shape[0], len(ws)
+    sizes = [w.shape[0] for w in ws]
+    y = torch.empty((M, sum(sizes)), dtype=torch.float32)
+    if M and sum(sizes):
+        fn(x2.data_ptr(), _POINTERS[n](*[w.data_ptr() for w in ws]),
+           _POINTERS[n](*[None if b is None else b.data_ptr() for b in bs]), _INTS[n](*sizes), n,
+           y.data_ptr(), M, K, torch.get_num_threads())  # fmt: skip
+    return y.reshape(*x.shape[:-1], sum(sizes))

@@ -122,7 +122,7 @@ def offload_copy(model: nn.Module, directory: str | os.PathLike | None = None) -
     # Decoder blocks first, each contiguous in the file, then everything not yet placed. Blocks
     # that share parameters with each other (ALBERT-style) are not streamed.
     originals = _blocks(model)
-    block_params = [id(p) for block in originals for p in block.parameters(remove_duplicate=False)]
+    block_params = [id(p) for block in originals for p in block.parameters()]
     if len(block_params) != len(set(block_params)):
         originals, state.blocks = [], []
     for block in originals:

@@ -13,8 +13,9 @@ the same computation on the model's own weights (no copy) with
 * GQA through ``scaled_dot_product_attention(enable_gqa=True)`` (no repeated K/V).
 
 It supports the plain decoder-only architectures (``model_type`` llama, mistral, qwen2 — SmolLM2
-is a Llama), bare or with peft LoRA adapters on their linear layers (applied unmerged, as peft's
-eval-mode forward does: ``base(x) + scaling * B(A(x))``); :func:`fast_decoder` returns ``None``
+is a Llama), bare or with peft LoRA adapters on their linear layers (with the fast kernels the
+updates are merged into a per-call copy of each adapted weight, ``W + scaling * B A``; otherwise
+applied unmerged, as peft's eval-mode forward does); :func:`fast_decoder` returns ``None``
 for anything else (DoRA and other LoRA variants, adapters on embeddings, quantized layers) and the
 rollout engine then drives the model's own ``forward``. Outputs equal the model's forward to
 float32 round-off (tested against it, with left padding, on tiny random models).

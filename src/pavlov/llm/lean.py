@@ -28,16 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pavlov.llm.kernels import onednn_available
+from pavlov.llm.kernels import dnn_linear, onednn_available
 
 __all__ = ["lean_blocks"]
 
 
 def _mm(x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ weight.T`` for 2-D ``x``, through oneDNN when this build has it."""
-    if onednn_available():
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    return F.linear(x, weight)
+    """``x @ weight.T`` (autograd is off inside the functions below): oneDNN when available."""
+    return dnn_linear(x, weight) if onednn_available() else F.linear(x, weight)
 
 
 class _SwiGLU(torch.autograd.Function):

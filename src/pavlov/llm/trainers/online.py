@@ -171,7 +171,7 @@ class OnlineConfig(TrainConfig):
     offload_reference: bool = True
     """Full fine-tuning on CPU: keep the frozen reference copy in a file and read it back for
     its one forward per step (:mod:`pavlov.llm.offload`, same outputs): its memory (538 MB for a
-    135M float32 model) then no longer adds to the update's peak, for ~0.1 s a step. (With LoRA
+    135M float32 model) then no longer adds to the update's peak, for ~0.1-0.2 s a step. (With LoRA
     there is no copy: the reference is the policy with adapters off.)"""
 
     def __post_init__(self) -> None:

@@ -82,8 +82,46 @@ def test_logits_equal_the_models_forward(arch, packing):
         full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
         ref = model(input_ids=full_ids, attention_mask=full_mask,
                     position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    # with the native kernel the decode steps ran as one C call per step
+    assert (dec.native is not None) == (packing == "native")
     for t, logits in enumerate(got):
         torch.testing.assert_close(logits, ref[:, P - 1 + t], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_one_call_c_step_equals_the_per_op_step(arch):
+    """The C decode step (:class:`pavlov.llm.native.DecodeLayers`) against the same decoder's
+    torch ops, token by token, caches included."""
+    if not row_kernel_available():
+        pytest.skip("no C compiler / AVX2 here")
+    model = MODELS[arch]()
+    ids, mask = batch()
+    B, P = ids.shape
+    extra = torch.randint(3, V, (B, 7), generator=torch.Generator().manual_seed(5))
+    fused, ops = fast_decoder(model, B, P + 7), fast_decoder(model, B, P + 7)
+    with torch.no_grad():
+        for dec in (fused, ops):
+            dec.linear.kernel = "native"
+            dec.prefill(ids, mask, position_ids_from_mask(mask))
+        assert fused.native is not None
+        ops.native = None
+        for t in range(7):
+            torch.testing.assert_close(fused.step(extra[:, t]), ops.step(extra[:, t]),
+                                       rtol=1e-5, atol=1e-5)  # fmt: skip
+    for a, b in zip(fused.k + fused.v, ops.k + ops.v, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_c_step_is_skipped_for_other_activations():
+    model = tiny_random_lm("llama", V, 0)
+    model.config.hidden_act = "gelu"
+    for layer in model.model.layers:
+        layer.mlp.act_fn = torch.nn.GELU()
+    ids, mask = batch()
+    dec = fast_decoder(model, ids.shape[0], ids.shape[1] + 3)
+    with torch.no_grad():
+        dec.prefill(ids, mask, position_ids_from_mask(mask))
+    assert dec.native is None
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

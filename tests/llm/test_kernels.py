@@ -3,6 +3,8 @@ the gradients PyTorch's defaults give (to float32 round-off), and be undone on e
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -69,12 +71,12 @@ def test_patches_are_undone_and_untied_embeddings_stay_dense():
         assert ("forward" in q.__dict__) == onednn_available()
     assert "forward" not in q.__dict__
     with sparse_tied_embedding(model) as applied:
-        assert applied and model.get_input_embeddings().sparse
-    assert not model.get_input_embeddings().sparse
+        assert applied and "forward" in model.get_input_embeddings().__dict__
+    assert "forward" not in model.get_input_embeddings().__dict__
     untied = tiny_random_lm("llama", 97)  # LlamaConfig does not tie by default
     assert untied.get_input_embeddings().weight is not untied.get_output_embeddings().weight
     with sparse_tied_embedding(untied) as applied:
-        assert not applied and not untied.get_input_embeddings().sparse
+        assert not applied and "forward" not in untied.get_input_embeddings().__dict__
 
 
 def test_heap_compaction_is_auto_for_full_fp32_offline_training_only():
@@ -114,3 +116,54 @@ def test_precision_auto_picks_bf16_only_where_bf16_matmuls_are_fast(monkeypatch)
     with pytest.warns(RuntimeWarning, match="without AVX-512"), autocast("bf16"):
         assert torch.is_autocast_enabled("cpu")
     common._warn_slow_bf16.cache_clear()
+
+
+class _Tied(torch.nn.Module):
+    """Embedding -> tanh -> output projection sharing the embedding's weight."""
+
+    def __init__(self, padding_idx=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(11, 4, padding_idx=padding_idx)
+        self.out = torch.nn.Linear(4, 11, bias=False)
+        self.out.weight = self.emb.weight
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def get_output_embeddings(self):
+        return self.out
+
+    def forward(self, ids, project=True):
+        h = torch.tanh(self.emb(ids))
+        return (self.out(h).log_softmax(-1)[..., 0] if project else h).pow(2).sum()
+
+
+@pytest.mark.parametrize("padding_idx", [None, 3])
+@pytest.mark.parametrize("project", [True, False])
+def test_tied_embedding_gradient_added_in_place_equals_autograds(padding_idx, project):
+    """Same ``.grad`` as plain autograd: with and without the projection in the loss (the
+    lookup's rows then land in a fresh zero gradient), with a padding row (no gradient), and
+    accumulated over two backward passes."""
+    model = _Tied(padding_idx)
+    ids = torch.tensor([[1, 3, 3, 7], [3, 0, 10, 1]])
+    expected = []
+    for patched in (False, True):
+        model.zero_grad(set_to_none=True)
+        with sparse_tied_embedding(model) if patched else contextlib.nullcontext(False) as on:
+            assert on == patched
+            for _ in range(2):
+                model(ids, project).backward()
+        expected.append(model.emb.weight.grad.clone())
+    torch.testing.assert_close(expected[1], expected[0], rtol=1e-6, atol=1e-7)
+    if padding_idx is not None:
+        assert not project or expected[1][padding_idx].abs().sum() > 0  # projection's part only
+        if not project:
+            assert expected[1][padding_idx].abs().sum() == 0
+
+
+@pytest.mark.filterwarnings("ignore:Using backward")
+def test_tied_embedding_refuses_create_graph():
+    model = _Tied()
+    with sparse_tied_embedding(model), pytest.raises(RuntimeError, match="create_graph"):
+        model(torch.tensor([[1, 2, 5]])).backward(create_graph=True)

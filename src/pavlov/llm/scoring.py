@@ -230,8 +230,9 @@ def _score(
         if head is not None:
             keep = mask[rows]
             logp, ent = projected_logprobs(  # head: its own (maybe oneDNN) kernel forward
-                final[keep], head.weight, targets[rows][keep], head.bias, temperature, head
-            )
+                final[keep], head.weight, targets[rows][keep], head.bias, temperature, head,
+                with_entropy=with_entropy,
+            )  # fmt: skip
             logp_parts.append(logp.new_zeros(keep.shape).masked_scatter(keep, logp))
             if with_entropy:
                 ent_parts.append(ent.new_zeros(keep.shape).masked_scatter(keep, ent))

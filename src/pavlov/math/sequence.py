@@ -117,7 +117,8 @@ def projected_logprobs(
     bias: Tensor | None = None,
     temperature: float = 1.0,
     project: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[Tensor, Tensor]:
+    with_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Log-probs of chosen tokens and the entropy of each next-token distribution, computed from
     final hidden states and the output projection in one fused step.
 
@@ -138,10 +139,13 @@ def projected_logprobs(
         project: optional ``hidden -> hidden @ weight.T + bias`` for the forward pass (e.g. the
             ``lm_head`` module itself, when it runs a faster kernel than ``@``); it must compute
             exactly that product with these ``weight`` and ``bias``, which the backward uses.
+        with_entropy: False returns ``None`` for the entropy; with no gradient to compute either
+            (a reference model's pass) only ``z[index] - logsumexp(z)`` is computed then,
+            skipping the ``(R, V)`` softmax (a third of the projection's time at V = 49152).
 
     Returns:
-        ``(logp, entropy)``, both ``(R,)``, float32 for 16-bit inputs; ``logp`` is differentiable in
-        ``hidden``, ``weight`` and ``bias``.
+        ``(logp, entropy)``, both ``(R,)`` (``entropy`` None without ``with_entropy``), float32
+        for 16-bit inputs; ``logp`` is differentiable in ``hidden``, ``weight`` and ``bias``.
     """
     if hidden.dim() != 2 or index.shape != hidden.shape[:1]:
         raise ValueError(
@@ -150,7 +154,22 @@ def projected_logprobs(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return _ProjectedLogProbs.apply(hidden, weight, bias, index, float(temperature), project)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    if not with_entropy and not grad:
+        z = hidden @ weight.t() if project is None else project(hidden)  # (R, V)
+        if z.dtype in _UPCAST:
+            z = z.float()
+        if bias is not None and project is None:
+            z += bias
+        if temperature != 1.0:
+            z /= temperature
+        return z.gather(-1, index[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1), None
+    logp, entropy = _ProjectedLogProbs.apply(
+        hidden, weight, bias, index, float(temperature), project
+    )
+    return logp, entropy if with_entropy else None
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor:

@@ -98,6 +98,35 @@ def test_heap_compaction_is_auto_for_full_fp32_offline_training_only():
         assert not applied
 
 
+def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
+    import sys
+
+    from pavlov.llm.trainers import common
+    from pavlov.llm.trainers.common import reuse_heap
+    from pavlov.llm.trainers.online import OnlineConfig, _heap_policy
+
+    linux = sys.platform.startswith("linux")
+    model = tiny_random_lm("llama", 97)
+    with reuse_heap(True) as applied:
+        assert applied == linux
+        big = torch.ones(40 * 2**20 // 4)  # 40 MiB: from the heap now (mmap'd by default)
+        assert big.sum().item() == big.numel()
+    with reuse_heap(False) as applied:
+        assert not applied
+    calls = []
+    monkeypatch.setattr(common, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
+    for cfg, first in [
+        (OnlineConfig(), (common.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
+        (OnlineConfig(compact_heap=True), (common.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
+    ]:
+        calls.clear()
+        with _heap_policy(cfg, model) as applied:
+            assert applied and calls[0] == first
+    calls.clear()
+    with _heap_policy(OnlineConfig(reuse_heap=False), model) as applied:
+        assert not applied and not calls
+
+
 def test_precision_auto_picks_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
     from pavlov.llm.trainers import common
     from pavlov.llm.trainers.common import TrainConfig, autocast, heap_compaction

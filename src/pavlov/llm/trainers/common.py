@@ -182,7 +182,8 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # where glibc's adaptive threshold ends up (64-bit)
 
 
@@ -229,6 +230,38 @@ def compact_heap(enabled: bool = True, threshold: int = 64 * 1024) -> Iterator[b
     finally:
         if applied:
             _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+
+
+@contextlib.contextmanager
+def reuse_heap(enabled: bool = True, limit: int = 1 << 30) -> Iterator[bool]:
+    """Within the block, ask glibc to serve allocations below ``limit`` bytes from its heap and
+    to keep freed memory there (no ``mmap`` per large tensor, no trimming); yields whether that
+    was applied (False off glibc or when not ``enabled``).
+
+    Why: an online RL step allocates and frees the same large tensors every step (the tied
+    LM head's 113 MB gradient, (R, V) softmax buffers, activations). glibc maps each block
+    above 32 MiB afresh and returns the heap's top beyond 64 MiB on ``free``, so every step
+    page-faults them in again: 185K minor faults (~720 MB) a step of the fp32 GRPO benchmark,
+    ~0 with this; its step went from 7.3 to 6.6 s, peak RSS up 50 MB (2.76 -> 2.81 GB). On exit
+    the thresholds go back to 32 MiB / 64 MiB (where glibc's adaptive ones settle) and the
+    heap is trimmed.
+    """
+    applied = enabled and _mallopt(M_MMAP_THRESHOLD, limit) and _mallopt(M_TRIM_THRESHOLD, limit)
+    try:
+        yield applied
+    finally:
+        if applied:
+            _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+            _mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
+            _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def disable_dropout(model: nn.Module) -> None:

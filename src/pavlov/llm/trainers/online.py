@@ -67,6 +67,7 @@ from pavlov.llm.trainers.common import (
     make_optimizer,
     make_scheduler,
     maybe_lora,
+    reuse_heap,
     seed_all,
     set_rng_state,
 )
@@ -173,6 +174,11 @@ class OnlineConfig(TrainConfig):
     its one forward per step (:mod:`pavlov.llm.offload`, same outputs): its memory (538 MB for a
     135M float32 model) then no longer adds to the update's peak, for ~0.1-0.2 s a step. (With LoRA
     there is no copy: the reference is the policy with adapters off.)"""
+    reuse_heap: bool = True
+    """On glibc (Linux), keep freed memory in the heap from one step to the next instead of
+    returning it to the OS and faulting it in again (:func:`~pavlov.llm.trainers.common.
+    reuse_heap`): fp32 GRPO benchmark 7.3 -> 6.6 s a step, peak RSS +50 MB. Not applied when
+    ``compact_heap`` is on (the opposite trade: least memory, slowest)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -548,7 +554,7 @@ def train_online(
     log, t0, start = MetricLog(run, cfg.log_every), time.perf_counter(), step
     model.train()
     with (
-        compact_heap(heap_compaction(cfg, model, online=True)),
+        _heap_policy(cfg, model),
         fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
         ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar,
     ):
@@ -639,6 +645,14 @@ def train_online(
 
 def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+def _heap_policy(cfg: OnlineConfig, model: nn.Module) -> contextlib.AbstractContextManager:
+    """glibc heap policy of the run: compact (``compact_heap``), reuse (``reuse_heap``) or the
+    default."""
+    if heap_compaction(cfg, model, online=True):
+        return compact_heap(True)
+    return reuse_heap(cfg.reuse_heap)
 
 
 def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_off: bool):

@@ -79,7 +79,8 @@ class TrainConfig:
     frozen weights are re-cast every op and each cast would be freshly page-faulted (1.6x slower
     steps measured), and off for the online trainers, whose generate / reference / learn phases
     allocate ~2 GB of short-lived tensors per step (fp32 GRPO 8.9 -> 10.7 s a step with it, on
-    a VM where a fresh page costs 1.6 us). See :func:`compact_heap`."""
+    a VM where a fresh page costs 1.6 us): they keep freed memory for the next step instead
+    (``OnlineConfig.reuse_heap``). See :func:`compact_heap`."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""

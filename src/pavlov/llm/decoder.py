@@ -307,7 +307,8 @@ class LlamaDecoder:
             return None
         if cos.dtype != torch.float32 or self.heads % self.kv_heads or self.head_dim % 2:
             return None
-        if getattr(self.model.config, "hidden_act", None) not in ("silu", "swish"):
+        acts = {type(getattr(layer.mlp, "act_fn", None)).__name__ for layer in self.layers}
+        if not acts <= {"SiLU", "SiLUActivation"}:  # what each MLP actually applies
             return None
         norms = [n for layer in self.layers
                  for n in (layer.input_layernorm, layer.post_attention_layernorm)]  # fmt: skip

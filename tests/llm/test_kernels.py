@@ -11,9 +11,9 @@ import torch
 from pavlov.llm.kernels import (
     dnn_linear,
     fast_kernels,
+    inplace_tied_embedding,
     onednn_available,
     onednn_linears,
-    sparse_tied_embedding,
 )
 from pavlov.llm.scoring import score_tokens
 from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
@@ -70,12 +70,12 @@ def test_patches_are_undone_and_untied_embeddings_stay_dense():
     with onednn_linears(model):
         assert ("forward" in q.__dict__) == onednn_available()
     assert "forward" not in q.__dict__
-    with sparse_tied_embedding(model) as applied:
+    with inplace_tied_embedding(model) as applied:
         assert applied and "forward" in model.get_input_embeddings().__dict__
     assert "forward" not in model.get_input_embeddings().__dict__
     untied = tiny_random_lm("llama", 97)  # LlamaConfig does not tie by default
     assert untied.get_input_embeddings().weight is not untied.get_output_embeddings().weight
-    with sparse_tied_embedding(untied) as applied:
+    with inplace_tied_embedding(untied) as applied:
         assert not applied and "forward" not in untied.get_input_embeddings().__dict__
 
 
@@ -179,7 +179,7 @@ def test_tied_embedding_gradient_added_in_place_equals_autograds(padding_idx, pr
     expected = []
     for patched in (False, True):
         model.zero_grad(set_to_none=True)
-        with sparse_tied_embedding(model) if patched else contextlib.nullcontext(False) as on:
+        with inplace_tied_embedding(model) if patched else contextlib.nullcontext(False) as on:
             assert on == patched
             for _ in range(2):
                 model(ids, project).backward()
@@ -194,5 +194,5 @@ def test_tied_embedding_gradient_added_in_place_equals_autograds(padding_idx, pr
 @pytest.mark.filterwarnings("ignore:Using backward")
 def test_tied_embedding_refuses_create_graph():
     model = _Tied()
-    with sparse_tied_embedding(model), pytest.raises(RuntimeError, match="create_graph"):
+    with inplace_tied_embedding(model), pytest.raises(RuntimeError, match="create_graph"):
         model(torch.tensor([[1, 2, 5]])).backward(create_graph=True)

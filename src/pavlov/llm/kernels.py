@@ -26,11 +26,11 @@ __all__ = [
     "can_pack",
     "dnn_linear",
     "fast_kernels",
+    "inplace_tied_embedding",
     "onednn_available",
     "onednn_linears",
     "pack_weight",
     "packed_linear",
-    "sparse_tied_embedding",
 ]
 
 
@@ -148,7 +148,7 @@ def _add_rows(weight: Tensor, ids: Tensor, padding_idx: int | None, grad: Tensor
 
 def _tied_lookup(self: nn.Embedding, ids: Tensor) -> Tensor:
     """``F.embedding`` off the autograd graph of the weight: the output is a leaf whose
-    gradient a hook adds into ``weight.grad`` (see :func:`sparse_tied_embedding`)."""
+    gradient a hook adds into ``weight.grad`` (see :func:`inplace_tied_embedding`)."""
     x = F.embedding(ids, self.weight.detach(), self.padding_idx)
     if torch.is_grad_enabled() and self.weight.requires_grad:
         x.requires_grad_(True)
@@ -157,7 +157,7 @@ def _tied_lookup(self: nn.Embedding, ids: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def sparse_tied_embedding(model: nn.Module) -> Iterator[bool]:
+def inplace_tied_embedding(model: nn.Module) -> Iterator[bool]:
     """Within the block, a trainable input embedding that shares its weight with the output
     projection (SmolLM2, GPT-2, ...) adds its gradient rows into that weight's ``.grad`` in
     place; yields whether it applied.
@@ -199,7 +199,7 @@ def sparse_tied_embedding(model: nn.Module) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = True):
-    """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`sparse_tied_embedding`
+    """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`inplace_tied_embedding`
     and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.lean.lean_blocks` on ``policy``,
     for a training loop; nothing when ``enabled`` is false."""
     from pavlov.llm.lean import lean_blocks  # lean uses this module's oneDNN helpers
@@ -207,6 +207,6 @@ def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = T
     with contextlib.ExitStack() as stack:
         if enabled:
             stack.enter_context(onednn_linears(policy, *others))
-            stack.enter_context(sparse_tied_embedding(policy))
+            stack.enter_context(inplace_tied_embedding(policy))
             stack.enter_context(lean_blocks(policy))
         yield

@@ -68,20 +68,27 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = 512) 
     return result.reshape(index.shape)
 
 
+def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float,
+            project: Callable[[Tensor], Tensor] | None) -> Tensor:  # fmt: skip
+    """``(hidden W^T + b) / temperature`` as float32 ``(R, V)`` (even when autocast computed the
+    product in bf16); a fresh tensor the callers may modify in place."""
+    z = hidden @ weight.t() if project is None else project(hidden)
+    if z.dtype in _UPCAST:
+        z = z.float()
+    if bias is not None and project is None:
+        z += bias
+    if temperature != 1.0:
+        z /= temperature
+    return z
+
+
 class _ProjectedLogProbs(torch.autograd.Function):
     """Token log-probs and entropies straight from final hidden states and the vocabulary
     projection, with a hand-written backward (see :func:`projected_logprobs`)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, index, temperature, project):  # type: ignore[override]
-        # (R, V) logits; float32 even when autocast computed them in bf16
-        z = hidden @ weight.t() if project is None else project(hidden)
-        if z.dtype in _UPCAST:
-            z = z.float()
-        if bias is not None and project is None:
-            z += bias
-        if temperature != 1.0:
-            z /= temperature
+        z = _logits(hidden, weight, bias, temperature, project)  # (R, V)
         lse = torch.logsumexp(z, dim=-1)  # (R,)
         logp = z.gather(-1, index[:, None]).squeeze(-1) - lse
         log_p = z.sub_(lse[:, None])  # in place: z is now log softmax
@@ -158,13 +165,7 @@ def projected_logprobs(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
     if not with_entropy and not grad:
-        z = hidden @ weight.t() if project is None else project(hidden)  # (R, V)
-        if z.dtype in _UPCAST:
-            z = z.float()
-        if bias is not None and project is None:
-            z += bias
-        if temperature != 1.0:
-            z /= temperature
+        z = _logits(hidden, weight, bias, temperature, project)  # (R, V)
         return z.gather(-1, index[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1), None
     logp, entropy = _ProjectedLogProbs.apply(
         hidden, weight, bias, index, float(temperature), project

@@ -14,8 +14,8 @@ less at the peak of a GRPO update over 8 x 50 tokens. The forward runs the same 
 same order (bitwise the same outputs); gradients equal autograd's to float32 round-off (tested).
 
 Applies to float32 CPU tensors outside autocast with gradients on; anything else runs the
-module's own forward. Matmuls go through oneDNN when available, as :mod:`pavlov.llm.kernels`
-does (forward ``x W^T`` and input gradient ``g W``; weight gradients ``g^T x`` on MKL).
+module's own forward. Matmuls are split as in :mod:`pavlov.llm.kernels`: forward ``x W^T``
+through oneDNN when available, input gradients ``g W`` and weight gradients ``g^T x`` on MKL.
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ class _SwiGLU(torch.autograd.Function):
         gy = gy.contiguous()
         sig = torch.sigmoid(g)
         act = g * sig  # silu(g)
-        gh = _mm(gy, wd.t())  # dL/d(silu(g) * u), (N, I)
+        gh = gy @ wd  # dL/d(silu(g) * u), (N, I); input gradients on MKL (see kernels)
         grad_wd = gy.t() @ (act * u) if need_d else None
         gu = gh * act
         gg = gh.mul_(u).mul_(sig * (1 + g * (1 - sig)))  # silu'(g) = s (1 + g (1 - s))
-        grad_x = _mm(gg, wg.t()).add_(_mm(gu, wu.t())) if need_x else None
+        grad_x = torch.addmm(gg @ wg, gu, wu) if need_x else None  # gg Wg + gu Wu
         grad_wg = gg.t() @ x if need_g else None
         grad_wu = gu.t() @ x if need_u else None
         return grad_x, grad_wg, grad_wu, grad_wd

@@ -42,6 +42,16 @@ def llama_with_lora():
     return model.eval()
 
 
+def llama_with_large_gates():
+    """Gate pre-activations far into both tails of the SiLU (|g| up to ~100): the C step's
+    vectorised exp must saturate as the exact one does."""
+    model = tiny_random_lm("llama", V, 0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate_proj.weight.mul_(400.0)
+    return model.eval()
+
+
 MODELS = {
     "llama": lambda: tiny_random_lm("llama", V, 0),
     "qwen2": qwen2_with_bias,
@@ -89,12 +99,40 @@ def test_logits_equal_the_models_forward(arch, packing):
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
+def test_repeated_prompts_share_one_prefill(arch, packing, monkeypatch):
+    """G completions per prompt (GRPO): the prefill runs each distinct prompt once and copies
+    its caches; every row's logits still equal the model's forward."""
+    model = MODELS[arch]()
+    ids, mask = batch(lengths=(5, 9, 3))
+    order = torch.tensor([0, 1, 0, 2, 1, 0])
+    ids, mask = ids[order], mask[order]
+    B, P = ids.shape
+    rows = []
+    real = decoder_module.LlamaDecoder._prefill
+    monkeypatch.setattr(decoder_module.LlamaDecoder, "_prefill",
+                        lambda self, i, *a: rows.append(len(i)) or real(self, i, *a))  # fmt: skip
+    extra = torch.randint(3, V, (B, 4), generator=torch.Generator().manual_seed(7))
+    dec = fast_decoder(model, B, P + 4)
+    with torch.no_grad():
+        got = [dec.prefill(ids, mask, position_ids_from_mask(mask))]
+        got += [dec.step(extra[:, t]) for t in range(3)]
+        full_ids = torch.cat([ids, extra], dim=1)
+        full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
+        ref = model(input_ids=full_ids, attention_mask=full_mask,
+                    position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    assert rows == [3]
+    assert (dec.native is not None) == (packing == "native")
+    for t, logits in enumerate(got):
+        torch.testing.assert_close(logits, ref[:, P - 1 + t], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", [*sorted(MODELS), "llama-large-gates"])
 def test_one_call_c_step_equals_the_per_op_step(arch):
     """The C decode step (:class:`pavlov.llm.native.DecodeLayers`) against the same decoder's
     torch ops, token by token, caches included."""
     if not row_kernel_available():
         pytest.skip("no C compiler / AVX2 here")
-    model = MODELS[arch]()
+    model = llama_with_large_gates() if arch == "llama-large-gates" else MODELS[arch]()
     ids, mask = batch()
     B, P = ids.shape
     extra = torch.randint(3, V, (B, 7), generator=torch.Generator().manual_seed(5))

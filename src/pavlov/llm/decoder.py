@@ -11,6 +11,8 @@ the same computation on the model's own weights (no copy) with
 * rotary tables for all ``P + T`` positions computed once by the model's own ``rotary_emb``
   (so every RoPE scaling variant the model supports is honoured);
 * GQA through ``scaled_dot_product_attention(enable_gqa=True)`` (no repeated K/V);
+* one prefill per distinct prompt: rows that repeat a prompt (GRPO's G completions per prompt)
+  get copies of its caches (0.32 -> 0.20 s for 2 prompts x 4 on SmolLM2);
 * with the native row kernel (float32 on an AVX2 CPU), each one-token step through all layers
   as a single C call (:class:`pavlov.llm.native.DecodeLayers`: SiLU MLPs, RMSNorms, RoPE,
   attention over the cache), which removed ~20 ms of per-op dispatch from a ~85 ms step of
@@ -264,6 +266,26 @@ class LlamaDecoder:
             raise ValueError(
                 f"prefill of {tuple(ids.shape)} does not fit ({self.batch}, {self.length})"
             )
+        # Rows with the same prompt (GRPO/RLOO sample G completions per prompt) share one
+        # prefill: run the distinct prompts, then copy their caches to every row that has them.
+        rows = torch.cat([ids, mask.to(ids.dtype), positions.to(ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if len(distinct) < len(rows):
+            one = inverse.new_empty(len(distinct))  # a row of each distinct prompt (any one)
+            one.scatter_(0, inverse, torch.arange(len(rows), device=ids.device))
+            logits = self._prefill(ids[one], mask[one], positions[one])
+            self.k = [k.index_select(0, inverse) for k in self.k]
+            self.v = [v.index_select(0, inverse) for v in self.v]
+            self.cos, self.sin = self.cos[inverse], self.sin[inverse]
+            self.keys = self.keys[inverse]
+            logits = logits[inverse]
+        else:
+            logits = self._prefill(ids, mask, positions)
+        self.native = self._native_layers(self.keys[:, 0, 0], self.cos[:, 0], self.sin[:, 0])
+        return logits
+
+    def _prefill(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        """:meth:`prefill` for ``(b, P)`` prompts: fills the caches and tables of those rows."""
         B, P = ids.shape
         device = ids.device
         x = self.inner.embed_tokens(ids)  # (B, P, H)
@@ -281,9 +303,7 @@ class LlamaDecoder:
         causal = torch.ones((P, P), dtype=torch.bool, device=device).tril()
         attend = (causal & self.keys[..., :P]) | torch.eye(P, dtype=torch.bool, device=device)
         self.filled = 0
-        logits = self._forward(x, attend)  # allocates the caches
-        self.native = self._native_layers(keys, cos, sin)
-        return logits
+        return self._forward(x, attend)  # allocates the caches
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one ``(B,)`` token per row at the next column; returns ``(B, V)`` logits."""

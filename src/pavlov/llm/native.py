@@ -71,7 +71,8 @@ static inline float hsum(__m256 v) {
 static inline float dot(const float *a, const float *b, int D) {
     __m256 s = _mm256_setzero_ps();
     int d = 0;
-    for (; d + 8 <= D; d += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s);
+    for (; d + 8 <= D; d += 8)
+        s = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s);
     float r = hsum(s);
     for (; d < D; d++) r += a[d] * b[d];
     return r;
@@ -93,7 +94,8 @@ static inline __m256 exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    e = _mm256_slli_epi32(e, 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 

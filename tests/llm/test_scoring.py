@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pavlov.llm import scoring
+from pavlov.llm.models import LoraSpec, apply_lora
 from pavlov.llm.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
-from pavlov.llm.scoring import sequence_logprob, token_logprobs, token_logprobs_and_entropy
+from pavlov.llm.scoring import (
+    score_tokens,
+    sequence_logprob,
+    token_logprobs,
+    token_logprobs_and_entropy,
+)
 from pavlov.llm.tiny import tiny_random_lm
 from pavlov.math.policy import categorical_entropy
 
@@ -136,6 +143,53 @@ def test_gradients_flow_to_parameters():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def grouped_batch(seed=0):
+    """Three left-padded prompts repeated in a shuffled order (GRPO's G completions per
+    prompt), responses with pads after an EOS on two rows."""
+    g = torch.Generator().manual_seed(seed)
+    ids, mask = left_pad([torch.randint(3, V, (n,), generator=g) for n in (5, 9, 3)], 0)
+    order = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    ids, mask = ids[order], mask[order]
+    resp = torch.randint(3, V, (8, 6), generator=g)
+    rmask = torch.ones(8, 6, dtype=mask.dtype)
+    rmask[1, 4:], rmask[5, 2:] = 0, 0
+    return torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1), ids.shape[1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-lora"])
+def test_shared_prompts_equal_the_full_forward(arch, monkeypatch):
+    """Each distinct prompt run once, its cache copied to the rows that repeat it: log-probs,
+    hidden states and parameter gradients equal the full forward's."""
+    if arch == "llama-lora":
+        model = apply_lora(tiny_model("llama", seed=4), LoraSpec(r=4, alpha=8, include_mlp=True))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.2)
+        model.eval()  # no adapter dropout: both passes must see the same function
+    else:
+        model = tiny_model(arch, seed=4)
+    ids, mask, start = grouped_batch()
+    calls = []
+    model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape),
+                                with_kwargs=True)  # fmt: skip
+    results = []
+    for share, minimum in ((True, 0), (False, 0), (True, 10**6)):
+        monkeypatch.setattr(scoring, "SHARE_MIN_ROWS", minimum)
+        model.zero_grad()
+        calls.clear()
+        out = score_tokens(model, ids, mask, start, hidden=True, share_prompts=share)
+        (out.logprobs.sum() + 0.01 * out.hidden.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((out.logprobs.detach(), out.hidden.detach(), grads, list(calls)))
+    shared, full, below = results
+    assert shared[3] == [(3, start), (8, ids.shape[1] - start)]  # 3 prompts, then 8 responses
+    assert full[3] == below[3] == [tuple(ids.shape)]  # one full forward (off / too few rows)
+    assert full[2].abs().max() > 0
+    for a, b in zip(shared[:3], full[:3], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_validation():

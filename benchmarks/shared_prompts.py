@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
                             times.setdefault(key, []).append(fn(share))
             finally:
                 scoring.SHARE_MIN_ROWS = default
+            saved = (len(ids) - args.prompts) * prompt_len
             row = {"prompt_len": prompt_len, "rows": len(ids), "completion": args.completion,
-                   "saved_rows": (len(ids) - args.prompts) * prompt_len,
-                   "used_by_default": (len(ids) - args.prompts) * prompt_len >= default}  # fmt: skip
+                   "saved_rows": saved, "used_by_default": saved >= default}  # fmt: skip
             row.update({k: round(statistics.median(v), 3) for k, v in times.items()})
             row["learn_ratio"] = round(row["learn_shared"] / row["learn_full"], 3)
             row["reference_ratio"] = round(row["reference_shared"] / row["reference_full"], 3)

@@ -196,3 +196,51 @@ def test_tied_embedding_refuses_create_graph():
     model = _Tied()
     with inplace_tied_embedding(model), pytest.raises(RuntimeError, match="create_graph"):
         model(torch.tensor([[1, 2, 5]])).backward(create_graph=True)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6, float("inf")])
+@pytest.mark.parametrize("fused", [True, False])
+def test_clip_gradients_folded_into_fused_adamw_equals_clip_then_step(max_norm, fused):
+    """The clip left to the fused AdamW's step (``grad_scale``) gives the parameters and moments
+    of ``clip_grad_norm_`` followed by the step; other optimizers are clipped in place."""
+    from pavlov.llm.trainers.common import clip_gradients
+
+    results = []
+    for ours in (True, False):
+        model = tiny_random_lm("llama", 97, 5).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=fused)
+        ids = torch.randint(3, 97, (2, 7), generator=torch.Generator().manual_seed(1))
+        norms = []
+        for _ in range(3):  # the scale is set again before every step
+            model(input_ids=ids, labels=ids).loss.backward()
+            if ours:
+                norms.append(clip_gradients(params, max_norm, opt))
+                assert (getattr(opt, "grad_scale", None) is not None) == fused
+            else:
+                norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        state = [t for p in params for t in (p.detach(), *opt.state[p].values()) if t.dim()]
+        results.append((torch.stack(norms), state))
+    (n1, s1), (n2, s2) = results
+    torch.testing.assert_close(n1, n2)
+    assert len(s1) == len(s2) > len(params)
+    for a, b in zip(s1, s2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    if max_norm == 1e-3:
+        assert n1.min() > max_norm  # the clip did act
+
+
+def test_clip_gradients_is_not_folded_when_the_optimizer_has_other_parameters():
+    from pavlov.llm.trainers.common import clip_gradients
+
+    model = tiny_random_lm("llama", 97, 5)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, fused=True)
+    model(input_ids=torch.tensor([[3, 4, 5]]), labels=torch.tensor([[3, 4, 5]])).loss.backward()
+    first = params[0].grad.clone()
+    norm = clip_gradients(params[1:], 1e-6, opt)  # a subset: scaling all in step would be wrong
+    assert getattr(opt, "grad_scale", None) is None
+    torch.testing.assert_close(params[0].grad, first)  # not part of the clipped set
+    assert norm > 0 and params[1].grad.norm() < 1e-5

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
@@ -295,6 +295,43 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # update of SmolLM2-135M's 134.5M parameters drops from ~1 s to ~0.12 s (same math).
     return torch.optim.AdamW(
         groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True
+    )
+
+
+def clip_gradients(
+    params: Sequence[Tensor], max_norm: float, optimizer: torch.optim.Optimizer | None = None
+) -> Tensor:
+    """What ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` does: returns the total L2 norm
+    of the gradients and scales them by ``min(1, max_norm / (norm + 1e-6))``.
+
+    With a fused Adam/AdamW that updates exactly ``params``, the scaling is left to its next
+    ``step()``: ``optimizer.grad_scale`` (the hook ``torch.amp.GradScaler`` uses) makes the fused
+    kernel divide each gradient by ``1 / min(1, ...)`` as it reads it, which saves a read and a
+    write of every gradient (~50 ms a step for SmolLM2-135M in float32 on 2 cores). Call it right
+    before that ``step()``, once per step (it overwrites the previous scale).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, 2.0)
+    if _fused_over(optimizer, params):
+        coef = torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)
+        optimizer.grad_scale = (1.0 / coef).reshape(()).to(torch.float32)  # type: ignore[union-attr]
+    else:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
+def _fused_over(optimizer: torch.optim.Optimizer | None, params: Sequence[Tensor]) -> bool:
+    """Whether ``optimizer`` is a fused Adam/AdamW on the CPU over exactly ``params``."""
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        return False
+    groups = optimizer.param_groups
+    if not all(g.get("fused") for g in groups):
+        return False
+    owned = [p for g in groups for p in g["params"]]
+    return (
+        all(p.device.type == "cpu" for p in owned)
+        and len(owned) == len(params)
+        and {id(p) for p in owned} == {id(p) for p in params}
     )
 
 

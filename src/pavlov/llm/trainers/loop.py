@@ -37,6 +37,7 @@ from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
     batch_plan,
+    clip_gradients,
     compact_heap,
     heap_compaction,
     make_optimizer,
@@ -141,7 +142,7 @@ def fit(
         while step < total:
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1)
+            metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -208,7 +209,12 @@ class MetricLog:
 
 
 def accumulate_gradients(
-    cfg: TrainConfig, task: Task, micro: list[list[int]], params: list, step: int
+    cfg: TrainConfig,
+    task: Task,
+    micro: list[list[int]],
+    params: list,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
     """Forward/backward over the micro-batches of one step; return weighted-mean metrics.
 
@@ -227,7 +233,7 @@ def accumulate_gradients(
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = clip_gradients(params, max_norm, optimizer)  # scaled in optimizer.step()
     check_finite("the gradient norm", grad_norm, step, hint=HINT)
     out = {f"train/{k}": v for k, v in sums.items()}
     out["train/grad_norm"] = float(grad_norm)

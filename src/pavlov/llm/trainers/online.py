@@ -61,6 +61,7 @@ from pavlov.llm.trainers.common import (
     check_choice,
     check_context,
     check_count,
+    clip_gradients,
     compact_heap,
     disable_dropout,
     heap_compaction,
@@ -696,7 +697,7 @@ def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, schedule
             check_finite("the loss", loss.detach(), step, hint=HINT)
             loss.backward()
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = clip_gradients(params, max_norm, optimizer)  # scaled in step()
             check_finite("the gradient norm", grad_norm, step, hint=HINT)
             optimizer.step()
             scheduler.step()

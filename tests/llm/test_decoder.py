@@ -77,21 +77,29 @@ def packing(request, monkeypatch):
     return kernel
 
 
+def decode_and_forward(model, ids, mask, extra):
+    """The decoder's logits for the prompts ``(B, P)`` and then each column of ``extra`` but the
+    last (prefill + steps), and the model's own forward over prompt + extra."""
+    B, P = ids.shape
+    dec = fast_decoder(model, B, P + extra.shape[1])
+    assert dec is not None
+    with torch.no_grad():
+        got = [dec.prefill(ids, mask, position_ids_from_mask(mask))]
+        got += [dec.step(extra[:, t]) for t in range(extra.shape[1] - 1)]
+        full_ids = torch.cat([ids, extra], dim=1)
+        full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
+        ref = model(input_ids=full_ids, attention_mask=full_mask,
+                    position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    return dec, got, ref
+
+
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_logits_equal_the_models_forward(arch, packing):
     model = MODELS[arch]()
     ids, mask = batch()
     B, P = ids.shape
     extra = torch.randint(3, V, (B, 6), generator=torch.Generator().manual_seed(3))
-    dec = fast_decoder(model, B, P + 6)
-    assert dec is not None
-    with torch.no_grad():
-        got = [dec.prefill(ids, mask, position_ids_from_mask(mask))]
-        got += [dec.step(extra[:, t]) for t in range(5)]
-        full_ids = torch.cat([ids, extra], dim=1)
-        full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
-        ref = model(input_ids=full_ids, attention_mask=full_mask,
-                    position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    dec, got, ref = decode_and_forward(model, ids, mask, extra)
     # with the native kernel the decode steps ran as one C call per step
     assert (dec.native is not None) == (packing == "native")
     for t, logits in enumerate(got):
@@ -112,14 +120,7 @@ def test_repeated_prompts_share_one_prefill(arch, packing, monkeypatch):
     monkeypatch.setattr(decoder_module.LlamaDecoder, "_prefill",
                         lambda self, i, *a: rows.append(len(i)) or real(self, i, *a))  # fmt: skip
     extra = torch.randint(3, V, (B, 4), generator=torch.Generator().manual_seed(7))
-    dec = fast_decoder(model, B, P + 4)
-    with torch.no_grad():
-        got = [dec.prefill(ids, mask, position_ids_from_mask(mask))]
-        got += [dec.step(extra[:, t]) for t in range(3)]
-        full_ids = torch.cat([ids, extra], dim=1)
-        full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
-        ref = model(input_ids=full_ids, attention_mask=full_mask,
-                    position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    dec, got, ref = decode_and_forward(model, ids, mask, extra)
     assert rows == [3]
     assert (dec.native is not None) == (packing == "native")
     for t, logits in enumerate(got):

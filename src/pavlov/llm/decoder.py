@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pavlov.llm.kernels import can_pack, dnn_linear, onednn_available, pack_weight, packed_linear
+from pavlov.llm.models import distinct_rows
 from pavlov.llm.native import (
     MAX_ROWS,
     DecodeLayers,
@@ -268,11 +269,9 @@ class LlamaDecoder:
             )
         # Rows with the same prompt (GRPO/RLOO sample G completions per prompt) share one
         # prefill: run the distinct prompts, then copy their caches to every row that has them.
-        rows = torch.cat([ids, mask.to(ids.dtype), positions.to(ids.dtype)], dim=1)
-        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        if len(distinct) < len(rows):
-            one = inverse.new_empty(len(distinct))  # a row of each distinct prompt (any one)
-            one.scatter_(0, inverse, torch.arange(len(rows), device=ids.device))
+        repeats = distinct_rows(torch.cat([ids, mask.to(ids.dtype), positions.to(ids.dtype)], 1))
+        if repeats is not None:
+            one, inverse = repeats
             logits = self._prefill(ids[one], mask[one], positions[one])
             self.k = [k.index_select(0, inverse) for k in self.k]
             self.v = [v.index_select(0, inverse) for v in self.v]

@@ -240,6 +240,19 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0) * mask
 
 
+def distinct_rows(rows: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Rows of ``rows`` ``(B, T)`` that occur more than once, as ``(one, inverse)``: ``rows[one]``
+    are the ``U`` distinct rows and ``rows[one][inverse] == rows``; None when all ``B`` differ.
+    (GRPO and RLOO batches repeat each prompt G times: the prefill and the scoring run each once.)
+    """
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(distinct) == len(rows):
+        return None
+    one = inverse.new_empty(len(distinct))  # a row index of each distinct row (any one)
+    one.scatter_(0, inverse, torch.arange(len(rows), device=rows.device))
+    return one, inverse
+
+
 def _pad(batch_ids, pad_id: int, left: bool) -> tuple[Tensor, Tensor, Tensor]:
     rows = _as_lists(batch_ids)
     width = max(len(r) for r in rows)

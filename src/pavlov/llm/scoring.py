@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pavlov.llm.models import distinct_rows
 from pavlov.llm.rollout import position_ids_from_mask
 from pavlov.math.masked import masked_mean, masked_sum
 from pavlov.math.policy import entropy
@@ -151,13 +152,13 @@ def _shared_prompt_states(
     distinct prompt (columns ``< start``) run once; None when no prompt repeats or the model
     does not return a key/value cache."""
     B, L = ids.shape
-    prompt = torch.cat([ids[:, :start], mask[:, :start].to(ids.dtype)], dim=1)
-    distinct, inverse = torch.unique(prompt, dim=0, return_inverse=True)
-    if (B - len(distinct)) * start < SHARE_MIN_ROWS or start == L:
+    repeats = distinct_rows(torch.cat([ids[:, :start], mask[:, :start].to(ids.dtype)], dim=1))
+    if repeats is None or start == L:
+        return None
+    one, inverse = repeats
+    if (B - len(one)) * start < SHARE_MIN_ROWS:
         return None
     name = _cache_argument(model)
-    one = inverse.new_empty(len(distinct))  # a row of each distinct prompt (any one)
-    one.scatter_(0, inverse, torch.arange(B, device=ids.device))
     head = model(
         input_ids=ids[one, :start], attention_mask=mask[one, :start],
         position_ids=positions[one, :start], use_cache=True, logits_to_keep=_NO_LOGITS,

@@ -696,8 +696,7 @@ def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, schedule
                 )  # fmt: skip
             check_finite("the loss", loss.detach(), step, hint=HINT)
             loss.backward()
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = clip_gradients(params, max_norm, optimizer)  # scaled in step()
+            grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in step()
             check_finite("the gradient norm", grad_norm, step, hint=HINT)
             optimizer.step()
             scheduler.step()

@@ -8,6 +8,7 @@ import torch
 
 from pavlov.llm import scoring
 from pavlov.llm.models import LoraSpec, apply_lora
+from pavlov.llm.offload import loaded, offload_copy
 from pavlov.llm.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
 from pavlov.llm.scoring import (
     score_tokens,
@@ -160,8 +161,9 @@ def grouped_batch(seed=0):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-lora"])
 def test_shared_prompts_equal_the_full_forward(arch, monkeypatch):
-    """Each distinct prompt run once, its cache copied to the rows that repeat it: log-probs,
-    hidden states and parameter gradients equal the full forward's."""
+    """Each distinct prompt run once, either packed with its responses into one row (block
+    mask) or with its cache copied to the rows that repeat it: log-probs, hidden states and
+    parameter gradients equal the full forward's."""
     if arch == "llama-lora":
         model = apply_lora(tiny_model("llama", seed=4), LoraSpec(r=4, alpha=8, include_mlp=True))
         with torch.no_grad():
@@ -175,21 +177,69 @@ def test_shared_prompts_equal_the_full_forward(arch, monkeypatch):
     calls = []
     model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape),
                                 with_kwargs=True)  # fmt: skip
+    packing_pays = scoring._packing_pays
     results = []
-    for share, minimum in ((True, 0), (False, 0), (True, 10**6)):
+    for share, pack, minimum in ((True, True, 0), (True, False, 0), (False, True, 0),
+                                 (True, False, 10**6)):  # fmt: skip
         monkeypatch.setattr(scoring, "SHARE_MIN_ROWS", minimum)
+        monkeypatch.setattr(scoring, "_packing_pays", packing_pays if pack else
+                            lambda *a: False)  # fmt: skip
         model.zero_grad()
         calls.clear()
         out = score_tokens(model, ids, mask, start, hidden=True, share_prompts=share)
         (out.logprobs.sum() + 0.01 * out.hidden.sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        assert torch.isfinite(grads).all()
         results.append((out.logprobs.detach(), out.hidden.detach(), grads, list(calls)))
-    shared, full, below = results
-    assert shared[3] == [(3, start), (8, ids.shape[1] - start)]  # 3 prompts, then 8 responses
+    packed, cached, full, below = results
+    # 3 prompts (lengths 5, 9, 3 padded to 9), each followed by its rows' 6-token responses: the
+    # first prompt has 3 rows, so 9 + 3 x 6 = 27 columns
+    assert packed[3] == [(3, start + 3 * 6)]
+    assert cached[3] == [(3, start), (8, ids.shape[1] - start)]  # 3 prompts, then 8 responses
     assert full[3] == below[3] == [tuple(ids.shape)]  # one full forward (off / too few rows)
     assert full[2].abs().max() > 0
-    for a, b in zip(shared[:3], full[:3], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for result in (packed, cached):
+        for a, b in zip(result[:3], full[:3], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_is_used_where_it_saves_work():
+    """The cost model packs short prompts with a few short responses (the GRPO benchmark's
+    2 prompts x 4 x (9 + 32) tokens on a SmolLM2-sized model) and long prompts with short
+    responses, but not many long responses (the masked attention over G x C columns would cost
+    more than the prompt rows saved), nor with a non-SDPA attention or rows longer than a
+    sliding window."""
+    from types import SimpleNamespace
+
+    def pays(B, U, start, n, attn="sdpa", window=None):
+        config = SimpleNamespace(_attn_implementation=attn, hidden_size=576,
+                                 num_attention_heads=9, sliding_window=window)  # fmt: skip
+        G = B // U
+        return scoring._packing_pays(SimpleNamespace(config=config), B, U, start, n,
+                                     start + G * n)  # fmt: skip
+
+    assert pays(8, 2, 9, 32)
+    assert pays(8, 2, 256, 32)
+    assert not pays(16, 1, 256, 256)
+    assert not pays(8, 2, 9, 32, attn="eager")
+    assert pays(8, 2, 9, 32, window=4096) and not pays(8, 2, 9, 32, window=32)
+    assert not pays(8, 2, 1, 2048)  # too little saved for a 4 x 2048-column score matrix
+
+
+def test_packed_scoring_of_an_offloaded_model_is_one_call():
+    """An offloaded reference (weights read back per call) packs its shared prompts into its
+    single forward, and gives the in-memory model's log-probs."""
+    model = tiny_model("llama", seed=5)
+    ids, mask, start = grouped_batch(1)
+    expected = score_tokens(model, ids, mask, start, share_prompts=False).logprobs
+    frozen = offload_copy(model)
+    calls = []
+    frozen.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape),
+                                 with_kwargs=True)  # fmt: skip
+    with torch.no_grad(), loaded(frozen):
+        got = score_tokens(frozen, ids, mask, start).logprobs
+    assert calls == [(3, start + 3 * 6)]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_validation():

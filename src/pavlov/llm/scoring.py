@@ -16,13 +16,22 @@ Which columns are the response (argument ``response``):
   pairs for DPO); the scored span starts at the first column where any row is true.
 
 Shared prompts: with an ``int`` start, rows that repeat a prompt (GRPO and RLOO score G
-completions per prompt) can run that prompt once: a first forward over the distinct prompts
-returns their key/value cache, which is copied to every row of the prompt, and a second forward
-runs the responses against it (``share_prompts``; used on the fused path when some prompt
-repeats and at least :data:`SHARE_MIN_ROWS` prompt rows are saved). Gradients reach the prompt
-positions through the copied keys and values, so values and gradients equal the full forward's
-to float32 round-off while the prompt columns are computed G times fewer (the shared-prefix
-forward of Prefix Grouper, Liu et al. 2025, for the same GRPO setting).
+completions per prompt) can run that prompt once (``share_prompts``, on the fused path). Two ways:
+
+* packed (the default where it pays): one forward over one row per distinct prompt holding the
+  prompt followed by all its responses, ``[prompt | response 1 | ... | response G]``, with a
+  block mask (each response sees the prompt and itself) and the rows' own position ids; token
+  rows ``B L -> U (P + G n)`` in one call. The masked attention spans ``P + G n`` columns, so it
+  is used while the projection rows saved outweigh the extra attention (:func:`_packing_pays`);
+* cached: a first forward over the distinct prompts returns their key/value cache, which is
+  copied to every row of the prompt, and a second forward runs the responses against it; used
+  when packing does not pay and at least :data:`SHARE_MIN_ROWS` prompt rows are saved (the
+  second call streams the weights again; never for an offloaded model).
+
+Either way gradients reach the prompt positions through their keys and values, so values and
+gradients equal the full forward's to float32 round-off while the prompt columns are computed
+G times fewer (the shared-prefix forward of Prefix Grouper, Liu et al. 2025, for the same GRPO
+setting).
 
 Results are ``(B, L - start)``, aligned with ``input_ids[:, start:]``, and 0 outside the
 response. Position ids are ``cumsum(attention_mask) - 1`` as in :func:`pavlov.llm.rollout.generate`,
@@ -38,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.llm.models import distinct_rows
+from pavlov.llm.offload import is_offloaded
 from pavlov.llm.rollout import position_ids_from_mask
 from pavlov.math.masked import masked_mean, masked_sum
 from pavlov.math.policy import entropy
@@ -140,22 +150,115 @@ length``, to be used: the extra forward call streams all the weights once more w
 forward cost), so short prompts (the 2 x 4 x 9-token GRPO benchmark saves 54 rows) measured no
 faster with it and long ones (hundreds of tokens, G = 8) save most of the prompt columns."""
 
+PACK_SCORE_BYTES = 256 * 2**20
+"""Largest float32 attention score matrix (all groups and heads) a packed forward may need."""
+
 # ``logits_to_keep`` as an empty index tensor: the LM head runs on no position (the fused path
 # projects the hidden states itself; ``1`` would still project B rows, ~20 ms on SmolLM2).
 _NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 
-def _shared_prompt_states(
-    model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int
-) -> Tensor | None:
-    """Final hidden states ``(B, L - start, H)`` at columns ``start - 1 .. L - 2`` with each
-    distinct prompt (columns ``< start``) run once; None when no prompt repeats or the model
-    does not return a key/value cache."""
-    B, L = ids.shape
-    repeats = distinct_rows(torch.cat([ids[:, :start], mask[:, :start].to(ids.dtype)], dim=1))
-    if repeats is None or start == L:
+def _prompt_groups(ids: Tensor, mask: Tensor, start: int) -> tuple[Tensor, Tensor] | None:
+    """``(one, inverse)`` of the rows' prompts (columns ``< start``, ids and mask) as in
+    :func:`~pavlov.llm.models.distinct_rows`; None when no prompt repeats or there is no
+    response column."""
+    if start >= ids.shape[1]:
         return None
-    one, inverse = repeats
+    return distinct_rows(torch.cat([ids[:, :start], mask[:, :start].to(ids.dtype)], dim=1))
+
+
+def _packing_pays(model: nn.Module, B: int, U: int, start: int, n: int, width: int) -> bool:
+    """Whether one packed forward (:func:`_packed_prompt_states`) costs less than the plain one.
+
+    Per layer and token row the projections cost about ``2 * 12 d^2`` FLOPs (a transformer
+    layer holds ~12 d^2 weights), so packing saves ``24 d^2 (B - U) start``; its attention runs
+    a masked ``width x width`` score matrix per group (no causal block skipping) against about
+    half of ``L x L`` per row, ``4 d`` FLOPs per score. Off for attention implementations other
+    than SDPA (the boolean mask format), when a float score matrix per head would exceed
+    :data:`PACK_SCORE_BYTES` (SDPA's math path materialises it) and for rows longer than a
+    sliding attention window (the custom mask replaces the model's own)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    d = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if not d or not heads or U * heads * width * width * 4 > PACK_SCORE_BYTES:
+        return False
+    window = getattr(config, "sliding_window", None)
+    if window and start + n > window:  # the custom mask would drop the model's window
+        return False
+    saved = 24 * d * d * (B - U) * start
+    extra = 4 * d * (U * width * width - B * (start + n) ** 2 / 2)
+    return saved > extra
+
+
+def _packed_prompt_states(
+    model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int,
+    groups: tuple[Tensor, Tensor],
+) -> Tensor | None:  # fmt: skip
+    """Final hidden states ``(B, L - start, H)`` at columns ``start - 1 .. L - 2`` from one
+    forward over ``U`` packed rows: each distinct prompt once, followed by the responses of all
+    the rows that repeat it, side by side (``[prompt | response 1 | ... | response G]``).
+
+    A block mask lets a prompt column see the prompt's earlier columns and a response column
+    see the prompt and its own response's earlier columns; position ids are the rows' own, so
+    each response is computed exactly as in its row (to float32 round-off) while the prompt's
+    columns run once per group. Token rows ``B L -> U (start + G n)``: the benchmark's 2 x 4 x
+    (9 + 32) GRPO batch runs 274 rows instead of 328, in one call (one weight stream), unlike
+    the cache path. None when it does not pay (:func:`_packing_pays`)."""
+    one, inverse = groups
+    B, L = ids.shape
+    U, n = len(one), L - start
+    # slot of each row among the rows of its prompt (0 .. G - 1), in row order
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=U)
+    slot = torch.empty_like(inverse)
+    slot[order] = torch.arange(B, device=ids.device) - (counts.cumsum(0) - counts)[inverse[order]]
+    G = int(counts.max())
+    width = start + G * n
+    if not _packing_pays(model, B, U, start, n, width):
+        return None
+    cols = start + slot[:, None] * n + torch.arange(n, device=ids.device)  # (B, n) packed column
+    where = (inverse[:, None], cols)
+
+    def pack(x: Tensor, fill: int = 0) -> Tensor:  # (B, L) -> (U, width)
+        out = x.new_full((U, width), fill)
+        out[:, :start] = x[one, :start]
+        out[where] = x[:, start:]
+        return out
+
+    valid = pack(mask).bool()  # (U, width)
+    segment = torch.full((width,), -1, device=ids.device)  # -1: prompt; g: response slot g
+    segment[start:] = torch.arange(G, device=ids.device).repeat_interleave(n)
+    column = torch.arange(width, device=ids.device)
+    visible = (column[None, :] <= column[:, None]) & (  # (query, key): causal and either a
+        (segment[None, :] < 0) | (segment[None, :] == segment[:, None])  # prompt key or the
+    )  # query's own response
+    allowed = visible[None] & valid[:, None, :]  # (U, query, key)
+    # a query with no key (a left pad) sees itself: an empty row would give NaN, which reaches
+    # the weight gradients through 0 * NaN
+    allowed |= torch.eye(width, dtype=torch.bool, device=ids.device) & ~allowed.any(-1, True)
+    out = model(
+        input_ids=pack(ids), attention_mask=allowed[:, None], position_ids=pack(positions),
+        use_cache=False, logits_to_keep=_NO_LOGITS, output_hidden_states=True,
+    )  # fmt: skip
+    states = out.hidden_states[-1]  # (U, width, H)
+    # response column j of row b is predicted by the prompt's last column (j = 0) or by the
+    # row's previous response column
+    prev = torch.cat([cols.new_full((B, 1), start - 1), cols[:, :-1]], dim=1)  # (B, n)
+    return states.reshape(U * width, -1)[inverse[:, None] * width + prev]
+
+
+def _shared_prompt_states(
+    model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int,
+    groups: tuple[Tensor, Tensor],
+) -> Tensor | None:  # fmt: skip
+    """Final hidden states ``(B, L - start, H)`` at columns ``start - 1 .. L - 2`` with each
+    distinct prompt (columns ``< start``) run once and its key/value cache copied to its rows;
+    None when it saves fewer than :data:`SHARE_MIN_ROWS` rows or the model does not return a
+    key/value cache."""
+    B, L = ids.shape
+    one, inverse = groups
     if (B - len(one)) * start < SHARE_MIN_ROWS:
         return None
     name = _cache_argument(model)
@@ -174,6 +277,22 @@ def _shared_prompt_states(
     )  # fmt: skip
     last = head.hidden_states[-1][:, -1:][inverse]  # (B, 1, H): predicts the first response token
     return torch.cat([last, tail.hidden_states[-1][:, : L - start - 1]], dim=1)
+
+
+def _prompt_states(
+    model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int
+) -> Tensor | None:
+    """The responses' final hidden states with each repeated prompt run once: packed into one
+    forward when that pays, else through a shared key/value cache (not for an offloaded model,
+    whose second call would read its weights again); None when no prompt repeats or neither
+    pays."""
+    groups = _prompt_groups(ids, mask, start)
+    if groups is None:
+        return None
+    states = _packed_prompt_states(model, ids, mask, positions, start, groups)
+    if states is None and not is_offloaded(model):
+        states = _shared_prompt_states(model, ids, mask, positions, start, groups)
+    return states
 
 
 def _cache_argument(model: nn.Module) -> str:
@@ -284,7 +403,7 @@ def _score(
         rows = slice(first, first + step)
         shared = None
         if head is not None and share_prompts and isinstance(response, int):
-            shared = _shared_prompt_states(
+            shared = _prompt_states(
                 model, input_ids[rows], attention_mask[rows], positions[rows], start
             )
         if shared is not None:

@@ -51,7 +51,7 @@ from pavlov.errors import ConfigError, check_finite, check_range
 from pavlov.llm.data import PromptExample
 from pavlov.llm.kernels import fast_kernels
 from pavlov.llm.models import ensure_pad_token, is_peft_model, save_model
-from pavlov.llm.offload import is_offloaded, loaded, offload_copy
+from pavlov.llm.offload import loaded, offload_copy
 from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.scoring import score_tokens
 from pavlov.llm.trainers.common import (
@@ -662,7 +662,6 @@ def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_o
         return score_tokens(
             module, rollout.sequences, rollout.attention_mask, rollout.prompt_length,
             temperature=cfg.temperature, chunk_size=cfg.eval_batch_size,
-            share_prompts=not is_offloaded(module),  # a second call would re-read its weights
         ).logprobs.float()  # fmt: skip
 
 

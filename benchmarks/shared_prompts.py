@@ -1,13 +1,15 @@
 """Shared-prompt scoring: a GRPO learn pass with each distinct prompt run once vs every row.
 
 GRPO scores G completions per prompt; the full forward runs the prompt columns G times.
-:func:`pavlov.llm.scoring.score_tokens` can run each distinct prompt once and copy its key/value
-cache to the rows that repeat it (``share_prompts``). This measures, on SmolLM2-135M in float32
-with the trainers' kernels (:func:`pavlov.llm.kernels.fast_kernels`), the seconds of one policy
-learn pass (forward + backward of the summed response log-probs) and of one no-grad reference
-pass, with sharing forced on and off, for ``prompts x G`` rows, prompt lengths ``--prompt-lengths``
-(random token ids, no padding) and ``--completion`` response tokens. Median of ``--repeats``
-alternating runs after one warm-up each.
+:func:`pavlov.llm.scoring.score_tokens` can run each distinct prompt once (``share_prompts``):
+packed (one forward over ``[prompt | response 1 | ... | response G]`` rows with a block mask) or
+cached (the prompts' key/value cache copied to the rows that repeat them, then the responses).
+This measures, on SmolLM2-135M in float32 with the trainers' kernels
+(:func:`pavlov.llm.kernels.fast_kernels`), the seconds of one policy learn pass (forward +
+backward of the summed response log-probs) and of one no-grad reference pass in each mode
+(``full``, ``packed``, ``cached``, each forced), for ``prompts x G`` rows, prompt lengths
+``--prompt-lengths`` (random token ids, no padding) and response lengths ``--completions``, and
+which mode the default picks. Median of ``--repeats`` alternating runs after one warm-up each.
 
     python benchmarks/shared_prompts.py --threads 2 --out docs/results/shared_prompts.json
 """
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=4, help="completions per prompt (G)")
     parser.add_argument("--prompt-lengths", default="9,64,256")
-    parser.add_argument("--completion", type=int, default=32)
+    parser.add_argument("--completions", default="32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -51,44 +53,65 @@ def main(argv: list[str] | None = None) -> None:
 
     model, _ = load_causal_lm("smollm2", dtype=torch.float32)
     vocab = model.config.vocab_size
+    packing_pays = scoring._packing_pays
+    modes = {
+        "full": (False, packing_pays, scoring.SHARE_MIN_ROWS),
+        "packed": (True, lambda *a: True, scoring.SHARE_MIN_ROWS),
+        "cached": (True, lambda *a: False, 0),
+    }
+
+    def run(mode: str, fn, ids, mask, start) -> float:
+        share, pays, minimum = modes[mode]
+        default = scoring._packing_pays, scoring.SHARE_MIN_ROWS
+        scoring._packing_pays, scoring.SHARE_MIN_ROWS = pays, minimum
+        try:
+            return fn(share, ids, mask, start)
+        finally:
+            scoring._packing_pays, scoring.SHARE_MIN_ROWS = default
+
+    def learn(share: bool, ids, mask, start) -> float:
+        t = time.perf_counter()
+        out = scoring.score_tokens(model, ids, mask, start, share_prompts=share)
+        out.logprobs.sum().backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    def reference(share: bool, ids, mask, start) -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            scoring.score_tokens(model, ids, mask, start, share_prompts=share)
+        return time.perf_counter() - t
+
     rows = []
     with fast_kernels(model, None):
-        for prompt_len in (int(p) for p in args.prompt_lengths.split(",")):
-            ids, mask = _batch(args.prompts, args.group, prompt_len, args.completion, vocab, 0)
-
-            def learn(share: bool, ids=ids, mask=mask, start=prompt_len) -> float:
-                t = time.perf_counter()
-                out = scoring.score_tokens(model, ids, mask, start, share_prompts=share)
-                out.logprobs.sum().backward()
-                model.zero_grad(set_to_none=True)
-                return time.perf_counter() - t
-
-            def reference(share: bool, ids=ids, mask=mask, start=prompt_len) -> float:
-                t = time.perf_counter()
-                with torch.no_grad():
-                    scoring.score_tokens(model, ids, mask, start, share_prompts=share)
-                return time.perf_counter() - t
-
-            default = scoring.SHARE_MIN_ROWS
-            scoring.SHARE_MIN_ROWS = 0  # force the shared path whatever the saving
-            try:
+        for completion in (int(c) for c in args.completions.split(",")):
+            for prompt_len in (int(p) for p in args.prompt_lengths.split(",")):
+                ids, mask = _batch(args.prompts, args.group, prompt_len, completion, vocab, 0)
+                batch = (ids, mask, prompt_len)
                 times: dict[str, list[float]] = {}
                 for fn in (learn, reference):
-                    fn(True), fn(False)  # warm-up (oneDNN primitives for these shapes)
+                    for mode in modes:
+                        run(mode, fn, *batch)  # warm-up (oneDNN primitives for these shapes)
                     for _ in range(args.repeats):
-                        for share in (True, False):
-                            key = f"{fn.__name__}_{'shared' if share else 'full'}"
-                            times.setdefault(key, []).append(fn(share))
-            finally:
-                scoring.SHARE_MIN_ROWS = default
-            saved = (len(ids) - args.prompts) * prompt_len
-            row = {"prompt_len": prompt_len, "rows": len(ids), "completion": args.completion,
-                   "saved_rows": saved, "used_by_default": saved >= default}  # fmt: skip
-            row.update({k: round(statistics.median(v), 3) for k, v in times.items()})
-            row["learn_ratio"] = round(row["learn_shared"] / row["learn_full"], 3)
-            row["reference_ratio"] = round(row["reference_shared"] / row["reference_full"], 3)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
+                        for mode in modes:
+                            times.setdefault(f"{fn.__name__}_{mode}", []).append(
+                                run(mode, fn, *batch)
+                            )
+                B, U = len(ids), args.prompts
+                width = prompt_len + args.group * completion
+                saved = (B - U) * prompt_len
+                if packing_pays(model, B, U, prompt_len, completion, width):
+                    default = "packed"
+                else:
+                    default = "cached" if saved >= scoring.SHARE_MIN_ROWS else "full"
+                row = {"prompt_len": prompt_len, "rows": B, "completion": completion,
+                       "saved_rows": saved, "default": default}  # fmt: skip
+                row.update({k: round(statistics.median(v), 3) for k, v in times.items()})
+                for key in ("learn_packed", "learn_cached", "reference_packed", "reference_cached"):
+                    full = row[key.split("_")[0] + "_full"]
+                    row[key + "_ratio"] = round(row[key] / full, 3)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
     result = {"benchmark": "shared_prompts", "threads": args.threads, "prompts": args.prompts,
               "group": args.group, "torch": torch.__version__, "rows": rows}  # fmt: skip
     line = json.dumps(result)

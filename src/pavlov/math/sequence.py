@@ -89,12 +89,16 @@ class _ProjectedLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, index, temperature, project):  # type: ignore[override]
         z = _logits(hidden, weight, bias, temperature, project)  # (R, V)
-        lse = torch.logsumexp(z, dim=-1)  # (R,)
-        logp = z.gather(-1, index[:, None]).squeeze(-1) - lse
-        log_p = z.sub_(lse[:, None])  # in place: z is now log softmax
-        p = log_p.exp()
-        entropy = -torch.linalg.vecdot(p, log_p)  # sum_v p log p, no (R, V) temporary
-        del z, log_p
+        z -= z.amax(-1, keepdim=True)  # in place; exp cannot overflow
+        e = z.exp()  # (R, V), normalised into p below
+        s = e.sum(-1)  # (R,)
+        log_s = s.log()  # log_softmax(z) = z - log s
+        logp = z.gather(-1, index[:, None]).squeeze(-1) - log_s
+        # H = -sum_v p log p = log s - sum_v e z / s: two non-negative terms (no cancellation),
+        # no (R, V) log-softmax (one pass fewer than logsumexp, then subtract, then exp)
+        entropy = log_s - torch.linalg.vecdot(e, z) / s
+        del z
+        p = e.div_(s[:, None])
         ctx.save_for_backward(hidden, weight, index, p)
         ctx.has_bias, ctx.temperature = bias is not None, temperature
         ctx.mark_non_differentiable(entropy)

@@ -170,7 +170,9 @@ def projected_logprobs(
     )
     if not with_entropy and not grad:
         z = _logits(hidden, weight, bias, temperature, project)  # (R, V)
-        return z.gather(-1, index[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1), None
+        z -= z.amax(-1, keepdim=True)  # the grad path's steps, in place: bitwise its values
+        picked = z.gather(-1, index[:, None]).squeeze(-1)
+        return picked - z.exp_().sum(-1).log(), None
     logp, entropy = _ProjectedLogProbs.apply(
         hidden, weight, bias, index, float(temperature), project
     )

@@ -60,9 +60,13 @@ class OffloadedWeights:
     block_bytes: int = 0
     depth: int = 0  # nesting of ``loaded`` blocks
 
-    def __del__(self) -> None:  # the anonymous file goes when its descriptor closes
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+    def __del__(self, _close=os.close) -> None:
+        # the anonymous file goes when its descriptor closes; ``os.close`` bound at definition:
+        # at interpreter exit module globals (os, contextlib) may already be None
+        try:  # noqa: SIM105
+            _close(self.fd)
+        except OSError:
+            pass
 
 
 def _aligned(n: int) -> int:

@@ -150,6 +150,12 @@ length``, to be used: the extra forward call streams all the weights once more w
 forward cost), so short prompts (the 2 x 4 x 9-token GRPO benchmark saves 54 rows) measured no
 faster with it and long ones (hundreds of tokens, G = 8) save most of the prompt columns."""
 
+PACK_ATTENTION_COST = 3
+"""Seconds per FLOP of the packed (masked) attention relative to the projections, measured:
+with SmolLM2-135M, 2 prompts x 4 of 64 + 128 tokens, fp32 on 2 cores, packing saved 7% of a
+learn pass where 25% fewer projection rows predicted ~25%, putting masked attention, forward and
+backward, at ~50 GFLOP/s against ~120 for the GEMMs (``benchmarks/shared_prompts.py``)."""
+
 PACK_SCORE_BYTES = 256 * 2**20
 """Largest float32 attention score matrix (all groups and heads) a packed forward may need."""
 
@@ -173,10 +179,11 @@ def _packing_pays(model: nn.Module, B: int, U: int, start: int, n: int, width: i
     Per layer and token row the projections cost about ``2 * 12 d^2`` FLOPs (a transformer
     layer holds ~12 d^2 weights), so packing saves ``24 d^2 (B - U) start``; its attention runs
     a masked ``width x width`` score matrix per group (no causal block skipping) against about
-    half of ``L x L`` per row, ``4 d`` FLOPs per score. Off for attention implementations other
-    than SDPA (the boolean mask format), when a float score matrix per head would exceed
-    :data:`PACK_SCORE_BYTES` (SDPA's math path materialises it) and for rows longer than a
-    sliding attention window (the custom mask replaces the model's own)."""
+    half of ``L x L`` per row, ``4 d`` FLOPs per score, weighted by :data:`PACK_ATTENTION_COST`
+    (masked SDPA runs slower per FLOP than the projections' GEMMs). Off for attention
+    implementations other than SDPA (the boolean mask format), when a float score matrix per
+    head would exceed :data:`PACK_SCORE_BYTES` (SDPA's math path materialises it) and for rows
+    longer than a sliding attention window (the custom mask replaces the model's own)."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
@@ -188,7 +195,7 @@ def _packing_pays(model: nn.Module, B: int, U: int, start: int, n: int, width: i
     if window and start + n > window:  # the custom mask would drop the model's window
         return False
     saved = 24 * d * d * (B - U) * start
-    extra = 4 * d * (U * width * width - B * (start + n) ** 2 / 2)
+    extra = PACK_ATTENTION_COST * 4 * d * (U * width * width - B * (start + n) ** 2 / 2)
     return saved > extra
 
 

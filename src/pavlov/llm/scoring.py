@@ -228,8 +228,8 @@ def _packed_prompt_states(
     cols = start + slot[:, None] * n + torch.arange(n, device=ids.device)  # (B, n) packed column
     where = (inverse[:, None], cols)
 
-    def pack(x: Tensor, fill: int = 0) -> Tensor:  # (B, L) -> (U, width)
-        out = x.new_full((U, width), fill)
+    def pack(x: Tensor) -> Tensor:  # (B, L) -> (U, width), 0 where no row has a response
+        out = x.new_zeros((U, width))
         out[:, :start] = x[one, :start]
         out[where] = x[:, start:]
         return out
@@ -366,9 +366,9 @@ def score_tokens(
     The general form of :func:`token_logprobs`; the online RL trainers take the policy's
     log-probs, its entropy (a metric: ``entropy_grad=False`` computes it on detached logits,
     so no ``(B, T, V)`` softmax is kept for backward) and a value head's input from one forward.
-    ``share_prompts``: run a prompt that several rows repeat once (module docstring); off for
-    models whose forward is costly to call twice (an offloaded reference re-reads its weights per
-    call).
+    ``share_prompts``: run a prompt that several rows repeat once (module docstring: packed, or
+    through a shared cache, which an offloaded model never takes: its second call would read
+    its weights again); ``False`` always runs every row.
     """
     return _score(
         model, input_ids, attention_mask, response, temperature, chunk_size, entropy,

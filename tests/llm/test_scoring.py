@@ -257,3 +257,22 @@ def test_validation():
         token_logprobs(model, ids, mask, 2, chunk_size=0)
     assert token_logprobs(model, ids, mask, 5).shape == (2, 0)
     assert sequence_logprob(model, ids, mask, 5).tolist() == [0.0, 0.0]
+
+
+def test_packed_scoring_under_bf16_autocast():
+    """The packed path under bf16 autocast (the trainers' ``precision: bf16``): one packed call,
+    log-probs within bf16 round-off of the full forward's, finite gradients."""
+    model = tiny_model("llama", seed=6)
+    ids, mask, start = grouped_batch(2)
+    calls = []
+    model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape),
+                                with_kwargs=True)  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = score_tokens(model, ids, mask, start, share_prompts=False).logprobs
+        calls.clear()
+        packed = score_tokens(model, ids, mask, start).logprobs
+        packed.sum().backward()
+    assert calls == [(3, start + 3 * 6)]
+    assert packed.dtype == torch.float32
+    torch.testing.assert_close(packed, full, rtol=0, atol=1e-2)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -93,3 +93,60 @@ def test_disabled_by_environment(monkeypatch):
     finally:
         monkeypatch.delenv("PAVLOV_NATIVE")
         native._library.cache_clear()
+
+
+def _torch_draw(z: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from pavlov.llm.rollout import _draw
+
+    tokens = _draw(torch.softmax(z, dim=-1), None, u)
+    return tokens, z.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 64, 97, 1000, 49157])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sample_rows_draws_what_the_torch_sampler_draws(vocab, threads):
+    """Same uniforms, same tokens as softmax + float64 cumsum + searchsorted (``_draw``), and
+    log_softmax at the token, over peaked and flat rows, with -inf logits never drawn."""
+    if not row_kernel_available():
+        pytest.skip("native kernels unavailable here")
+    g = torch.Generator().manual_seed(vocab)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for trial in range(40):
+            z = torch.randn(9, vocab, generator=g) * (0.3 + trial % 9)
+            if trial % 3 == 0 and vocab > 1:
+                z[:, 1::3] = float("-inf")
+            u = torch.rand((9, 1), dtype=torch.float64, generator=g)
+            tokens, logp = native.sample_rows(z, u)
+            want_tokens, want_logp = _torch_draw(z, u)
+            assert torch.equal(tokens, want_tokens)
+            torch.testing.assert_close(logp, want_logp, rtol=0, atol=1e-5)
+            assert torch.isfinite(z.gather(-1, tokens[:, None])).all()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_sample_rows_edges_of_the_cdf():
+    """u = 0 takes the first token of positive probability, u just below 1 the last one; a row
+    with a single finite logit always gives that token, with log-prob 0."""
+    if not row_kernel_available():
+        pytest.skip("native kernels unavailable here")
+    z = torch.full((3, 200), float("-inf"))
+    z[0, [5, 70, 150]] = torch.tensor([0.0, 1.0, 2.0])
+    z[1, [5, 70, 150]] = torch.tensor([0.0, 1.0, 2.0])
+    z[2, 131] = 3.0
+    u = torch.tensor([[0.0], [1.0 - 1e-16], [0.5]], dtype=torch.float64)
+    tokens, logp = native.sample_rows(z, u)
+    assert tokens.tolist() == [5, 150, 131]
+    assert logp[2] == 0.0
+    torch.testing.assert_close(logp[:2], torch.log_softmax(z[:2], -1)[[0, 1], [5, 150]])
+
+
+def test_sample_rows_leaves_other_inputs_to_torch():
+    z = torch.randn(2, 10)
+    u = torch.rand((2, 1), dtype=torch.float64)
+    assert native.sample_rows(z.double(), u) is None
+    assert native.sample_rows(z, u.float()) is None
+    assert native.sample_rows(z.requires_grad_(), u) is None
+    assert native.sample_rows(torch.randn(2, 3, 4), u) is None

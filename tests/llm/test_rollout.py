@@ -126,6 +126,20 @@ def test_sample_next_never_draws_zero_probability_tokens():
     torch.testing.assert_close(logp, torch.full((20_000,), -0.6931471805599453))
 
 
+def test_sample_next_native_and_torch_paths_draw_the_same_tokens(monkeypatch):
+    """The C sampler (``native.sample_rows``) takes the uniforms the torch path would: with the
+    same seed both give the same tokens and log-probs (temperature applied first)."""
+    import pavlov.llm.rollout as rollout
+
+    logits = torch.randn(64, 3000, generator=torch.Generator().manual_seed(3)) * 4
+    cfg = SamplingConfig(temperature=0.7)
+    fast = sample_next(logits, cfg, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(rollout, "sample_rows", lambda z, u: None)
+    slow = sample_next(logits, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(fast[0], slow[0])
+    torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=1e-5)
+
+
 # --- engine vs a full forward -----------------------------------------------------------------
 
 

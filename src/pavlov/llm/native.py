@@ -45,6 +45,7 @@ __all__ = [
     "row_kernel_available",
     "row_linear",
     "row_linears",
+    "sample_rows",
 ]
 
 MAX_ROWS = 16
@@ -97,6 +98,81 @@ static inline __m256 exp8(__m256 x) {
     __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     e = _mm256_slli_epi32(e, 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* exp8 with exp(x) = 0 below its clamp (x < -87.3, -inf included): a token whose logit is -inf
+   keeps probability exactly 0. */
+static inline __m256 exp8z(__m256 x) {
+    __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
+    return _mm256_and_ps(exp8(x), keep);
+}
+
+static inline float exp1z(float x) { return x < -87.3f ? 0.0f : expf(x); }
+
+/* One inverse-CDF draw per row of softmax(z), z (B, V) row-major: token[b] is the first v with
+   e_0 + ... + e_v > u[b] * (e_0 + ... + e_{V-1}), e = exp(z - max z) (what softmax normalises),
+   so a token of probability 0 is never drawn; logp[b] = z[token] - max - log(sum e). Sums run
+   over blocks of 64 (float32 lanes, block totals in double), then within the crossing block in
+   double. work: B * ceil(V / 64) doubles. Rows are split over the threads. */
+void sample_rows(const float *z, const double *u, int B, int V, int64_t *token, float *logp,
+                 double *work, int threads) {
+    int nb = (V + 63) / 64;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int b = 0; b < B; b++) {
+        const float *zb = z + (int64_t)b * V;
+        double *blocks = work + (int64_t)b * nb;
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        int v = 0;
+        for (; v + 8 <= V; v += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(zb + v));
+        float lanes[8], top = -INFINITY;
+        _mm256_storeu_ps(lanes, mv);
+        for (int i = 0; i < 8; i++) top = lanes[i] > top ? lanes[i] : top;
+        for (; v < V; v++) top = zb[v] > top ? zb[v] : top;
+        __m256 tv = _mm256_set1_ps(top);
+        double total = 0.0;
+        for (int k = 0; k < nb; k++) {
+            int lo = k * 64, hi = lo + 64 < V ? lo + 64 : V;
+            float s = 0.0f;
+            if (hi - lo == 64) {
+                __m256 acc = _mm256_setzero_ps();
+                for (int j = lo; j < hi; j += 8)
+                    acc = _mm256_add_ps(acc, exp8z(_mm256_sub_ps(_mm256_loadu_ps(zb + j), tv)));
+                s = hsum(acc);
+            } else {
+                for (int j = lo; j < hi; j++) s += exp1z(zb[j] - top);
+            }
+            blocks[k] = s;
+            total += s;
+        }
+        double target = u[b] * total, run = 0.0;
+        int pick = -1;
+        for (int k = 0; k < nb && pick < 0; k++) {
+            if (run + blocks[k] <= target && k + 1 < nb) { run += blocks[k]; continue; }
+            int lo = k * 64, hi = lo + 64 < V ? lo + 64 : V;
+            float e[64];
+            if (hi - lo == 64) {
+                for (int j = 0; j < 64; j += 8)
+                    _mm256_storeu_ps(e + j, exp8z(_mm256_sub_ps(_mm256_loadu_ps(zb + lo + j), tv)));
+            } else {
+                for (int j = 0; j < hi - lo; j++) e[j] = exp1z(zb[lo + j] - top);
+            }
+            int last = -1;
+            for (int j = 0; j < hi - lo; j++) {
+                if (e[j] <= 0.0f) continue;
+                last = lo + j;
+                run += e[j];
+                if (run > target) { pick = lo + j; break; }
+            }
+            /* round-off between the block total and its sequential sum: stay in this block */
+            if (pick < 0 && last >= 0) pick = last;
+        }
+        if (pick < 0)  /* u * total at the very top: the last token of positive probability */
+            for (int j = V - 1; j >= 0 && pick < 0; j--)
+                if (exp1z(zb[j] - top) > 0.0f) pick = j;
+        if (pick < 0) pick = 0;  /* every logit -inf or NaN: no distribution to draw from */
+        token[b] = pick;
+        logp[b] = (float)((double)zb[pick] - (double)top - log(total));
+    }
 }
 
 /* y[m, n] = sum_k x[m, k] W[n, k] + b[n] for rows m < M (M <= 8) and weight rows n0 <= n < n1.
@@ -324,6 +400,8 @@ def _library() -> ctypes.CDLL | None:
     lib.row_linear.restype = None
     lib.decode_layers.argtypes = [p, i, i, i, i, i, i, i, p, f, i, i, p, p, i, p, f, p, i]
     lib.decode_layers.restype = None
+    lib.sample_rows.argtypes = [p, p, i, i, p, p, p, i]
+    lib.sample_rows.restype = None
     return lib
 
 
@@ -378,6 +456,41 @@ def row_linears(
            _POINTERS[n](*[None if b is None else b.data_ptr() for b in bs]), _INTS[n](*sizes), n,
            y.data_ptr(), M, K, torch.get_num_threads())  # fmt: skip
     return y.reshape(*x.shape[:-1], sum(sizes))
+
+
+def sample_rows(logits: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor] | None:
+    """One draw per row from ``softmax(logits)`` by inverse CDF, in one C pass per row.
+
+    ``logits`` ``(B, V)`` float32 CPU; ``uniforms`` ``(B,)`` or ``(B, 1)`` float64 in [0, 1).
+    Returns ``(tokens, logprobs)`` (long, float32; ``log_softmax(logits)`` at the token), or
+    None where the kernel does not apply (unavailable, other dtypes or devices) so the caller
+    samples with torch. The same draw as ``pavlov.llm.rollout._draw`` on ``softmax(logits)``
+    with the same uniforms, up to float32 round-off in the cumulative sums (a token can differ
+    only when ``u`` falls within ~1e-7 of a boundary of the CDF): ~0.2 ms for 8 x 49152 on 2
+    cores against ~1.4 ms for torch's softmax, float64 cumsum, searchsorted and logsumexp.
+    A token with logit ``-inf`` is never drawn.
+    """
+    lib = _library()
+    if (
+        lib is None
+        or logits.dim() != 2
+        or logits.dtype != torch.float32
+        or logits.device.type != "cpu"
+        or uniforms.dtype != torch.float64
+        or uniforms.numel() != logits.shape[0]
+        or logits.shape[1] == 0
+        or logits.requires_grad
+    ):
+        return None
+    z = logits.contiguous()
+    u = uniforms.reshape(-1).contiguous()
+    B, V = z.shape
+    tokens = torch.empty(B, dtype=torch.long)
+    logp = torch.empty(B, dtype=torch.float32)
+    work = torch.empty(B * ((V + 63) // 64), dtype=torch.float64)
+    lib.sample_rows(z.data_ptr(), u.data_ptr(), B, V, tokens.data_ptr(), logp.data_ptr(),
+                    work.data_ptr(), min(torch.get_num_threads(), max(B, 1)))  # fmt: skip
+    return tokens, logp
 
 
 LAYER_SLOTS = ("wq", "wk", "wv", "wo", "wg", "wu", "wd", "bq", "bk", "bv", "bo", "bg", "bu", "bd",

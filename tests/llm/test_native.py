@@ -20,7 +20,7 @@ def test_the_kernel_builds_on_x86_linux_with_a_compiler():
     assert row_kernel_available()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16, 24, 32])
 @pytest.mark.parametrize(("n", "k"), [(64, 32), (37, 576), (96, 13), (1, 8)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_equals_f_linear(rows, n, k, bias):

@@ -37,6 +37,7 @@ from pavlov.llm.kernels import can_pack, dnn_linear, onednn_available, pack_weig
 from pavlov.llm.models import distinct_rows
 from pavlov.llm.native import (
     MAX_ROWS,
+    STREAM_ROWS,
     DecodeLayers,
     row_kernel_available,
     row_linear,
@@ -172,8 +173,9 @@ class _Linears:
     count ~6-9 GB/s (plus the reorder: one read and write of all weights per
     :func:`~pavlov.llm.rollout.generate` call), the C kernel of :mod:`pavlov.llm.native` 11-12
     GB/s with no reorder (numbers in docs/benchmarks.md). ``kernel`` is one of
-    :func:`_kernel`'s answers; with ``"native"``, multi-token calls (the prefill) use
-    ``F.linear``.
+    :func:`_kernel`'s answers; with ``"native"``, a prefill of up to
+    :data:`~pavlov.llm.native.STREAM_ROWS` rows in all runs through the row kernel too, longer
+    ones through oneDNN's GEMM.
     """
 
     def __init__(self, layers: list[nn.Module], rows: int, kernel: str) -> None:
@@ -193,15 +195,21 @@ class _Linears:
         if kernel == "packed":
             self.packed = {key: pack_weight(w, rows) for key, w in self.weights.items()}
 
+    def _rows(self, x: Tensor) -> bool:
+        """Whether the row kernel takes ``x``: a decode step, or a prefill of few rows."""
+        return self.kernel == "native" and (
+            x.shape[-2] == 1 or x.numel() <= STREAM_ROWS * x.shape[-1]
+        )
+
     def __call__(self, layer: nn.Module, x: Tensor) -> Tensor:
         key = id(layer)
         plan = self.plans[key]
         bias = plan.base.bias
-        if self.kernel == "native" and x.shape[-2] == 1:
+        if self._rows(x):
             return row_linear(x, self.weights[key], bias)
         if self.kernel == "packed":
             return packed_linear(x, self.packed[key], bias)
-        if self.kernel == "native":  # the prefill: oneDNN's GEMM where this build has it
+        if self.kernel == "native":  # a longer prefill: oneDNN's GEMM where this build has it
             linear = dnn_linear if onednn_available() else F.linear
             return linear(x, self.weights[key], bias)
         y = F.linear(x, plan.base.weight, bias)
@@ -212,7 +220,7 @@ class _Linears:
     def many(self, layers: tuple[nn.Module, ...], x: Tensor) -> Tensor:
         """The outputs of ``layers`` (all reading ``x``) side by side, ``(..., sum out)``: one
         kernel call in a native decode step (q/k/v, gate/up), separate calls otherwise."""
-        if self.kernel == "native" and x.shape[-2] == 1:
+        if self._rows(x):
             weights = [self.weights[id(m)] for m in layers]
             return row_linears(x, weights, [self.plans[id(m)].base.bias for m in layers])
         return torch.cat([self(m, x) for m in layers], dim=-1)

@@ -275,3 +275,44 @@ def test_grad_norms_taken_in_backward_equal_get_total_norm_bitwise():
     assert not norms._handles  # removed on exit
     model(input_ids=ids, labels=ids).loss.backward()
     assert not norms._norms
+
+
+def test_masked_gqa_sdpa_skips_the_key_value_copies_with_the_same_results(monkeypatch):
+    """Under a padding mask Transformers copies grouped k/v heads per query head; inside
+    masked_gqa_sdpa torch's SDPA gets them grouped: same log-probs and gradients, no copies, and
+    the environment switch is restored on exit."""
+    import os
+
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from pavlov.llm.kernels import GQA_SWITCH, masked_gqa_sdpa
+
+    model = tiny_random_lm("llama", 97, 3)  # 4 query / 2 key-value heads
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = torch.randint(3, 97, (3, 10), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding: Transformers keeps an explicit mask
+    copies = []
+    real = sdpa.repeat_kv
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda h, n: (copies.append(n), real(h, n))[1])
+
+    def run(enabled):
+        model.zero_grad(set_to_none=True)
+        copies.clear()
+        with masked_gqa_sdpa(enabled):
+            logp = score_tokens(model, ids, mask, 4).logprobs
+            logp.pow(2).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(copies)
+
+    monkeypatch.delenv(GQA_SWITCH, raising=False)
+    plain_logp, plain_grads, plain_copies = run(False)
+    fast_logp, fast_grads, fast_copies = run(True)
+    assert plain_copies > 0 and fast_copies == 0
+    assert GQA_SWITCH not in os.environ
+    torch.testing.assert_close(fast_logp, plain_logp, rtol=1e-5, atol=1e-6)
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+    monkeypatch.setenv(GQA_SWITCH, "0")
+    with masked_gqa_sdpa():
+        assert os.environ[GQA_SWITCH] == "1"
+    assert os.environ[GQA_SWITCH] == "0"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import types
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ __all__ = [
     "dnn_linear",
     "fast_kernels",
     "inplace_tied_embedding",
+    "masked_gqa_sdpa",
     "onednn_available",
     "onednn_linears",
     "pack_weight",
@@ -200,11 +202,48 @@ def inplace_tied_embedding(model: nn.Module) -> Iterator[bool]:
         del emb.forward
 
 
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+"""The environment switch Hugging Face's SDPA attention reads at every call."""
+
+
+@contextlib.contextmanager
+def masked_gqa_sdpa(enabled: bool = True) -> Iterator[None]:
+    """Within the block, Hugging Face's SDPA attention hands grouped key/value heads to
+    ``torch.nn.functional.scaled_dot_product_attention`` as they are (``enable_gqa=True``) also
+    under an attention mask, instead of first copying them out to every query head
+    (``repeat_kv``, and a sum of those copies' gradients in backward).
+
+    Why: Transformers takes the copy whenever there is a mask, because masked GQA falls back to
+    the slow math kernel on CUDA; on the CPU the flash kernel handles it, and every pavlov scoring
+    pass has a mask (padding, packed prompts). For SmolLM2 (9 query / 3 key-value heads) in the
+    packed GRPO batch: 5.3 -> 4.7 ms per layer forward and backward, 1.56 -> 1.42 ms forward;
+    outputs equal, gradients to float32 round-off (tested). Sets the ``TRANSFORMERS_SDPA_FORCE_GQA``
+    environment variable for the duration of the block (restored on exit)."""
+    if not enabled:
+        yield
+        return
+    before = os.environ.get(GQA_SWITCH)
+    os.environ[GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GQA_SWITCH, None)
+        else:
+            os.environ[GQA_SWITCH] = before
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    first = next(model.parameters(), None)
+    return first is None or first.device.type == "cpu"
+
+
 @contextlib.contextmanager
 def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = True):
     """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`inplace_tied_embedding`
     and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.lean.lean_blocks` on ``policy``,
-    for a training loop; nothing when ``enabled`` is false."""
+    and :func:`masked_gqa_sdpa` for a model on the CPU, for a training loop; nothing when
+    ``enabled`` is false."""
     from pavlov.llm.lean import lean_blocks  # lean uses this module's oneDNN helpers
 
     with contextlib.ExitStack() as stack:
@@ -212,4 +251,5 @@ def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = T
             stack.enter_context(onednn_linears(policy, *others))
             stack.enter_context(inplace_tied_embedding(policy))
             stack.enter_context(lean_blocks(policy))
+            stack.enter_context(masked_gqa_sdpa(_on_cpu(policy)))
         yield

@@ -150,3 +150,30 @@ def test_sample_rows_leaves_other_inputs_to_torch():
     assert native.sample_rows(z, u.float()) is None
     assert native.sample_rows(z.requires_grad_(), u) is None
     assert native.sample_rows(torch.randn(2, 3, 4), u) is None
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 4099, 272 * 1536])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_swiglu_backward_equals_the_torch_expressions(n, threads):
+    """One pass gives silu(g) u, gh silu(g) and gh u silu'(g) (written into gh), also where the
+    sigmoid saturates (|g| ~ 100) and for lengths that are not multiples of 8 or of the threads."""
+    if not row_kernel_available():
+        pytest.skip("native kernels unavailable here")
+    gen = torch.Generator().manual_seed(n)
+    g = torch.randn(n, generator=gen) * 4
+    g[: min(n, 4)] = torch.tensor([100.0, -100.0, 0.0, -30.0])[: min(n, 4)]
+    u, gh = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    s = torch.sigmoid(g)
+    want = (g * s * u, gh * g * s, gh * u * s * (1 + g * (1 - s)))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        buffer = gh.clone()
+        got = native.swiglu_backward(g, u, buffer)
+    finally:
+        torch.set_num_threads(old)
+    assert got[2].data_ptr() == buffer.data_ptr()  # written in place
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert native.swiglu_backward(g.double(), u.double(), gh.double()) is None
+    assert native.swiglu_backward(g[::2], u[::2], gh[::2]) is None or n == 1

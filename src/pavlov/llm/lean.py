@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pavlov.llm.kernels import dnn_linear, onednn_available
+from pavlov.llm.native import swiglu_backward
 
 __all__ = ["lean_blocks"]
 
@@ -54,12 +55,17 @@ class _SwiGLU(torch.autograd.Function):
         x, g, u, wg, wu, wd = ctx.saved_tensors
         need_x, need_g, need_u, need_d = ctx.needs_input_grad
         gy = gy.contiguous()
-        sig = torch.sigmoid(g)
-        act = g * sig  # silu(g)
         gh = gy @ wd  # dL/d(silu(g) * u), (N, I); input gradients on MKL (see kernels)
-        grad_wd = gy.t() @ (act * u) if need_d else None
-        gu = gh * act
-        gg = gh.mul_(u).mul_(sig * (1 + g * (1 - sig)))  # silu'(g) = s (1 + g (1 - s))
+        fused = swiglu_backward(g, u, gh)  # one C pass for the nine elementwise ops below
+        if fused is not None:
+            h, gu, gg = fused
+        else:
+            sig = torch.sigmoid(g)
+            act = g * sig  # silu(g)
+            h = act * u
+            gu = gh * act
+            gg = gh.mul_(u).mul_(sig * (1 + g * (1 - sig)))  # silu'(g) = s (1 + g (1 - s))
+        grad_wd = gy.t() @ h if need_d else None
         grad_x = torch.addmm(gg @ wg, gu, wu) if need_x else None  # gg Wg + gu Wu
         grad_wg = gg.t() @ x if need_g else None
         grad_wu = gu.t() @ x if need_u else None

@@ -47,6 +47,7 @@ __all__ = [
     "row_linear",
     "row_linears",
     "sample_rows",
+    "swiglu_backward",
 ]
 
 MAX_ROWS = 16
@@ -179,6 +180,38 @@ void sample_rows(const float *z, const double *u, int B, int V, int64_t *token, 
         if (pick < 0) pick = 0;  /* every logit -inf or NaN: no distribution to draw from */
         token[b] = pick;
         logp[b] = (float)((double)zb[pick] - (double)top - log(total));
+    }
+}
+
+/* The elementwise part of the SwiGLU MLP's backward, h = silu(g) * u with gradient gh of h:
+   p = silu(g) * u (the down projection's input, for its weight gradient), gu = gh silu(g) and
+   gg = gh u silu'(g), where silu'(g) = s (1 + g (1 - s)) and s = sigmoid(g); n floats each, one
+   pass. gg may be gh itself (each element is read before it is written). */
+void swiglu_backward(const float *g, const float *u, const float *gh, float *p, float *gu,
+                     float *gg, int64_t n, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; t++) {
+        int64_t lo = n * t / threads / 8 * 8;
+        int64_t hi = t + 1 == threads ? n : n * (t + 1) / threads / 8 * 8;
+        int64_t i = lo;
+        __m256 one = _mm256_set1_ps(1.0f);
+        for (; i + 8 <= hi; i += 8) {
+            __m256 gv = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i);
+            __m256 hv = _mm256_loadu_ps(gh + i);
+            __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+            __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+            __m256 a = _mm256_mul_ps(gv, s);
+            __m256 d = _mm256_mul_ps(s, _mm256_fmadd_ps(gv, _mm256_sub_ps(one, s), one));
+            _mm256_storeu_ps(p + i, _mm256_mul_ps(a, uv));
+            _mm256_storeu_ps(gu + i, _mm256_mul_ps(hv, a));
+            _mm256_storeu_ps(gg + i, _mm256_mul_ps(_mm256_mul_ps(hv, uv), d));
+        }
+        for (; i < hi; i++) {
+            float s = 1.0f / (1.0f + expf(-g[i])), a = g[i] * s, h = gh[i];
+            p[i] = a * u[i];
+            gu[i] = h * a;
+            gg[i] = h * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
+        }
     }
 }
 
@@ -421,6 +454,8 @@ def _library() -> ctypes.CDLL | None:
     lib.decode_layers.restype = None
     lib.sample_rows.argtypes = [p, p, i, i, p, p, p, i]
     lib.sample_rows.restype = None
+    lib.swiglu_backward.argtypes = [p, p, p, p, p, p, ctypes.c_int64, i]
+    lib.swiglu_backward.restype = None
     return lib
 
 
@@ -510,6 +545,30 @@ def sample_rows(logits: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor] | Non
     lib.sample_rows(z.data_ptr(), u.data_ptr(), B, V, tokens.data_ptr(), logp.data_ptr(),
                     work.data_ptr(), min(torch.get_num_threads(), max(B, 1)))  # fmt: skip
     return tokens, logp
+
+
+def swiglu_backward(g: Tensor, u: Tensor, gh: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The elementwise part of the SwiGLU MLP's backward in one C pass (see
+    :class:`pavlov.llm.lean._SwiGLU`): for ``h = silu(g) * u`` and the gradient ``gh`` of ``h``,
+    returns ``(silu(g) * u, gh * silu(g), gh * u * silu'(g))``, the last one written into ``gh``.
+    Equal to the torch expressions to float32 round-off (tested); ~0.2 vs 1.2 ms for 272 x 1536
+    floats on 2 cores (nine torch ops). None where it does not apply (kernel unavailable; not
+    same-shaped contiguous float32 CPU tensors; autograd on)."""
+    lib = _library()
+    tensors = (g, u, gh)
+    if (
+        lib is None
+        or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
+               or t.shape != g.shape for t in tensors)  # fmt: skip
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    ):
+        return None
+    p, gu = torch.empty_like(g), torch.empty_like(g)
+    if g.numel():
+        lib.swiglu_backward(g.data_ptr(), u.data_ptr(), gh.data_ptr(), p.data_ptr(),
+                            gu.data_ptr(), gh.data_ptr(), g.numel(),
+                            torch.get_num_threads())  # fmt: skip
+    return p, gu, gh
 
 
 LAYER_SLOTS = ("wq", "wk", "wv", "wo", "wg", "wu", "wd", "bq", "bk", "bv", "bo", "bg", "bu", "bd",

@@ -177,3 +177,28 @@ def test_swiglu_backward_equals_the_torch_expressions(n, threads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert native.swiglu_backward(g.double(), u.double(), gh.double()) is None
     assert native.swiglu_backward(g[::2], u[::2], gh[::2]) is None or n == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8), (2, 136, 576), (3, 5, 13), (7, 64)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_rmsnorm_backward_equals_autograd(shape, threads):
+    """grad_x and grad_weight of w * x * rstd equal autograd's through the torch expression, for
+    widths that are not multiples of 8 and more threads than rows."""
+    if not row_kernel_available():
+        pytest.skip("native kernels unavailable here")
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=gen, requires_grad=True)
+    w = torch.randn(shape[-1], generator=gen, requires_grad=True)
+    gy = torch.randn(*shape, generator=gen)
+    rstd = torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + 1e-5)
+    (w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))).backward(gy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gx, gw = native.rmsnorm_backward(x.detach(), rstd, w.detach(), gy)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(gx, x.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, w.grad, rtol=1e-4, atol=1e-5)
+    assert native.rmsnorm_backward(x.detach().double(), rstd.double(), w.detach().double(),
+                                   gy.double()) is None  # fmt: skip

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pavlov.llm.kernels import dnn_linear, onednn_available
-from pavlov.llm.native import swiglu_backward
+from pavlov.llm.native import rmsnorm_backward, swiglu_backward
 
 __all__ = ["lean_blocks"]
 
@@ -84,6 +84,11 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
         x, rstd, weight = ctx.saved_tensors
+        fused = rmsnorm_backward(x, rstd, weight, gy)  # one C pass for the ops below
+        if fused is not None:
+            grad_x, grad_w = fused
+            return (grad_x if ctx.needs_input_grad[0] else None,
+                    grad_w if ctx.needs_input_grad[1] else None, None)  # fmt: skip
         n = x * rstd
         grad_w = (gy * n).reshape(-1, n.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
         grad_x = None

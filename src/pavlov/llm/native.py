@@ -46,6 +46,7 @@ __all__ = [
     "row_kernel_available",
     "row_linear",
     "row_linears",
+    "rmsnorm_backward",
     "sample_rows",
     "swiglu_backward",
 ]
@@ -212,6 +213,51 @@ void swiglu_backward(const float *g, const float *u, const float *gh, float *p, 
             gu[i] = h * a;
             gg[i] = h * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
         }
+    }
+}
+
+/* RMSNorm backward, y = w * x * rstd per row of E floats (rstd = 1 / rms(x), saved by the
+   forward): gx = rstd (gn - n mean(gn n)) with n = x rstd, gn = gy w; gw = sum over rows of
+   gy n. Rows are split over the threads; each sums its gw part into work + t * E, and the
+   parts are added in thread order at the end. */
+void rmsnorm_backward(const float *x, const float *rstd, const float *w, const float *gy,
+                      float *gx, float *gw, int64_t rows, int E, float *work, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; t++) {
+        float *part = work + (int64_t)t * E;
+        for (int e = 0; e < E; e++) part[e] = 0.0f;
+        int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = x + r * E, *gr = gy + r * E;
+            float *out = gx + r * E, k = rstd[r];
+            __m256 kv = _mm256_set1_ps(k), acc = _mm256_setzero_ps();
+            int e = 0;
+            for (; e + 8 <= E; e += 8) {
+                __m256 n = _mm256_mul_ps(_mm256_loadu_ps(xr + e), kv);
+                __m256 g = _mm256_loadu_ps(gr + e);
+                acc = _mm256_fmadd_ps(_mm256_mul_ps(g, _mm256_loadu_ps(w + e)), n, acc);
+                _mm256_storeu_ps(part + e, _mm256_fmadd_ps(g, n, _mm256_loadu_ps(part + e)));
+            }
+            float dot = hsum(acc);
+            for (; e < E; e++) {
+                float n = xr[e] * k;
+                dot += gr[e] * w[e] * n;
+                part[e] += gr[e] * n;
+            }
+            float mean = dot / (float)E;
+            __m256 mv = _mm256_set1_ps(mean);
+            for (e = 0; e + 8 <= E; e += 8) {
+                __m256 n = _mm256_mul_ps(_mm256_loadu_ps(xr + e), kv);
+                __m256 gn = _mm256_mul_ps(_mm256_loadu_ps(gr + e), _mm256_loadu_ps(w + e));
+                _mm256_storeu_ps(out + e, _mm256_mul_ps(kv, _mm256_fnmadd_ps(n, mv, gn)));
+            }
+            for (; e < E; e++) out[e] = k * (gr[e] * w[e] - xr[e] * k * mean);
+        }
+    }
+    for (int e = 0; e < E; e++) {
+        float total = 0.0f;
+        for (int t = 0; t < threads; t++) total += work[(int64_t)t * E + e];
+        gw[e] = total;
     }
 }
 
@@ -456,6 +502,8 @@ def _library() -> ctypes.CDLL | None:
     lib.sample_rows.restype = None
     lib.swiglu_backward.argtypes = [p, p, p, p, p, p, ctypes.c_int64, i]
     lib.swiglu_backward.restype = None
+    lib.rmsnorm_backward.argtypes = [p, p, p, p, p, p, ctypes.c_int64, i, p, i]
+    lib.rmsnorm_backward.restype = None
     return lib
 
 
@@ -569,6 +617,34 @@ def swiglu_backward(g: Tensor, u: Tensor, gh: Tensor) -> tuple[Tensor, Tensor, T
                             gu.data_ptr(), gh.data_ptr(), g.numel(),
                             torch.get_num_threads())  # fmt: skip
     return p, gu, gh
+
+
+def rmsnorm_backward(x: Tensor, rstd: Tensor, weight: Tensor, gy: Tensor
+                     ) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+    """Gradients of ``y = weight * x * rstd`` (RMSNorm, ``rstd = 1 / rms(x)`` per row) in one C
+    pass over the rows: ``(grad_x, grad_weight)`` for the output gradient ``gy``, equal to
+    autograd's to float32 round-off (tested); ~9 torch ops otherwise (see
+    :class:`pavlov.llm.lean._RMSNorm`). ``x``, ``gy`` ``(..., E)``, ``rstd`` ``(..., 1)``,
+    ``weight`` ``(E,)``. None where it does not apply (kernel unavailable, not float32 CPU)."""
+    lib = _library()
+    if (
+        lib is None
+        or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, rstd, weight, gy))
+        or gy.shape != x.shape
+        or weight.shape != x.shape[-1:]
+        or rstd.numel() * x.shape[-1] != x.numel()
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, rstd, weight, gy)))
+    ):
+        return None
+    E = x.shape[-1]
+    xc, rc, wc, gc = (t.contiguous() for t in (x, rstd, weight, gy))
+    threads = max(1, min(torch.get_num_threads(), xc.numel() // max(E, 1)))
+    gx, gw = torch.empty_like(xc), torch.empty(E, dtype=torch.float32)
+    work = torch.empty(threads * E, dtype=torch.float32)
+    lib.rmsnorm_backward(xc.data_ptr(), rc.data_ptr(), wc.data_ptr(), gc.data_ptr(),
+                         gx.data_ptr(), gw.data_ptr(), xc.numel() // max(E, 1), E,
+                         work.data_ptr(), threads)  # fmt: skip
+    return gx, gw
 
 
 LAYER_SLOTS = ("wq", "wk", "wv", "wo", "wg", "wu", "wd", "bq", "bk", "bv", "bo", "bg", "bu", "bd",

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import math
 import warnings
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,69 +298,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-class GradNorms:
-    """L2 norms of parameter gradients, each taken as autograd finishes accumulating it.
-
-    Why: the total norm for clipping otherwise re-reads every gradient after backward (538 MB
-    for SmolLM2-135M in float32: ~40 ms a step on 2 cores); taken in a
-    ``register_post_accumulate_grad_hook`` right after the weight-gradient matmul wrote it, most
-    of a gradient is still in cache (~9 ms a step). A norm is used only while it describes the
-    gradient: the same tensor at the same version (a gradient changed in place afterwards, such
-    as a tied embedding's rows added after the output projection's part, is measured again).
-    Per-tensor norms and their combination are those of ``torch.nn.utils.get_total_norm``
-    (bitwise, tested). Use as a context manager around the training loop (removes the hooks).
-    """
-
-    def __init__(self, params: Sequence[Tensor]) -> None:
-        self._norms: dict[int, tuple[Tensor, weakref.ref, int]] = {}
-        self._handles = [p.register_post_accumulate_grad_hook(self._record) for p in params]
-
-    def _record(self, param: Tensor) -> None:
-        grad = param.grad
-        if grad is not None and grad.layout == torch.strided:
-            self._norms[id(param)] = (
-                torch.linalg.vector_norm(grad, 2.0), weakref.ref(grad), grad._version
-            )  # fmt: skip
-
-    def total(self, params: Sequence[Tensor]) -> Tensor:
-        """Total L2 norm of the gradients of ``params`` (those with one); forgets the stored
-        norms (the next backward records new ones)."""
-        norms = []
-        for p in params:
-            if p.grad is None:
-                continue
-            known = self._norms.get(id(p))
-            fresh = known is not None and known[1]() is p.grad and p.grad._version == known[2]
-            norms.append(known[0] if fresh else torch.linalg.vector_norm(p.grad, 2.0))
-        self._norms.clear()
-        if not norms:
-            return torch.tensor(0.0)
-        return torch.linalg.vector_norm(torch.stack(norms), 2.0)
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._norms.clear()
-
-    def __enter__(self) -> GradNorms:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def clip_gradients(
-    params: Sequence[Tensor],
-    max_norm: float,
-    optimizer: torch.optim.Optimizer | None = None,
-    norms: GradNorms | None = None,
+    params: Sequence[Tensor], max_norm: float, optimizer: torch.optim.Optimizer | None = None
 ) -> Tensor:
     """What ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` does: returns the total L2 norm
     of the gradients and scales them by ``min(1, max_norm / (norm + 1e-6))``; ``max_norm <= 0``
-    only measures the norm (no clipping, as ``max_grad_norm = 0`` asks in the configs). With
-    ``norms`` (a :class:`GradNorms` over ``params``) the per-gradient norms it took during
-    backward are used.
+    only measures the norm (no clipping, as ``max_grad_norm = 0`` asks in the configs).
 
     With a fused Adam/AdamW that updates exactly ``params``, the scaling is left to its next
     ``step()``: ``optimizer.grad_scale`` (the hook ``torch.amp.GradScaler`` uses) makes the fused
@@ -370,10 +312,8 @@ def clip_gradients(
     before that ``step()``, once per step (it overwrites the previous scale).
     """
     max_norm = max_norm if max_norm > 0 else float("inf")
-    if norms is not None:
-        norm = norms.total(params)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0)
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, 2.0)
     if _fused_over(optimizer, params):
         coef = torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)
         optimizer.grad_scale = (1.0 / coef).reshape(()).to(torch.float32)  # type: ignore[union-attr]

@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from pavlov.errors import PavlovError, check_finite
 from pavlov.llm.kernels import fast_kernels
 from pavlov.llm.trainers.common import (
-    GradNorms,
     TrainConfig,
     autocast,
     batch_plan,
@@ -138,15 +137,12 @@ def fit(
     with (
         compact_heap(heap_compaction(cfg, task.model)),
         fast_kernels(task.model, enabled=cfg.fast_kernels),
-        GradNorms(params) as norms,
         ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar,
     ):
         while step < total:
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            metrics = accumulate_gradients(
-                cfg, task, plan.step(step), params, step + 1, optimizer, norms
-            )
+            metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -219,7 +215,6 @@ def accumulate_gradients(
     params: list,
     step: int,
     optimizer: torch.optim.Optimizer | None = None,
-    norms: GradNorms | None = None,
 ) -> dict[str, float]:
     """Forward/backward over the micro-batches of one step; return weighted-mean metrics.
 
@@ -237,7 +232,7 @@ def accumulate_gradients(
         (loss * (w / total)).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
-    grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer, norms)  # scaled in step()
+    grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in optimizer.step()
     check_finite("the gradient norm", grad_norm, step, hint=HINT)
     out = {f"train/{k}": v for k, v in sums.items()}
     out["train/grad_norm"] = float(grad_norm)

@@ -55,7 +55,6 @@ from pavlov.llm.offload import loaded, offload_copy
 from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.scoring import score_tokens
 from pavlov.llm.trainers.common import (
-    GradNorms,
     TrainConfig,
     autocast,
     batch_plan,
@@ -558,7 +557,6 @@ def train_online(
     with (
         _heap_policy(cfg, model),
         fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
-        GradNorms(params) as norms,
         ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar,
     ):
         while step < cfg.max_steps:
@@ -601,7 +599,7 @@ def train_online(
             t = time.perf_counter()
             metrics.update(
                 _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler,
-                        params, step + 1, norms)
+                        params, step + 1)
             )  # fmt: skip
             times["time/learn"] = time.perf_counter() - t
 
@@ -679,8 +677,7 @@ def _old_pass(cfg, model, value_head, rollout) -> tuple[Tensor, Tensor | None]:
     return out.logprobs.float(), values
 
 
-def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler, params, step,
-            norms=None):
+def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler, params, step):
     """``ppo_epochs x num_minibatches`` optimizer steps on the batch; mean metrics."""
     n = len(batch.scores)
     size = n // cfg.num_minibatches
@@ -698,7 +695,7 @@ def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, schedule
                 )  # fmt: skip
             check_finite("the loss", loss.detach(), step, hint=HINT)
             loss.backward()
-            grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer, norms)  # in step()
+            grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in step()
             check_finite("the gradient norm", grad_norm, step, hint=HINT)
             optimizer.step()
             scheduler.step()

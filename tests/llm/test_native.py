@@ -202,3 +202,26 @@ def test_rmsnorm_backward_equals_autograd(shape, threads):
     torch.testing.assert_close(gw, w.grad, rtol=1e-4, atol=1e-5)
     assert native.rmsnorm_backward(x.detach().double(), rstd.double(), w.detach().double(),
                                    gy.double()) is None  # fmt: skip
+
+
+def test_l2_norm_is_the_exact_total_norm():
+    """The total norm of many tensors (sizes not multiples of 8, 1024 or the threads, one large
+    one) to 1e-6 of the float64 value; None for tensors it does not take."""
+    if not row_kernel_available():
+        pytest.skip("native kernels unavailable here")
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=gen) * s for n, s in
+               [(1, 3.0), (7, 1e-3), (1025, 1.0), (3_000_001, 1e-2), (0, 1.0), (96, 1e4)]]  # fmt: skip
+    exact = torch.stack([t.double().pow(2).sum() for t in tensors]).sum().sqrt()
+    for threads in (1, 2, 3):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = native.l2_norm(tensors)
+        finally:
+            torch.set_num_threads(old)
+        assert got.dtype == torch.float32 and got.dim() == 0
+        assert abs(got.double() - exact) <= 1e-6 * exact
+    assert native.l2_norm([]) == 0
+    assert native.l2_norm([torch.ones(4, dtype=torch.float64)]) is None
+    assert native.l2_norm([torch.ones(4, 2).t()]) is None

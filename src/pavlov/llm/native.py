@@ -43,6 +43,7 @@ __all__ = [
     "MAX_ROWS",
     "STREAM_ROWS",
     "DecodeLayers",
+    "l2_norm",
     "row_kernel_available",
     "row_linear",
     "row_linears",
@@ -259,6 +260,45 @@ void rmsnorm_backward(const float *x, const float *rstd, const float *w, const f
         for (int t = 0; t < threads; t++) total += work[(int64_t)t * E + e];
         gw[e] = total;
     }
+}
+
+/* sum of x^2 over n float32 arrays (lengths len[j]), the elements split evenly over the
+   threads across array boundaries; squares summed in float32 lanes over runs of 1024 elements,
+   the runs in double. */
+double sum_squares(const float *const *x, const int64_t *len, int n, int threads) {
+    int64_t total = 0;
+    for (int j = 0; j < n; j++) total += len[j];
+    double parts[64] = {0};
+    if (threads > 64) threads = 64;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; t++) {
+        int64_t g0 = total * t / threads, g1 = total * (t + 1) / threads, start = 0;
+        double sum = 0.0;
+        for (int j = 0; j < n; j++) {
+            int64_t lo = g0 > start ? g0 : start, hi = g1 < start + len[j] ? g1 : start + len[j];
+            const float *a = x[j] - start;
+            for (int64_t i = lo; i < hi;) {
+                int64_t end = i + 1024 < hi ? i + 1024 : hi;
+                __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+                for (; i + 32 <= end; i += 32) {
+                    __m256 v0 = _mm256_loadu_ps(a + i), v1 = _mm256_loadu_ps(a + i + 8);
+                    __m256 v2 = _mm256_loadu_ps(a + i + 16), v3 = _mm256_loadu_ps(a + i + 24);
+                    s0 = _mm256_fmadd_ps(v0, v0, s0);
+                    s1 = _mm256_fmadd_ps(v1, v1, s1);
+                    s2 = _mm256_fmadd_ps(v2, v2, s2);
+                    s3 = _mm256_fmadd_ps(v3, v3, s3);
+                }
+                float run = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+                for (; i < end; i++) run += a[i] * a[i];
+                sum += run;
+            }
+            start += len[j];
+        }
+        parts[t] = sum;
+    }
+    double out = 0.0;
+    for (int t = 0; t < threads; t++) out += parts[t];
+    return out;
 }
 
 /* y[m, n] = sum_k x[m, k] W[n, k] + b[n] for rows m < M (M <= 8) and weight rows n0 <= n < n1.
@@ -504,6 +544,8 @@ def _library() -> ctypes.CDLL | None:
     lib.swiglu_backward.restype = None
     lib.rmsnorm_backward.argtypes = [p, p, p, p, p, p, ctypes.c_int64, i, p, i]
     lib.rmsnorm_backward.restype = None
+    lib.sum_squares.argtypes = [p, p, i, i]
+    lib.sum_squares.restype = ctypes.c_double
     return lib
 
 
@@ -645,6 +687,25 @@ def rmsnorm_backward(x: Tensor, rstd: Tensor, weight: Tensor, gy: Tensor
                          gx.data_ptr(), gw.data_ptr(), xc.numel() // max(E, 1), E,
                          work.data_ptr(), threads)  # fmt: skip
     return gx, gw
+
+
+def l2_norm(tensors: list[Tensor]) -> Tensor | None:
+    """The L2 norm of all elements of ``tensors`` together (the total gradient norm of
+    clipping), one read of each at the memory's pace: ~25 ms for SmolLM2-135M's 538 MB of
+    float32 gradients on 2 cores against ~45 ms for ``torch.nn.utils.get_total_norm`` (a norm
+    per tensor). Equal to it to float32 round-off (squares summed in float32 runs of 1024, the
+    runs in double). A float32 scalar tensor; None unless every tensor is a contiguous float32
+    CPU tensor (and the kernel is available)."""
+    lib = _library()
+    if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" or t.is_sparse
+                          or not t.is_contiguous() for t in tensors):  # fmt: skip
+        return None
+    tensors = [t for t in tensors if t.numel()]
+    n = len(tensors)
+    pointers = (ctypes.c_void_p * max(n, 1))(*[t.data_ptr() for t in tensors])
+    lengths = (ctypes.c_int64 * max(n, 1))(*[t.numel() for t in tensors])
+    total = lib.sum_squares(pointers, lengths, n, torch.get_num_threads()) if n else 0.0
+    return torch.tensor(total, dtype=torch.float64).sqrt().to(torch.float32)
 
 
 LAYER_SLOTS = ("wq", "wk", "wv", "wo", "wg", "wu", "wd", "bq", "bk", "bv", "bo", "bg", "bu", "bd",

@@ -210,8 +210,8 @@ def test_l2_norm_is_the_exact_total_norm():
     if not row_kernel_available():
         pytest.skip("native kernels unavailable here")
     gen = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(n, generator=gen) * s for n, s in
-               [(1, 3.0), (7, 1e-3), (1025, 1.0), (3_000_001, 1e-2), (0, 1.0), (96, 1e4)]]  # fmt: skip
+    sizes = [(1, 3.0), (7, 1e-3), (1025, 1.0), (3_000_001, 1e-2), (0, 1.0), (96, 1e4)]
+    tensors = [torch.randn(n, generator=gen) * s for n, s in sizes]
     exact = torch.stack([t.double().pow(2).sum() for t in tensors]).sum().sqrt()
     for threads in (1, 2, 3):
         old = torch.get_num_threads()

@@ -14,8 +14,11 @@ less at the peak of a GRPO update over 8 x 50 tokens. The forward runs the same 
 same order (bitwise the same outputs); gradients equal autograd's to float32 round-off (tested).
 
 Applies to float32 CPU tensors outside autocast with gradients on; anything else runs the
-module's own forward. Matmuls are split as in :mod:`pavlov.llm.kernels`: forward ``x W^T``
-through oneDNN when available, input gradients ``g W`` and weight gradients ``g^T x`` on MKL.
+module's own forward. The elementwise part of each backward runs as one C pass where the native
+kernels are available (:func:`pavlov.llm.native.swiglu_backward`,
+:func:`~pavlov.llm.native.rmsnorm_backward`), else as torch ops. Matmuls are split as in
+:mod:`pavlov.llm.kernels`: forward ``x W^T`` through oneDNN when available, input gradients
+``g W`` and weight gradients ``g^T x`` on MKL.
 """
 
 from __future__ import annotations

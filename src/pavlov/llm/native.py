@@ -553,6 +553,16 @@ _POINTERS = [ctypes.c_void_p * n for n in range(9)]
 _INTS = [ctypes.c_int * n for n in range(9)]
 
 
+def _float32_cpu(*tensors: Tensor, contiguous: bool = False) -> bool:
+    """Whether every tensor is a dense float32 CPU tensor (and contiguous, if asked): what the
+    kernels take."""
+    return all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided
+        and (t.is_contiguous() or not contiguous)
+        for t in tensors
+    )
+
+
 def row_kernel_available() -> bool:
     """Whether :func:`row_linear` runs the C kernel here (builds it on the first call)."""
     return _library() is not None
@@ -583,7 +593,7 @@ def row_linears(
         fn is None
         or not 1 <= len(weights) <= 8
         or any(w.dim() != 2 or w.shape[1] != x.shape[-1] for w in weights)
-        or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors)
+        or not _float32_cpu(*tensors)
         or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     ):
         outs = [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases, strict=True)]
@@ -618,8 +628,7 @@ def sample_rows(logits: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor] | Non
     if (
         lib is None
         or logits.dim() != 2
-        or logits.dtype != torch.float32
-        or logits.device.type != "cpu"
+        or not _float32_cpu(logits)
         or uniforms.dtype != torch.float64
         or uniforms.numel() != logits.shape[0]
         or logits.shape[1] == 0
@@ -648,8 +657,8 @@ def swiglu_backward(g: Tensor, u: Tensor, gh: Tensor) -> tuple[Tensor, Tensor, T
     tensors = (g, u, gh)
     if (
         lib is None
-        or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
-               or t.shape != g.shape for t in tensors)  # fmt: skip
+        or not _float32_cpu(*tensors, contiguous=True)
+        or any(t.shape != g.shape for t in tensors)
         or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     ):
         return None
@@ -671,7 +680,7 @@ def rmsnorm_backward(x: Tensor, rstd: Tensor, weight: Tensor, gy: Tensor
     lib = _library()
     if (
         lib is None
-        or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, rstd, weight, gy))
+        or not _float32_cpu(x, rstd, weight, gy)
         or gy.shape != x.shape
         or weight.shape != x.shape[-1:]
         or rstd.numel() * x.shape[-1] != x.numel()
@@ -697,8 +706,7 @@ def l2_norm(tensors: list[Tensor]) -> Tensor | None:
     runs in double). A float32 scalar tensor; None unless every tensor is a contiguous float32
     CPU tensor (and the kernel is available)."""
     lib = _library()
-    if lib is None or any(t.dtype != torch.float32 or t.device.type != "cpu" or t.is_sparse
-                          or not t.is_contiguous() for t in tensors):  # fmt: skip
+    if lib is None or not _float32_cpu(*tensors, contiguous=True):
         return None
     tensors = [t for t in tensors if t.numel()]
     n = len(tensors)

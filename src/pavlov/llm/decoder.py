@@ -43,16 +43,20 @@ from pavlov.llm.native import (
     row_linear,
     row_linears,
 )
+from pavlov.llm.replay import DecodeTape, replayable
 
 __all__ = ["LlamaDecoder", "fast_decoder"]
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
 
-def fast_decoder(model: nn.Module, batch: int, length: int) -> LlamaDecoder | None:
+def fast_decoder(
+    model: nn.Module, batch: int, length: int, record: bool = False
+) -> LlamaDecoder | None:
     """A :class:`LlamaDecoder` for ``model`` with room for ``length`` positions per row, or
     ``None`` when the model is not a supported causal LM (another architecture or adapter type,
-    sliding-window attention shorter than ``length``)."""
+    sliding-window attention shorter than ``length``). ``record``: keep a
+    :class:`~pavlov.llm.replay.DecodeTape` of the call (``decoder.tape``) where it can."""
     if hasattr(model, "peft_config"):
         configs = getattr(model, "peft_config", {}).values()
         if not all(str(getattr(c, "peft_type", "")).endswith("LORA") for c in configs):
@@ -77,7 +81,7 @@ def fast_decoder(model: nn.Module, batch: int, length: int) -> LlamaDecoder | No
     for layer in inner.layers:
         if not _plain_layer(layer):
             return None
-    return LlamaDecoder(model, batch, length)
+    return LlamaDecoder(model, batch, length, record)
 
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -244,7 +248,9 @@ class LlamaDecoder:
     discarded, outputs).
     """
 
-    def __init__(self, model: nn.Module, batch: int, length: int) -> None:
+    def __init__(self, model: nn.Module, batch: int, length: int, record: bool = False) -> None:
+        self.record = record and not hasattr(model, "peft_config") and replayable(model)
+        self.tape: DecodeTape | None = None  # with record: the linears' outputs and logits
         if hasattr(model, "get_base_model"):
             model = model.get_base_model()
         cfg = model.config
@@ -278,8 +284,9 @@ class LlamaDecoder:
         # Rows with the same prompt (GRPO/RLOO sample G completions per prompt) share one
         # prefill: run the distinct prompts, then copy their caches to every row that has them.
         repeats = distinct_rows(torch.cat([ids, mask.to(ids.dtype), positions.to(ids.dtype)], 1))
+        one, inverse = repeats if repeats is not None else (None, torch.arange(len(ids)))
+        self.tape = self._new_tape(inverse, ids.shape[1]) if self.record else None
         if repeats is not None:
-            one, inverse = repeats
             logits = self._prefill(ids[one], mask[one], positions[one])
             self.k = [k.index_select(0, inverse) for k in self.k]
             self.v = [v.index_select(0, inverse) for v in self.v]
@@ -289,7 +296,34 @@ class LlamaDecoder:
         else:
             logits = self._prefill(ids, mask, positions)
         self.native = self._native_layers(self.keys[:, 0, 0], self.cos[:, 0], self.sin[:, 0])
+        if self.tape is not None and self.native is None:
+            self.tape = None  # only the one-call C step records
+        self._log(logits)
         return logits
+
+    def _new_tape(self, inverse: Tensor, P: int) -> DecodeTape:
+        """An empty :class:`~pavlov.llm.replay.DecodeTape` for rows with distinct prompts
+        ``inverse`` ``(B,)`` of ``P`` columns."""
+        U, T = int(inverse.max()) + 1, self.length - P
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
+        E, inter = self.model.config.hidden_size, self.layers[0].mlp.gate_proj.out_features
+        S = (H + 2 * KV) * D + 2 * E + 2 * inter
+        V = self.model.lm_head.out_features
+        rows = U * P + self.batch * T + 1
+        tape = DecodeTape(
+            model=self.model, layers=[torch.empty((rows, S)) for _ in self.layers],
+            logits=torch.empty((self.batch, T, V)), prompt_rows=inverse.clone(), prompt_length=P,
+            widths=(H * D, KV * D, E, inter), rows=rows,
+        )  # fmt: skip
+        tape.seal()  # the weights do not change while sampling
+        return tape
+
+    def _log(self, logits: Tensor) -> None:
+        """Record the logits that sample the next response token, if recording."""
+        tape = self.tape
+        if tape is not None and tape.sampled < tape.logits.shape[1]:
+            tape.logits[:, tape.sampled] = logits
+            tape.sampled += 1
 
     def _prefill(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         """:meth:`prefill` for ``(b, P)`` prompts: fills the caches and tables of those rows."""
@@ -310,7 +344,10 @@ class LlamaDecoder:
         causal = torch.ones((P, P), dtype=torch.bool, device=device).tril()
         attend = (causal & self.keys[..., :P]) | torch.eye(P, dtype=torch.bool, device=device)
         self.filled = 0
-        return self._forward(x, attend)  # allocates the caches
+        record = None
+        if self.tape is not None:  # the prompts' rows of the tape: u P + column
+            record = [t[: B * P].view(B, P, -1) for t in self.tape.layers]
+        return self._forward(x, attend, record)  # allocates the caches
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one ``(B,)`` token per row at the next column; returns ``(B, V)`` logits."""
@@ -320,9 +357,19 @@ class LlamaDecoder:
         if self.native is None:
             return self._forward(x, self.keys[..., : self.filled + 1])
         x = x[:, 0].contiguous()  # (B, H), updated in place by every layer
-        self.native(x, self.filled)
+        tape = self.tape
+        if tape is None:
+            self.native(x, self.filled)
+        else:  # this column's rows of the tape: U P + b T + k
+            T = tape.logits.shape[1]
+            first = tape.zero_row - self.batch * T + tape.decoded
+            self.native(x, self.filled, tape.layers, first, T)
         self.filled += 1
-        return self.linear(self.model.lm_head, _rms_norm(self.inner.norm, x)[:, None])[:, 0]
+        logits = self.linear(self.model.lm_head, _rms_norm(self.inner.norm, x)[:, None])[:, 0]
+        if tape is not None:
+            tape.decoded += 1
+            self._log(logits)
+        return logits
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -362,9 +409,11 @@ class LlamaDecoder:
         return DecodeLayers(layers, self.heads, self.kv_heads, self.head_dim, eps.pop(),
                             float(self.scale), keys, cos, sin)  # fmt: skip
 
-    def _forward(self, x: Tensor, attend: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, attend: Tensor, record: Tensor | None = None) -> Tensor:
         """``x`` ``(B, S, H)`` at columns ``filled .. filled+S-1``; ``attend`` ``(B, 1, S or 1,
-        filled+S)`` bool. Writes the cache, returns the last position's logits ``(B, V)``."""
+        filled+S)`` bool. Writes the cache, returns the last position's logits ``(B, V)``.
+        ``record``: per layer a ``(B, S, width)`` tensor that receives the linears' outputs (the
+        tape's layout, :mod:`pavlov.llm.replay`)."""
         B, S, _ = x.shape
         lo, hi = self.filled, self.filled + S
         cos, sin = self.cos[:, :, lo:hi], self.sin[:, :, lo:hi]
@@ -374,6 +423,10 @@ class LlamaDecoder:
             attn, mlp = layer.self_attn, layer.mlp
             h = _rms_norm(layer.input_layernorm, x)
             qkv = lin.many((attn.q_proj, attn.k_proj, attn.v_proj), h)  # (B, S, (H + 2 KV) D)
+            rec = None if record is None else record[i]
+            at = qkv.shape[-1]
+            if rec is not None:
+                rec[..., :at] = qkv
             qkv = qkv.view(B, S, H + 2 * KV, D).transpose(1, 2)  # (B, H + 2 KV, S, D)
             qk = _rotate(qkv[:, : H + KV], cos, sin)  # q and k heads rotated together
             q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + KV :]
@@ -387,10 +440,18 @@ class LlamaDecoder:
                 q, self.k[i][:, :, :hi], self.v[i][:, :, :hi], attn_mask=attend,
                 scale=self.scale, enable_gqa=KV != H,
             )  # fmt: skip
-            x = x + lin(attn.o_proj, out.transpose(1, 2).reshape(B, S, -1))
+            o = lin(attn.o_proj, out.transpose(1, 2).reshape(B, S, -1))
+            x = x + o
             h = _rms_norm(layer.post_attention_layernorm, x)
-            gate, up = lin.many((mlp.gate_proj, mlp.up_proj), h).chunk(2, dim=-1)
-            x = x + lin(mlp.down_proj, mlp.act_fn(gate) * up)
+            gu = lin.many((mlp.gate_proj, mlp.up_proj), h)
+            gate, up = gu.chunk(2, dim=-1)
+            down = lin(mlp.down_proj, mlp.act_fn(gate) * up)
+            x = x + down
+            if rec is not None:
+                E, two_i = o.shape[-1], gu.shape[-1]
+                rec[..., at : at + E] = o
+                rec[..., at + E : at + E + two_i] = gu
+                rec[..., at + E + two_i :] = down
         self.filled = hi
         last = _rms_norm(self.inner.norm, x[:, -1])
         return self.linear(self.model.lm_head, last[:, None])[:, 0]  # (B, V)

@@ -56,7 +56,7 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
         x, g, u, wg, wu, wd = ctx.saved_tensors
-        need_x, need_g, need_u, need_d = ctx.needs_input_grad
+        need_x, need_g, need_u, need_d = ctx.needs_input_grad[:4]
         gy = gy.contiguous()
         gh = gy @ wd  # dL/d(silu(g) * u), (N, I); input gradients on MKL (see kernels)
         fused = swiglu_backward(g, u, gh)  # one C pass for the nine elementwise ops below

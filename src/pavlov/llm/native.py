@@ -405,11 +405,14 @@ static void linear1(const float *x, const float *W, const float *b, int N, float
 
 /* x (B, E) in place. cos/sin: this column's rotary values, row b at cs + b * cs_stride (D).
    keys (B, Lmax): columns row b may attend. work: B * ((H + 2 KV) D + H D + 2 E + 3 I)
-   + B * H * Lmax floats. */
+   + B * H * Lmax floats. save (may be NULL): one buffer per layer for its linear outputs, row b
+   of layer l at save[l] + save_at + b * save_row: q, k, v (before RoPE), o_proj, gate, up and
+   down_proj outputs side by side ((H + 2 KV) D + 2 E + 2 I floats; pavlov.llm.replay). */
 void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
                    const float *const *P, float eps, int Lmax, int col, const float *cos,
                    const float *sin, int cs_stride, const unsigned char *keys, float scale,
-                   float *work, int threads) {
+                   float *work, int threads, float *const *save, int64_t save_at,
+                   int64_t save_row) {
     int QKV = (H + 2 * KV) * D, half = D / 2, group = H / KV;
     float *h = work, *qkv = h + (int64_t)B * E, *att = qkv + (int64_t)B * QKV;
     float *o = att + (int64_t)B * H * D, *gu = o + (int64_t)B * E, *act = gu + (int64_t)B * 2 * I;
@@ -421,6 +424,10 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
         const float *W3[3] = {p[WQ], p[WK], p[WV]}, *b3[3] = {p[BQ], p[BK], p[BV]};
         int N3[3] = {H * D, KV * D, KV * D};
         row_linear(h, W3, b3, N3, 3, qkv, B, E, threads);
+        float *sv = save ? save[l] + save_at : NULL;
+        if (sv)
+            for (int b = 0; b < B; b++)
+                memcpy(sv + b * save_row, qkv + (int64_t)b * QKV, QKV * sizeof(float));
         for (int b = 0; b < B; b++) {
             const float *c = cos + (int64_t)b * cs_stride, *s = sin + (int64_t)b * cs_stride;
             for (int hh = 0; hh < H + KV; hh++) {  /* q heads, then k heads */
@@ -462,11 +469,18 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
             }
         }
         linear1(att, p[WO], p[BO], E, o, B, H * D, threads);
+        if (sv)
+            for (int b = 0; b < B; b++)
+                memcpy(sv + b * save_row + QKV, o + (int64_t)b * E, E * sizeof(float));
         for (int64_t i = 0; i < (int64_t)B * E; i++) x[i] += o[i];
         rmsnorm(x, p[N2], h, B, E, eps);
         const float *W2[2] = {p[WG], p[WU]}, *b2[2] = {p[BG], p[BU]};
         int N2s[2] = {I, I};
         row_linear(h, W2, b2, N2s, 2, gu, B, E, threads);
+        if (sv)
+            for (int b = 0; b < B; b++)
+                memcpy(sv + b * save_row + QKV + E, gu + (int64_t)b * 2 * I,
+                       2 * (size_t)I * sizeof(float));
         /* act = silu(gate) * up = gate / (1 + exp(-gate)) * up, split over the threads. */
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (int b = 0; b < B; b++) {
@@ -482,6 +496,9 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
             for (; i < I; i++) a[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         linear1(act, p[WD], p[BD], E, o, B, I, threads);
+        if (sv)
+            for (int b = 0; b < B; b++)
+                memcpy(sv + b * save_row + QKV + E + 2 * I, o + (int64_t)b * E, E * sizeof(float));
         for (int64_t i = 0; i < (int64_t)B * E; i++) x[i] += o[i];
     }
 }
@@ -536,7 +553,8 @@ def _library() -> ctypes.CDLL | None:
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.row_linear.argtypes = [p, p, p, p, i, p, i, i, i]
     lib.row_linear.restype = None
-    lib.decode_layers.argtypes = [p, i, i, i, i, i, i, i, p, f, i, i, p, p, i, p, f, p, i]
+    lib.decode_layers.argtypes = [p, i, i, i, i, i, i, i, p, f, i, i, p, p, i, p, f, p, i, p,
+                                  ctypes.c_int64, ctypes.c_int64]  # fmt: skip
     lib.decode_layers.restype = None
     lib.sample_rows.argtypes = [p, p, i, i, p, p, p, i]
     lib.sample_rows.restype = None
@@ -768,17 +786,31 @@ class DecodeLayers:
         self._work = torch.empty(B * ((H + 2 * KV) * D + H * D + 2 * E + 3 * F) + B * H * length)
         self.n_layers = len(layers)
 
-    def __call__(self, x: Tensor, col: int) -> None:
+    def __call__(self, x: Tensor, col: int, save: list[Tensor] | None = None, first: int = 0,
+                 stride: int = 0) -> None:  # fmt: skip
         """Run every layer on ``x`` ``(B, hidden)`` (contiguous float32, updated in place) for
-        the token at cache column ``col``."""
+        the token at cache column ``col``. ``save``: optionally one contiguous float32 ``(rows,
+        S)`` tensor per layer that receives the layer's linear outputs for row ``b`` at row
+        ``first + b * stride``, ``S = (heads + 2 kv_heads) head_dim + 2 hidden + 2
+        intermediate``."""
         fits = x.shape == (self.batch, self.hidden) and x.is_contiguous()
         fits = fits and x.dtype == torch.float32
         if not fits or not 0 <= col < self.length:
             raise ValueError(f"x {tuple(x.shape)} at column {col} does not fit this decoder")
+        pointers, width = None, 0
+        if save is not None:
+            width = (self.heads + 2 * self.kv_heads) * self.head_dim + 2 * self.hidden
+            width += 2 * self.inter
+            last = first + (self.batch - 1) * stride
+            if len(save) != self.n_layers or not _float32_cpu(*save, contiguous=True) or any(
+                    t.dim() != 2 or t.shape[1] != width or not 0 <= first <= last < t.shape[0]
+                    for t in save):  # fmt: skip
+                raise ValueError(f"save does not fit this decoder's {self.n_layers} x {width}")
+            pointers = (ctypes.c_void_p * len(save))(*[t.data_ptr() for t in save])
         D = self.head_dim
         at = col * D * 4  # bytes into each row's rotary table
         self._fn(x.data_ptr(), self.batch, self.hidden, self.n_layers, self.heads, self.kv_heads,
                  D, self.inter, self._table, self.eps, self.length, col,
                  self.cos.data_ptr() + at, self.sin.data_ptr() + at, self.length * D,
                  self.keys.data_ptr(), self.scale, self._work.data_ptr(),
-                 torch.get_num_threads())  # fmt: skip
+                 torch.get_num_threads(), pointers, first * width, stride * width)  # fmt: skip

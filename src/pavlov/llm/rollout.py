@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from pavlov.llm.decoder import fast_decoder
 from pavlov.llm.models import position_ids_from_mask
 from pavlov.llm.native import sample_rows
+from pavlov.llm.replay import DecodeTape
 
 __all__ = [
     "Rollout",
@@ -107,6 +108,9 @@ class Rollout:
     """``(B,)`` long: number of response tokens, EOS included."""
     eos_reached: Tensor
     """``(B,)`` bool: whether the row emitted an EOS (false: cut at ``max_new_tokens``)."""
+    tape: DecodeTape | None = field(default=None, repr=False, compare=False)
+    """With ``generate(..., record=True)`` where the fast decoder ran: the linears' outputs
+    and logits of the call, for :mod:`pavlov.llm.replay`."""
 
     @property
     def responses(self) -> Tensor:
@@ -238,6 +242,7 @@ def generate(
     prompt_ids: Tensor,
     attention_mask: Tensor | None = None,
     cfg: SamplingConfig | None = None,
+    record: bool = False,
 ) -> Rollout:
     """Sample a response for every prompt, with a KV cache, returning ids, masks and log-probs.
 
@@ -253,6 +258,9 @@ def generate(
         prompt_ids: ``(B, P)`` long, left-padded (see :func:`left_pad`).
         attention_mask: ``(B, P)``, 1 on real tokens; ``None`` means no padding.
         cfg: sampling settings; ``None`` is ``SamplingConfig()``.
+        record: keep the fast decoder's linear outputs and logits (``Rollout.tape``) so that the
+            policy's next forward over these sequences can replay them
+            (:mod:`pavlov.llm.replay`); ``B x (P + T)`` rows of ~5k floats a layer.
 
     Returns:
         A :class:`Rollout`.
@@ -279,7 +287,7 @@ def generate(
 
     positions = position_ids_from_mask(attention_mask)  # (B, P)
     with _eval_mode(model):
-        decoder = fast_decoder(model, B, P + T) if cfg.fast else None
+        decoder = fast_decoder(model, B, P + T, record) if cfg.fast else None
         if decoder is not None:
             logits = decoder.prefill(prompt_ids, attention_mask, positions)
         else:
@@ -314,8 +322,11 @@ def generate(
                 use_cache=True,
             )
             logits = out.logits[:, -1, :]
+    tape = None if decoder is None else decoder.tape
     del decoder, logits
-    return _finish(prompt_ids, attention_mask, responses, response_mask, logprobs, steps, alive)
+    out = _finish(prompt_ids, attention_mask, responses, response_mask, logprobs, steps, alive)
+    out.tape = tape
+    return out
 
 
 def _check_prompts(prompt_ids: Tensor, attention_mask: Tensor) -> None:

@@ -40,6 +40,7 @@ so the values equal the rollout engine's ``logprobs`` for its own samples (same 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 
 from pavlov.llm.models import distinct_rows
 from pavlov.llm.offload import is_offloaded
+from pavlov.llm.replay import DecodeTape, replaying
 from pavlov.llm.rollout import position_ids_from_mask
 from pavlov.math.masked import masked_mean, masked_sum
 from pavlov.math.policy import entropy
@@ -201,7 +203,7 @@ def _packing_pays(model: nn.Module, B: int, U: int, start: int, n: int, width: i
 
 def _packed_prompt_states(
     model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int,
-    groups: tuple[Tensor, Tensor],
+    groups: tuple[Tensor, Tensor], replay: tuple[DecodeTape, Tensor] | None = None,
 ) -> Tensor | None:  # fmt: skip
     """Final hidden states ``(B, L - start, H)`` at columns ``start - 1 .. L - 2`` from one
     forward over ``U`` packed rows: each distinct prompt once, followed by the responses of all
@@ -212,7 +214,9 @@ def _packed_prompt_states(
     each response is computed exactly as in its row (to float32 round-off) while the prompt's
     columns run once per group. Token rows ``B L -> U (start + G n)``: the benchmark's 2 x 4 x
     (9 + 32) GRPO batch runs 274 rows instead of 328, in one call (one weight stream), unlike
-    the cache path. None when it does not pay (:func:`_packing_pays`)."""
+    the cache path. None when it does not pay (:func:`_packing_pays`). ``replay``: a tape and
+    the ``(B, L)`` tape rows of the columns (:mod:`pavlov.llm.replay`) to take the linear
+    outputs from."""
     one, inverse = groups
     B, L = ids.shape
     U, n = len(one), L - start
@@ -245,10 +249,15 @@ def _packed_prompt_states(
     # a query with no key (a left pad) sees itself: an empty row would give NaN, which reaches
     # the weight gradients through 0 * NaN
     allowed |= torch.eye(width, dtype=torch.bool, device=ids.device) & ~allowed.any(-1, True)
-    out = model(
-        input_ids=pack(ids), attention_mask=allowed[:, None], position_ids=pack(positions),
-        use_cache=False, logits_to_keep=_NO_LOGITS, output_hidden_states=True,
-    )  # fmt: skip
+    replayed = contextlib.nullcontext()
+    if replay is not None:  # packed padding columns read the tape's zero row
+        tape, rows = replay
+        replayed = replaying(tape, pack(rows - tape.zero_row) + tape.zero_row)
+    with replayed:
+        out = model(
+            input_ids=pack(ids), attention_mask=allowed[:, None], position_ids=pack(positions),
+            use_cache=False, logits_to_keep=_NO_LOGITS, output_hidden_states=True,
+        )  # fmt: skip
     states = out.hidden_states[-1]  # (U, width, H)
     # response column j of row b is predicted by the prompt's last column (j = 0) or by the
     # row's previous response column
@@ -287,8 +296,9 @@ def _shared_prompt_states(
 
 
 def _prompt_states(
-    model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int
-) -> Tensor | None:
+    model: nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, start: int,
+    replay: tuple[DecodeTape, Tensor] | None = None,
+) -> Tensor | None:  # fmt: skip
     """The responses' final hidden states with each repeated prompt run once: packed into one
     forward when that pays, else through a shared key/value cache (not for an offloaded model,
     whose second call would read its weights again); None when no prompt repeats or neither
@@ -296,7 +306,9 @@ def _prompt_states(
     groups = _prompt_groups(ids, mask, start)
     if groups is None:
         return None
-    states = _packed_prompt_states(model, ids, mask, positions, start, groups)
+    states = _packed_prompt_states(model, ids, mask, positions, start, groups, replay)
+    if states is None and replay is not None:
+        return None  # the plain forward replays; the cache path would not
     if states is None and not is_offloaded(model):
         states = _shared_prompt_states(model, ids, mask, positions, start, groups)
     return states
@@ -360,6 +372,7 @@ def score_tokens(
     entropy_grad: bool = False,
     hidden: bool = False,
     share_prompts: bool = True,
+    replay: DecodeTape | None = None,
 ) -> TokenScores:
     """One pass giving response log-probs and, on request, entropies and hidden states.
 
@@ -369,10 +382,15 @@ def score_tokens(
     ``share_prompts``: run a prompt that several rows repeat once (module docstring: packed, or
     through a shared cache, which an offloaded model never takes: its second call would read
     its weights again); ``False`` always runs every row.
+    ``replay``: the :class:`~pavlov.llm.replay.DecodeTape` of the ``generate(..., record=True)``
+    call that sampled these sequences with ``model``'s current weights: the forward then takes
+    its linear outputs and logits from it instead of computing them (same values to float32
+    round-off, same gradients); ignored where :meth:`~pavlov.llm.replay.DecodeTape.usable`
+    says no or with ``chunk_size`` below ``B``.
     """
     return _score(
         model, input_ids, attention_mask, response, temperature, chunk_size, entropy,
-        entropy_grad, hidden, share_prompts,
+        entropy_grad, hidden, share_prompts, replay,
     )  # fmt: skip
 
 
@@ -387,6 +405,7 @@ def _score(
     entropy_grad: bool = True,
     with_hidden: bool = False,
     share_prompts: bool = True,
+    replay: DecodeTape | None = None,
 ) -> TokenScores:
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -406,31 +425,39 @@ def _score(
     head = None if (with_entropy and entropy_grad) else plain_lm_head(model)
     logp_parts, ent_parts, hidden_parts = [], [], []
     step = chunk_size or B
+    tape = None
+    if replay is not None and head is not None and step >= B and isinstance(response, int):
+        tape = replay if replay.usable(model, input_ids, start) else None
     for first in range(0, B, step):
         rows = slice(first, first + step)
         shared = None
+        sources = None if tape is None else tape.sources(attention_mask)
         if head is not None and share_prompts and isinstance(response, int):
             shared = _prompt_states(
-                model, input_ids[rows], attention_mask[rows], positions[rows], start
-            )
+                model, input_ids[rows], attention_mask[rows], positions[rows], start,
+                None if tape is None else (tape, sources),
+            )  # fmt: skip
         if shared is not None:
             final, out = shared, None
         else:
-            out = model(
-                input_ids=input_ids[rows],
-                attention_mask=attention_mask[rows],
-                position_ids=positions[rows],
-                use_cache=False,
-                logits_to_keep=_NO_LOGITS if head is not None else n + 1,
-                output_hidden_states=with_hidden or head is not None,
-            )
+            replayed = contextlib.nullcontext() if tape is None else replaying(tape, sources)
+            with replayed:
+                out = model(
+                    input_ids=input_ids[rows],
+                    attention_mask=attention_mask[rows],
+                    position_ids=positions[rows],
+                    use_cache=False,
+                    logits_to_keep=_NO_LOGITS if head is not None else n + 1,
+                    output_hidden_states=with_hidden or head is not None,
+                )
             # The final layer's output (after the final norm) at the positions predicting the
             # response tokens: the fused projection's and a value head's input.
             final = out.hidden_states[-1][:, start - 1 : L - 1] if out.hidden_states else None
         if head is not None:
             keep = mask[rows]
+            project = head if tape is None else lambda _h, keep=keep: tape.head(keep)
             logp, ent = projected_logprobs(  # head: its own (maybe oneDNN) kernel forward
-                final[keep], head.weight, targets[rows][keep], head.bias, temperature, head,
+                final[keep], head.weight, targets[rows][keep], head.bias, temperature, project,
                 with_entropy=with_entropy,
             )  # fmt: skip
             logp_parts.append(logp.new_zeros(keep.shape).masked_scatter(keep, logp))

@@ -151,3 +151,34 @@ def test_grpo_replays_with_one_update_per_batch_only(kw, used, monkeypatch):
     assert a["reward/mean"] == b["reward/mean"]
     for key in ("loss", "policy/entropy", "grad_norm", "kl/loss"):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_tape_replays_only_the_sequences_it_sampled():
+    model = MODELS["llama"]()
+    r = rollout(model)
+    flipped = r.sequences.flip(0)  # the same rows in another order
+    assert not r.tape.usable(model, flipped, r.prompt_length)
+    assert r.tape.usable(model, r.sequences.clone(), r.prompt_length)
+
+
+@pytest.mark.slow
+def test_smollm2_replayed_update_matches_the_computed_one():
+    """The embedded SmolLM2-135M (30 layers): the replayed forward's log-probs and gradients
+    against the computed ones, on a GRPO-shaped batch (2 prompts x 3 completions)."""
+    from pavlov.llm.models import load_causal_lm
+
+    model, tok = load_causal_lm("smollm2", dtype=torch.float32)
+    prompts = ["Review of Titanic:", "Review of Fargo, a film by the Coen brothers:"]
+    ids, mask = left_pad([torch.tensor(tok(p)["input_ids"]) for p in prompts for _ in range(3)],
+                         tok.pad_token_id or 0)  # fmt: skip
+    sampling = SamplingConfig(max_new_tokens=12, temperature=1.0, eos_token_ids=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id or 0, seed=0)  # fmt: skip
+    with fast_kernels(model):
+        r = generate(model, ids, mask, sampling, record=True)
+        assert r.tape is not None
+        logp, _, grads = score_and_grads(model, r, r.tape, True)
+        ref_logp, _, ref_grads = score_and_grads(model, r, None, True)
+    torch.testing.assert_close(logp, ref_logp, rtol=0, atol=2e-4)
+    total = sum((grads[n] - g).pow(2).sum() for n, g in ref_grads.items()).sqrt()
+    norm = sum(g.pow(2).sum() for g in ref_grads.values()).sqrt()
+    assert total / norm < 1e-3

@@ -409,7 +409,9 @@ class LlamaDecoder:
         return DecodeLayers(layers, self.heads, self.kv_heads, self.head_dim, eps.pop(),
                             float(self.scale), keys, cos, sin)  # fmt: skip
 
-    def _forward(self, x: Tensor, attend: Tensor, record: Tensor | None = None) -> Tensor:
+    def _forward(
+        self, x: Tensor, attend: Tensor, record: list[Tensor] | None = None
+    ) -> Tensor:
         """``x`` ``(B, S, H)`` at columns ``filled .. filled+S-1``; ``attend`` ``(B, 1, S or 1,
         filled+S)`` bool. Writes the cache, returns the last position's logits ``(B, V)``.
         ``record``: per layer a ``(B, S, width)`` tensor that receives the linears' outputs (the

@@ -72,6 +72,8 @@ class DecodeTape:
     sampled: int = 0
     """Response columns whose logits are recorded."""
     versions: tuple[int, ...] = field(default_factory=tuple)
+    sequences: Tensor | None = None
+    """``(B, P + T)`` the sampled sequences (set by :func:`~pavlov.llm.rollout.generate`)."""
 
     rows: int = 0
     """Rows of each layer's tensor."""
@@ -106,6 +108,8 @@ class DecodeTape:
             and start == self.prompt_length
             and self.logits.shape[0] == B
             and L - start == self.sampled
+            and self.sequences is not None
+            and torch.equal(ids, self.sequences)
             and self.decoded >= self.sampled - 1
             and _versions(self.model) == self.versions
         )

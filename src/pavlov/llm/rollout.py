@@ -325,6 +325,8 @@ def generate(
     tape = None if decoder is None else decoder.tape
     del decoder, logits
     out = _finish(prompt_ids, attention_mask, responses, response_mask, logprobs, steps, alive)
+    if tape is not None:
+        tape.sequences = out.sequences
     out.tape = tape
     return out
 

@@ -425,13 +425,13 @@ def _score(
     head = None if (with_entropy and entropy_grad) else plain_lm_head(model)
     logp_parts, ent_parts, hidden_parts = [], [], []
     step = chunk_size or B
-    tape = None
+    tape = sources = None  # a replay runs the whole batch in one forward
     if replay is not None and head is not None and step >= B and isinstance(response, int):
         tape = replay if replay.usable(model, input_ids, start) else None
+        sources = None if tape is None else tape.sources(attention_mask)
     for first in range(0, B, step):
         rows = slice(first, first + step)
         shared = None
-        sources = None if tape is None else tape.sources(attention_mask)
         if head is not None and share_prompts and isinstance(response, int):
             shared = _prompt_states(
                 model, input_ids[rows], attention_mask[rows], positions[rows], start,

@@ -74,7 +74,7 @@ def test_replayed_forward_gives_the_plain_log_probs_and_gradients(name, layout, 
         assert not r.eos_reached.all() and r.eos_reached.any()  # early stops are exercised
         logp, ent, grads = score_and_grads(model, r, tape, layout == "packed")
         assert len(calls) == 4 * 2  # q, k, v, o in each of the 2 layers: it replayed
-        assert all(t is None for t in tape.layers)  # spent: freed layer by layer
+        assert all(t is None for t in tape.layers) and tape.logits is None  # spent, freed
         ref_logp, ref_ent, ref_grads = score_and_grads(model, r, None, layout == "packed")
     assert len(calls) == 8  # the plain pass computed its own
     torch.testing.assert_close(logp, ref_logp, rtol=0, atol=2e-5)

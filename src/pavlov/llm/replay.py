@@ -60,8 +60,9 @@ class DecodeTape:
     model: nn.Module
     layers: list[Tensor | None]
     """Per layer ``(U * P + B * T + 1, S)`` float32; None once replayed."""
-    logits: Tensor
-    """``(B, T, V)``: the logits that sampled response token ``k`` of row ``b``."""
+    logits: Tensor | None
+    """``(B, T, V)``: the logits that sampled response token ``k`` of row ``b``; None once
+    replayed."""
     prompt_rows: Tensor
     """``(B,)`` long: the distinct prompt (``0 .. U - 1``) of each row."""
     prompt_length: int
@@ -99,6 +100,7 @@ class DecodeTape:
         dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in base.modules())
         return (
             base is self.model
+            and self.logits is not None
             and all(t is not None for t in self.layers)
             and not hasattr(model, "peft_config")
             and torch.is_grad_enabled()
@@ -130,8 +132,14 @@ class DecodeTape:
 
     def head(self, keep: Tensor) -> Tensor:
         """The recorded logits at the scored response positions ``keep`` ``(B, n)`` bool, as
-        ``(R, V)``: what the LM head gives there (position ``j`` predicts response token ``j``)."""
-        return self.logits[:, : keep.shape[1]][keep]
+        ``(R, V)``: what the LM head gives there (position ``j`` predicts response token ``j``).
+        Hands over the tape's buffer itself when every position is scored (the caller may
+        modify it: the logits are spent either way)."""
+        logits, self.logits = self.logits, None
+        n = keep.shape[1]
+        if n == logits.shape[1] and bool(keep.all()):
+            return logits.view(-1, logits.shape[-1])  # (B T, V), row-major like keep
+        return logits[:, :n][keep]
 
 
 class _ReplayLinear(torch.autograd.Function):

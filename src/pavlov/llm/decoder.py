@@ -43,7 +43,7 @@ from pavlov.llm.native import (
     row_linear,
     row_linears,
 )
-from pavlov.llm.replay import DecodeTape, replayable
+from pavlov.llm.replay import ATTENTION, DecodeTape, replayable
 
 __all__ = ["LlamaDecoder", "fast_decoder"]
 
@@ -84,7 +84,6 @@ def fast_decoder(
     return LlamaDecoder(model, batch, length, record)
 
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "dnn_linear",
     "fast_kernels",
     "inplace_tied_embedding",
+    "linear_grads",
     "masked_gqa_sdpa",
     "onednn_available",
     "onednn_linears",
@@ -75,12 +76,18 @@ class _DnnLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x2d, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # g W, MKL
-        grad_w = grad.t() @ x2d if ctx.needs_input_grad[1] else None  # g^T x, MKL
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+        return linear_grads(ctx, grad)
+
+
+def linear_grads(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The backward of ``y = x W^T + b`` for an autograd function that saved ``(x2d, weight)``
+    and set ``ctx.has_bias``: ``(g W, g^T x, sum g)`` where asked for, on MKL."""
+    x2d, weight = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # g W, MKL
+    grad_w = grad.t() @ x2d if ctx.needs_input_grad[1] else None  # g^T x, MKL
+    grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b
 
 
 def _eligible(x: Tensor, weight: Tensor) -> bool:

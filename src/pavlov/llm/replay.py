@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from pavlov.llm.kernels import linear_grads
 from pavlov.llm.lean import _SwiGLU, _swiglu_mlp
 
-__all__ = ["DecodeTape", "replaying"]
+__all__ = ["ATTENTION", "DecodeTape", "replayable", "replaying"]
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+"""A Llama-family attention block's projections, in the decode tape's order."""
 
 
 def _versions(model: nn.Module) -> tuple[int, ...]:
@@ -153,12 +155,7 @@ class _ReplayLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x2d, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # g W
-        grad_w = grad.t() @ x2d if ctx.needs_input_grad[1] else None  # g^T x
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        return (*linear_grads(ctx, grad), None)
 
 
 class _ReplaySwiGLU(torch.autograd.Function):

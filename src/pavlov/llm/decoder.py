@@ -310,9 +310,9 @@ class LlamaDecoder:
         V = self.model.lm_head.out_features
         rows = U * P + self.batch * T + 1
         tape = DecodeTape(
-            model=self.model, layers=[torch.empty((rows, S)) for _ in self.layers],
+            model=self.model, layers=[torch.empty((rows, S)) for _ in self.layers], rows=rows,
             logits=torch.empty((self.batch, T, V)), prompt_rows=inverse.clone(), prompt_length=P,
-            widths=(H * D, KV * D, E, inter), rows=rows,
+            widths=(H * D, KV * D, E, inter),
         )  # fmt: skip
         tape.seal()  # the weights do not change while sampling
         return tape

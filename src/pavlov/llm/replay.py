@@ -62,6 +62,8 @@ class DecodeTape:
     model: nn.Module
     layers: list[Tensor | None]
     """Per layer ``(U * P + B * T + 1, S)`` float32; None once replayed."""
+    rows: int
+    """Rows of each layer's tensor, ``U * P + B * T + 1``."""
     logits: Tensor | None
     """``(B, T, V)``: the logits that sampled response token ``k`` of row ``b``; None once
     replayed."""
@@ -77,9 +79,6 @@ class DecodeTape:
     versions: tuple[int, ...] = field(default_factory=tuple)
     sequences: Tensor | None = None
     """``(B, P + T)`` the sampled sequences (set by :func:`~pavlov.llm.rollout.generate`)."""
-
-    rows: int = 0
-    """Rows of each layer's tensor."""
 
     @property
     def zero_row(self) -> int:
@@ -123,11 +122,11 @@ class DecodeTape:
         ``(B, L)``: their attention mask; masked columns map to the zero row)."""
         B, L = mask.shape
         P, T = self.prompt_length, self.logits.shape[1]
-        U = self.rows - 1 - B * T
+        decoded_from = self.zero_row - B * T  # U * P: the prompts' rows come first
         column = torch.arange(L)
         prompt = self.prompt_rows[:, None] * P + column[None, :P]
         k = column[None, P:] - P
-        response = U + torch.arange(B)[:, None] * T + k
+        response = decoded_from + torch.arange(B)[:, None] * T + k
         response = torch.where(k < self.decoded, response, self.zero_row)
         out = torch.cat([prompt, response], dim=1)
         return torch.where(mask.bool(), out, self.zero_row)

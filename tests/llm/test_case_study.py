@@ -13,7 +13,7 @@ from pavlov.errors import ConfigError, PavlovError
 from pavlov.llm.case_study import CaseStudyAssets, CaseStudyConfig, run_case_study, stage_configs
 from pavlov.llm.case_study_steps import JudgeTap
 from pavlov.llm.data import PreferenceExample, SFTExample
-from pavlov.llm.policy_eval import evaluate_policy, module_logprobs
+from pavlov.llm.policy_eval import distinct_n, evaluate_policy, module_logprobs, on_topic
 from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 # peft 0.21 calls a helper transformers 5 deprecated
@@ -63,6 +63,7 @@ def tiny_assets() -> CaseStudyAssets:
         sft_data=_sft,
         preferences=_prefs,
         prompts=_prompts,
+        topics=lambda split: {"Review of Film 1:": frozenset({"great", "dull"})},
     )
 
 
@@ -143,6 +144,67 @@ def test_kl_to_a_different_reference_is_positive_on_average():
     assert ev.metrics["kl/ref"] > 0
 
 
+def test_distinct_2_counts_distinct_word_bigrams_over_all_texts():
+    assert distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)  # (a b) twice
+    assert distinct_n(["Great film!", "great  FILM."], 2) == 0.5  # case and punctuation ignored
+    assert distinct_n(["a", ""], 2) == 0.0  # no bigram at all
+    assert distinct_n(["x y"] * 10, 2) == pytest.approx(1 / 10)  # one phrase again and again
+
+
+def test_on_topic_needs_one_topic_word():
+    topic = frozenset({"elvira", "hills"})
+    assert on_topic("Elvira's best night!", topic)  # "elvira's" -> elvira, s
+    assert not on_topic("A fine, warm comedy.", topic)
+
+
+def test_reader_sampling_kl_at_the_training_temperature_and_base_model_fluency():
+    model, tok = tiny_causal_lm(seed=0)
+    other, _ = tiny_causal_lm(seed=1)
+    zero = lambda p, c: [0.0] * len(c)
+    args = dict(reward=zero, judge=zero, samples_per_prompt=3, max_new_tokens=6, seed=5)
+    prompts = ["Review of Up:", "Review of Heat:"]
+    plain = evaluate_policy(model, tok, prompts, reference=module_logprobs(other), **args)
+    reader = evaluate_policy(model, tok, prompts, reference=module_logprobs(other),
+                             fluency=module_logprobs(model), temperature=0.5, top_p=0.8,
+                             topics=[frozenset({"up"}), frozenset()], **args)  # fmt: skip
+    # the reader's reviews are other draws; KL is estimated on the training-temperature draws
+    assert [s.completion for s in reader.samples] != [s.completion for s in plain.samples]
+    assert [s.kl for s in reader.samples] == pytest.approx([s.kl for s in plain.samples])
+    # fluency: a model giving the k-th response token log-prob -(k + 1) costs a review of n text
+    # tokens n (n + 1) / 2; the EOS does not count
+    columns = lambda seq, mask, start: -torch.arange(1.0, seq.shape[1] - start + 1).expand(
+        len(seq), -1)  # fmt: skip
+    ranked = evaluate_policy(model, tok, prompts, fluency=columns, temperature=0.5, top_p=0.8,
+                             **args)  # fmt: skip
+    n = [s.tokens - s.eos for s in ranked.samples]
+    assert any(s.eos for s in ranked.samples) or max(n) == 6
+    assert [s.nll for s in ranked.samples] == [k * (k + 1) / 2 for k in n]
+    assert ranked.metrics["fluency/nll"] == pytest.approx(sum(k * (k + 1) / 2 for k in n) / sum(n))
+    assert reader.metrics["fluency/nll"] > 0
+    assert "fluency/nll" not in plain.metrics and "topic/on_topic" not in plain.metrics
+    topical = [s.on_topic for s in reader.samples]
+    assert topical[1::2] == [False] * 3  # no topic words: never on topic
+    assert reader.metrics["topic/on_topic"] == pytest.approx(sum(topical) / 6)
+    assert reader.metrics["text/distinct2"] == distinct_n([s.completion for s in reader.samples])
+
+
+def test_goal_checks_compare_with_the_sft_model_and_the_fixed_bounds():
+    from pavlov.llm.case_study_report import goal_checks
+
+    before = {"judge/positive_fraction": 0.5, "judge/mean": 0.1, "fluency/nll": 2.2,
+              "text/distinct2": 0.8, "topic/on_topic": 0.2, "kl/ref": 0.0}  # fmt: skip
+    after = {"judge/positive_fraction": 0.9, "judge/mean": 0.59, "fluency/nll": 2.3,
+             "text/distinct2": 0.56, "topic/on_topic": 0.2, "kl/ref": 6.5}  # fmt: skip
+    checks = goal_checks(before, after)
+    assert {k: c["ok"] for k, c in checks.items()} == {
+        "judge/positive_fraction": True, "judge/mean": False, "fluency/nll": False,
+        "text/distinct2": True, "topic/on_topic": True, "kl/ref": False,
+    }  # fmt: skip
+    assert checks["text/distinct2"]["bound"] == pytest.approx(0.56)
+    del before["topic/on_topic"], after["fluency/nll"]
+    assert set(goal_checks(before, after)) == set(checks) - {"topic/on_topic", "fluency/nll"}
+
+
 def test_judge_tap_logs_the_judge_but_returns_the_reward():
     tap = JudgeTap(lambda p, c: [1.0] * len(c), lambda p, c: [0.5, -0.5][: len(c)])
     assert tap(["a", "b"], ["x", "y"]) == [1.0, 1.0]
@@ -159,7 +221,8 @@ def _check_outputs(s: dict, run) -> None:
         assert (run / stage / "model").is_dir(), stage
     assert json.loads((run / "summary.json").read_text())["algo"] == s["algo"]
     for key in ("reward/mean", "judge/mean", "judge/positive_fraction", "kl/ref",
-                "response/length", "response/eos_rate"):  # fmt: skip
+                "response/length", "response/eos_rate", "fluency/nll", "text/distinct2",
+                "topic/on_topic"):  # fmt: skip
         assert key in s["before"] and key in s["after"], key
     assert s["before"]["kl/ref"] == 0.0 and s["after"]["samples"] == 6.0
     assert set(s["seconds"]) >= {"load", "sft", "reward_model", "eval_before", "rl", "total"}
@@ -270,7 +333,7 @@ def test_cli_runs_the_case_study_with_injected_assets(tmp_path, capsys, monkeypa
     """`pavlov rlhf --json` end to end, with the loaders swapped for tiny ones."""
     import pavlov.llm.case_study as cs
 
-    monkeypatch.setattr(cs, "CaseStudyAssets", tiny_assets)
+    monkeypatch.setattr(cs, "rt_assets", lambda synopsis_words: tiny_assets())
     config = tmp_path / "rlhf.yaml"
     config.write_text(
         "case_study:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items()) + "  algo: ppo\n"
@@ -283,6 +346,9 @@ def test_cli_runs_the_case_study_with_injected_assets(tmp_path, capsys, monkeypa
     s = json.loads(out.strip().splitlines()[-1])
     assert s["algo"] == "dpo" and s["stages"]["rl"]["steps"] == 1
     assert "judge: VADER compound (held out)" in out  # the before/after table
+    assert "goals: judge/positive_fraction" in out and "how to read them" in out
+    assert f"results in {tmp_path / 'runs' / 'r'}/" in out
+    assert set(s["goals"]) >= {"judge/positive_fraction", "fluency/nll", "kl/ref"}
     saved = (tmp_path / "runs" / "r" / "config.yaml").read_text()
     assert "beta: 0.2" in saved and "algo: dpo" in saved
 

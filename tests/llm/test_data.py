@@ -33,6 +33,8 @@ from pavlov.llm.rt import (
     rt_sentiment,
     rt_sft,
     rt_split_of,
+    rt_synopsis,
+    rt_topic_words,
 )
 from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
@@ -367,3 +369,16 @@ def test_rt_preferences_pairs():
     for p in pairs[:200]:
         assert label[p.chosen[1:]] == 1 and label[p.rejected[1:]] == 0
         assert p.prompt.startswith("Review of ")
+
+
+def test_rt_topic_words_are_title_and_rare_synopsis_words():
+    movies = rt_movies("all")
+    assert sum(bool(rt_synopsis(m)) for m in movies) == 156
+    assert sum(bool(rt_synopsis(m)) for m in rt_movies("test")) == 15
+    catch = rt_topic_words("catch_me_if_you_can")
+    assert {"catch", "fbi", "pilot", "airline"} <= catch  # title and synopsis content words
+    assert not {"me", "if", "you", "can"} & catch  # stopwords
+    bubba = rt_topic_words("bubba_hotep")
+    assert {"bubba", "hotep", "elvis"} <= bubba
+    assert not {"really", "happy", "film"} & bubba  # common review vocabulary
+    assert rt_topic_words("a_song_for_martin") == {"song", "martin"}  # no synopsis: the title

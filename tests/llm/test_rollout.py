@@ -213,6 +213,21 @@ def test_seed_reproducibility(model):
     assert not torch.equal(a.sequences, c.sequences)
 
 
+def test_fast_decoder_samples_in_float32_under_bf16_autocast(model):
+    """The fast decoder (Llama family) turns bf16 autocast off: the same tokens and log-probs as
+    without autocast; the generic path (GPT-2) keeps the caller's autocast."""
+    ids, mask = prompts()
+    cfg = SamplingConfig(max_new_tokens=12, seed=7)
+    plain = generate(model, ids, mask, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = generate(model, ids, mask, cfg)
+        assert torch.is_autocast_enabled("cpu")  # restored for the caller
+    fast = model.config.model_type == "llama"
+    assert torch.equal(plain.logprobs, cast.logprobs) == fast
+    if fast:
+        assert torch.equal(plain.sequences, cast.sequences)
+
+
 # --- EOS handling -----------------------------------------------------------------------------
 
 

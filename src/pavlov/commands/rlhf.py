@@ -75,7 +75,7 @@ def run_rlhf(
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from pavlov.llm.case_study_report import comparison_rows
+    from pavlov.llm.case_study_report import comparison_rows, goal_checks
     from pavlov.run.console import stdout, table
 
     algo = summary["algo"]
@@ -90,8 +90,20 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
     stdout.print(f"time: {seconds}")
+    checks = goal_checks(summary["before"], summary["after"])
+    if checks:
+        marks = ", ".join(
+            f"{k} {c['value']:.3g} {c['op']} {c['bound']:.3g} {'ok' if c['ok'] else 'MISSED'}"
+            for k, c in checks.items()
+        )
+        stdout.print(f"goals: {marks}")
     files = summary["files"]
     stdout.print(
-        f"{summary['run']}: {Path(files['samples']).name} (sampled reviews), "
-        f"{Path(files['curves']).name}, {Path(files['judge_vs_kl']).name}"
+        f"results in {summary['run']}/: {Path(files['samples']).name} (the reviews, before and "
+        f"after), {Path(files['curves']).name}, {Path(files['judge_vs_kl']).name}, summary.json"
+    )
+    stdout.print(
+        "how to read them: the held-out judge (VADER, never trained on) should rise with the "
+        "reward model's score while fluency NLL, distinct-2, the on-topic share and KL hold; a "
+        "reward-model score that climbs while the judge or fluency falls is reward hacking."
     )

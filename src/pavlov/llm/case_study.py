@@ -28,6 +28,7 @@ Run directory (:func:`run_case_study`)::
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError, check_positive
+from pavlov.llm.data import words
 from pavlov.llm.trainers.common import PRECISIONS, TrainConfig, check_choice, check_count
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")
@@ -46,7 +48,7 @@ COUNTS = (
     "eval_samples", "eval_batch_size",
 )  # fmt: skip
 POSITIVES = ("sft_learning_rate", "rm_learning_rate", "rl_learning_rate", "dpo_learning_rate",
-             "dpo_beta", "temperature")  # fmt: skip
+             "dpo_beta", "temperature", "eval_temperature")  # fmt: skip
 QUICK = {"sft_steps": 16, "rm_steps": 30, "rl_steps": 20}
 """``pavlov rlhf --quick``: shorter training (smoke test, slow test), the same evaluation."""
 
@@ -66,6 +68,9 @@ class CaseStudyConfig:
     ~30x slower on AVX2-only ones) or ``"fp32"``; used by every stage and the evaluation."""
     policy: str = "smollm2"
     """The policy to post-train: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a model path."""
+    synopsis_words: int = 0
+    """Words of the plot synopsis in every prompt, ``"Review of <Title> (<plot>):"``, where the
+    movie has one (156 of 508 movies); 0: ``"Review of <Title>:"``."""
     # --- step 1: SFT
     sft_steps: int = 40
     """SFT optimizer steps (packed blocks of ``sft_max_length`` tokens, ~2-3 snippets each)."""
@@ -108,7 +113,8 @@ class CaseStudyConfig:
     max_new_tokens: int = 24
     """Longest sampled review, in tokens, in training and evaluation."""
     temperature: float = 1.0
-    """Sampling temperature of training rollouts and of the evaluation, > 0."""
+    """Sampling temperature of the training rollouts, > 0 (KL to the reference is measured at
+    it in the evaluation too)."""
     beta: float = 0.2
     """KL penalty coefficient to the SFT reference (PPO/GRPO/RLOO), >= 0. In tuning, 0.05 let the
     KL reach 10-20 nats per review (reward hacking); 0.2 held it near 5."""
@@ -127,6 +133,11 @@ class CaseStudyConfig:
     """Sampled reviews per held-out movie, before and after."""
     eval_batch_size: int = 32
     """Sequences per generation / scoring batch in the evaluation."""
+    eval_temperature: float = 0.7
+    """Sampling temperature of the evaluated reviews, as a reader would see them, > 0; the
+    same before and after."""
+    eval_top_p: float = 0.9
+    """Nucleus (top-p) threshold of the evaluated reviews, in (0, 1]; 1: off."""
     # --- pass-through
     sft_options: dict[str, Any] = field(default_factory=dict)
     """Further :class:`~pavlov.llm.trainers.SFTConfig` fields (CLI: ``-o sft.FIELD=VALUE``)."""
@@ -144,10 +155,13 @@ class CaseStudyConfig:
         check_count("seed", self.seed, minimum=0)
         check_count("prompts_per_step", self.prompts_per_step, minimum=0)
         check_count("group_size", self.group_size, minimum=0)
+        check_count("synopsis_words", self.synopsis_words, minimum=0)
         for name in POSITIVES:
             check_positive(name, getattr(self, name))
         if not self.beta >= 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta!r}")
+        if not 0 < self.eval_top_p <= 1:
+            raise ConfigError(f"eval_top_p must be in (0, 1], got {self.eval_top_p!r}")
         for name in ("sft_options", "rm_options", "rl_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping of config fields")
@@ -213,11 +227,11 @@ def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
 # Where models and data come from (tests inject tiny ones)
 
 
-def _rt_prompts(split: str) -> list[tuple[str, str]]:
+def _rt_prompts(split: str, synopsis_words: int = 0) -> list[tuple[str, str]]:
     from pavlov.llm.assets import rt_title
     from pavlov.llm.rt import rt_movies, rt_prompt
 
-    return [(rt_title(m), rt_prompt(m)) for m in rt_movies(split)]
+    return [(rt_title(m), rt_prompt(m, synopsis_words)) for m in rt_movies(split)]
 
 
 def _load_policy(name: str):
@@ -236,16 +250,22 @@ def _load_reward_backbone(kind: str, policy: str):
     return _load_policy(policy)
 
 
-def _rt_sft(split: str) -> list:
+def _rt_topics(split: str, synopsis_words: int = 0) -> dict[str, frozenset[str]]:
+    from pavlov.llm.rt import rt_movies, rt_prompt, rt_topic_words
+
+    return {rt_prompt(m, synopsis_words): rt_topic_words(m) for m in rt_movies(split)}
+
+
+def _rt_sft(split: str, synopsis_words: int = 0) -> list:
     from pavlov.llm.rt import rt_sft
 
-    return rt_sft(split)
+    return rt_sft(split, synopsis_words)
 
 
-def _rt_preferences(split: str) -> list:
+def _rt_preferences(split: str, synopsis_words: int = 0) -> list:
     from pavlov.llm.rt import rt_preferences
 
-    return rt_preferences(split)
+    return rt_preferences(split, synopsis_words=synopsis_words)
 
 
 @dataclass
@@ -262,6 +282,21 @@ class CaseStudyAssets:
     """``split -> preference pairs`` (reward model, DPO; ``"test"``: held-out accuracy)."""
     prompts: Callable[[str], list[tuple[str, str]]] = _rt_prompts
     """``split -> [(label, prompt)]``: RL prompts (``"train"``), evaluation prompts (``"test"``)."""
+    topics: Callable[[str], dict[str, frozenset[str]]] = _rt_topics
+    """``split -> {prompt: topic words}`` for the on-topic share (a prompt without an entry:
+    the words of its label)."""
+
+
+def rt_assets(synopsis_words: int = 0) -> CaseStudyAssets:
+    """The embedded assets with Rotten Tomatoes prompts that carry ``synopsis_words`` words of
+    the plot where the movie has a synopsis (:func:`pavlov.llm.rt.rt_prompt`)."""
+    n = {"synopsis_words": synopsis_words}
+    return CaseStudyAssets(
+        sft_data=functools.partial(_rt_sft, **n),
+        preferences=functools.partial(_rt_preferences, **n),
+        prompts=functools.partial(_rt_prompts, **n),
+        topics=functools.partial(_rt_topics, **n),
+    )
 
 
 @dataclass
@@ -277,6 +312,9 @@ class _Inputs:
     rl_prompts: list[str]
     eval_labels: list[str]
     eval_prompts: list[str]
+    eval_topics: list[frozenset[str]]
+    fluency_model: Any
+    """The untouched base model (no adapters, never trained): the fluency NLL's judge."""
 
 
 def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
@@ -288,13 +326,17 @@ def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
             f"eval_prompts must be <= {len(held_out)} (held-out movies), got {cfg.eval_prompts}"
         )
     chosen = evenly_spaced(held_out, cfg.eval_prompts)
+    topics = assets.topics("test")
     policy, tokenizer = assets.load_policy(cfg.policy)
+    fluency_model = assets.load_policy(cfg.policy)[0].eval().requires_grad_(False)
     backbone, rm_tokenizer = assets.load_reward_backbone(cfg.rm_backbone, cfg.policy)
     return _Inputs(
         policy, tokenizer, backbone, rm_tokenizer,
         assets.sft_data("train"), assets.sft_data("test"),
         assets.preferences("train"), assets.preferences("test"),
         [p for _, p in assets.prompts("train")], [t for t, _ in chosen], [p for _, p in chosen],
+        [topics.get(p) or frozenset(w for w in words(t) if len(w) >= 3) for t, p in chosen],
+        fluency_model,
     )  # fmt: skip
 
 
@@ -319,7 +361,8 @@ def run_case_study(
         cfg: the settings.
         run_dir: the run directory to create (must not exist).
         quiet: no progress bars or stage lines.
-        assets: model and data loaders (default: the embedded SmolLM2, MiniLM, Rotten Tomatoes).
+        assets: model and data loaders (default: the embedded SmolLM2, MiniLM, Rotten Tomatoes,
+            :func:`rt_assets`).
 
     Returns:
         The summary also written to ``run_dir/summary.json``.
@@ -336,7 +379,7 @@ def run_case_study(
     if run_dir.exists():
         raise PavlovError(f"run directory {run_dir} already exists (pick another --name)")
     clock = _Clock(quiet)
-    inputs = _load_inputs(cfg, assets or CaseStudyAssets())
+    inputs = _load_inputs(cfg, assets or rt_assets(cfg.synopsis_words))
     clock.lap("load")
     config = {
         "command": "rlhf",
@@ -373,6 +416,7 @@ def run_case_study(
             "after": after.metrics,
             "judge_gain": after.metrics["judge/mean"] - before.metrics["judge/mean"],
             "reward_gain": after.metrics["reward/mean"] - before.metrics["reward/mean"],
+            "goals": report.goal_checks(before.metrics, after.metrics),
             "reward_model": {"backbone": cfg.rm_backbone, "accuracy": rm_info["accuracy"]},
             "stages": {"sft": sft_info, "reward_model": rm_info, "rl": rl_info},
             "seconds": clock.laps(),

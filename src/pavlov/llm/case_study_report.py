@@ -15,6 +15,9 @@ ROWS = (
     ("reward/mean", "reward-model score"),
     ("judge/mean", "judge: VADER compound (held out)"),
     ("judge/positive_fraction", "judge: share positive (> 0.05)"),
+    ("fluency/nll", "fluency: NLL per token under the base model"),
+    ("text/distinct2", "diversity: distinct-2 over all reviews"),
+    ("topic/on_topic", "on topic: names the movie or its plot"),
     ("kl/ref", "KL to the SFT reference (nats)"),
     ("response/length", "review length (tokens)"),
     ("response/eos_rate", "reviews ending with EOS"),
@@ -31,9 +34,40 @@ CURVES = (
 """Per-step training metrics plotted in ``curves.png`` when the history has them."""
 
 
+KL_BOUND = 6.0
+"""KL to the SFT reference (nats per review) within which the policy counts as on its leash."""
+
+
+def goal_checks(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """The case study's goals, each ``{"value", "bound", "ok"}``: a clearly positive judge
+    (share >= 90%, mean >= 0.6) bought without losing fluency (NLL under the base model not
+    above the SFT model's), diversity (distinct-2 >= 0.7x the SFT model's), topic (on-topic
+    share not below the SFT model's) or the leash (KL <= :data:`KL_BOUND`). A metric the
+    evaluation did not measure is left out."""
+    rules = {
+        "judge/positive_fraction": (">=", 0.9),
+        "judge/mean": (">=", 0.6),
+        "fluency/nll": ("<=", before.get("fluency/nll")),
+        "text/distinct2": (">=", 0.7 * before.get("text/distinct2", 0.0)),
+        "topic/on_topic": (">=", before.get("topic/on_topic")),
+        "kl/ref": ("<=", KL_BOUND),
+    }
+    out = {}
+    for key, (op, bound) in rules.items():
+        if key in after and bound is not None:
+            value = after[key]
+            ok = value >= bound if op == ">=" else value <= bound
+            out[key] = {"value": value, "op": op, "bound": bound, "ok": bool(ok)}
+    return out
+
+
 def comparison_rows(before: dict[str, float], after: dict[str, float]) -> list[list[Any]]:
-    """``[label, before, after, after - before]`` for each metric of :data:`ROWS`."""
-    return [[label, before[k], after[k], after[k] - before[k]] for k, label in ROWS]
+    """``[label, before, after, after - before]`` for each metric of :data:`ROWS` both have."""
+    return [
+        [label, before[k], after[k], after[k] - before[k]]
+        for k, label in ROWS
+        if k in before and k in after
+    ]
 
 
 def write_report(
@@ -97,9 +131,12 @@ def write_samples(path: Path, cfg, before: PolicyEval, after: PolicyEval) -> Pat
     text = (
         f"# Positive movie reviews: before and after {cfg.algo}\n\n"
         f"Held-out movies (never seen in any training step), {cfg.eval_samples} sampled "
-        f"review(s) each at temperature {cfg.temperature}, at most {cfg.max_new_tokens} tokens, "
-        f"the same prompts and random numbers before and after. judge: VADER compound score in "
-        f"[-1, 1], never used in training; RM: the reward model's score.\n\n"
+        f"review(s) each at temperature {cfg.eval_temperature}, top-p {cfg.eval_top_p}, at most "
+        f"{cfg.max_new_tokens} tokens, the same prompts and random numbers before and after. "
+        f"judge: VADER compound score in [-1, 1], never used in training; RM: the reward "
+        f"model's score. Fluency: mean NLL per token of the reviews under the untouched base "
+        f"model (lower reads more fluent); KL measured on reviews sampled at the training "
+        f"temperature {cfg.temperature}.\n\n"
         f"{metrics}\nThe first sample of each movie:\n\n{samples}"
     )
     path.write_text(text, encoding="utf-8")

@@ -59,13 +59,19 @@ def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
 
 
 def evaluate(cfg, model, inputs, scorer, reference):
-    from pavlov.llm.policy_eval import evaluate_policy
+    """The held-out evaluation: reviews sampled as a reader sees them (``eval_temperature``,
+    ``eval_top_p``), KL at the training temperature, fluency under the untouched base model."""
+    from pavlov.llm.policy_eval import evaluate_policy, module_logprobs
 
+    fluency = module_logprobs(
+        inputs.fluency_model, precision=cfg.precision, chunk_size=cfg.eval_batch_size
+    )
     return evaluate_policy(
         model, inputs.tokenizer, inputs.eval_prompts, reward=scorer, reference=reference,
-        labels=inputs.eval_labels, samples_per_prompt=cfg.eval_samples,
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000,
-        batch_size=cfg.eval_batch_size, precision=cfg.precision,
+        fluency=fluency, topics=inputs.eval_topics, labels=inputs.eval_labels,
+        samples_per_prompt=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, kl_temperature=cfg.temperature,
+        seed=cfg.seed + 1000, batch_size=cfg.eval_batch_size, precision=cfg.precision,
     )  # fmt: skip
 
 
@@ -85,7 +91,10 @@ def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
         else:
             policy, info, history = _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet)
     policy.eval()
-    options = {"precision": cfg.precision, "chunk_size": cfg.eval_batch_size}
+    options = {
+        "precision": cfg.precision, "chunk_size": cfg.eval_batch_size,
+        "temperature": cfg.temperature,
+    }  # fmt: skip
     if frozen is None and is_peft_model(policy):
         reference = module_logprobs(policy, base=True, **options)
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,15 @@ from torch import Tensor
 
 from pavlov.errors import PavlovError
 from pavlov.llm.models import ensure_pad_token, pad_right
+
+WORD = re.compile(r"[a-z0-9]+")
+"""A word of :func:`words`: a run of lowercase letters and digits ("it's" is "it", "s")."""
+
+
+def words(text: str) -> list[str]:
+    """Lowercase words of ``text``, punctuation dropped (distinct-n, topic words)."""
+    return WORD.findall(text.lower())
+
 
 IGNORE_INDEX = -100
 FILE_TYPES = (".jsonl", ".csv", ".parquet")

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pavlov.llm.data import words
 from pavlov.llm.models import ensure_pad_token
-from pavlov.llm.rollout import SamplingConfig, generate, left_pad
+from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.scoring import token_logprobs
 from pavlov.llm.trainers.common import autocast
 
@@ -40,10 +41,16 @@ LogprobFn = Callable[[Tensor, Tensor, int], Tensor]
 
 
 def module_logprobs(
-    model: nn.Module, *, base: bool = False, precision: str = "fp32", chunk_size: int | None = None
+    model: nn.Module,
+    *,
+    base: bool = False,
+    precision: str = "fp32",
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
 ) -> LogprobFn:
-    """Token log-probs under ``model`` (no grad, eval mode); ``base=True`` scores a peft model
-    with its adapters disabled, i.e. the weights the adapters were trained on (the reference)."""
+    """Token log-probs of ``softmax(logits / temperature)`` under ``model`` (no grad, eval mode);
+    ``base=True`` scores a peft model with its adapters disabled, i.e. the weights the adapters
+    were trained on (the reference)."""
 
     def score(sequences: Tensor, attention_mask: Tensor, start: int) -> Tensor:
         was_training = model.training
@@ -52,8 +59,9 @@ def module_logprobs(
         try:
             with torch.no_grad(), autocast(precision), adapters:
                 return token_logprobs(
-                    model, sequences, attention_mask, start, chunk_size=chunk_size
-                ).float()
+                    model, sequences, attention_mask, start, chunk_size=chunk_size,
+                    temperature=temperature,
+                ).float()  # fmt: skip
         finally:
             model.train(was_training)
 
@@ -73,11 +81,17 @@ class Sample:
     judge: float
     """Held-out judge score of the completion."""
     kl: float
-    """Sum over the response tokens of ``log pi - log pi_ref`` (0 without a reference)."""
+    """Sum over the response tokens of ``log pi - log pi_ref`` (0 without a reference); on a
+    sample at the KL temperature, which is this one unless the evaluation samples otherwise."""
     tokens: int
     """Response tokens, EOS included."""
     eos: bool
     """The completion ended with EOS (false: cut at ``max_new_tokens``)."""
+    nll: float = 0.0
+    """Sum of ``-log p_fluency`` over the response's text tokens (EOS excluded; 0 without a
+    fluency model)."""
+    on_topic: bool | None = None
+    """The completion uses one of the prompt's topic words (None: no topic words given)."""
 
 
 @dataclass
@@ -90,6 +104,19 @@ class PolicyEval:
     rows hold one sample of every prompt."""
 
 
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al. 2016): distinct word n-grams over all n-grams of all ``texts``
+    (n-grams do not cross texts); 0 when there are none. 1: no n-gram repeats anywhere; a
+    policy that writes one phrase again and again tends to 1 / len(texts)."""
+    grams = [tuple(w[i : i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def on_topic(text: str, topic: frozenset[str]) -> bool:
+    """Whether ``text`` uses one of the ``topic`` words (lowercase, as :func:`words` splits)."""
+    return not topic.isdisjoint(words(text))
+
+
 def evaluate_policy(
     model: nn.Module,
     tokenizer,
@@ -98,10 +125,14 @@ def evaluate_policy(
     reward: Scorer,
     judge: Scorer | None = None,
     reference: LogprobFn | None = None,
+    fluency: LogprobFn | None = None,
+    topics: Sequence[frozenset[str]] | None = None,
     labels: Sequence[str] | None = None,
     samples_per_prompt: int = 1,
     max_new_tokens: int = 32,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    kl_temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 32,
     precision: str = "fp32",
@@ -112,6 +143,11 @@ def evaluate_policy(
     arguments see the same prompts in the same order and the same random numbers (common random
     numbers, less noise in a before/after difference).
 
+    The completions are sampled as a reader would see them (``temperature``, ``top_p``). KL to
+    the reference compares the two models' distributions at ``kl_temperature`` (the training
+    sampling's), so it is estimated on samples drawn that way: the same samples when the
+    reader's sampling is that one, else a second draw of each batch (same seeds, no top-p).
+
     Args:
         model: the policy (any causal LM, or a peft wrapper of one).
         tokenizer: its tokenizer (eos ends a completion; eos is reused as pad when missing).
@@ -119,37 +155,54 @@ def evaluate_policy(
         reward: the reward model, ``score(prompts, completions)``.
         judge: the held-out judge, ``judge(prompts, completions)``; default VADER's compound
             score (:func:`pavlov.llm.rewards.vader_reward`).
-        reference: log-probs under the reference (:func:`module_logprobs`); None: KL is 0 (the
-            policy is its own reference).
+        reference: log-probs under the reference at ``kl_temperature`` (:func:`module_logprobs`);
+            None: KL is 0 (the policy is its own reference).
+        fluency: log-probs under a fixed model for the fluency NLL (:func:`module_logprobs` of
+            the untouched base model); None: not measured.
+        topics: topic words per prompt (lowercase) for the on-topic share; None: not measured.
         labels: a short name per prompt for the sample rows (default: the prompt).
     """
     from pavlov.llm.rewards import vader_reward
 
     judge = judge if judge is not None else vader_reward()
+    if topics is not None and len(topics) != len(prompts):
+        raise ValueError(f"topics has {len(topics)} entries for {len(prompts)} prompts")
     pad_id = ensure_pad_token(tokenizer)
     labels = list(labels) if labels is not None else list(prompts)
     order = [i for _ in range(samples_per_prompt) for i in range(len(prompts))]
     encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
     eos = tokenizer.eos_token_id
-    policy = module_logprobs(model, precision=precision, chunk_size=batch_size)
+    policy = module_logprobs(
+        model, precision=precision, chunk_size=batch_size, temperature=kl_temperature
+    )
+    same_draw = temperature == kl_temperature and top_p == 1.0
+
+    def sample(ids: Tensor, mask: Tensor, b: int, t: float, p: float) -> Rollout:
+        sampling = SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=t, top_p=p, pad_token_id=pad_id,
+            eos_token_ids=() if eos is None else eos, seed=seed + b,
+        )  # fmt: skip
+        with autocast(precision):
+            return generate(model, ids, mask, sampling)
+
     rows: list[Sample] = []
     for b, first in enumerate(range(0, len(order), batch_size)):
         index = order[first : first + batch_size]
         ids, mask = left_pad([encoded[i] for i in index], pad_id)
-        sampling = SamplingConfig(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            eos_token_ids=() if eos is None else eos,
-            pad_token_id=pad_id,
-            seed=seed + b,
-        )
-        with autocast(precision):
-            out = generate(model, ids, mask, sampling)
+        out = sample(ids, mask, b, temperature, top_p)
         kl = torch.zeros(len(index))
         if reference is not None:
-            logp = policy(out.sequences, out.attention_mask, out.prompt_length)  # (B, T)
-            ref = reference(out.sequences, out.attention_mask, out.prompt_length)
-            kl = ((logp - ref) * out.response_mask).sum(-1)  # (B,)
+            draw = out if same_draw else sample(ids, mask, b, kl_temperature, 1.0)
+            logp = policy(draw.sequences, draw.attention_mask, draw.prompt_length)  # (B, T)
+            ref = reference(draw.sequences, draw.attention_mask, draw.prompt_length)
+            kl = ((logp - ref) * draw.response_mask).sum(-1)  # (B,)
+        nll = torch.zeros(len(index))
+        text_tokens = out.response_lengths - out.eos_reached.long()  # (B,) EOS excluded
+        if fluency is not None:
+            columns = torch.arange(out.responses.shape[1])
+            text = columns[None, :] < text_tokens[:, None]  # (B, T)
+            logp = fluency(out.sequences, out.attention_mask, out.prompt_length)
+            nll = -(logp * text).sum(-1)
         texts = [
             tokenizer.decode(
                 out.responses[r, : int(out.response_lengths[r])], skip_special_tokens=True
@@ -161,28 +214,29 @@ def evaluate_policy(
         for r, i in enumerate(index):
             rows.append(
                 Sample(
-                    labels[i],
-                    prompts[i],
-                    texts[r],
-                    float(scores[r]),
-                    float(judged[r]),
-                    float(kl[r]),
-                    int(out.response_lengths[r]),
-                    bool(out.eos_reached[r]),
-                )
+                    labels[i], prompts[i], texts[r], float(scores[r]), float(judged[r]),
+                    float(kl[r]), int(out.response_lengths[r]), bool(out.eos_reached[r]),
+                    nll=float(nll[r]),
+                    on_topic=None if topics is None else on_topic(texts[r], topics[i]),
+                )  # fmt: skip
             )
-    return PolicyEval(summarize(rows), rows)
+    metrics = summarize(rows)
+    if fluency is not None:
+        counted = sum(s.tokens - s.eos for s in rows)
+        metrics["fluency/nll"] = sum(s.nll for s in rows) / max(1, counted)
+    return PolicyEval(metrics, rows)
 
 
 def summarize(samples: Sequence[Sample]) -> dict[str, float]:
-    """Means (and standard errors of the two scores) over samples."""
+    """Means (and standard errors of the two scores) over samples, distinct-2 over their texts
+    and, where the samples know it, the on-topic share."""
 
     def stderr(xs: list[float]) -> float:
         return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
 
     reward = [s.reward for s in samples]
     judge = [s.judge for s in samples]
-    return {
+    metrics = {
         "reward/mean": statistics.fmean(reward),
         "reward/stderr": stderr(reward),
         "judge/mean": statistics.fmean(judge),
@@ -191,5 +245,10 @@ def summarize(samples: Sequence[Sample]) -> dict[str, float]:
         "kl/ref": statistics.fmean(s.kl for s in samples),
         "response/length": statistics.fmean(s.tokens for s in samples),
         "response/eos_rate": statistics.fmean(float(s.eos) for s in samples),
+        "text/distinct2": distinct_n([s.completion for s in samples], 2),
         "samples": float(len(samples)),
     }
+    topical = [s.on_topic for s in samples if s.on_topic is not None]
+    if topical:
+        metrics["topic/on_topic"] = statistics.fmean(float(t) for t in topical)
+    return metrics

@@ -236,6 +236,23 @@ def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return gen
 
 
+def _decode_in_float32(model: nn.Module, cfg: SamplingConfig) -> bool:
+    """Whether the fast decoder should run with bf16 autocast off: the weights are float32 on
+    the CPU and autocast is on.
+
+    Why: a decode step multiplies a few rows by every weight matrix, so it streams the weights
+    whatever the precision, and autocast adds a bf16 copy of each matrix per token (SmolLM2 with
+    LoRA, 8 rows x 24 tokens, AVX-512 CPU: 2.5 s under autocast vs 1.0 s in float32 with the C
+    row kernel; 32 rows: 3.5 vs 2.8 s). The samples then come from the float32 policy (more
+    exact, not less); every log-prob a trainer uses is recomputed under its own precision.
+    """
+    return (
+        cfg.fast
+        and torch.is_autocast_enabled("cpu")
+        and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    )
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -286,8 +303,14 @@ def generate(
         mask = torch.cat([attention_mask.long(), attention_mask.new_ones((B, T)).long()], dim=1)
 
     positions = position_ids_from_mask(attention_mask)  # (B, P)
-    with _eval_mode(model):
-        decoder = fast_decoder(model, B, P + T, record) if cfg.fast else None
+    float32 = _decode_in_float32(model, cfg)
+    with _eval_mode(model), contextlib.ExitStack() as precision:
+        if float32:
+            precision.enter_context(torch.autocast("cpu", enabled=False))
+        # a tape recorded in float32 is not what a bf16 update forward computes: none then
+        decoder = fast_decoder(model, B, P + T, record and not float32) if cfg.fast else None
+        if decoder is None:
+            precision.close()  # the generic path runs under the caller's autocast
         if decoder is not None:
             logits = decoder.prefill(prompt_ids, attention_mask, positions)
         else:

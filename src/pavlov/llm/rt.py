@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import random
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -27,12 +26,9 @@ def _rt_critic(split: str):
     ]
 
 
-def rt_prompt(movie: str, synopsis_words: int = 0) -> str:
-    """The prompt for a movie: ``"Review of <Title>:"`` (see :func:`rt_title`); with
-    ``synopsis_words`` > 0 and a synopsis, ``"Review of <Title> (<plot>):"`` where the plot is
-    the synopsis' first sentence, cut to that many words (:func:`rt_plot`)."""
-    plot = rt_plot(movie, synopsis_words) if synopsis_words else ""
-    return f"Review of {rt_title(movie)} ({plot}):" if plot else f"Review of {rt_title(movie)}:"
+def rt_prompt(movie: str) -> str:
+    """The prompt for a movie: ``"Review of <Title>:"`` (see :func:`rt_title`)."""
+    return f"Review of {rt_title(movie)}:"
 
 
 def rt_movies(split: str = "train") -> list[str]:
@@ -40,15 +36,14 @@ def rt_movies(split: str = "train") -> list[str]:
     return sorted({r.movie for r in _rt_critic(split)})
 
 
-def rt_sft(split: str = "train", synopsis_words: int = 0) -> list[SFTExample]:
-    """Critic snippets as SFT text: ``rt_prompt(movie, synopsis_words)`` -> ``" <snippet>"``.
+def rt_sft(split: str = "train") -> list[SFTExample]:
+    """Critic snippets as SFT text: ``"Review of <Title>:"`` -> ``" <snippet>"``.
 
-    Fresh and rotten snippets only; plot synopses are not targets (they are not reviews, and
-    are up to 6,600 characters long against 255 for snippets).
+    Fresh and rotten snippets only; plot synopses are left out (they are not reviews, and are
+    up to 6,600 characters long against 255 for snippets).
     """
     return [
-        SFTExample(rt_prompt(r.movie, synopsis_words), " " + r.text, False,
-                   f"{RT_NAME} row {r.row} ({r.movie})")  # fmt: skip
+        SFTExample(rt_prompt(r.movie), " " + r.text, False, f"{RT_NAME} row {r.row} ({r.movie})")
         for r in _rt_critic(split)
     ]
 
@@ -62,18 +57,14 @@ def rt_sentiment(split: str = "train") -> list[LabeledText]:
 
 
 def rt_preferences(
-    split: str = "train",
-    *,
-    max_pairs_per_movie: int | None = 8,
-    seed: int = 0,
-    synopsis_words: int = 0,
+    split: str = "train", *, max_pairs_per_movie: int | None = 8, seed: int = 0
 ) -> list[PreferenceExample]:
     """Preference pairs: a fresh snippet (chosen) against a rotten one (rejected), same movie.
 
     Per movie with both kinds, the distinct fresh and rotten snippets are shuffled with
     ``random.Random(f"{seed}:{movie}")`` and zipped: ``min(#fresh, #rotten)`` disjoint pairs
     (no snippet used twice), capped at ``max_pairs_per_movie`` (``None``: no cap). Movies come
-    in corpus order. Deterministic for a given seed. Prompts: :func:`rt_prompt`.
+    in corpus order. Deterministic for a given seed.
     """
     by_movie: dict[str, dict[str, list]] = {}
     for r in _rt_critic(split):
@@ -90,9 +81,7 @@ def rt_preferences(
         for f, r in zip(fresh[:n], rotten[:n], strict=True):
             where = f"{RT_NAME} rows {f.row}/{r.row} ({movie})"
             out.append(
-                PreferenceExample(
-                    rt_prompt(movie, synopsis_words), " " + f.text, " " + r.text, False, where
-                )
+                PreferenceExample(rt_prompt(movie), " " + f.text, " " + r.text, False, where)
             )
     return out
 
@@ -130,15 +119,6 @@ def _synopses() -> dict[str, str]:
         if r.category == "plot" and r.text and r.movie not in out:
             out[r.movie] = r.text
     return out
-
-
-def rt_plot(movie: str, max_words: int) -> str:
-    """The first sentence of the movie's synopsis, cut to ``max_words`` words ("..." marks a
-    cut), parentheses dropped; ``""`` without a synopsis. For the prompt of :func:`rt_prompt`."""
-    synopsis = " ".join(rt_synopsis(movie).split())
-    first = re.split(r"(?<=[a-z]{2}[.!?])\s", synopsis, maxsplit=1)[0].rstrip(".")
-    words_ = first.replace("(", "").replace(")", "").split()
-    return " ".join(words_[:max_words]) + ("..." if len(words_) > max_words else "")
 
 
 def _content(text: str) -> set[str]:

@@ -381,7 +381,7 @@ def generate(
 def rlhf(
     algo: Annotated[
         str | None,
-        typer.Option(help="Step 3: ppo | grpo | rloo (against the reward model) | dpo."),
+        typer.Option(help="Step 3: rloo (default) | ppo | grpo (against the reward model) | dpo."),
     ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Shorter training (smoke tests); the same evaluation.")

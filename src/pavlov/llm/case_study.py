@@ -6,22 +6,25 @@
 2. **Reward model**: a scalar head on the embedded MiniLM encoder (or on SmolLM2), trained with
    Bradley-Terry on human-labelled pairs, a fresh snippet preferred over a rotten one of the same
    movie (:func:`pavlov.llm.rt_preferences`); its held-out pairwise accuracy is reported.
-3. **RL**: PPO (or GRPO / RLOO) with fresh LoRA adapters on the SFT model, rewarded by the
-   reward model with a KL penalty to the SFT reference (the base with adapters disabled); or DPO
-   straight on the preference pairs (``algo="dpo"``), no reward model in the loop.
+3. **RL**: RLOO by default (or PPO / GRPO) with fresh LoRA adapters on the SFT model, rewarded
+   by the reward model with a KL penalty to the SFT reference (the base with adapters
+   disabled), adapted towards a KL target; or DPO straight on the preference pairs
+   (``algo="dpo"``), no reward model in the loop.
 
 Before and after step 3, the policy is evaluated on held-out movies (never seen by any step) with
 the same prompts and random numbers (:func:`pavlov.llm.policy_eval.evaluate_policy`): mean reward
 model score, the held-out judge (VADER's compound sentiment, never used in training, so that
-reward hacking would show), the share of positive reviews, KL to the reference, length and EOS
-rate. During step 3 the judge also scores the training rollouts (logged only, never returned to
-the trainer) for the judge-vs-KL curve.
+reward hacking would show), the share of positive reviews, fluency (NLL under the untouched base
+model), distinct-2, the on-topic share, KL to the reference, length and EOS rate, and the goals
+each meets (:func:`pavlov.llm.case_study_report.goal_checks`). During step 3 the judge also
+scores the training rollouts (logged only, never returned to the trainer) for the judge-vs-KL
+curve.
 
 Run directory (:func:`run_case_study`)::
 
     runs/NAME/config.yaml, metrics.jsonl     the case study's config; before/after metrics
     runs/NAME/sft/  reward_model/  rl/       each step's own run (metrics.jsonl, model/, ...)
-    runs/NAME/summary.json                   before/after metrics, RM accuracy, seconds per stage
+    runs/NAME/summary.json                   before/after metrics, goals, RM accuracy, seconds
     runs/NAME/samples.md                     before/after table of sampled reviews
     runs/NAME/curves.png  judge_vs_kl.png    learning curves; judge score against KL
 """
@@ -48,8 +51,9 @@ COUNTS = (
 )  # fmt: skip
 POSITIVES = ("sft_learning_rate", "rm_learning_rate", "rl_learning_rate", "dpo_learning_rate",
              "dpo_beta", "temperature", "eval_temperature")  # fmt: skip
-QUICK = {"sft_steps": 16, "rm_steps": 30, "rl_steps": 40}
-"""``pavlov rlhf --quick``: shorter training (smoke test, slow test), the same evaluation."""
+QUICK = {"sft_steps": 24, "rm_steps": 30, "rl_steps": 50}
+"""``pavlov rlhf --quick``: shorter training (smoke test, slow test), the same evaluation. (16
+SFT steps left a model that never ended a review: 24-token reviews, KL 7.9 after RL.)"""
 
 
 @dataclass

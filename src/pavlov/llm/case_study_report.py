@@ -36,6 +36,10 @@ CURVES = (
 
 KL_BOUND = 6.0
 """KL to the SFT reference (nats per review) within which the policy counts as on its leash."""
+JUDGE_GOAL = 0.6
+"""Mean held-out judge score of clearly positive reviews (the SFT model sits near 0.1-0.2)."""
+POSITIVE_GOAL = 0.9
+"""Share of positive reviews (VADER compound > 0.05) the case study aims for."""
 
 
 def goal_checks(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, Any]]:
@@ -45,8 +49,8 @@ def goal_checks(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     share not below the SFT model's) or the leash (KL <= :data:`KL_BOUND`). A metric the
     evaluation did not measure is left out."""
     rules = {
-        "judge/positive_fraction": (">=", 0.9),
-        "judge/mean": (">=", 0.6),
+        "judge/positive_fraction": (">=", POSITIVE_GOAL),
+        "judge/mean": (">=", JUDGE_GOAL),
         "fluency/nll": ("<=", before.get("fluency/nll")),
         "text/distinct2": (">=", 0.7 * before.get("text/distinct2", 0.0)),
         "topic/on_topic": (">=", before.get("topic/on_topic")),
@@ -209,7 +213,9 @@ def plot_curves(path: Path, algo: str, history, before: PolicyEval, after: Polic
 
 def plot_judge_vs_kl(path: Path, algo: str, history, before: PolicyEval, after: PolicyEval) -> Path:
     """Judge score against KL to the reference: the training rollouts step by step (colour =
-    step, rolling means) when the history has both, and the held-out before/after points."""
+    step, rolling means) when the history has both, the held-out before/after points, and the
+    KL bound and judge goal of :func:`goal_checks` as dashed lines (a run that climbs the
+    reward model's score past the KL bound with a flat judge is reward hacking)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     steps_kl, kl = _series(history, "kl/ref")
@@ -252,6 +258,8 @@ def plot_judge_vs_kl(path: Path, algo: str, history, before: PolicyEval, after: 
         xytext=(b["kl/ref"], b["judge/mean"]),
         arrowprops={"arrowstyle": "->", "color": "0.3"},
     )
+    ax.axvline(KL_BOUND, color="tab:red", lw=0.8, ls="--", label=f"KL bound ({KL_BOUND:g} nats)")
+    ax.axhline(JUDGE_GOAL, color="tab:green", lw=0.8, ls=":", label=f"judge goal ({JUDGE_GOAL:g})")
     ax.set_xlabel("KL(policy || SFT reference), nats per review")
     ax.set_ylabel("judge: mean VADER compound")
     ax.set_title("held-out judge vs KL to the reference", fontsize=10)

@@ -197,9 +197,10 @@ def test_fast_loss_gradient_and_metrics_equal_autograd(kind, options):
     cfg = dataclasses.replace(TINY, batch_size=32, **options)
     model, head, batch = _model_and_batch(kind, 32)
     ref = copy.deepcopy(model)
-    fast = ppo_fast.FastUpdate(model, head, _opt(model))
+    fast = ppo_fast.ClosedFormGrad(model, head, _opt(model))
     loss, parts = fast.loss_and_grad(fast.split(fast.pack(batch), cfg), cfg, 0.2)
-    ref_loss, ref_metrics = ppo._minibatch_loss(ref, head, batch, cfg, 0.2)
+    adv = ppo_fast._whiten_minibatches(batch["advantages"], 32, cfg.normalize_advantage)
+    ref_loss, ref_metrics = ppo._minibatch_loss(ref, head, {**batch, "advantages": adv}, cfg, 0.2)
     ref_loss.backward()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-10)
     grads = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
@@ -222,13 +223,13 @@ def test_fast_ppo_update_equals_autograd_update(kind, dtype, tol, batch_size):
     model, head, batch = _model_and_batch(kind, 64, dtype)
     ref = copy.deepcopy(model)
     opt, ref_opt = _opt(model), _opt(ref)
-    fast = ppo_fast.FastUpdate(model, head, opt)
+    fast = ppo_fast.ClosedFormGrad(model, head, opt)
     fast.loss_and_grad(fast.split(fast.pack(batch), cfg), cfg, 0.2)
     assert fast.flat_grad.norm() > 4 * cfg.max_grad_norm  # clipping active
     torch.manual_seed(1)
-    metrics = ppo.ppo_update(model, head, opt, batch, cfg, 0.2, 0, fast)
+    metrics = ppo.ppo_update(fast, batch, cfg, 0.2, 0)
     torch.manual_seed(1)
-    ref_metrics = ppo.ppo_update(ref, head, ref_opt, batch, cfg, 0.2, 0)
+    ref_metrics = ppo.ppo_update(ppo.AutogradGrad(ref, head, ref_opt), batch, cfg, 0.2, 0)
     assert metrics.keys() == ref_metrics.keys()
     assert metrics["losses/n_minibatches"] == 3 * math.ceil(64 / batch_size)
     for name, value in ref_metrics.items():
@@ -252,11 +253,13 @@ def test_whiten_minibatches_equals_masked_whiten_per_slice(size):
 
 def test_fast_update_is_used_where_supported_and_resumes_on_either_path():
     agent = ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), TINY)
-    assert agent.fast is not None
+    assert isinstance(agent.grad, ppo_fast.ClosedFormGrad)
     shared = dataclasses.replace(TINY, shared_network=True)
-    assert ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Box(-1, 1, (1,)), shared).fast is None
+    agent = ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Box(-1, 1, (1,)), shared)
+    assert isinstance(agent.grad, ppo.AutogradGrad)
     off = dataclasses.replace(TINY, fast_update=False)
-    assert ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), off).fast is None
+    agent = ppo._build(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), off)
+    assert isinstance(agent.grad, ppo.AutogradGrad)
     cfg = dataclasses.replace(TINY, total_steps=512)
     fast_out = ppo.train("CartPole-v1", cfg)
     moments = fast_out.state["optimizer"]["state"]

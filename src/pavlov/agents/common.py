@@ -245,12 +245,18 @@ class TrainClock:
     def sps(self) -> float:
         return (self.steps - self.start_steps) / max(self.seconds, 1e-9)
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, key_metric: float | None = None) -> None:
         self.steps += n
-        self.hooks.progress(n, None)
+        self.hooks.progress(n, key_metric)
 
-    def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict]) -> bool:
-        """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop."""
+    def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict],
+                 dp: Any = None) -> bool:
+        """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop.
+
+        In a data-parallel run (``dp``, a :class:`~pavlov.run.distributed.DataParallel`) only
+        rank 0 evaluates and checkpoints (its clock holds the real hooks), and its stop
+        decision reaches every rank.
+        """
         t = time.perf_counter()
         stop = False
         if self.next_eval is not None and self.steps >= self.next_eval:
@@ -262,6 +268,8 @@ class TrainClock:
         if self.next_ckpt is not None and self.steps >= self.next_ckpt:
             self.hooks.checkpoint(self.steps, state())
             self.next_ckpt = self._next(self.hooks.checkpoint_every)
+        if dp is not None:
+            stop = dp.broadcast_flag(stop)
         self._paused += time.perf_counter() - t
         return stop
 

@@ -12,6 +12,7 @@ run and ``load_policy`` see exactly the statistics that training used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,27 @@ class RunningMeanStd:
         self.mean = self.mean + delta * n / total
         self.var = m2 / total
         self.count = total
+
+    def merge_ranks(self, start: dict[str, Any],
+                    sum_over_ranks: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Data-parallel runs: every rank updated these statistics from the same ``start``
+        (a :meth:`state_dict`) with its own samples; afterwards every rank holds ``start``
+        merged with all ranks' samples. ``sum_over_ranks`` all-reduces a float64 vector.
+
+        Per rank, the new samples' count ``c``, sum ``s`` and sum of squares ``q`` are the
+        differences of ``(n, n * mean, n * (var + mean^2))`` to ``start``; their sums over
+        the ranks give the merged mean ``S / N`` and variance ``Q / N - mean^2``.
+        """
+        n0, m0, v0 = start["count"], start["mean"], start["var"]
+        n, m, v = self.count, self.mean, self.var
+        mine = np.concatenate([[n - n0], (n * m - n0 * m0).ravel(),
+                               (n * (v + m**2) - n0 * (v0 + m0**2)).ravel()])
+        total = sum_over_ranks(mine)
+        d = m0.size
+        count = n0 + total[0]
+        mean = (n0 * m0 + total[1 : 1 + d].reshape(m0.shape)) / count
+        sq = (n0 * (v0 + m0**2) + total[1 + d :].reshape(m0.shape)) / count
+        self.mean, self.var, self.count = mean, np.maximum(sq - mean**2, 0.0), float(count)
 
     def normalize(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
         """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` as float32."""

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +33,10 @@ import torch
 from torch import nn
 
 from pavlov.agents.common import (
+    EVAL_SEED_OFFSET,
     EpisodeStats,
     Hooks,
+    TrainClock,
     TrainOutput,
     check_finite,
     encode_obs,
@@ -47,19 +49,19 @@ from pavlov.agents.common import (
     set_rng_state,
 )
 from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic, NumpyActorCritic
+from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
-from pavlov.agents.ppo_fast import FastUpdate, supported
+from pavlov.agents.ppo_fast import ClosedFormGrad, _whiten_minibatches, supported
 from pavlov.agents.rollout import Collector, Rollout, collect_rollout
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
-from pavlov.math import clipped_value_loss, explained_variance, gae, masked_whiten, ppo_clip_loss
+from pavlov.math import clipped_value_loss, explained_variance, gae, ppo_clip_loss
+from pavlov.run import distributed
+from pavlov.run.distributed import DataParallel
 
 ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
 """Action spaces this agent supports (checked before a run directory is made)."""
 
 __all__ = ["Config", "collect_rollout", "load_policy", "ppo_update", "train"]
-
-EVAL_SEED_OFFSET = 10_000
-"""Evaluations during training reset their env with ``cfg.seed + EVAL_SEED_OFFSET``."""
 
 
 @dataclass
@@ -129,6 +131,10 @@ class Config:
     hand-written backward on flat parameters: the same numbers as autograd to float rounding,
     ~3x faster per minibatch on 64x64 nets) where it applies: separate actor and critic MLPs.
     ``False``, or a shared network, uses autograd."""
+    preempt_threshold: float | None = None
+    """DD-PPO only (``--nproc``, torchrun): once this fraction of the workers finished a
+    rollout, the others stop collecting early (Wijmans et al. 2020 use 0.6); None: every
+    worker collects ``n_steps``."""
     torch_threads: int | None = 1
     """torch intra-op threads while training (restored after): 1 is fastest for small MLPs,
     and extra threads spin-wait badly on a busy machine; None keeps torch's setting."""
@@ -137,6 +143,8 @@ class Config:
         for name in ("total_steps", "n_envs", "n_steps", "n_epochs", "batch_size"):
             _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)
+        if self.preempt_threshold is not None:
+            check_range("preempt_threshold", self.preempt_threshold, 1e-9, 1.0)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, 1)
         rollout = self.n_steps * self.n_envs
@@ -178,9 +186,13 @@ def _check_int(name: str, value: Any, lo: int) -> None:
 # ----------------------------------------------------------------------------------- rollout
 
 
-def advantages_and_returns(buf: Rollout, cfg: Config) -> dict[str, torch.Tensor]:
-    """GAE over the rollout -> the flat ``(B,)`` / ``(B, ...)`` tensors the update reads."""
+def advantages_and_returns(buf: Rollout, cfg: Config, steps: int | None = None
+                           ) -> dict[str, torch.Tensor]:
+    """GAE over the first ``steps`` rows of the rollout (all if None) -> the flat ``(B,)`` /
+    ``(B, ...)`` tensors the update reads."""
     t = buf.t
+    if steps is not None and steps < len(t["rewards"]):
+        t = {k: v if k == "last_values" else v[:steps] for k, v in t.items()}
     adv, ret = gae(t["rewards"], t["values"], t["terminated"], t["truncated"], t["last_values"],
                    cfg.gamma, cfg.gae_lambda, final_values=t["final_values"])
     n = adv.numel()
@@ -197,12 +209,11 @@ def advantages_and_returns(buf: Rollout, cfg: Config) -> dict[str, torch.Tensor]
 def _minibatch_loss(
     model: ActorCritic, head: Any, mb: dict[str, torch.Tensor], cfg: Config, clip_eps: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO loss of a minibatch whose ``advantages`` the driver already whitened."""
     out, values = model(mb["obs"])
     new_logp = head.log_prob(out, model.log_std, mb["actions"])
-    adv = mb["advantages"]
-    if cfg.normalize_advantage and adv.numel() > 1:
-        adv = masked_whiten(adv, None)  # per minibatch, as SB3 / CleanRL
-    pg_loss, pm = ppo_clip_loss(new_logp, mb["logp"], adv, clip_eps)  # Schulman 2017, eq. 7
+    # Schulman 2017, eq. 7
+    pg_loss, pm = ppo_clip_loss(new_logp, mb["logp"], mb["advantages"], clip_eps)
     v_loss, vm = clipped_value_loss(values, mb["values"], mb["returns"], cfg.clip_range_vf)
     ent = head.entropy(out, model.log_std).mean()
     loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss  # Schulman 2017, eq. 9
@@ -212,49 +223,121 @@ def _minibatch_loss(
     return loss, metrics
 
 
+class AutogradGrad:
+    """The autograd gradient backend of :func:`ppo_update` (any model, shared trunks included).
+
+    Parameters and their ``.grad`` are re-pointed into flat vectors (as DDP's gradient bucket
+    views), so a data-parallel run all-reduces one buffer.
+    """
+
+    def __init__(self, model: ActorCritic, head: Any, opt: torch.optim.Optimizer) -> None:
+        self.model, self.head, self.opt = model, head, opt
+        self.flat, self.flat_grad = flatten_parameters(model)
+
+    def after_load(self) -> None:
+        return None
+
+    def pack(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return batch
+
+    def minibatch(self, packed: dict[str, torch.Tensor], idx: torch.Tensor | None,
+                  adv: torch.Tensor) -> dict[str, torch.Tensor]:
+        mb = packed if idx is None else {k: v[idx] for k, v in packed.items()}
+        return {**mb, "advantages": adv}
+
+    def loss(self, mb: dict[str, torch.Tensor], cfg: Config, clip_eps: float
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        loss, metrics = _minibatch_loss(self.model, self.head, mb, cfg, clip_eps)
+        return loss, metrics["losses/approx_kl"], metrics
+
+    def step(self, loss: torch.Tensor, max_grad_norm: float | None,
+             reduce: Callable[[torch.Tensor], None] | None = None) -> None:
+        self.flat_grad.zero_()  # not zero_grad(set_to_none=True): .grad must stay a view
+        loss.backward()
+        if reduce is not None:
+            reduce(self.flat_grad)
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        self.opt.step()
+
+    def metrics(self, records: list[dict[str, torch.Tensor]], clip_eps: float
+                ) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([m[k] for m in records]).mean() for k in (records or [{}])[0]}
+
+
+GradientBackend = AutogradGrad | ClosedFormGrad
+"""What :func:`ppo_update` drives: ``pack``/``minibatch`` the data, ``loss`` -> ``(loss,
+approx_kl, record)`` with the gradient ready to take, ``step`` (reduce, clip, Adam) and
+``metrics`` over the records of the steps taken."""
+
+
+def make_backend(model: ActorCritic, head: Any, opt: torch.optim.Optimizer, closed_form: bool
+                 ) -> GradientBackend:
+    """The closed-form backend where it applies and is wanted, else autograd."""
+    if closed_form and supported(model, head):
+        return ClosedFormGrad(model, head, opt)
+    return AutogradGrad(model, head, opt)
+
+
 def ppo_update(
-    model: ActorCritic,
-    head: Any,
-    opt: torch.optim.Optimizer,
+    backend: GradientBackend,
     batch: dict[str, torch.Tensor],
     cfg: Config,
     clip_eps: float,
     step: int,
-    fast: FastUpdate | None = None,
+    dp: DataParallel | None = None,
 ) -> dict[str, float]:
     """``n_epochs`` passes of shuffled minibatches over ``batch``; mean metrics of the steps
     taken. Raises :class:`~pavlov.agents.common.NonFiniteError` before stepping on a NaN loss.
-    With ``fast`` (built on this ``model`` and ``opt``) the same update runs by hand."""
-    if fast is not None:
-        means, n_steps = fast.update(batch, cfg, clip_eps, step)
-        return _summary(means, n_steps, batch)
-    n = batch["obs"].shape[0]
-    logged: list[dict[str, torch.Tensor]] = []
+
+    Advantages are whitened per minibatch (SB3, CleanRL). With ``target_kl`` the epochs stop at
+    the first minibatch whose approximate KL exceeds ``1.5 * target_kl``, which is not applied
+    (SB3). With ``dp`` (DD-PPO, Wijmans et al. 2020) the gradients are averaged over the ranks
+    before each step and the KL test reads the ranks' mean, so every rank takes the same steps.
+    """
+    packed = backend.pack(batch)
+    n, size = len(batch["advantages"]), cfg.batch_size
+    if dp is not None and dp.minibatches is not None:  # a preempted rollout: same step count
+        cuts = torch.linspace(0, n, dp.minibatches + 1).round().long().tolist()
+    else:
+        cuts = [*range(0, n, size), n]
+    bounds = list(itertools.pairwise(cuts))
     kl_limit = math.inf if cfg.target_kl is None else 1.5 * cfg.target_kl
+    reduce = None if dp is None else dp.average_
+    whole = None
+    if len(bounds) == 1:  # one minibatch (rl-zoo CartPole): its order is irrelevant, no gathers
+        whole = backend.minibatch(packed, None, _whiten_minibatches(
+            batch["advantages"], n, cfg.normalize_advantage))
+    records: list[Any] = []
     stopped = False
     for _ in range(cfg.n_epochs):
-        # One minibatch per epoch (rl-zoo CartPole): its order is irrelevant, skip the gathers.
-        perm = torch.randperm(n) if cfg.batch_size < n else None
-        for start in range(0, n, cfg.batch_size):
-            mb = batch if perm is None else {
-                k: v[perm[start : start + cfg.batch_size]] for k, v in batch.items()
-            }
-            loss, metrics = _minibatch_loss(model, head, mb, cfg, clip_eps)
-            # SB3: the minibatch whose KL crossed the limit is not applied
-            stopped = kl_limit < math.inf and metrics["losses/approx_kl"].item() > kl_limit
-            if stopped:
-                break
-            check_finite("ppo loss", loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            logged.append(metrics)
+        perm = torch.randperm(n) if whole is None else None
+        if perm is not None:  # this epoch's advantages, in perm order, whitened per minibatch
+            adv = _whiten_slices(batch["advantages"][perm], bounds, size, cfg.normalize_advantage)
+        for start, end in bounds:
+            mb = whole if perm is None else backend.minibatch(
+                packed, perm[start:end], adv[start:end])
+            loss, kl, record = backend.loss(mb, cfg, clip_eps)
+            if kl_limit < math.inf:
+                stopped = (kl.item() if dp is None else dp.mean(kl.item())) > kl_limit
+                if stopped:
+                    break
+            if not math.isfinite(loss.item()):  # one op, where torch.isfinite takes six
+                check_finite("ppo loss", loss, step)
+            backend.step(loss, cfg.max_grad_norm, reduce)
+            records.append(record)
         if stopped:
             break
-    means = {k: torch.stack([m[k] for m in logged]).mean() for k in (logged or [{}])[0]}
-    return _summary(means, len(logged), batch)
+    return _summary(backend.metrics(records, clip_eps), len(records), batch)
+
+
+def _whiten_slices(adv: torch.Tensor, bounds: list[tuple[int, int]], size: int, on: bool
+                   ) -> torch.Tensor:
+    """Advantages whitened per minibatch: ``size``-long slices (one vmap call), or the given
+    ``bounds`` when they are not those."""
+    if not on or bounds[0][1] - bounds[0][0] == size:
+        return _whiten_minibatches(adv, size, on)
+    return torch.cat([_whiten_minibatches(adv[a:b], b - a, on) for a, b in bounds])
 
 
 def _summary(means: dict[str, torch.Tensor], n_steps: int, batch: dict[str, torch.Tensor]
@@ -278,7 +361,7 @@ class _Agent:
     head: Any
     obs_rms: RunningMeanStd | None
     reward_scaler: RewardScaler | None
-    fast: FastUpdate | None = None
+    grad: GradientBackend | None = None
     env_steps: int = 0
     updates: int = 0
 
@@ -301,8 +384,8 @@ def _build(obs_space: gym.Space, act_space: gym.Space, cfg: Config) -> _Agent:
     # loop on CPU for the 64x64 nets (76 vs 310 us)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
     scaler = RewardScaler(cfg.n_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
-    fast = FastUpdate(model, head, opt) if cfg.fast_update and supported(model, head) else None
-    return _Agent(obs_space, model, opt, head, obs_rms, scaler, fast)
+    grad = make_backend(model, head, opt, cfg.fast_update)
+    return _Agent(obs_space, model, opt, head, obs_rms, scaler, grad)
 
 
 def _state(agent: _Agent, cfg: Config, np_rng: np.random.Generator) -> dict[str, Any]:
@@ -329,8 +412,7 @@ def _load(agent: _Agent, state: dict[str, Any], np_rng: np.random.Generator) -> 
         agent.opt.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError) as e:
         raise PavlovError(f"resume state does not fit the config/env: {e}") from None
-    if agent.fast is not None:
-        agent.fast.adam.link()  # load_state_dict replaced the optimizer's state tensors
+    agent.grad.after_load()  # load_state_dict replaced the optimizer's state tensors
     for name in ("obs_rms", "reward_scaler"):
         if (getattr(agent, name) is None) != (state[name] is None):
             raise PavlovError(f"resume state and config disagree on {name} (normalize_* fields)")
@@ -339,10 +421,6 @@ def _load(agent: _Agent, state: dict[str, Any], np_rng: np.random.Generator) -> 
     agent.env_steps, agent.updates = int(state["env_steps"]), int(state["updates"])
     set_rng_state(state["rng"])
     np_rng.bit_generator.state = state["np_rng"]
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    return every > 0 and after // every > before // every
 
 
 def train(
@@ -363,8 +441,15 @@ def train(
     during the rollout, their mean ``charts/episode_return`` / ``charts/episode_length``; after
     each evaluation (every ``hooks.evaluate_every`` env steps, deterministic, in a separate env
     seeded ``cfg.seed + EVAL_SEED_OFFSET``): ``eval/mean_return``.
+
+    Inside a torch.distributed group (``--nproc``, torchrun) this is DD-PPO (Wijmans et al.
+    2020): every rank collects with its own envs and seed stream, gradients and normalizer
+    statistics are merged over the ranks, ``total_steps`` counts all ranks' steps, and rank 0
+    logs, evaluates and checkpoints (the other ranks' hooks are not called).
     """
     hooks = hooks or Hooks()
+    dp = distributed.current()
+    rank = 0 if dp is None else dp.rank
     envs = make_vec_env(env_id, cfg.n_envs, env_kwargs, cfg.vectorization)
     threads = torch.get_num_threads()
     try:
@@ -374,12 +459,18 @@ def train(
         agent = _build(envs.single_observation_space, envs.single_action_space, cfg)
         if resume is not None:
             _load(agent, resume, np_rng)
+        if dp is not None:
+            # one stream of action noise per rank (rank 0 keeps the 1-process stream) and one
+            # start for all: rank 0's parameters
+            if rank:
+                np_rng = np.random.default_rng([cfg.seed, rank, agent.updates])
+            dp.broadcast_(agent.grad.flat)
         buf = Rollout(cfg.n_steps, cfg.n_envs, obs_dim(envs.single_observation_space), agent.head)
         c = Collector(envs, agent.head, buf, np_rng, agent.obs_rms, agent.reward_scaler,
                       cfg.obs_clip, EpisodeStats(cfg.n_envs))
         reset_seed = cfg.seed if resume is None else _derived_seed(cfg.seed, agent.env_steps)
-        c.reset(reset_seed)
-        return _loop(env_id, env_kwargs, cfg, hooks, agent, c)
+        c.reset(reset_seed + rank * cfg.n_envs)  # sub-env i of rank r: seed + r * n_envs + i
+        return _loop(env_id, env_kwargs, cfg, hooks, agent, c, dp)
     finally:
         torch.set_num_threads(threads)
         envs.close()
@@ -390,56 +481,99 @@ def _derived_seed(seed: int, env_steps: int) -> int:
 
 
 def _loop(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hooks,
-          agent: _Agent, c: Collector) -> TrainOutput:
+          agent: _Agent, c: Collector, dp: DataParallel | None) -> TrainOutput:
     """Rollout -> GAE -> update, until ``total_steps`` or ``hooks.stop``."""
-    start_steps, evals, recent = agent.env_steps, [], []
-    paused, t0 = 0.0, time.perf_counter()  # paused: eval + checkpoint seconds, not counted
+    main = dp is None or dp.is_main
+    clock = TrainClock(hooks if main else Hooks(), agent.env_steps)
+    recent: list[float] = []
+
+    def evaluate() -> float:
+        policy = _policy(agent.head, agent.model, agent.obs_rms, agent.obs_space, cfg)
+        return evaluate_in_env(env_id, policy, hooks.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
+                               env_kwargs).mean_return
+
     while agent.env_steps < cfg.total_steps:
         frac = 1.0 - agent.env_steps / cfg.total_steps  # linear annealing to 0 (rl-zoo lin_*)
         lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
         clip_eps = cfg.clip_range * (frac if cfg.anneal_clip_range else 1.0)
         for group in agent.opt.param_groups:
             group["lr"] = lr
-        finished = collect_rollout(c, NumpyActorCritic(agent.model))
-        before, agent.env_steps = agent.env_steps, agent.env_steps + cfg.n_steps * cfg.n_envs
-        batch = advantages_and_returns(c.buffer, cfg)
-        metrics = ppo_update(agent.model, agent.head, agent.opt, batch, cfg, clip_eps,
-                             agent.env_steps, agent.fast)
+        stats = _normalizer_states(agent) if dp is not None else None
+        stop = None if dp is None or cfg.preempt_threshold is None else _preemption(
+            dp, cfg, agent.updates)
+        finished = collect_rollout(c, NumpyActorCritic(agent.model), stop)
+        steps = c.steps * cfg.n_envs
+        if dp is not None:
+            _merge_normalizers(agent, stats, dp)
+            dp.minibatches = None if c.steps == cfg.n_steps else -(
+                -cfg.n_steps * cfg.n_envs // cfg.batch_size)
+            steps = int(dp.sum_array([steps])[0])
+        agent.env_steps += steps
+        batch = advantages_and_returns(c.buffer, cfg, c.steps)
+        metrics = ppo_update(agent.grad, batch, cfg, clip_eps, agent.env_steps, dp)
         agent.updates += 1
-        recent = (recent + [r for r, _ in finished])[-100:]
-        sps = (agent.env_steps - start_steps) / max(time.perf_counter() - t0 - paused, 1e-9)
-        metrics.update({"charts/learning_rate": lr, "charts/clip_range": clip_eps,
-                        "charts/SPS": sps})
-        if finished:
-            metrics["charts/episode_return"] = float(np.mean([r for r, _ in finished]))
-            metrics["charts/episode_length"] = float(np.mean([n for _, n in finished]))
-        hooks.log(agent.env_steps, metrics)
-        hooks.progress(agent.env_steps - before, float(np.mean(recent)) if recent else None)
-        t_pause = time.perf_counter()
-        stop = _periodic(env_id, env_kwargs, cfg, hooks, agent, c.rng, before, evals)
-        paused += time.perf_counter() - t_pause
-        if stop:
+        episodes = _episode_means(finished, dp)
+        if dp is not None:  # the ranks' mean of each loss metric
+            names = sorted(metrics)
+            metrics = dict(zip(names, dp.sum_array([metrics[k] for k in names]) / dp.world_size,
+                               strict=True))
+        if episodes:
+            recent = (recent + [episodes["charts/episode_return"]])[-100:]
+        clock.advance(steps, float(np.mean(recent)) if recent else None)
+        hooks_log = clock.hooks.log
+        hooks_log(agent.env_steps, {**metrics, **episodes, "charts/learning_rate": lr,
+                                    "charts/clip_range": clip_eps, "charts/SPS": clock.sps()})
+        if clock.periodic(evaluate, lambda: _state(agent, cfg, c.rng), dp):
             break
-    seconds = time.perf_counter() - t0 - paused
-    return TrainOutput(_state(agent, cfg, c.rng), agent.env_steps, seconds, evals)
+    return clock.output(_state(agent, cfg, c.rng))
 
 
-def _periodic(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hooks,
-              agent: _Agent, np_rng: np.random.Generator, before: int,
-              evals: list[tuple[int, float]]) -> bool:
-    """Checkpoint and evaluate when their periods were crossed; True if ``hooks.stop`` says so."""
-    step = agent.env_steps
-    if hooks.checkpoint is not None and _crossed(before, step, hooks.checkpoint_every):
-        hooks.checkpoint(step, _state(agent, cfg, np_rng))
-    if not _crossed(before, step, hooks.evaluate_every):
-        return False
-    policy = _policy(agent.head, agent.model, agent.obs_rms, agent.obs_space, cfg)
-    result = evaluate_in_env(env_id, policy, hooks.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
-                             env_kwargs)
-    evals.append((step, result.mean_return))
-    metrics = {"eval/mean_return": result.mean_return}
-    hooks.log(step, metrics)
-    return bool(hooks.stop(step, metrics))
+def _episode_means(finished: list[tuple[float, int]], dp: DataParallel | None
+                   ) -> dict[str, float]:
+    """Mean return and length of the episodes that ended in this rollout (on all ranks)."""
+    sums = np.array([len(finished), sum(r for r, _ in finished), sum(n for _, n in finished)],
+                    dtype=np.float64)
+    if dp is not None:
+        sums = dp.sum_array(sums)
+    if sums[0] == 0:
+        return {}
+    return {"charts/episode_return": float(sums[1] / sums[0]),
+            "charts/episode_length": float(sums[2] / sums[0])}
+
+
+def _normalizer_states(agent: _Agent) -> list[dict[str, Any]]:
+    return [rms.state_dict() for rms in _normalizers(agent)]
+
+
+def _normalizers(agent: _Agent) -> list[RunningMeanStd]:
+    out = [] if agent.obs_rms is None else [agent.obs_rms]
+    return out + ([] if agent.reward_scaler is None else [agent.reward_scaler.rms])
+
+
+def _merge_normalizers(agent: _Agent, starts: list[dict[str, Any]], dp: DataParallel) -> None:
+    """Every rank's normalizers: the statistics of all ranks' samples (SB3's VecNormalize,
+    merged over the workers so that the ranks keep normalizing alike)."""
+    for rms, start in zip(_normalizers(agent), starts, strict=True):
+        rms.merge_ranks(start, dp.sum_array)
+
+
+def _preemption(dp: DataParallel, cfg: Config, update: int) -> Callable[[int], bool]:
+    """DD-PPO's preemption of stragglers (Wijmans et al. 2020, Sec. 4): once
+    ``preempt_threshold`` of the ranks finished this rollout, the others stop collecting
+    (after at least a quarter of ``n_steps``, and enough rows for every minibatch). Ranks
+    count themselves done in the group's store; stragglers look every 8 steps."""
+    add = dp.counter(f"rollout-{update}")
+    quota = math.ceil(cfg.preempt_threshold * dp.world_size)
+    minibatches = -(-cfg.n_steps * cfg.n_envs // cfg.batch_size)
+    least = max(math.ceil(cfg.n_steps / 4), -(-minibatches // cfg.n_envs))
+
+    def stop(t: int) -> bool:
+        if t == cfg.n_steps:
+            add(1)
+            return False
+        return t >= least and t % 8 == 0 and add(0) >= quota
+
+    return stop
 
 
 # ------------------------------------------------------------------------------------ policy

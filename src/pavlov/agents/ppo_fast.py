@@ -1,5 +1,7 @@
-"""The PPO update written out by hand: the same algorithm as :func:`pavlov.agents.ppo.ppo_update`
-in a few dozen tensor ops per minibatch instead of autograd's hundreds.
+"""The closed-form gradient backend of the one PPO driver (:func:`pavlov.agents.ppo.ppo_update`):
+the gradient of a minibatch's loss in a few dozen tensor ops instead of autograd's hundreds.
+The driver (epochs, minibatches, advantage whitening, KL early stop) is the same for both
+backends; only "loss and gradient" and "step" differ.
 
 On CartPole-sized nets (4-64-64-2 actor, 4-64-64-1 critic, minibatches of 256) a gradient step
 through autograd costs ~1.5 ms on one CPU thread, mostly per-op overhead: ~10 forward ops, ~30
@@ -24,23 +26,22 @@ Supported: separate actor and critic MLPs with a ``Discrete`` (categorical) or `
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from pavlov.agents.common import check_finite
 from pavlov.agents.distributions import LOG_2PI, ActorCritic, CategoricalHead, GaussianHead
 from pavlov.agents.fastmlp import _ACTIVATION_GRADS, MLPGrad, flatten_parameters
 from pavlov.math import masked_whiten
 
-__all__ = ["HEAD_TERMS", "AdamView", "FastUpdate", "policy_loss_and_grad", "supported",
+__all__ = ["HEAD_TERMS", "AdamView", "ClosedFormGrad", "policy_loss_and_grad", "supported",
            "value_loss_and_grad"]
 
 
 def supported(model: ActorCritic, head: Any) -> bool:
-    """Whether :class:`FastUpdate` handles this model and head."""
+    """Whether :class:`ClosedFormGrad` handles this model and head."""
     return (model.trunk is None and type(head) in HEAD_TERMS
             and model.activation in _ACTIVATION_GRADS)
 
@@ -217,8 +218,9 @@ class Minibatch(NamedTuple):
     returns: Tensor
 
 
-class FastUpdate:
-    """:func:`pavlov.agents.ppo.ppo_update` for a :func:`supported` model, by hand.
+class ClosedFormGrad:
+    """The closed-form gradient backend of :func:`pavlov.agents.ppo.ppo_update` for a
+    :func:`supported` model: loss and gradient by hand, Adam as one fused kernel.
 
     Built once per run: re-points the model's parameters into one flat vector (the module, its
     ``state_dict`` and the optimizer keep working) and links the optimizer's state to it.
@@ -226,10 +228,10 @@ class FastUpdate:
 
     def __init__(self, model: ActorCritic, head: Any, opt: torch.optim.Optimizer) -> None:
         if not supported(model, head):
-            raise ValueError("FastUpdate needs separate actor/critic MLPs and a known head")
+            raise ValueError("ClosedFormGrad needs separate actor/critic MLPs and a known head")
         group = opt.param_groups[0]
         if len(opt.param_groups) != 1 or group["amsgrad"] or group["maximize"]:
-            raise ValueError("FastUpdate steps a plain Adam with one parameter group")
+            raise ValueError("ClosedFormGrad steps a plain Adam with one parameter group")
         self.model, self.terms = model, HEAD_TERMS[type(head)]
         self.n_out = head.n_outputs
         self.flat, self.flat_grad = flatten_parameters(model)
@@ -239,6 +241,10 @@ class FastUpdate:
         self.log_std_grad = None if model.log_std is None else model.log_std.grad
         self.adam = AdamView(opt, self.flat)
         self.one_hot = isinstance(head, CategoricalHead)
+
+    def after_load(self) -> None:
+        """Re-link the optimizer's state after ``opt.load_state_dict`` replaced its tensors."""
+        self.adam.link()
 
     def pack(self, batch: dict[str, Tensor]) -> Tensor:
         """The update's batch as one ``(n, in + k + 4)`` matrix: obs, one-hot actions (or Box
@@ -256,6 +262,10 @@ class FastUpdate:
             adv = _whiten_minibatches(mb[:, -2], len(mb), cfg.normalize_advantage)
         return Minibatch(mb[:, :k], mb[:, k : k + self.n_out], mb[:, -4], mb[:, -3], adv,
                          mb[:, -1])
+
+    def minibatch(self, packed: Tensor, idx: Tensor | None, adv: Tensor) -> Minibatch:
+        """Rows ``idx`` of a packed batch (all rows if None) with advantages ``adv``."""
+        return self.split(packed if idx is None else packed.index_select(0, idx), None, adv)
 
     def loss_and_grad(self, mb: Minibatch, cfg: Any, clip_eps: float
                       ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -280,6 +290,19 @@ class FastUpdate:
         return loss, {"policy": pg_loss, "value": v_loss, "ratio": ratio,
                       "log_ratio": log_ratio, "entropy": ent, "head": head}
 
+    def loss(self, mb: Minibatch, cfg: Any, clip_eps: float
+             ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``(loss, approx_kl, record)``; the gradient is already in ``flat_grad``."""
+        loss, parts = self.loss_and_grad(mb, cfg, clip_eps)
+        return loss, _kl(parts), parts
+
+    def step(self, loss: Tensor, max_grad_norm: float | None,
+             reduce: Callable[[Tensor], None] | None = None) -> None:
+        """``reduce`` the flat gradient (DD-PPO's all-reduce), clip it, step Adam."""
+        if reduce is not None:
+            reduce(self.flat_grad)
+        self.clip_and_step(max_grad_norm)
+
     def clip_and_step(self, max_grad_norm: float | None) -> None:
         """``clip_grad_norm_`` (global norm, coefficient ``max / (norm + 1e-6)`` capped at 1)
         on the flat gradient, then Adam."""
@@ -288,35 +311,8 @@ class FastUpdate:
             self.flat_grad.mul_(scale.clamp_(max=1.0))
         self.adam.step(self.flat_grad)
 
-    def update(self, batch: dict[str, Tensor], cfg: Any, clip_eps: float, step: int
-               ) -> tuple[dict[str, Tensor], int]:
-        """``n_epochs`` of shuffled minibatches -> (mean loss metrics as 0-d tensors, steps)."""
-        packed = self.pack(batch)
-        n, size = len(packed), cfg.batch_size
-        kl_limit = math.inf if cfg.target_kl is None else 1.5 * cfg.target_kl
-        whole = self.split(packed, cfg) if size >= n else None  # one minibatch: split once
-        logged: list[dict[str, Tensor]] = []
-        for _ in range(cfg.n_epochs):
-            perm = torch.randperm(n) if size < n else None  # as ppo_update: same RNG draws
-            if perm is not None:  # this epoch's advantages, in perm order, whitened per minibatch
-                adv = _whiten_minibatches(packed[:, -2][perm], size, cfg.normalize_advantage)
-            stopped = False
-            for start in range(0, n, size):
-                mb = whole if perm is None else self.split(
-                    packed.index_select(0, perm[start : start + size]), cfg,
-                    adv[start : start + size])
-                loss, parts = self.loss_and_grad(mb, cfg, clip_eps)
-                if kl_limit < math.inf:  # SB3: the minibatch that crosses the limit is dropped
-                    stopped = _kl(parts).item() > kl_limit
-                    if stopped:
-                        break
-                if not math.isfinite(loss.item()):  # one op, where torch.isfinite takes six
-                    check_finite("ppo loss", loss, step)
-                self.clip_and_step(cfg.max_grad_norm)
-                logged.append(parts)
-            if stopped:
-                break
-        return _metrics(logged, clip_eps), len(logged)
+    def metrics(self, records: list[dict[str, Tensor]], clip_eps: float) -> dict[str, Tensor]:
+        return _metrics(records, clip_eps)
 
 
 def _whiten_minibatches(adv: Tensor, size: int, on: bool) -> Tensor:

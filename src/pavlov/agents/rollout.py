@@ -7,6 +7,7 @@ CartPole-sized nets a torch forward per vector step costs more than the env step
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,8 @@ class Collector:
     obs_clip: float
     stats: EpisodeStats
     obs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    steps: int = 0
+    """Rows of ``buffer`` the last rollout filled (``n_steps`` unless it was preempted)."""
 
     def prepare(self, raw: np.ndarray, update: bool) -> np.ndarray:
         """Raw (N, ...) observations -> (N, in_dim) float32 the network reads."""
@@ -70,13 +73,19 @@ class Collector:
         self.obs = self.prepare(raw, update=True)
 
 
-def collect_rollout(c: Collector, net: NumpyActorCritic) -> list[tuple[float, int]]:
+def collect_rollout(c: Collector, net: NumpyActorCritic,
+                    stop: Callable[[int], bool] | None = None) -> list[tuple[float, int]]:
     """Fill ``c.buffer`` with ``n_steps`` vector steps of the policy ``net``; return the
-    ``(return, length)`` of the episodes that finished (raw, unscaled rewards)."""
+    ``(return, length)`` of the episodes that finished (raw, unscaled rewards).
+
+    ``stop(t)``, asked after each step ``t`` (1-based), ends the rollout early (DD-PPO's
+    preemption of stragglers); ``c.steps`` holds the rows filled.
+    """
     buf, head, k = c.buffer, c.head, c.head.n_outputs
     finished: list[tuple[float, int]] = []
     obs = c.obs
     noise = head.noise_np(c.rng, buf.logp.shape)  # (T, N, k): one RNG call per rollout
+    c.steps = buf.obs.shape[0]
     for t in range(buf.obs.shape[0]):
         out = net(obs)  # (N, k + 1)
         actions = head.act_np(out[:, :k], net.log_std, noise[t])
@@ -94,7 +103,11 @@ def collect_rollout(c: Collector, net: NumpyActorCritic) -> list[tuple[float, in
             idx = np.flatnonzero(trunc & ~term)
             final = c.prepare(final_observations(raw, info)[idx], update=False)
             buf.final_values[t, idx] = net(final)[:, k]
+        if stop is not None and stop(t + 1):
+            c.steps = t + 1
+            break
+    n = c.steps
     buf.last_values[:] = net(obs)[:, k]
-    buf.logp[:] = head.log_prob_np(buf.outputs, net.log_std, buf.actions)  # (T, N), one pass
+    buf.logp[:n] = head.log_prob_np(buf.outputs[:n], net.log_std, buf.actions[:n])  # one pass
     c.obs = obs
     return finished

@@ -1,0 +1,149 @@
+"""Data parallelism on ``torch.distributed``: the process group, the few collectives the
+trainers use, and ``--nproc N`` through torch's own launcher.
+
+Processes come from torchrun (``torchrun --nproc-per-node N -m pavlov train ppo ...``, one or
+several nodes, its rendezvous and env vars ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``) or from
+``pavlov train ppo --nproc N``, which starts them on this machine through
+``torch.distributed.launcher.elastic_launch`` -- the engine torchrun runs, with its failure
+handling: a worker that dies or raises ends the group, and :func:`launch` turns that into one
+line naming the rank and the cause. Collectives time out after :data:`TIMEOUT_S`, so a lost peer
+is an error, never a hang. Backend gloo on CPU, nccl for CUDA tensors.
+
+Rank 0 writes (run directory, logs, checkpoints, evaluations); every rank computes the same
+parameters (gradients are averaged before each optimizer step).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pavlov.errors import PavlovError
+
+TIMEOUT_S = 60
+"""Seconds a collective waits for the other ranks before the run fails."""
+
+
+@dataclass
+class DataParallel:
+    """This process's place in the group and the collectives a data-parallel trainer uses."""
+
+    rank: int
+    world_size: int
+    minibatches: int | None = None
+    """Minibatches per epoch every rank must take in this update (set when a DD-PPO rollout
+    was preempted, so that ranks with fewer transitions still take the same number of steps)."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def average_(self, t: torch.Tensor) -> None:
+        """In place: the mean of ``t`` over the ranks (identical bytes on every rank)."""
+        dist.all_reduce(t)
+        t.div_(self.world_size)
+
+    def sum_array(self, x: np.ndarray | list[float]) -> np.ndarray:
+        """Elementwise float64 sum over the ranks of a small vector."""
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        dist.all_reduce(t)
+        return t.numpy()
+
+    def mean(self, x: float) -> float:
+        return float(self.sum_array([x])[0]) / self.world_size
+
+    def broadcast_(self, t: torch.Tensor, src: int = 0) -> None:
+        dist.broadcast(t, src)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (e.g. an evaluation's stop decision)."""
+        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    def counter(self, key: str) -> Callable[[int], int]:
+        """``add(n) -> total``: a counter shared by the ranks in the group's key-value store
+        (DD-PPO's count of workers done collecting). The store is torch's own (the one
+        ``init_process_group`` rendezvoused on)."""
+        store = dist.distributed_c10d._get_default_store()  # noqa: SLF001  no public getter
+        return lambda n: int(store.add(f"pavlov/{key}", n))
+
+
+def launched() -> bool:
+    """True inside a worker started by torchrun or :func:`launch`."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current() -> DataParallel | None:
+    """The data-parallel group of this process, or None when it runs alone."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return DataParallel(dist.get_rank(), dist.get_world_size())
+
+
+def init(device: str = "cpu") -> DataParallel | None:
+    """Join the process group described by torchrun's env vars (no-op outside a worker or if
+    already joined) -> :func:`current`. gloo for CPU, nccl for CUDA."""
+    if not launched() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    if not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    return current()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """Run ``entrypoint(*args)`` in ``nproc`` worker processes on this machine (torch's elastic
+    launcher, standalone rendezvous, no restarts) -> rank 0's return value.
+
+    A worker that exits, is killed or raises ends the run: the others are stopped and a
+    :class:`PavlovError` names the first failed rank and its cause.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if nproc < 1:
+        raise PavlovError(f"--nproc must be a positive integer, got {nproc}")
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the failure becomes one line below
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        monitor_interval=0.1, start_method="spawn",
+    )
+    try:
+        results = elastic_launch(config, entrypoint)(*args)
+    except ChildFailedError as e:
+        rank, failure = min(e.failures.items())
+        raise PavlovError(f"worker rank {rank} of {nproc} failed: {_cause(failure)}") from None
+    return results.get(0)
+
+
+def _cause(failure: Any) -> str:
+    """One line from an elastic ``ProcessFailure``: the exception's message, or the signal or
+    exit code."""
+    data = failure.error_file_data or {}
+    message = data.get("message")
+    if isinstance(message, dict):
+        message = message.get("message")
+    if message and message != "<NONE>":
+        return str(message).strip().splitlines()[-1]
+    if failure.exitcode is not None and failure.exitcode < 0:
+        return str(failure.message).replace(f" by PID {failure.pid}", "")
+    return f"exit code {failure.exitcode}"

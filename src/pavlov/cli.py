@@ -141,6 +141,11 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue runs/NAME from its latest checkpoint.")
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="PPO: data-parallel worker processes on this machine (DD-PPO; "
+                     "torchrun for several machines)."),
+    ] = None,
     env_kwargs: EnvKwargsOpt = None,
     config: ConfigOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -162,6 +167,7 @@ def train(
         evaluate_every=evaluate_every,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        nproc=nproc,
     )
     agent = dict(opts.pop("agent", None) or {})
     agent.update(

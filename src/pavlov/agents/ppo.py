@@ -469,7 +469,10 @@ def train(
         c = Collector(envs, agent.head, buf, np_rng, agent.obs_rms, agent.reward_scaler,
                       cfg.obs_clip, EpisodeStats(cfg.n_envs))
         reset_seed = cfg.seed if resume is None else _derived_seed(cfg.seed, agent.env_steps)
+        starts = _normalizer_states(agent)
         c.reset(reset_seed + rank * cfg.n_envs)  # sub-env i of rank r: seed + r * n_envs + i
+        if dp is not None:  # the reset's observations entered the statistics
+            _merge_normalizers(agent, starts, dp)
         return _loop(env_id, env_kwargs, cfg, hooks, agent, c, dp)
     finally:
         torch.set_num_threads(threads)

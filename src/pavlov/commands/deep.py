@@ -10,10 +10,24 @@ from typing import Any
 from pavlov.algos import DeepAlgo
 from pavlov.config import build_config, config_dict
 from pavlov.errors import PavlovError
-from pavlov.run import Run, default_run_name
+from pavlov.run import Run, default_run_name, distributed
 from pavlov.run.console import ProgressBar
 from pavlov.run.plots import plot_runs
 from pavlov.run.rundir import load_run_checkpoint
+
+DATA_PARALLEL = ("ppo",)
+"""Deep agents that run data-parallel (``--nproc N`` or torchrun)."""
+
+
+def deep_config(spec: DeepAlgo, env_id: str, agent: dict[str, Any], seed: int,
+                env_kwargs: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The agent's config and its env, checked: one-line errors before any file or process."""
+    from pavlov.envs.factory import make_env
+
+    cfg = build_config(spec.mod.Config, {**agent, "seed": seed}, where="agent")
+    env = make_env(env_id, env_kwargs)  # one-line error for a bad id before any file exists
+    spec.check(env)
+    return cfg, env
 
 
 def train_deep_run(
@@ -31,8 +45,11 @@ def train_deep_run(
     checkpoint_every: int = 0,
     evaluate_every: int = 0,
     resume_from: Path | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """One deep run: config -> run dir -> train with hooks -> final checkpoint -> evaluation.
+
+    In a data-parallel worker (torchrun, ``--nproc``) rank 0 does all that; the other ranks
+    train alongside it and return None.
 
     ``resume_from``: an existing run directory; training continues from its latest checkpoint
     and appends to its metrics (config may raise ``total_steps``).
@@ -41,15 +58,21 @@ def train_deep_run(
 
     from pavlov.agents.common import Hooks
     from pavlov.commands.train import evaluate_summary
-    from pavlov.envs.factory import make_env
 
     # Classic-control nets are tiny: a second intra-op thread only spin-waits (measured 30x
     # slower PPO on a busy 2-core machine). PPO sets this itself through cfg.torch_threads.
     torch.set_num_threads(1)
     mod = spec.mod
-    cfg = build_config(mod.Config, {**agent, "seed": seed}, where="agent")
-    env = make_env(env_id, env_kwargs)  # one-line error for a bad id before any file exists
-    spec.check(env)
+    cfg, env = deep_config(spec, env_id, agent, seed, env_kwargs)
+    dp = distributed.init()
+    if dp is not None and spec.name not in DATA_PARALLEL:
+        raise PavlovError(f"{spec.name} does not run data-parallel (--nproc, torchrun): only "
+                          f"{', '.join(DATA_PARALLEL)}")
+    if dp is not None and not dp.is_main:  # a worker: trains, rank 0 writes everything
+        resume_state = load_run_checkpoint(resume_from) if resume_from is not None else None
+        mod.train(env_id, cfg, env_kwargs=env_kwargs, resume=resume_state)
+        env.close()
+        return None
     config = {
         "algo": spec.name,
         "env": env_id,
@@ -59,6 +82,7 @@ def train_deep_run(
         "checkpoint_every": checkpoint_every,
         "evaluate_every": evaluate_every,
         "agent": config_dict(cfg),
+        "nproc": 1 if dp is None else dp.world_size,
     }
     if resume_from is not None:
         resume_state = load_run_checkpoint(resume_from)

@@ -10,7 +10,7 @@ from typing import Any
 from pavlov.algos import get_algo
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.run import Run, default_run_name, open_run_dir
+from pavlov.run import Run, default_run_name, distributed, open_run_dir
 from pavlov.run.console import ProgressBar, stdout, table
 from pavlov.run.plots import plot_runs
 from pavlov.run.rundir import load_run_checkpoint
@@ -27,6 +27,7 @@ TRAIN_KEYS = {
     "evaluate_every",
     "checkpoint_every",
     "resume",
+    "nproc",
 }
 
 
@@ -197,6 +198,10 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
     if not opts.get("env"):
         raise PavlovError("train needs an environment: --env ENV_ID (see `pavlov envs`)")
     algo, spec = opts["algo"], get_algo(opts["algo"])
+    nproc = _positive("nproc", opts.pop("nproc", 1))
+    if nproc > 1 and not distributed.launched():
+        _launch(nproc, spec, opts, agent, quiet=quiet, json_out=json_out)
+        return
     common = dict(
         seed=int(opts.get("seed", 0)),
         env_kwargs=parse_env_kwargs(opts.get("env_kwargs")),
@@ -215,6 +220,8 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
             evaluate_every=_nonneg("evaluate_every", opts),
             resume_from=Path(opts["resume"]) if opts.get("resume") else None,
         )
+        if s is None:  # a data-parallel worker other than rank 0
+            return
         done = f"{s['env_steps']} env steps"
     else:
         if opts.get("resume"):
@@ -228,6 +235,25 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
     )
     if json_out:
         emit_json(s)
+
+
+def _launch(nproc: int, spec: Any, opts: dict[str, Any], agent: dict[str, Any], *,
+            quiet: bool, json_out: bool) -> None:
+    """``--nproc N``: check the run here, then train in N workers (rank 0 prints)."""
+    from pavlov.commands.deep import DATA_PARALLEL, deep_config
+    from pavlov.envs.factory import parse_env_kwargs
+
+    if spec.kind != "deep" or spec.name not in DATA_PARALLEL:
+        raise PavlovError(f"--nproc is for {', '.join(DATA_PARALLEL)}; {spec.name} runs in one "
+                          "process")
+    deep_config(spec, opts["env"], agent, int(opts.get("seed", 0)),
+                parse_env_kwargs(opts.get("env_kwargs")))[1].close()
+    distributed.launch(nproc, _worker, {**opts, "nproc": nproc}, agent, quiet, json_out)
+
+
+def _worker(opts: dict[str, Any], agent: dict[str, Any], quiet: bool, json_out: bool) -> None:
+    """One ``--nproc`` worker process: the same ``run_train``, inside the process group."""
+    run_train(opts, agent, quiet=quiet, json_out=json_out)
 
 
 def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:

@@ -108,9 +108,12 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
-    """Run ``entrypoint(*args)`` in ``nproc`` worker processes on this machine (torch's elastic
-    launcher, standalone rendezvous, no restarts) -> rank 0's return value.
+def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any, all_ranks: bool = False
+           ) -> Any:
+    """Run ``entrypoint(*args)`` in ``nproc`` worker processes on this machine, each joined to
+    the process group (torch's elastic launcher, standalone rendezvous, no restarts) -> rank 0's
+    return value, or ``{rank: value}`` with ``all_ranks``. ``entrypoint`` must be importable
+    by name (a module-level function): workers are spawned.
 
     A worker that exits, is killed or raises ends the run: the others are stopped and a
     :class:`PavlovError` names the first failed rank and its cause.
@@ -120,7 +123,8 @@ def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
 
     if nproc < 1:
         raise PavlovError(f"--nproc must be a positive integer, got {nproc}")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher",
+                 "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the failure becomes one line below
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
@@ -128,11 +132,20 @@ def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
         monitor_interval=0.1, start_method="spawn",
     )
     try:
-        results = elastic_launch(config, entrypoint)(*args)
+        results = elastic_launch(config, _in_group)(entrypoint, *args)
     except ChildFailedError as e:
         rank, failure = min(e.failures.items())
         raise PavlovError(f"worker rank {rank} of {nproc} failed: {_cause(failure)}") from None
-    return results.get(0)
+    return results if all_ranks else results.get(0)
+
+
+def _in_group(entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """A worker: join the group, run, leave."""
+    init()
+    try:
+        return entrypoint(*args)
+    finally:
+        shutdown()
 
 
 def _cause(failure: Any) -> str:

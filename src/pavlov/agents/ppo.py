@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pavlov.agents import onpolicy
 from pavlov.agents.common import (
     EVAL_SEED_OFFSET,
     EpisodeStats,
     Hooks,
-    TrainClock,
     TrainOutput,
     check_finite,
     encode_obs,
@@ -449,7 +449,6 @@ def train(
     """
     hooks = hooks or Hooks()
     dp = distributed.current()
-    rank = 0 if dp is None else dp.rank
     envs = make_vec_env(env_id, cfg.n_envs, env_kwargs, cfg.vectorization)
     threads = torch.get_num_threads()
     try:
@@ -462,18 +461,16 @@ def train(
         if dp is not None:
             # one stream of action noise per rank (rank 0 keeps the 1-process stream) and one
             # start for all: rank 0's parameters
-            if rank:
-                np_rng = np.random.default_rng([cfg.seed, rank, agent.updates])
+            np_rng = onpolicy.rank_rng(cfg.seed, dp, agent.updates) or np_rng
             dp.broadcast_(agent.grad.flat)
         buf = Rollout(cfg.n_steps, cfg.n_envs, obs_dim(envs.single_observation_space), agent.head)
         c = Collector(envs, agent.head, buf, np_rng, agent.obs_rms, agent.reward_scaler,
                       cfg.obs_clip, EpisodeStats(cfg.n_envs))
-        reset_seed = cfg.seed if resume is None else _derived_seed(cfg.seed, agent.env_steps)
-        starts = _normalizer_states(agent)
-        c.reset(reset_seed + rank * cfg.n_envs)  # sub-env i of rank r: seed + r * n_envs + i
-        if dp is not None:  # the reset's observations entered the statistics
-            _merge_normalizers(agent, starts, dp)
-        return _loop(env_id, env_kwargs, cfg, hooks, agent, c, dp)
+        run = _run(env_id, env_kwargs, cfg, hooks, agent, c, dp)
+        onpolicy.reset(run, cfg.seed if resume is None else _derived_seed(cfg.seed,
+                                                                          agent.env_steps),
+                       cfg.n_envs, dp)
+        return onpolicy.loop(run, agent, cfg.total_steps, hooks, dp)
     finally:
         torch.set_num_threads(threads)
         envs.close()
@@ -483,100 +480,42 @@ def _derived_seed(seed: int, env_steps: int) -> int:
     return int(np.random.SeedSequence([seed, env_steps]).generate_state(1)[0])
 
 
-def _loop(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hooks,
-          agent: _Agent, c: Collector, dp: DataParallel | None) -> TrainOutput:
-    """Rollout -> GAE -> update, until ``total_steps`` or ``hooks.stop``."""
-    main = dp is None or dp.is_main
-    clock = TrainClock(hooks if main else Hooks(), agent.env_steps)
-    recent: list[float] = []
+def _run(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hooks,
+         agent: _Agent, c: Collector, dp: DataParallel | None) -> onpolicy.OnPolicyRun:
+    """PPO's pieces of the on-policy loop: annealing, GAE + the clipped-surrogate update."""
+    clip = [cfg.clip_range]
+
+    def schedule(done: float) -> dict[str, float]:
+        frac = 1.0 - done  # linear annealing to 0 (rl-zoo lin_*)
+        lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
+        clip[0] = cfg.clip_range * (frac if cfg.anneal_clip_range else 1.0)
+        for group in agent.opt.param_groups:
+            group["lr"] = lr
+        return {"charts/learning_rate": lr, "charts/clip_range": clip[0]}
+
+    minibatches = -(-cfg.n_steps * cfg.n_envs // cfg.batch_size)
+
+    def update(env_steps: int) -> dict[str, float]:
+        if dp is not None:  # a preempted rollout still takes every rank's number of steps
+            dp.minibatches = None if c.steps == cfg.n_steps else minibatches
+        batch = advantages_and_returns(c.buffer, cfg, c.steps)
+        return ppo_update(agent.grad, batch, cfg, clip[0], env_steps, dp)
 
     def evaluate() -> float:
         policy = _policy(agent.head, agent.model, agent.obs_rms, agent.obs_space, cfg)
         return evaluate_in_env(env_id, policy, hooks.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
                                env_kwargs).mean_return
 
-    while agent.env_steps < cfg.total_steps:
-        frac = 1.0 - agent.env_steps / cfg.total_steps  # linear annealing to 0 (rl-zoo lin_*)
-        lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
-        clip_eps = cfg.clip_range * (frac if cfg.anneal_clip_range else 1.0)
-        for group in agent.opt.param_groups:
-            group["lr"] = lr
-        stats = _normalizer_states(agent) if dp is not None else None
-        stop = None if dp is None or cfg.preempt_threshold is None else _preemption(
-            dp, cfg, agent.updates)
-        finished = collect_rollout(c, NumpyActorCritic(agent.model), stop)
-        steps = c.steps * cfg.n_envs
-        if dp is not None:
-            _merge_normalizers(agent, stats, dp)
-            dp.minibatches = None if c.steps == cfg.n_steps else -(
-                -cfg.n_steps * cfg.n_envs // cfg.batch_size)
-            steps = int(dp.sum_array([steps])[0])
-        agent.env_steps += steps
-        batch = advantages_and_returns(c.buffer, cfg, c.steps)
-        metrics = ppo_update(agent.grad, batch, cfg, clip_eps, agent.env_steps, dp)
-        agent.updates += 1
-        episodes = _episode_means(finished, dp)
-        if dp is not None:  # the ranks' mean of each loss metric
-            names = sorted(metrics)
-            metrics = dict(zip(names, dp.sum_array([metrics[k] for k in names]) / dp.world_size,
-                               strict=True))
-        if episodes:
-            recent = (recent + [episodes["charts/episode_return"]])[-100:]
-        clock.advance(steps, float(np.mean(recent)) if recent else None)
-        hooks_log = clock.hooks.log
-        hooks_log(agent.env_steps, {**metrics, **episodes, "charts/learning_rate": lr,
-                                    "charts/clip_range": clip_eps, "charts/SPS": clock.sps()})
-        if clock.periodic(evaluate, lambda: _state(agent, cfg, c.rng), dp):
-            break
-    return clock.output(_state(agent, cfg, c.rng))
-
-
-def _episode_means(finished: list[tuple[float, int]], dp: DataParallel | None
-                   ) -> dict[str, float]:
-    """Mean return and length of the episodes that ended in this rollout (on all ranks)."""
-    sums = np.array([len(finished), sum(r for r, _ in finished), sum(n for _, n in finished)],
-                    dtype=np.float64)
-    if dp is not None:
-        sums = dp.sum_array(sums)
-    if sums[0] == 0:
-        return {}
-    return {"charts/episode_return": float(sums[1] / sums[0]),
-            "charts/episode_length": float(sums[2] / sums[0])}
-
-
-def _normalizer_states(agent: _Agent) -> list[dict[str, Any]]:
-    return [rms.state_dict() for rms in _normalizers(agent)]
-
-
-def _normalizers(agent: _Agent) -> list[RunningMeanStd]:
-    out = [] if agent.obs_rms is None else [agent.obs_rms]
-    return out + ([] if agent.reward_scaler is None else [agent.reward_scaler.rms])
-
-
-def _merge_normalizers(agent: _Agent, starts: list[dict[str, Any]], dp: DataParallel) -> None:
-    """Every rank's normalizers: the statistics of all ranks' samples (SB3's VecNormalize,
-    merged over the workers so that the ranks keep normalizing alike)."""
-    for rms, start in zip(_normalizers(agent), starts, strict=True):
-        rms.merge_ranks(start, dp.sum_array)
-
-
-def _preemption(dp: DataParallel, cfg: Config, update: int) -> Callable[[int], bool]:
-    """DD-PPO's preemption of stragglers (Wijmans et al. 2020, Sec. 4): once
-    ``preempt_threshold`` of the ranks finished this rollout, the others stop collecting
-    (after at least a quarter of ``n_steps``, and enough rows for every minibatch). Ranks
-    count themselves done in the group's store; stragglers look every 8 steps."""
-    add = dp.counter(f"rollout-{update}")
-    quota = math.ceil(cfg.preempt_threshold * dp.world_size)
-    minibatches = -(-cfg.n_steps * cfg.n_envs // cfg.batch_size)
-    least = max(math.ceil(cfg.n_steps / 4), -(-minibatches // cfg.n_envs))
-
-    def stop(t: int) -> bool:
-        if t == cfg.n_steps:
-            add(1)
-            return False
-        return t >= least and t % 8 == 0 and add(0) >= quota
-
-    return stop
+    preempt = None
+    if dp is not None and cfg.preempt_threshold is not None:
+        preempt = onpolicy.preemption(dp, cfg.preempt_threshold, cfg.n_steps,
+                                      -(-minibatches // cfg.n_envs))
+    normalizers = [] if agent.obs_rms is None else [agent.obs_rms]
+    if agent.reward_scaler is not None:
+        normalizers.append(agent.reward_scaler.rms)
+    return onpolicy.OnPolicyRun(c, agent.model, update, evaluate,
+                                lambda: _state(agent, cfg, c.rng), schedule, normalizers,
+                                preempt)
 
 
 # ------------------------------------------------------------------------------------ policy

@@ -1,0 +1,154 @@
+"""The on-policy core shared by A2C and PPO: the training loop around one rollout buffer,
+one collector and one actor-critic, in one process or data-parallel.
+
+One iteration: ``schedule`` (learning rate, clip range) -> :func:`~pavlov.agents.rollout.
+collect_rollout` -> merge normalizers over the ranks -> ``update`` (advantages and gradient
+steps: the algorithm) -> log -> :class:`~pavlov.agents.common.TrainClock` (evaluation,
+checkpoint, stop). An algorithm supplies its update; everything else is here once.
+
+Data-parallel (inside a torch.distributed group: ``--nproc``, torchrun; Wijmans et al. 2020,
+DD-PPO): each rank steps its own envs with its own seeds (sub-env ``i`` of rank ``r`` resets
+with ``seed + r * n_envs + i``) and action noise; the update averages gradients over the ranks;
+env steps, episode statistics and loss metrics are summed or averaged over the ranks; rank 0
+alone calls the hooks (logs, evaluations, checkpoints) and its stop decision reaches all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pavlov.agents.common import Hooks, TrainClock, TrainOutput
+from pavlov.agents.distributions import NumpyActorCritic
+from pavlov.agents.normalize import RunningMeanStd
+from pavlov.agents.rollout import Collector, collect_rollout
+from pavlov.run.distributed import DataParallel
+
+
+class Counters(Protocol):
+    """What an on-policy run counts (an agent's fields, saved in its checkpoints)."""
+
+    env_steps: int
+    updates: int
+
+
+@dataclass
+class OnPolicyRun:
+    """One run's pieces, as the algorithm built them."""
+
+    collector: Collector
+    model: Any
+    """The :class:`~pavlov.agents.distributions.ActorCritic` (copied to NumPy per rollout)."""
+    update: Callable[[int], dict[str, float]]
+    """``update(env_steps) -> metrics``: advantages and gradient steps on the collector's
+    buffer (its first ``collector.steps`` rows)."""
+    evaluate: Callable[[], float]
+    """Deterministic evaluation -> mean return (rank 0, on the clock's schedule)."""
+    state: Callable[[], dict[str, Any]]
+    """A resumable state (checkpoints and the output)."""
+    schedule: Callable[[float], dict[str, float]] = lambda progress: {}
+    """``schedule(fraction_done) -> charts`` before each rollout (e.g. annealed lr)."""
+    normalizers: list[RunningMeanStd] = field(default_factory=list)
+    """Running statistics the collector updates (merged over the ranks after each rollout)."""
+    preempt: Callable[[int], Callable[[int], bool]] | None = None
+    """DD-PPO preemption: ``preempt(update) -> stop(t)`` for :func:`collect_rollout`."""
+
+
+def rank_of(dp: DataParallel | None) -> int:
+    return 0 if dp is None else dp.rank
+
+
+def rank_rng(seed: int, dp: DataParallel | None, updates: int) -> np.random.Generator | None:
+    """The action-noise generator of a rank other than 0 (rank 0 keeps the 1-process stream,
+    so a 1-process run is unchanged by this module) -> None on rank 0 / alone."""
+    return None if rank_of(dp) == 0 else np.random.default_rng([seed, rank_of(dp), updates])
+
+
+def reset(run: OnPolicyRun, seed: int, n_envs: int, dp: DataParallel | None) -> None:
+    """Reset the collector's envs (rank ``r``: seeds from ``seed + r * n_envs``)."""
+    starts = [n.state_dict() for n in run.normalizers]
+    run.collector.reset(seed + rank_of(dp) * n_envs)
+    if dp is not None:  # the reset's observations entered the statistics
+        merge_normalizers(run.normalizers, starts, dp)
+
+
+def merge_normalizers(normalizers: list[RunningMeanStd], starts: list[dict[str, Any]],
+                      dp: DataParallel) -> None:
+    """Every rank's statistics := those of all ranks' samples (so the ranks normalize alike)."""
+    for rms, start in zip(normalizers, starts, strict=True):
+        rms.merge_ranks(start, dp.sum_array)
+
+
+def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
+         dp: DataParallel | None) -> TrainOutput:
+    """Collect -> update -> log -> evaluate/checkpoint until ``total_steps`` (all ranks'
+    env steps) or until ``hooks.stop`` says so."""
+    c = run.collector
+    n_envs = c.envs.num_envs
+    clock = TrainClock(hooks if dp is None or dp.is_main else Hooks(), counters.env_steps)
+    recent: list[float] = []
+    while counters.env_steps < total_steps:
+        charts = run.schedule(counters.env_steps / total_steps)
+        starts = [n.state_dict() for n in run.normalizers] if dp is not None else []
+        stop = None if dp is None or run.preempt is None else run.preempt(counters.updates)
+        finished = collect_rollout(c, NumpyActorCritic(run.model), stop)
+        steps = c.steps * n_envs
+        if dp is not None:
+            merge_normalizers(run.normalizers, starts, dp)
+            steps = int(dp.sum_array([steps])[0])
+        counters.env_steps += steps
+        metrics = run.update(counters.env_steps)
+        counters.updates += 1
+        if dp is not None:  # the ranks' mean of each loss metric
+            names = sorted(metrics)
+            values = dp.sum_array([metrics[k] for k in names]) / dp.world_size
+            metrics = dict(zip(names, values.tolist(), strict=True))
+        episodes = episode_means(finished, dp)
+        if episodes:
+            recent = (recent + [episodes["charts/episode_return"]])[-100:]
+        clock.advance(steps, float(np.mean(recent)) if recent else None)
+        clock.hooks.log(counters.env_steps,
+                        {**metrics, **episodes, **charts, "charts/SPS": clock.sps()})
+        if clock.periodic(run.evaluate, run.state, dp):
+            break
+    return clock.output(run.state())
+
+
+def episode_means(finished: list[tuple[float, int]], dp: DataParallel | None
+                  ) -> dict[str, float]:
+    """Mean return and length of the episodes that ended in this rollout (on all ranks)."""
+    sums = np.array([len(finished), sum(r for r, _ in finished), sum(n for _, n in finished)],
+                    dtype=np.float64)
+    if dp is not None:
+        sums = dp.sum_array(sums)
+    if sums[0] == 0:
+        return {}
+    return {"charts/episode_return": float(sums[1] / sums[0]),
+            "charts/episode_length": float(sums[2] / sums[0])}
+
+
+def preemption(dp: DataParallel, threshold: float, n_steps: int, min_rows: int
+               ) -> Callable[[int], Callable[[int], bool]]:
+    """DD-PPO's preemption of stragglers (Wijmans et al. 2020, Sec. 4): once ``threshold`` of
+    the ranks finished a rollout, the others stop collecting, after at least a quarter of
+    ``n_steps`` and ``min_rows`` vector steps. Ranks count themselves done in the group's
+    store; stragglers look every 8 steps (a store round trip costs about an env step)."""
+    quota = math.ceil(threshold * dp.world_size)
+    least = max(math.ceil(n_steps / 4), min_rows)
+
+    def for_update(update: int) -> Callable[[int], bool]:
+        add = dp.counter(f"rollout-{update}")
+
+        def stop(t: int) -> bool:
+            if t == n_steps:
+                add(1)
+                return False
+            return t >= least and t % 8 == 0 and add(0) >= quota
+
+        return stop
+
+    return for_update

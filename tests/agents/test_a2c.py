@@ -11,7 +11,9 @@ import torch
 
 import pavlov.envs  # noqa: F401  registers pavlov/* ids first
 from pavlov.agents import a2c
-from pavlov.agents.common import Hooks, make_vec_env, seed_all
+from pavlov.agents.common import EpisodeStats, Hooks, make_vec_env, seed_all
+from pavlov.agents.distributions import NumpyActorCritic
+from pavlov.agents.rollout import Collector, Rollout, collect_rollout
 from pavlov.envs.pointmass import HORIZON
 from pavlov.errors import ConfigError, PavlovError
 
@@ -41,7 +43,7 @@ if "pavlov-test/MultiBinary-v0" not in gym.registry:
 def _initial_params(cfg: a2c.Config, env_id: str) -> dict[str, torch.Tensor]:
     env = gym.make(env_id)
     seed_all(cfg.seed)  # exactly what train() does before building the network
-    model = a2c.ActorCritic(env.observation_space, env.action_space, cfg)
+    model = a2c._make_model(env.observation_space, env.action_space, cfg)[1]
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
@@ -82,11 +84,14 @@ def test_rollout_bootstraps_time_limit_cuts_from_the_final_observation():
     cfg = a2c.Config(**TINY)
     envs = make_vec_env("CartPole-v1", 2, {"max_episode_steps": 3})
     seed_all(0)
-    model = a2c.ActorCritic(envs.single_observation_space, envs.single_action_space, cfg)
+    head, model = a2c._make_model(envs.single_observation_space, envs.single_action_space, cfg)
     with torch.no_grad():  # make V non-trivial so a missing bootstrap would show
-        model.critic[-1].bias.fill_(7.0)
-    rollout = a2c.Rollout(envs, model, seed=0, rng=np.random.default_rng(0))
-    roll, episodes = rollout.collect(7)
+        model.v[-1].bias.fill_(7.0)
+    buf = Rollout(7, 2, 4, head)
+    c = Collector(envs, head, buf, np.random.default_rng(0), None, None, 0.0, EpisodeStats(2))
+    c.reset(0)
+    episodes = collect_rollout(c, NumpyActorCritic(model))
+    roll = buf.t
     trunc = roll["truncated"] & ~roll["terminated"]
     assert trunc[2].all() and trunc[5].all()  # cut after 3 steps, twice per env
     assert (roll["final_values"][trunc] != 0).all() and (roll["final_values"][~trunc] == 0).all()
@@ -130,7 +135,7 @@ def test_unsupported_action_space_is_a_pavlov_error():
     ("env_id", "kw"),
     [("CartPole-v1", {}), ("CartPole-v1", {"shared_network": True, "optimizer": "adam",
                                            "advantage": "nstep", "ent_coef": 0.01}),
-     ("pavlov/PointMass-v0", {"normalize_advantages": True})],
+     ("pavlov/PointMass-v0", {"normalize_advantage": True})],
 )
 def test_smoke_every_parameter_changes_and_metrics_are_finite(env_id, kw):
     logs: list[tuple[int, dict[str, float]]] = []

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pavlov.agents import ppo
+from pavlov.agents import a2c, ppo
 from pavlov.agents.common import seed_all
 from pavlov.agents.normalize import RunningMeanStd
 from pavlov.errors import PavlovError
@@ -88,6 +88,20 @@ def test_ranks_hold_bitwise_equal_parameters_after_ten_updates(options):
             assert np.array_equal(a["obs_rms"][key], b["obs_rms"][key])
     alone = ppo.train("CartPole-v1", dataclasses.replace(cfg, total_steps=10 * 64 * 4)).state
     assert not torch.equal(alone["model"]["pi.0.weight"], a["model"]["pi.0.weight"])
+
+
+def _train_a2c(cfg: a2c.Config) -> dict:
+    return a2c.train("CartPole-v1", cfg).state
+
+
+def test_a2c_runs_data_parallel_on_the_same_core():
+    cfg = a2c.Config(total_steps=2 * 2 * 5 * 40, n_envs=2, n_steps=5, hidden_sizes=[16],
+                     log_every=100)
+    ranks = distributed.launch(2, _train_a2c, cfg, all_ranks=True)
+    assert ranks[0]["updates"] == ranks[1]["updates"] == 40
+    assert ranks[0]["env_steps"] == cfg.total_steps
+    for name, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][name]), name
 
 
 def test_merged_normalizer_equals_one_normalizer_over_all_samples():

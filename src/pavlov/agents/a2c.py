@@ -13,6 +13,9 @@ OpenAI Baselines / Stable-Baselines3. Each update:
 3. **One gradient step** on ``policy + vf_coef * MSE(V, target) - ent_coef * entropy``
    (RMSprop or Adam), gradients clipped to ``max_grad_norm``.
 
+The rollout buffer and collector, the actor-critic and the loop are the on-policy core shared
+with PPO (:mod:`pavlov.agents.onpolicy`), so A2C also runs data-parallel (``--nproc``, torchrun).
+
 Resume restores networks, optimizer, counters and RNG; the envs restart from a reset seeded by
 the update count, so a resumed run is equivalent but not bitwise identical to an uninterrupted
 one (an episode in progress at the checkpoint is dropped).
@@ -31,34 +34,34 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pavlov.agents.actor import PG_ACTION_SPACES, Actor, greedy_policy
+from pavlov.agents import onpolicy
 from pavlov.agents.common import (
-    ACTIVATIONS,
     EVAL_SEED_OFFSET,
     EpisodeStats,
     Hooks,
-    TrainClock,
     TrainOutput,
     batch_seed,
     check_choice,
     check_count,
     check_finite,
     check_hidden,
-    encode_obs,
     evaluate_in_env,
-    final_observations,
     make_vec_env,
-    mlp,
     obs_dim,
     require_action_space,
     rng_state,
     seed_all,
     set_rng_state,
 )
+from pavlov.agents.distributions import HEADS, ActorCritic
+from pavlov.agents.fastmlp import flatten_parameters
+from pavlov.agents.rollout import Collector, Rollout
 from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
 from pavlov.math import gae, masked_whiten, nstep_targets, reinforce_loss
+from pavlov.run import distributed
+from pavlov.run.distributed import DataParallel
 
-ACTION_SPACES = PG_ACTION_SPACES
+ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
 """Action spaces this agent supports (checked before a run directory is made)."""
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -91,7 +94,7 @@ class Config:
     """GAE lambda in [0, 1]; 1 is the bootstrapped n-step return of A3C."""
     nstep: int = 5
     """Reward steps of the n-step targets (> 0; capped by the rollout end)."""
-    normalize_advantages: bool = False
+    normalize_advantage: bool = False
     """Whiten the advantages of each batch."""
     vf_coef: float = 0.5
     """Weight (>= 0) of the value loss."""
@@ -141,32 +144,6 @@ class Config:
             raise ConfigError("hidden_sizes must be non-empty when shared_network is true")
 
 
-class ActorCritic(nn.Module):
-    """``body`` (identity, or a shared MLP trunk) feeding an :class:`Actor` and a value head."""
-
-    def __init__(self, obs_space: gym.Space, act_space: gym.Space, cfg: Config) -> None:
-        super().__init__()
-        d, hidden = obs_dim(obs_space), cfg.hidden_sizes
-        if cfg.shared_network:
-            self.body: nn.Module = nn.Sequential(
-                mlp([d, *hidden], cfg.activation, out_gain=math.sqrt(2)),
-                ACTIVATIONS[cfg.activation](),
-            )
-            d, hidden = hidden[-1], []
-        else:
-            self.body = nn.Identity()
-        self.actor = Actor(d, act_space, hidden, cfg.activation, cfg.log_std_init)
-        self.critic = mlp([d, *hidden, 1], cfg.activation, out_gain=1.0)
-
-    def forward(self, x: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, obs_dim), (B,) | (B, A) -> (B,) log pi(a|s), (B,) entropies, (B,) values."""
-        h = self.body(x)
-        return *self.actor.log_prob_entropy(h, actions), self.critic(h).squeeze(-1)
-
-    def value(self, x: Tensor) -> Tensor:
-        return self.critic(self.body(x)).squeeze(-1)
-
-
 # ------------------------------------------------------------------------ advantage estimators
 
 
@@ -189,61 +166,30 @@ ADVANTAGES: dict[str, Callable[[dict[str, Tensor], Config], tuple[Tensor, Tensor
 """``name -> fn(rollout, cfg) -> (advantages, value targets)``, both ``(T, N)``."""
 
 
-# -------------------------------------------------------------------------- rollout and update
+# ------------------------------------------------------------------------------------ update
 
 
-class Rollout:
-    """Steps the vector env with the current policy, ``n_steps`` at a time."""
-
-    def __init__(self, envs: gym.vector.VectorEnv, model: ActorCritic, seed: int,
-                 rng: np.random.Generator) -> None:
-        self.envs, self.model, self.rng = envs, model, rng
-        self.obs_space = envs.single_observation_space
-        self.obs, _ = envs.reset(seed=seed)
-        self.stats = EpisodeStats(envs.num_envs)
-
-    @torch.no_grad()
-    def collect(self, n_steps: int) -> tuple[dict[str, Tensor], list[tuple[float, int]]]:
-        """-> ``(T, N)`` time-major tensors (``obs``: ``(T, N, obs_dim)``), finished episodes."""
-        cols: dict[str, list[Tensor]] = {k: [] for k in (
-            "obs", "actions", "rewards", "terminated", "truncated", "values", "final_values")}
-        episodes: list[tuple[float, int]] = []
-        for _ in range(n_steps):
-            x = encode_obs(self.obs_space, self.obs)  # (N, obs_dim)
-            h = self.model.body(x)
-            v = self.model.critic(h).squeeze(-1)  # (N,)
-            a = self.model.actor.sample(h, self.rng)  # (N,) | (N, A)
-            self.obs, r, term, trunc, info = self.envs.step(self.model.actor.head.to_env(a))
-            v_final = torch.zeros_like(v)
-            if trunc.any():  # bootstrap time-limit cuts from the real last observation
-                final = encode_obs(self.obs_space, final_observations(self.obs, info))
-                v_final = self.model.value(final)
-            for k, val in zip(cols, (x, torch.as_tensor(a), torch.as_tensor(r, dtype=torch.float32),
-                                     torch.as_tensor(term), torch.as_tensor(trunc), v,
-                                     v_final), strict=True):
-                cols[k].append(val)
-            episodes += self.stats.step(r, term | trunc)
-        roll = {k: torch.stack(v) for k, v in cols.items()}
-        roll["last_values"] = self.model.value(encode_obs(self.obs_space, self.obs))  # (N,)
-        return roll, episodes
-
-
-def a2c_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict[str, Tensor],
-               cfg: Config, step: int) -> dict[str, float]:
-    """One gradient step on a rollout -> metrics."""
+def a2c_update(model: ActorCritic, head: Any, opt: torch.optim.Optimizer, flat_grad: Tensor,
+               roll: dict[str, Tensor], cfg: Config, step: int,
+               dp: DataParallel | None = None) -> dict[str, float]:
+    """One gradient step on a ``(T, N)`` rollout -> metrics. ``flat_grad``: the flat vector
+    the parameters' ``.grad`` are views of (averaged over the ranks with ``dp``)."""
     adv, targets = ADVANTAGES[cfg.advantage](roll, cfg)  # (T, N) each
     adv, targets = adv.flatten(), targets.flatten()
-    if cfg.normalize_advantages:
+    if cfg.normalize_advantage:
         adv = masked_whiten(adv, None)
     x, actions = roll["obs"].flatten(0, 1), roll["actions"].flatten(0, 1)
-    logp, ent, values = model(x, actions)  # (B,) each
+    out, values = model(x)  # (B, k), (B,)
+    logp = head.log_prob(out, model.log_std, actions)
     pg_loss, _ = reinforce_loss(logp, adv)
     v_loss = nn.functional.mse_loss(values, targets)
-    ent = ent.mean()
+    ent = head.entropy(out, model.log_std).mean()
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
     check_finite("A2C loss", loss, step)
-    opt.zero_grad()
+    flat_grad.zero_()  # not zero_grad(): each .grad is a view of flat_grad
     loss.backward()
+    if dp is not None:
+        dp.average_(flat_grad)
     nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     opt.step()
     return {"losses/policy": pg_loss.item(), "losses/value": v_loss.item(),
@@ -251,6 +197,17 @@ def a2c_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict[str, T
 
 
 # ------------------------------------------------------------------------------------- train
+
+
+def _make_model(obs_space: gym.Space, act_space: gym.Space, cfg: Config
+                ) -> tuple[Any, ActorCritic]:
+    """(head, freshly initialised actor-critic) for these spaces."""
+    require_action_space(act_space, "A2C", ACTION_SPACES)
+    head = HEADS[type(act_space)](act_space)
+    log_std_init = cfg.log_std_init if isinstance(act_space, gym.spaces.Box) else None
+    model = ActorCritic(obs_dim(obs_space), head.n_outputs, cfg.hidden_sizes, cfg.activation,
+                        cfg.shared_network, log_std_init)
+    return head, model
 
 
 def train(
@@ -261,41 +218,38 @@ def train(
     hooks: Hooks | None = None,
     resume: dict[str, Any] | None = None,
 ) -> TrainOutput:
-    """Train A2C on ``env_id`` until ``cfg.total_steps`` env steps (or ``hooks.stop``)."""
+    """Train A2C on ``env_id`` until ``cfg.total_steps`` env steps (or ``hooks.stop``);
+    data-parallel inside a torch.distributed group, as PPO (:mod:`pavlov.agents.onpolicy`)."""
     hooks = hooks or Hooks()
+    dp = distributed.current()
     envs = make_vec_env(env_id, cfg.n_envs, env_kwargs, cfg.vectorization)
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
-        require_action_space(act_space, "A2C", PG_ACTION_SPACES)
         seed_all(cfg.seed)
-        model = ActorCritic(obs_space, act_space, cfg)
+        head, model = _make_model(obs_space, act_space, cfg)
+        flat, flat_grad = flatten_parameters(model)
         agent = _Agent(cfg, model, OPTIMIZERS[cfg.optimizer](model.parameters(), cfg),
                        np.random.default_rng(cfg.seed))
         if resume is not None:
             agent.load_state_dict(resume)
-        clock = TrainClock(hooks, agent.env_steps)
-        rollout = Rollout(envs, model, batch_seed(cfg.seed, agent.updates), agent.rng)
-        next_log = clock.steps + cfg.log_every
+        if dp is not None:
+            agent.rng = onpolicy.rank_rng(cfg.seed, dp, agent.updates) or agent.rng
+            dp.broadcast_(flat)
+        buf = Rollout(cfg.n_steps, cfg.n_envs, obs_dim(obs_space), head)
+        c = Collector(envs, head, buf, agent.rng, None, None, 0.0, EpisodeStats(cfg.n_envs))
+
+        def update(env_steps: int) -> dict[str, float]:
+            return a2c_update(model, head, agent.opt, flat_grad, buf.t, cfg, env_steps, dp)
 
         def evaluate() -> float:
-            policy = greedy_policy(model.actor, obs_space, model.body)
+            policy = onpolicy.greedy_policy(head, model, None, obs_space, 0.0)
             return evaluate_in_env(env_id, policy, hooks.eval_episodes,
                                    cfg.seed + EVAL_SEED_OFFSET, env_kwargs).mean_return
 
-        while agent.env_steps < cfg.total_steps:
-            roll, episodes = rollout.collect(cfg.n_steps)
-            clock.advance(cfg.n_steps * cfg.n_envs)
-            metrics = a2c_update(model, agent.opt, roll, cfg, clock.steps)
-            agent.env_steps, agent.updates = clock.steps, agent.updates + 1
-            for ret, length in episodes:
-                hooks.log(clock.steps, {"charts/episode_return": ret,
-                                        "charts/episode_length": float(length)})
-            if clock.steps >= next_log:
-                hooks.log(clock.steps, {**metrics, "charts/SPS": clock.sps()})
-                next_log = clock.steps + cfg.log_every
-            if clock.periodic(evaluate, agent.state_dict):
-                break
-        return clock.output(agent.state_dict())
+        run = onpolicy.OnPolicyRun(c, model, update, evaluate, agent.state_dict,
+                                   log_every=cfg.log_every)
+        onpolicy.reset(run, batch_seed(cfg.seed, agent.updates), cfg.n_envs, dp)
+        return onpolicy.loop(run, agent, cfg.total_steps, hooks, dp)
     finally:
         envs.close()
 
@@ -324,8 +278,11 @@ class _Agent:
         state = copy.deepcopy(state)
         if state.get("algo") != "a2c":
             raise PavlovError(f"cannot resume A2C from a {state.get('algo')!r} state")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise PavlovError(f"resume state does not fit the config/env: {e}") from None
         self.env_steps, self.updates = int(state["env_steps"]), int(state["updates"])
         set_rng_state(state["rng"])
         self.rng.bit_generator.state = state["np_rng"]
@@ -333,6 +290,6 @@ class _Agent:
 
 def load_policy(state: dict[str, Any], cfg: Config, env: gym.Env) -> Callable[[Any, int], Any]:
     """Deterministic ``policy(obs, t)`` (argmax / Gaussian mean) from a trained state."""
-    model = ActorCritic(env.observation_space, env.action_space, cfg)
+    head, model = _make_model(env.observation_space, env.action_space, cfg)
     model.load_state_dict(state["model"])
-    return greedy_policy(model.actor, env.observation_space, model.body)
+    return onpolicy.greedy_policy(head, model, None, env.observation_space, 0.0)

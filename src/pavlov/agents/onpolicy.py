@@ -15,6 +15,7 @@ alone calls the hooks (logs, evaluations, checkpoints) and its stop decision rea
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pavlov.agents.common import Hooks, TrainClock, TrainOutput
+from pavlov.agents.common import Hooks, TrainClock, TrainOutput, encode_obs
 from pavlov.agents.distributions import NumpyActorCritic
 from pavlov.agents.normalize import RunningMeanStd
 from pavlov.agents.rollout import Collector, collect_rollout
@@ -56,6 +57,9 @@ class OnPolicyRun:
     """Running statistics the collector updates (merged over the ranks after each rollout)."""
     preempt: Callable[[int], Callable[[int], bool]] | None = None
     """DD-PPO preemption: ``preempt(update) -> stop(t)`` for :func:`collect_rollout`."""
+    log_every: int = 0
+    """Env steps between logs (0: after every update); episode statistics are means over the
+    episodes since the last log."""
 
 
 def rank_of(dp: DataParallel | None) -> int:
@@ -91,6 +95,8 @@ def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
     n_envs = c.envs.num_envs
     clock = TrainClock(hooks if dp is None or dp.is_main else Hooks(), counters.env_steps)
     recent: list[float] = []
+    pending: list[tuple[float, int]] = []  # episodes finished since the last log
+    next_log = counters.env_steps + run.log_every
     while counters.env_steps < total_steps:
         charts = run.schedule(counters.env_steps / total_steps)
         starts = [n.state_dict() for n in run.normalizers] if dp is not None else []
@@ -107,12 +113,15 @@ def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
             names = sorted(metrics)
             values = dp.sum_array([metrics[k] for k in names]) / dp.world_size
             metrics = dict(zip(names, values.tolist(), strict=True))
-        episodes = episode_means(finished, dp)
-        if episodes:
-            recent = (recent + [episodes["charts/episode_return"]])[-100:]
+        pending += finished
+        recent = (recent + [r for r, _ in finished])[-100:]
         clock.advance(steps, float(np.mean(recent)) if recent else None)
-        clock.hooks.log(counters.env_steps,
-                        {**metrics, **episodes, **charts, "charts/SPS": clock.sps()})
+        if counters.env_steps >= next_log:
+            episodes = episode_means(pending, dp)
+            pending = []
+            next_log = counters.env_steps + run.log_every
+            clock.hooks.log(counters.env_steps,
+                            {**metrics, **episodes, **charts, "charts/SPS": clock.sps()})
         if clock.periodic(run.evaluate, run.state, dp):
             break
     return clock.output(run.state())
@@ -129,6 +138,23 @@ def episode_means(finished: list[tuple[float, int]], dp: DataParallel | None
         return {}
     return {"charts/episode_return": float(sums[1] / sums[0]),
             "charts/episode_length": float(sums[2] / sums[0])}
+
+
+def greedy_policy(head: Any, model: Any, obs_rms: RunningMeanStd | None, obs_space: Any,
+                  obs_clip: float) -> Callable[[Any, int], Any]:
+    """Deterministic ``policy(obs, t)`` (argmax, or the Gaussian mean clipped to the Box) from a
+    NumPy snapshot of ``model``'s weights and of the observation statistics."""
+    net, k, rms = NumpyActorCritic(model), head.n_outputs, copy.deepcopy(obs_rms)
+    discrete = head.action_shape == ()
+
+    def policy(obs: Any, t: int) -> Any:
+        x = encode_obs(obs_space, obs).numpy()  # (1, in_dim)
+        if rms is not None:
+            x = rms.normalize(x, obs_clip)
+        action = head.to_env(head.mode_np(net(x)[:, :k], net.log_std))[0]
+        return int(action) if discrete else action
+
+    return policy
 
 
 def preemption(dp: DataParallel, threshold: float, n_steps: int, min_rows: int

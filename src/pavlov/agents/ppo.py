@@ -39,7 +39,6 @@ from pavlov.agents.common import (
     Hooks,
     TrainOutput,
     check_finite,
-    encode_obs,
     evaluate_in_env,
     make_vec_env,
     obs_dim,
@@ -48,7 +47,7 @@ from pavlov.agents.common import (
     seed_all,
     set_rng_state,
 )
-from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic, NumpyActorCritic
+from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic
 from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
 from pavlov.agents.ppo_fast import ClosedFormGrad, _whiten_minibatches, supported
@@ -502,7 +501,8 @@ def _run(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hoo
         return ppo_update(agent.grad, batch, cfg, clip[0], env_steps, dp)
 
     def evaluate() -> float:
-        policy = _policy(agent.head, agent.model, agent.obs_rms, agent.obs_space, cfg)
+        policy = onpolicy.greedy_policy(agent.head, agent.model, agent.obs_rms, agent.obs_space,
+                                        cfg.obs_clip)
         return evaluate_in_env(env_id, policy, hooks.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
                                env_kwargs).mean_return
 
@@ -521,22 +521,6 @@ def _run(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hoo
 # ------------------------------------------------------------------------------------ policy
 
 
-def _policy(head: Any, model: ActorCritic, obs_rms: RunningMeanStd | None,
-            obs_space: gym.Space, cfg: Config) -> Callable[[Any, int], Any]:
-    """Deterministic ``policy(obs, t)`` from a snapshot of the weights and statistics."""
-    net, k, rms = NumpyActorCritic(model), head.n_outputs, copy.deepcopy(obs_rms)
-    discrete = head.action_shape == ()
-
-    def policy(obs: Any, t: int) -> Any:
-        x = encode_obs(obs_space, obs).numpy()  # (1, in_dim)
-        if rms is not None:
-            x = rms.normalize(x, cfg.obs_clip)
-        action = head.to_env(head.mode_np(net(x)[:, :k], net.log_std))[0]
-        return int(action) if discrete else action
-
-    return policy
-
-
 def load_policy(state: dict[str, Any], cfg: Config, env: gym.Env) -> Callable[[Any, int], Any]:
     """``policy(obs, t) -> action`` from a :func:`train` state: the argmax action (Discrete) or
     the Gaussian mean clipped to the Box, after the saved observation normalization."""
@@ -544,4 +528,4 @@ def load_policy(state: dict[str, Any], cfg: Config, env: gym.Env) -> Callable[[A
     model.load_state_dict(state["model"])
     if obs_rms is not None:
         obs_rms.load_state_dict(state["obs_rms"])
-    return _policy(head, model, obs_rms, env.observation_space, cfg)
+    return onpolicy.greedy_policy(head, model, obs_rms, env.observation_space, cfg.obs_clip)

@@ -15,7 +15,7 @@ from pavlov.run.console import ProgressBar
 from pavlov.run.plots import plot_runs
 from pavlov.run.rundir import load_run_checkpoint
 
-DATA_PARALLEL = ("ppo",)
+DATA_PARALLEL = ("ppo", "a2c")
 """Deep agents that run data-parallel (``--nproc N`` or torchrun)."""
 
 

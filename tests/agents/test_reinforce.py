@@ -11,7 +11,6 @@ import torch
 
 import pavlov.envs  # noqa: F401  registers pavlov/* ids first
 from pavlov.agents import reinforce
-from pavlov.agents.actor import Actor
 from pavlov.agents.common import Hooks, NonFiniteError, seed_all
 from pavlov.envs.pointmass import HORIZON
 from pavlov.errors import ConfigError, PavlovError
@@ -58,12 +57,11 @@ def _initial_params(cfg: reinforce.Config, env_id: str) -> dict[str, torch.Tenso
     env = gym.make(env_id)
     seed_all(cfg.seed)  # exactly what train() does before building the networks
     agent = reinforce.build_agent(cfg, env.observation_space, env.action_space)
-    return {f"{k}.{n}": p.detach().clone() for k, net in agent.nets.items()
-            for n, p in net.named_parameters()}
+    return {n: p.detach().clone() for n, p in agent.model.named_parameters()}
 
 
 def _params(state) -> dict[str, torch.Tensor]:
-    return {f"{k}.{n}": p for k, sd in state["nets"].items() for n, p in sd.items()}
+    return dict(state["model"])
 
 
 def _train(env_id="CartPole-v1", hooks=None, resume=None, **kw):
@@ -78,8 +76,10 @@ def test_collect_episodes_returns_exactly_the_quota_of_whole_episodes():
     envs = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
     seed_all(0)
-    actor = Actor(4, envs.single_action_space, [8])
-    batch = reinforce.collect_episodes(envs, actor, 5, seed=0, rng=np.random.default_rng(0))
+    agent = reinforce.build_agent(reinforce.Config(hidden_sizes=[8]),
+                                  envs.single_observation_space, envs.single_action_space)
+    batch = reinforce.collect_episodes(envs, agent.head, agent.model, 5, seed=0,
+                                       rng=np.random.default_rng(0))
     assert len(batch.episodes) == 5
     # every valid step belongs to one of the 5 episodes, and each of them ended inside the batch
     assert int(batch.valid.sum()) == sum(length for _, length in batch.episodes)
@@ -171,7 +171,10 @@ def test_smoke_every_parameter_changes_and_metrics_are_finite(env_id):
 def test_without_baseline_there_is_no_critic():
     logs = []
     out = _train(baseline=False, hooks=Hooks(log=lambda s, m: logs.append(m)))
-    assert set(out.state["nets"]) == {"actor"}
+    assert set(out.state["optimizers"]) == {"actor"}
+    before = _initial_params(reinforce.Config(**{**TINY, "baseline": False}), "CartPole-v1")
+    for name, value in out.state["model"].items():  # the baseline is neither used nor trained
+        assert torch.equal(value, before[name]) == name.startswith("v."), name
     assert not any("losses/value" in m for m in logs)
 
 

@@ -21,8 +21,8 @@ reinforcement learning", Machine Learning 8. Each update:
 Discrete actions use a Categorical policy, Box actions a diagonal Gaussian with a learned
 state-independent log std (samples are clipped to the bounds only when sent to the env).
 
-This module also holds the pieces every policy-gradient agent here shares: :class:`Actor`,
-:func:`greedy_policy` and :class:`TrainClock`.
+The policy and the baseline are the actor and critic of the shared
+:class:`~pavlov.agents.distributions.ActorCritic` (separate MLPs, two Adam optimizers).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pavlov.agents.actor import PG_ACTION_SPACES, Actor, greedy_policy
+from pavlov.agents import onpolicy
 from pavlov.agents.common import (
     EVAL_SEED_OFFSET,
     EpisodeStats,
@@ -54,17 +54,17 @@ from pavlov.agents.common import (
     evaluate_in_env,
     final_observations,
     make_vec_env,
-    mlp,
     obs_dim,
     require_action_space,
     rng_state,
     seed_all,
     set_rng_state,
 )
+from pavlov.agents.distributions import HEADS, ActorCritic, NumpyActorCritic
 from pavlov.errors import PavlovError, check_positive, check_range
 from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
 
-ACTION_SPACES = PG_ACTION_SPACES
+ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
 """Action spaces this agent supports (checked before a run directory is made)."""
 
 # ------------------------------------------------------------------------------------ config
@@ -90,7 +90,7 @@ class Config:
     """Adam step size of the baseline (> 0)."""
     value_epochs: int = 5
     """Full-batch gradient steps of the baseline per update (> 0)."""
-    normalize_advantages: bool = True
+    normalize_advantage: bool = True
     """Whiten the advantages of each batch (zero mean, unit variance)."""
     ent_coef: float = 0.0
     """Weight (>= 0) of the entropy bonus in the policy loss."""
@@ -137,18 +137,25 @@ class EpisodeBatch:
 
 
 def collect_episodes(
-    envs: gym.vector.VectorEnv, actor: Actor, quota: int, seed: int, rng: np.random.Generator
+    envs: gym.vector.VectorEnv, head: Any, model: ActorCritic, quota: int, seed: int,
+    rng: np.random.Generator,
 ) -> EpisodeBatch:
-    """Run ``actor`` until ``quota`` episodes started at the reset have all ended."""
+    """Run the policy of ``model`` until ``quota`` episodes started at the reset have all ended.
+
+    Monte Carlo returns need whole episodes, so this collector runs a variable number of steps
+    (the fixed ``(T, N)`` buffer of :mod:`pavlov.agents.rollout` would cut them); it acts with
+    the same NumPy copy of the actor-critic and the same heads.
+    """
     obs_space, n = envs.single_observation_space, envs.num_envs
+    net, k = NumpyActorCritic(model), head.n_outputs
     obs, _ = envs.reset(seed=seed)
     active = np.arange(n) < quota
     started = int(active.sum())
     stats, episodes, rows = EpisodeStats(n), [], []
     while active.any():
         x = encode_obs(obs_space, obs)  # (N, obs_dim)
-        a = actor.sample(x, rng)  # (N,) | (N, A)
-        obs, r, term, trunc, info = envs.step(actor.head.to_env(a))
+        a = head.sample_np(net(x.numpy())[:, :k], net.log_std, rng)[0]  # (N,) | (N, A)
+        obs, r, term, trunc, info = envs.step(head.to_env(a))
         done = term | trunc
         final = encode_obs(obs_space, final_observations(obs, info))
         rows.append((x, torch.as_tensor(a), torch.as_tensor(r, dtype=torch.float32),
@@ -164,7 +171,8 @@ def collect_episodes(
     return EpisodeBatch(*cols, episodes=episodes)
 
 
-def returns_to_go(batch: EpisodeBatch, critic: nn.Module | None, gamma: float) -> Tensor:
+def returns_to_go(batch: EpisodeBatch, critic: Callable[[Tensor], Tensor] | None,
+                  gamma: float) -> Tensor:
     """(T, N) reward-to-go; truncated episodes bootstrap ``gamma * V(s_final)`` if a critic
     is given (Pardo et al. 2018), else end there."""
     rewards = batch.rewards
@@ -177,11 +185,11 @@ def returns_to_go(batch: EpisodeBatch, critic: nn.Module | None, gamma: float) -
 
 
 def reinforce_update(
-    nets: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer], batch: EpisodeBatch,
+    model: ActorCritic, head: Any, opts: dict[str, torch.optim.Optimizer], batch: EpisodeBatch,
     cfg: Config, step: int,
 ) -> dict[str, float]:
     """One policy step (and ``value_epochs`` baseline steps) on a batch -> metrics."""
-    actor, critic = nets["actor"], nets.get("critic")
+    critic = model.v if cfg.baseline else None
     valid = batch.valid
     g = returns_to_go(batch, critic, cfg.gamma)[valid]  # (B,)
     x, actions = batch.obs[valid], batch.actions[valid]  # (B, obs_dim), (B,) | (B, A)
@@ -189,27 +197,28 @@ def reinforce_update(
     if critic is not None:
         with torch.no_grad():
             adv = g - critic(x).squeeze(-1)
-    if cfg.normalize_advantages:
+    if cfg.normalize_advantage:
         adv = masked_whiten(adv, None)
-    logp, ent = actor.log_prob_entropy(x, actions)  # (B,), (B,)
+    out = model.pi(x)  # (B, k)
+    logp, ent = head.log_prob(out, model.log_std, actions), head.entropy(out, model.log_std)
     pg_loss, _ = reinforce_loss(logp, adv)
     ent = ent.mean()
     loss = pg_loss - cfg.ent_coef * ent
-    _step(opts["actor"], actor, loss, cfg.max_grad_norm, "policy loss", step)
+    _step(opts["actor"], loss, cfg.max_grad_norm, "policy loss", step)
     metrics = {"losses/policy": pg_loss.item(), "losses/entropy": ent.item()}
     for _ in range(cfg.value_epochs if critic is not None else 0):
         v_loss = nn.functional.mse_loss(critic(x).squeeze(-1), g)
-        _step(opts["critic"], critic, v_loss, cfg.max_grad_norm, "value loss", step)
+        _step(opts["critic"], v_loss, cfg.max_grad_norm, "value loss", step)
         metrics["losses/value"] = v_loss.item()
     return metrics
 
 
-def _step(opt: torch.optim.Optimizer, net: nn.Module, loss: Tensor, max_norm: float,
-          name: str, step: int) -> None:
+def _step(opt: torch.optim.Optimizer, loss: Tensor, max_norm: float, name: str, step: int
+          ) -> None:
     check_finite(name, loss, step)
     opt.zero_grad()
     loss.backward()
-    nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], max_norm)
     opt.step()
 
 
@@ -244,7 +253,6 @@ def train(
     envs = make_vec_env(env_id, cfg.n_envs, env_kwargs, cfg.vectorization)
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
-        require_action_space(act_space, "REINFORCE", PG_ACTION_SPACES)
         _require_time_limit(env_id, env_kwargs)
         seed_all(cfg.seed)
         agent = build_agent(cfg, obs_space, act_space)
@@ -253,16 +261,17 @@ def train(
         clock = TrainClock(hooks, agent.env_steps)
 
         def evaluate() -> float:
-            policy = greedy_policy(agent.nets["actor"], obs_space)
+            policy = onpolicy.greedy_policy(agent.head, agent.model, None, obs_space, 0.0)
             return evaluate_in_env(env_id, policy, hooks.eval_episodes,
                                    cfg.seed + EVAL_SEED_OFFSET, env_kwargs).mean_return
 
         while agent.env_steps < cfg.total_steps:
             seed = batch_seed(cfg.seed, agent.updates)
-            batch = collect_episodes(envs, agent.nets["actor"], cfg.episodes_per_update, seed,
-                                     agent.rng)
+            batch = collect_episodes(envs, agent.head, agent.model, cfg.episodes_per_update,
+                                     seed, agent.rng)
             clock.advance(batch.rewards.numel())
-            metrics = reinforce_update(agent.nets, agent.opts, batch, cfg, clock.steps)
+            metrics = reinforce_update(agent.model, agent.head, agent.opts, batch, cfg,
+                                       clock.steps)
             agent.env_steps, agent.updates = clock.steps, agent.updates + 1
             for ret, length in batch.episodes:
                 hooks.log(clock.steps, {"charts/episode_return": ret,
@@ -280,8 +289,9 @@ class Agent:
     """Everything a REINFORCE run carries from update to update."""
 
     cfg: Config
-    nets: dict[str, nn.Module]  # "actor", and "critic" with a baseline
-    opts: dict[str, torch.optim.Optimizer]
+    head: Any
+    model: ActorCritic  # the policy ``pi`` (+ ``log_std``) and the baseline ``v``
+    opts: dict[str, torch.optim.Optimizer]  # "actor", and "critic" with a baseline
     rng: np.random.Generator  # action sampling
     env_steps: int = 0
     updates: int = 0
@@ -290,7 +300,7 @@ class Agent:
         """A deep copy of everything needed to resume (and for :func:`load_policy`)."""
         return copy.deepcopy({
             "algo": "reinforce",
-            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "model": self.model.state_dict(),
             "optimizers": {k: v.state_dict() for k, v in self.opts.items()},
             "env_steps": self.env_steps,
             "updates": self.updates,
@@ -304,32 +314,41 @@ class Agent:
         state = copy.deepcopy(state)
         if state.get("algo") != "reinforce":
             raise PavlovError(f"cannot resume REINFORCE from a {state.get('algo')!r} state")
-        if set(state["nets"]) != set(self.nets):
+        if set(state["optimizers"]) != set(self.opts):
             raise PavlovError("resume state and config disagree on `baseline`")
-        for k, net in self.nets.items():
-            net.load_state_dict(state["nets"][k])
-            self.opts[k].load_state_dict(state["optimizers"][k])
+        try:
+            self.model.load_state_dict(state["model"])
+            for k, opt in self.opts.items():
+                opt.load_state_dict(state["optimizers"][k])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise PavlovError(f"resume state does not fit the config/env: {e}") from None
         self.env_steps, self.updates = int(state["env_steps"]), int(state["updates"])
         set_rng_state(state["rng"])
         self.rng.bit_generator.state = state["np_rng"]
 
 
+def _make_model(cfg: Config, obs_space: gym.Space, act_space: gym.Space
+                ) -> tuple[Any, ActorCritic]:
+    require_action_space(act_space, "REINFORCE", ACTION_SPACES)
+    head = HEADS[type(act_space)](act_space)
+    log_std_init = cfg.log_std_init if isinstance(act_space, gym.spaces.Box) else None
+    return head, ActorCritic(obs_dim(obs_space), head.n_outputs, cfg.hidden_sizes,
+                             cfg.activation, False, log_std_init)
+
+
 def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> Agent:
-    """Fresh networks, Adam optimizers and sampling RNG (call after ``seed_all(cfg.seed)``)."""
-    d = obs_dim(obs_space)
-    nets: dict[str, nn.Module] = {
-        "actor": Actor(d, act_space, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)
-    }
+    """Fresh actor-critic, Adam optimizers and sampling RNG (call after ``seed_all(cfg.seed)``);
+    the baseline ``v`` is trained (and used) only with ``baseline``."""
+    head, model = _make_model(cfg, obs_space, act_space)
+    actor = [*model.pi.parameters(), *([] if model.log_std is None else [model.log_std])]
+    opts = {"actor": torch.optim.Adam(actor, lr=cfg.learning_rate)}
     if cfg.baseline:
-        nets["critic"] = mlp([d, *cfg.hidden_sizes, 1], cfg.activation, out_gain=1.0)
-    lrs = {"actor": cfg.learning_rate, "critic": cfg.value_learning_rate}
-    opts = {k: torch.optim.Adam(net.parameters(), lr=lrs[k]) for k, net in nets.items()}
-    return Agent(cfg, nets, opts, np.random.default_rng(cfg.seed))
+        opts["critic"] = torch.optim.Adam(model.v.parameters(), lr=cfg.value_learning_rate)
+    return Agent(cfg, head, model, opts, np.random.default_rng(cfg.seed))
 
 
 def load_policy(state: dict[str, Any], cfg: Config, env: gym.Env) -> Callable[[Any, int], Any]:
     """Deterministic ``policy(obs, t)`` (argmax / Gaussian mean) from a trained state."""
-    actor = Actor(obs_dim(env.observation_space), env.action_space, cfg.hidden_sizes,
-                  cfg.activation, cfg.log_std_init)
-    actor.load_state_dict(state["nets"]["actor"])
-    return greedy_policy(actor, env.observation_space)
+    head, model = _make_model(cfg, env.observation_space, env.action_space)
+    model.load_state_dict(state["model"])
+    return onpolicy.greedy_policy(head, model, None, env.observation_space, 0.0)

@@ -249,6 +249,13 @@ class TrainClock:
         self.steps += n
         self.hooks.progress(n, key_metric)
 
+    def tick(self, n: int) -> bool:
+        """Count ``n`` env steps without reporting progress -> whether an evaluation or a
+        checkpoint is due (then call :meth:`periodic`). Cheap enough for every env step."""
+        self.steps += n
+        return ((self.next_eval is not None and self.steps >= self.next_eval)
+                or (self.next_ckpt is not None and self.steps >= self.next_ckpt))
+
     def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict],
                  dp: Any = None) -> bool:
         """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop.

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,8 +43,10 @@ from torch import Tensor, nn
 
 from pavlov.agents.common import (
     ACTIVATIONS,
+    EVAL_SEED_OFFSET,
     EpisodeStats,
     Hooks,
+    TrainClock,
     TrainOutput,
     check_finite,
     encode_obs,
@@ -279,7 +280,6 @@ class _Loop:
         self.stats = EpisodeStats(cfg.n_envs)
         self.recent: deque[float] = deque(maxlen=100)
         self.evals: list[tuple[int, float]] = []
-        self.eval_seconds = 0.0
 
     def restore(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)
@@ -297,31 +297,25 @@ class _Loop:
             **self.learner.state_dict(),
             "counters": {"env_steps": self.steps, "vec_steps": self.vec_steps,
                          "gradient_steps": self.updates, "episodes": self.episodes},
-            "evals": list(self.evals),
+            "evals": list(self.clock.evals),
             "rng": rng_state(),
         }
 
     def run(self) -> TrainOutput:
         cfg, hooks = self.cfg, self.hooks
         obs, _ = self.envs.reset(seed=cfg.seed + self.steps)
-        self.start_step, self.reported = self.steps, self.steps
-        self.t0 = time.perf_counter()
-        next_eval = _next_multiple(self.steps, hooks.evaluate_every)
-        next_ckpt = _next_multiple(self.steps, hooks.checkpoint_every)
+        self.reported = self.steps
+        # the scheduler every deep agent uses: evaluations, checkpoints, stop, train seconds
+        self.clock = TrainClock(hooks, self.steps)
+        self.clock.evals = list(self.evals)
         while self.steps < cfg.total_steps:
             obs = self.env_step(obs)
             if self.vec_steps % cfg.train_freq == 0:
                 self.train_phase()
-            if self.steps >= next_eval:
-                next_eval = _next_multiple(self.steps, hooks.evaluate_every)
-                if self.evaluate():
-                    break
-            if self.steps >= next_ckpt:
-                next_ckpt = _next_multiple(self.steps, hooks.checkpoint_every)
-                if hooks.checkpoint is not None:
-                    hooks.checkpoint(self.steps, self.state())
+            if self.clock.tick(cfg.n_envs) and self.clock.periodic(self.evaluate, self.state):
+                break
         hooks.progress(self.steps - self.reported, self._recent_mean())
-        return TrainOutput(self.state(), self.steps, self._train_seconds(), list(self.evals))
+        return self.clock.output(self.state())
 
     def env_step(self, obs: np.ndarray) -> np.ndarray:
         """One ε-greedy vector step; stores the transitions; updates the target on schedule."""
@@ -356,33 +350,19 @@ class _Loop:
             loss, mean_q = self.learner.train_phase(cfg.gradient_steps, self.steps)
             self.updates += cfg.gradient_steps
             metrics["losses/td_loss"], metrics["losses/q_values"] = loss, mean_q
-        metrics["charts/SPS"] = (self.steps - self.start_step) / max(self._train_seconds(), 1e-9)
+        metrics["charts/SPS"] = self.clock.sps()
         self.hooks.log(self.steps, metrics)
         self.hooks.progress(self.steps - self.reported, self._recent_mean())
         self.reported = self.steps
 
-    def evaluate(self) -> bool:
-        """Deterministic evaluation in a fresh single env (time excluded) -> stop?"""
-        t = time.perf_counter()
+    def evaluate(self) -> float:
+        """Deterministic evaluation in a fresh single env -> mean return."""
         policy = _policy(self.learner.act, self.action_start)
-        result = evaluate_in_env(self.env_id, policy, self.hooks.eval_episodes,
-                                 self.cfg.seed + 10_000, self.env_kwargs)
-        self.eval_seconds += time.perf_counter() - t
-        metrics = {"eval/mean_return": result.mean_return}
-        self.evals.append((self.steps, result.mean_return))
-        self.hooks.log(self.steps, metrics)
-        return bool(self.hooks.stop(self.steps, metrics))
+        return evaluate_in_env(self.env_id, policy, self.hooks.eval_episodes,
+                               self.cfg.seed + EVAL_SEED_OFFSET, self.env_kwargs).mean_return
 
     def _recent_mean(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None
-
-    def _train_seconds(self) -> float:
-        return time.perf_counter() - self.t0 - self.eval_seconds
-
-
-def _next_multiple(step: int, every: int) -> float:
-    """The first multiple of ``every`` above ``step`` (inf when ``every`` is 0: never)."""
-    return (step // every + 1) * every if every > 0 else float("inf")
 
 
 def _policy(act: NumpyQ, start: int) -> Callable[[Any, int], int]:

@@ -685,7 +685,7 @@ def pavlov_grpo(args, clock: StepClock) -> dict:
         algo="grpo", seed=args.seed, max_steps=args.steps,
         prompts_per_step=GRPO["prompts_per_step"], group_size=GRPO["group_size"],
         max_new_tokens=GRPO["new_tokens"], temperature=1.0, learning_rate=GRPO["lr"],
-        lr_schedule="linear", beta=GRPO["beta"], ppo_epochs=1, precision="fp32",
+        lr_schedule="linear", beta=GRPO["beta"], n_epochs=1, precision="fp32",
     )  # fmt: skip
     start = time.perf_counter()
     train_online(

@@ -57,3 +57,16 @@ def test_overrides_parse_yaml_scalars():
     }
     with pytest.raises(PavlovError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_an_old_field_name_says_its_new_name():
+    from pavlov.agents import a2c
+    from pavlov.config import build_config
+    from pavlov.errors import ConfigError
+    from pavlov.llm.trainers.online import OnlineConfig
+
+    with pytest.raises(ConfigError, match="^agent key normalize_advantages is now called "
+                                          "normalize_advantage$"):
+        build_config(a2c.Config, {"normalize_advantages": True}, where="agent")
+    with pytest.raises(ConfigError, match="ppo_epochs is now called n_epochs"):
+        build_config(OnlineConfig, {"ppo_epochs": 2})

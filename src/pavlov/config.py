@@ -90,10 +90,28 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     return value
 
 
+RENAMED = {
+    "ppo_epochs": "n_epochs",
+    "clip_eps": "clip_range",
+    "clip_eps_high": "clip_range_high",
+    "lam": "gae_lambda",
+    "whiten_advantages": "normalize_advantage",
+    "normalize_advantages": "normalize_advantage",
+    "value_clip": "clip_range_vf",
+    "entropy_coef": "ent_coef",
+}
+"""Old config names -> the one name each concept has now (Stable-Baselines3's; see
+docs/config-fields.md)."""
+
+
 def build_config(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
     """Instantiate dataclass ``cls`` from ``values``; unknown keys name the valid ones."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
+    renamed = [k for k in unknown if RENAMED.get(k) in fields]
+    if renamed:
+        raise ConfigError(", ".join(f"{where} key {k} is now called {RENAMED[k]}"
+                                    for k in renamed))
     if unknown:
         raise ConfigError(
             f"unknown {where} key(s) {', '.join(unknown)} for {cls.__name__}; "

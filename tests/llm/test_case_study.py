@@ -88,7 +88,7 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("beta", -0.1),
         ("target_kl", -1.0),
         ("eval_top_p", 0.0),
-        ("rl_options", "ppo_epochs=2"),
+        ("rl_options", "n_epochs=2"),
     ],
 )
 def test_config_errors_name_the_field(field, value):
@@ -107,12 +107,12 @@ def test_group_defaults_keep_eight_completions_per_step():
 
 
 def test_stage_configs_carry_the_shared_fields_and_the_options():
-    cfg = CaseStudyConfig(seed=3, sft_options={"warmup_steps": 0}, rl_options={"ppo_epochs": 2})
+    cfg = CaseStudyConfig(seed=3, sft_options={"warmup_steps": 0}, rl_options={"n_epochs": 2})
     stages = stage_configs(cfg)
     assert {s.seed for s in stages.values()} == {3}
     assert {s.precision for s in stages.values()} == {"auto"}
     assert stages["sft"].lora and stages["sft"].packing and stages["sft"].warmup_steps == 0
-    assert stages["rl"].algo == "rloo" and stages["rl"].ppo_epochs == 2 and stages["rl"].lora
+    assert stages["rl"].algo == "rloo" and stages["rl"].n_epochs == 2 and stages["rl"].lora
     assert (stages["rl"].temperature, stages["rl"].target_kl, stages["rl"].kl_horizon) == (
         0.7, 4.0, 100)  # fmt: skip
     grpo = stage_configs(CaseStudyConfig(algo="grpo"))["rl"]

@@ -154,7 +154,7 @@ def test_first_step_has_zero_kl_ratio_one_and_changes_every_parameter(algo, repl
 def test_several_updates_per_batch_start_from_ratio_one(algo):
     """With a negligible learning rate every minibatch's ratio stays 1: the old pass matches."""
     model, tok = tiny_causal_lm()
-    cfg = config(algo, ppo_epochs=2, num_minibatches=2, learning_rate=1e-12)
+    cfg = config(algo, n_epochs=2, num_minibatches=2, learning_rate=1e-12)
     rec = train_online(cfg, model, tok, PROMPTS, vowel_share).history[0]
     assert rec["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert rec["policy/approx_kl"] < 1e-9
@@ -205,7 +205,7 @@ def test_bad_rewards_stop_the_run_before_any_update():
 def test_missing_eos_penalty_and_adaptive_kl_show_in_the_records():
     model, tok = tiny_causal_lm()
     cfg = config("rloo", max_steps=3, beta=0.1, target_kl=1e-6, missing_eos_penalty=5.0,
-                 learning_rate=1e-2, whiten_advantages=False)  # fmt: skip
+                 learning_rate=1e-2, normalize_advantage=False)  # fmt: skip
     hist = train_online(cfg, model, tok, PROMPTS, vowel_share).history
     rec = hist[0]
     assert rec["response/eos_rate"] == 0.0  # 8 tokens of a random model: never EOS
@@ -248,7 +248,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     def go(run=None, resume=None, callback=None):
         model, tok = tiny_causal_lm()
         cfg = config("ppo", max_steps=4, checkpoint_every=2, learning_rate=1e-2,
-                     ppo_epochs=2, num_minibatches=2)  # fmt: skip
+                     n_epochs=2, num_minibatches=2)  # fmt: skip
         return train_online(cfg, model, tok, PROMPTS, vowel_share, run=run, resume=resume,
                             callback=callback)  # fmt: skip
 

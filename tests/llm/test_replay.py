@@ -135,7 +135,7 @@ def vowels(prompts, completions):
     return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
 
 
-@pytest.mark.parametrize("kw, used", [({}, True), ({"ppo_epochs": 2}, False)])
+@pytest.mark.parametrize("kw, used", [({}, True), ({"n_epochs": 2}, False)])
 def test_grpo_replays_with_one_update_per_batch_only(kw, used, monkeypatch):
     entered = []
     original = scoring.replaying

@@ -105,7 +105,7 @@ class CaseStudyConfig:
     rl_learning_rate: float = 5e-4
     """Step 3 peak learning rate (LoRA) for PPO/GRPO/RLOO, > 0."""
     rl_epochs: int = 1
-    """Passes over each batch of samples (PPO/GRPO/RLOO ``ppo_epochs``). 1 (with one minibatch):
+    """Passes over each batch of samples (PPO/GRPO/RLOO ``n_epochs``). 1 (with one minibatch):
     the update's own forward gives the old log-probs, no extra pass; more steps instead."""
     rl_minibatches: int = 1
     """Optimizer steps per pass (``num_minibatches``); must divide the 8 samples of a step."""
@@ -229,7 +229,7 @@ def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
         "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size,
         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
         "learning_rate": cfg.rl_learning_rate, "beta": cfg.beta, "lora": True,
-        "lora_r": cfg.rl_lora_r, "ppo_epochs": cfg.rl_epochs,
+        "lora_r": cfg.rl_lora_r, "n_epochs": cfg.rl_epochs,
         "num_minibatches": cfg.rl_minibatches, "kl_horizon": cfg.kl_horizon,
         # GRPO's KL sits in the loss, where no controller applies: beta stays fixed there
         "target_kl": 0.0 if cfg.algo == "grpo" else cfg.target_kl,

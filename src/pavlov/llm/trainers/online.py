@@ -7,7 +7,7 @@ Every optimizer step of :func:`train_online` runs the same stages::
       -> score            reward functions / reward models, validated     pavlov.llm.rewards
       -> reference        frozen-reference log-probs (skipped at beta 0)  pavlov.llm.scoring
       -> advantages       token GAE (PPO) or sequence baselines           pavlov.math
-      -> update           ppo_epochs x num_minibatches clipped steps
+      -> update           n_epochs x num_minibatches clipped steps
       -> log / checkpoint / adapt the KL coefficient
 
 What differs between algorithms (``ALGOS``) is only the advantage and where the KL goes:
@@ -24,7 +24,7 @@ What differs between algorithms (``ALGOS``) is only the advantage and where the 
   :func:`~pavlov.math.group.rloo_advantages` on ``score - beta * KL(sequence)``.
 * ``"reinforce"``: REINFORCE with a moving-average baseline on ``score - beta * KL(sequence)``.
 
-Old log-probs: with one update per batch (``ppo_epochs == num_minibatches == 1``, the default)
+Old log-probs: with one update per batch (``n_epochs == num_minibatches == 1``, the default)
 the update's own forward pass provides them (``old = new.detach()``), so the ratio is exactly 1
 and no separate pass is run; PPO then also takes its old values, and so its advantages, from
 that pass. With several updates per batch one no-grad pass computes them before the first.
@@ -122,14 +122,14 @@ class OnlineConfig(TrainConfig):
     distribution, as TRL does; keep off for exact on-policy updates."""
     top_p: float = 1.0
     """Nucleus sampling threshold in (0, 1] (1: off); see ``top_k``."""
-    ppo_epochs: int = 1
+    n_epochs: int = 1
     """Passes over each batch (TRL's ``num_ppo_epochs`` / ``num_iterations``)."""
     num_minibatches: int = 1
     """Optimizer steps per pass; the batch's responses are split evenly among them."""
-    clip_eps: float = 0.2
+    clip_range: float = 0.2
     """PPO ratio clip range, > 0."""
-    clip_eps_high: float = 0.0
-    """Upper clip range if > 0 (DAPO's clip-higher); 0 uses ``clip_eps``."""
+    clip_range_high: float = 0.0
+    """Upper clip range if > 0 (DAPO's clip-higher); 0 uses ``clip_range``."""
     beta: float = 0.05
     """KL coefficient to the reference, >= 0 (the initial value when ``target_kl`` > 0). 0 runs
     no reference model at all."""
@@ -146,9 +146,9 @@ class OnlineConfig(TrainConfig):
     """Responses over which the adaptive controller makes a full 20% correction."""
     gamma: float = 1.0
     """Discount over response tokens (PPO)."""
-    lam: float = 0.95
+    gae_lambda: float = 0.95
     """GAE lambda over response tokens (PPO)."""
-    whiten_advantages: bool = True
+    normalize_advantage: bool = True
     """Normalise advantages over the batch's valid tokens (PPO, RLOO, REINFORCE; GRPO's are
     already scaled by their group)."""
     whiten_rewards: bool = False
@@ -157,9 +157,9 @@ class OnlineConfig(TrainConfig):
     """GRPO: divide by the group's reward std (False: Dr. GRPO's mean-only baseline)."""
     vf_coef: float = 0.1
     """Weight of the value loss (PPO), >= 0."""
-    value_clip: float = 0.2
+    clip_range_vf: float = 0.2
     """PPO2 value clip range in reward units; 0 turns the clip off."""
-    entropy_coef: float = 0.0
+    ent_coef: float = 0.0
     """Entropy bonus weight, >= 0 (0: entropy is only logged)."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response cut at ``max_new_tokens`` without EOS, >= 0."""
@@ -191,7 +191,7 @@ class OnlineConfig(TrainConfig):
         super().__post_init__()
         check_choice("algo", self.algo, ALGOS)
         check_count("max_steps", self.max_steps)
-        for name in ("prompts_per_step", "max_new_tokens", "ppo_epochs", "num_minibatches"):
+        for name in ("prompts_per_step", "max_new_tokens", "n_epochs", "num_minibatches"):
             check_count(name, getattr(self, name))
         check_count("kl_horizon", self.kl_horizon)
         check_count("group_size", self.group_size, minimum=0)
@@ -207,13 +207,13 @@ class OnlineConfig(TrainConfig):
         check_range("temperature", self.temperature, 1e-6, math.inf)
         check_range("top_p", self.top_p, 1e-6, 1.0)
         check_count("top_k", self.top_k, minimum=0)
-        check_range("clip_eps", self.clip_eps, 1e-6, math.inf)
-        for name in ("clip_eps_high", "beta", "target_kl", "vf_coef", "value_clip"):
+        check_range("clip_range", self.clip_range, 1e-6, math.inf)
+        for name in ("clip_range_high", "beta", "target_kl", "vf_coef", "clip_range_vf"):
             check_range(name, getattr(self, name), 0.0, math.inf)
-        for name in ("entropy_coef", "missing_eos_penalty"):
+        for name in ("ent_coef", "missing_eos_penalty"):
             check_range(name, getattr(self, name), 0.0, math.inf)
         check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("lam", self.lam, 0.0, 1.0)
+        check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
         check_range("baseline_decay", self.baseline_decay, 0.0, 1.0)
         check_choice("kl_mode", self.kl_mode, KL_MODES)
         check_choice("loss_aggregation", self.loss_aggregation, tuple(LOSS_AGGREGATIONS))
@@ -242,7 +242,7 @@ class OnlineConfig(TrainConfig):
     @property
     def single_update(self) -> bool:
         """One optimizer step per batch: the update's forward gives the old log-probs."""
-        return self.ppo_epochs == 1 and self.num_minibatches == 1
+        return self.n_epochs == 1 and self.num_minibatches == 1
 
 
 @dataclass
@@ -250,7 +250,7 @@ class OnlineResult:
     model: nn.Module
     """The trained policy (a peft model with LoRA)."""
     steps: int
-    """Batches (each ``ppo_epochs * num_minibatches`` optimizer steps) done in total."""
+    """Batches (each ``n_epochs * num_minibatches`` optimizer steps) done in total."""
     history: list[dict[str, float]] = field(default_factory=list)
     """Every per-step record of this call (``step`` plus the metrics of :func:`train_online`)."""
     seconds: float = 0.0
@@ -385,7 +385,7 @@ def compute_advantages(
         )
         if cfg.whiten_rewards:
             rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
-        adv, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        adv, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         batch.returns = returns
         metrics["value/explained_variance"] = torch.tensor(
             explained_variance(old_values, returns, mask)
@@ -397,7 +397,7 @@ def compute_advantages(
             scores = scores - kl_coef * masked_sum(kl, mask, dim=1)
             metrics["reward/with_kl"] = scores.mean()
         adv = sequence_advantages(cfg, scores, baseline).unsqueeze(1).expand_as(old_logp)
-    if cfg.whiten_advantages and cfg.algo != "grpo":
+    if cfg.normalize_advantage and cfg.algo != "grpo":
         adv = masked_whiten(adv, mask)
     batch.advantages = torch.where(mask, adv, 0.0).detach()
     return metrics
@@ -427,7 +427,7 @@ def minibatch_loss(
     replay, r.tape = (r.tape if prepare is not None else None), None
     scores = score_tokens(
         model, r.sequences[rows], r.attention_mask[rows], r.prompt_length,
-        temperature=cfg.temperature, entropy=True, entropy_grad=cfg.entropy_coef > 0,
+        temperature=cfg.temperature, entropy=True, entropy_grad=cfg.ent_coef > 0,
         hidden=value_head is not None, replay=replay,
     )  # fmt: skip
     del replay
@@ -442,25 +442,25 @@ def minibatch_loss(
         old_logp = batch.old_logp[rows]
         old_values = None if batch.old_values is None else batch.old_values[rows]
     adv = batch.advantages[rows]
-    terms, ratio = ppo_clip_terms(logp, old_logp, adv, cfg.clip_eps, cfg.clip_eps_high or None)
+    terms, ratio = ppo_clip_terms(logp, old_logp, adv, cfg.clip_range, cfg.clip_range_high or None)
     if batch.ref_logp is not None and cfg.kl_place == "loss":
         kl = kl_penalty(logp, batch.ref_logp[rows], cfg.estimator)
         terms = terms + kl_coef * kl
         metrics["kl/loss"] = masked_mean(kl.detach(), mask)
     loss = aggregate_token_loss(terms, mask, cfg.loss_aggregation)
     ent = masked_mean(scores.entropy, mask)
-    if cfg.entropy_coef:
-        loss = loss - cfg.entropy_coef * ent
+    if cfg.ent_coef:
+        loss = loss - cfg.ent_coef * ent
     if value_head is not None:
         vloss, vm = clipped_value_loss(
-            values, old_values, batch.returns[rows], cfg.value_clip or None, mask
+            values, old_values, batch.returns[rows], cfg.clip_range_vf or None, mask
         )
         loss = loss + cfg.vf_coef * vloss
         metrics["value/loss"] = vm["value_loss"]
         metrics["value/clip_fraction"] = vm["value_clip_fraction"]
     with torch.no_grad():
-        eps_high = cfg.clip_eps_high or cfg.clip_eps
-        outside = (ratio < 1 - cfg.clip_eps) | (ratio > 1 + eps_high)
+        eps_high = cfg.clip_range_high or cfg.clip_range
+        outside = (ratio < 1 - cfg.clip_range) | (ratio > 1 + eps_high)
         metrics["policy/clip_fraction"] = masked_mean(outside.float(), mask)
         metrics["policy/ratio_mean"] = masked_mean(ratio, mask)
         metrics["policy/approx_kl"] = masked_mean(kl_penalty(old_logp, logp, "k3"), mask)
@@ -541,7 +541,7 @@ def train_online(
     trainable = nn.ModuleDict({"policy": model, **({"value": value_head} if value_head else {})})
     plan = batch_plan(replace(cfg, batch_size=cfg.prompts_per_step, grad_accum_steps=1,
                               group_by_length=False), prompt_ids)  # fmt: skip
-    updates = cfg.ppo_epochs * cfg.num_minibatches
+    updates = cfg.n_epochs * cfg.num_minibatches
     optimizer = make_optimizer(trainable, cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.max_steps * updates)
     state = {"kl_coef": cfg.beta, "baseline": None}
@@ -689,13 +689,13 @@ def _old_pass(cfg, model, value_head, rollout) -> tuple[Tensor, Tensor | None]:
 
 
 def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler, params, step):
-    """``ppo_epochs x num_minibatches`` optimizer steps on the batch; mean metrics."""
+    """``n_epochs x num_minibatches`` optimizer steps on the batch; mean metrics."""
     n = len(batch.scores)
     size = n // cfg.num_minibatches
     sums: dict[str, float] = {}
     count = 0
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-    for _ in range(cfg.ppo_epochs):
+    for _ in range(cfg.n_epochs):
         order = torch.randperm(n, generator=generator) if cfg.num_minibatches > 1 else None
         for k in range(cfg.num_minibatches):
             rows = torch.arange(n) if order is None else order[k * size : (k + 1) * size]

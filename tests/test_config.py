@@ -70,3 +70,14 @@ def test_an_old_field_name_says_its_new_name():
         build_config(a2c.Config, {"normalize_advantages": True}, where="agent")
     with pytest.raises(ConfigError, match="ppo_epochs is now called n_epochs"):
         build_config(OnlineConfig, {"ppo_epochs": 2})
+
+
+def test_the_docs_table_of_config_fields_is_current():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "config_fields.py"
+    spec = importlib.util.spec_from_file_location("config_fields", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.PATH.read_text() == mod.render(), "run: python docs/config_fields.py"

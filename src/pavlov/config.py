@@ -136,3 +136,46 @@ def _plain(value: Any) -> Any:
 def config_dict(cfg: Any) -> dict[str, Any]:
     """A dataclass config as a plain, YAML-safe dict (tuples become lists)."""
     return _plain(dataclasses.asdict(cfg))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``field -> the first sentence of its docstring`` (the string literal under each field of
+    a config dataclass, read from the source: the docs table of config fields is built from it)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                text = " ".join(nxt.value.value.split())
+                docs[node.target.id] = text.split(". ")[0].rstrip(".") + "."
+    return docs
+
+
+def fields_markdown(classes: dict[str, type]) -> str:
+    """A markdown table per config class: field, default, meaning."""
+    out = []
+    for title, cls in classes.items():
+        docs = field_docs(cls)
+        out += [f"## {title} (`{cls.__module__}.{cls.__qualname__}`)", "",
+                "| field | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "(required)"
+            meaning = docs.get(f.name, "").replace("|", "\\|")
+            out.append(f"| `{f.name}` | `{default!r}` | {meaning} |")
+        out.append("")
+    return "\n".join(out)

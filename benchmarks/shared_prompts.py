@@ -5,7 +5,7 @@ GRPO scores G completions per prompt; the full forward runs the prompt columns G
 packed (one forward over ``[prompt | response 1 | ... | response G]`` rows with a block mask) or
 cached (the prompts' key/value cache copied to the rows that repeat them, then the responses).
 This measures, on SmolLM2-135M in float32 with the trainers' kernels
-(:func:`pavlov.llm.kernels.fast_kernels`), the seconds of one policy learn pass (forward +
+(:func:`pavlov.llm.lean.fast_kernels`), the seconds of one policy learn pass (forward +
 backward of the summed response log-probs) and of one no-grad reference pass in each mode
 (``full``, ``packed``, ``cached``, each forced), for ``prompts x G`` rows, prompt lengths
 ``--prompt-lengths`` (random token ids, no padding) and response lengths ``--completions``, and
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     from pavlov.llm import scoring
-    from pavlov.llm.kernels import fast_kernels
+    from pavlov.llm.lean import fast_kernels
     from pavlov.llm.models import load_causal_lm
 
     model, _ = load_causal_lm("smollm2", dtype=torch.float32)

@@ -7,7 +7,6 @@ one machine-readable JSON object as its last line. Bad input prints one line and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from pavlov.errors import PavlovError
+from pavlov.run.console import emit_json  # noqa: F401  the --json contract, re-exported
 
 app = typer.Typer(
     name="pavlov",
@@ -36,12 +36,6 @@ EnvKwargsOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
-
-
-def emit_json(obj: dict[str, Any]) -> None:
-    """The ``--json`` contract: one JSON object, alone on the last line of stdout."""
-    sys.stdout.flush()
-    print(json.dumps(obj, default=float))
 
 
 def _options(config: Path | None, **given: Any) -> dict[str, Any]:

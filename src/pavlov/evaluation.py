@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -143,3 +144,28 @@ def evaluate_policy(
 def _check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def optimum_return(env) -> float | None:
+    """The best expected undiscounted return within the env's step limit, when its MDP table
+    is known (finite-horizon DP), else None. This is what evaluation returns compare to."""
+    from pavlov.tabular import planning
+    from pavlov.tabular.mdp import MDP
+
+    if not hasattr(env.unwrapped, "P"):
+        return None
+    mdp = MDP.from_env(env)
+    if mdp.horizon:
+        return float(planning.finite_horizon(mdp, mdp.horizon, gamma=1.0).start_value)
+    res = planning.value_iteration(mdp, 1.0)
+    return float(res.start_value) if res.converged else None
+
+
+def evaluate_summary(env, policy, episodes: int, seed: int) -> dict[str, Any]:
+    """Greedy evaluation numbers plus the optimum and regret where the MDP is known."""
+    ev = evaluate_policy(env, policy, episodes, seed=seed)
+    out = ev.to_dict()
+    opt = optimum_return(env)
+    out["optimum"] = opt
+    out["regret"] = None if opt is None else opt - ev.mean_return
+    return out

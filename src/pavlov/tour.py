@@ -53,8 +53,8 @@ def _fmt(ev) -> str:
 
 
 def run_tour(out: Path, json_out: bool) -> None:
-    from pavlov.cli import emit_json
     from pavlov.commands.train import train_run
+    from pavlov.run.console import emit_json
     from pavlov.run.plots import plot_runs
 
     t_start = time.perf_counter()

@@ -10,11 +10,11 @@ import torch
 
 from pavlov.llm.kernels import (
     dnn_linear,
-    fast_kernels,
     inplace_tied_embedding,
     onednn_available,
     onednn_linears,
 )
+from pavlov.llm.lean import fast_kernels
 from pavlov.llm.scoring import score_tokens
 from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
 

@@ -8,7 +8,7 @@ import torch
 
 from pavlov.llm import replay as replay_module
 from pavlov.llm import scoring
-from pavlov.llm.kernels import fast_kernels
+from pavlov.llm.lean import fast_kernels
 from pavlov.llm.models import LoraSpec, apply_lora
 from pavlov.llm.native import row_kernel_available
 from pavlov.llm.rollout import SamplingConfig, generate, left_pad

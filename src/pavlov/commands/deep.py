@@ -10,6 +10,7 @@ from typing import Any
 from pavlov.algos import DeepAlgo
 from pavlov.config import build_config, config_dict
 from pavlov.errors import PavlovError
+from pavlov.evaluation import evaluate_summary
 from pavlov.run import Run, default_run_name, distributed
 from pavlov.run.console import ProgressBar
 from pavlov.run.plots import plot_runs
@@ -57,7 +58,6 @@ def train_deep_run(
     import torch
 
     from pavlov.agents.common import Hooks
-    from pavlov.commands.train import evaluate_summary
 
     # Classic-control nets are tiny: a second intra-op thread only spin-waits (measured 30x
     # slower PPO on a busy 2-core machine). PPO sets this itself through cfg.torch_threads.

@@ -49,7 +49,7 @@ def run_envs(all_: bool, json_out: bool) -> None:
         for i in ids:
             stdout.print(i, highlight=False)
         if json_out:
-            from pavlov.cli import emit_json
+            from pavlov.run.console import emit_json
 
             emit_json({"envs": ids})
         return
@@ -71,6 +71,6 @@ def run_envs(all_: bool, json_out: bool) -> None:
         )
     )
     if json_out:
-        from pavlov.cli import emit_json
+        from pavlov.run.console import emit_json
 
         emit_json({"envs": rows})

@@ -160,7 +160,7 @@ def run_llm_train(
     json_out: bool,
 ) -> dict[str, Any]:
     """Validate, load, train, save and summarise one ``sft`` / ``reward-model`` / ``dpo`` run."""
-    from pavlov.cli import emit_json
+    from pavlov.run.console import emit_json
 
     spec = COMMANDS[command]
     opts, trainer = resolve_options(command, opts, flags, overrides)
@@ -331,10 +331,10 @@ def run_generate(opts: dict[str, Any], json_out: bool) -> dict[str, Any]:
     """Sample completions with the rollout engine (KV cache) and print or return them."""
     import dataclasses
 
-    from pavlov.cli import emit_json
     from pavlov.llm.models import ensure_pad_token
     from pavlov.llm.rollout import generate, left_pad
     from pavlov.llm.trainers.common import check_count
+    from pavlov.run.console import emit_json
 
     batch_size = opts.get("batch_size") or 8
     check_count("batch_size", batch_size)

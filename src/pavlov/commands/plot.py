@@ -11,7 +11,7 @@ from pavlov.run.rundir import open_run_dir
 
 
 def run_plot(runs: list[Path], opts: dict[str, Any], json_out: bool) -> None:
-    from pavlov.cli import emit_json
+    from pavlov.run.console import emit_json
 
     for r in runs:
         open_run_dir(r)  # clear error for a path that is not a run

@@ -68,7 +68,6 @@ def run_rl(
     json_out: bool,
 ) -> dict[str, Any]:
     """Validate, load, train with :func:`pavlov.llm.trainers.online.train_online`, summarise."""
-    from pavlov.cli import emit_json
     from pavlov.commands.llm import (
         _model_ref,
         _path,
@@ -78,6 +77,7 @@ def run_rl(
     )
     from pavlov.llm.rewards import resolve_reward
     from pavlov.llm.trainers.online import OnlineConfig, train_online
+    from pavlov.run.console import emit_json
 
     opts, trainer = resolve_options("rl", opts, flags, overrides, RL_KEYS, SAVED_KEYS)
     cfg = build_config(OnlineConfig, trainer, where="trainer")

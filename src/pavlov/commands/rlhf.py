@@ -60,9 +60,9 @@ def run_rlhf(
     assets=None,
 ) -> dict[str, Any]:
     """Validate, run the case study, print the before/after table; ``--json``: the summary."""
-    from pavlov.cli import emit_json
     from pavlov.llm.case_study import run_case_study
     from pavlov.run import default_run_name
+    from pavlov.run.console import emit_json
 
     cfg = resolve_config(opts, quick, overrides)
     name = opts.get("name") or default_run_name("rlhf", cfg.algo)

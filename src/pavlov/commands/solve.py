@@ -35,9 +35,9 @@ def plan(mdp, method: str, gamma: float, horizon: int | None):
 
 
 def run_solve(opts: dict[str, Any], json_out: bool) -> None:
-    from pavlov.cli import emit_json
     from pavlov.envs.factory import make_env, parse_env_kwargs
     from pavlov.evaluation import evaluate_policy
+    from pavlov.run.console import emit_json
     from pavlov.tabular.mdp import MDP
 
     unknown = set(opts) - KEYS

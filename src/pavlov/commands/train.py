@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from pavlov.algos import get_algo
+from pavlov.commands.deep import DATA_PARALLEL, deep_config, train_deep_run
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError
+from pavlov.evaluation import evaluate_summary
 from pavlov.run import Run, default_run_name, distributed, open_run_dir
 from pavlov.run.console import ProgressBar, stdout, table
 from pavlov.run.plots import plot_runs
@@ -42,33 +44,6 @@ def _positive(name: str, value: Any) -> int:
     if int(value) <= 0:
         raise ConfigError(f"{name} must be positive, got {value}")
     return int(value)
-
-
-def optimum_return(env) -> float | None:
-    """The best expected undiscounted return within the env's step limit, when its MDP table
-    is known (finite-horizon DP), else None. This is what evaluation returns compare to."""
-    from pavlov.tabular import planning
-    from pavlov.tabular.mdp import MDP
-
-    if not hasattr(env.unwrapped, "P"):
-        return None
-    mdp = MDP.from_env(env)
-    if mdp.horizon:
-        return float(planning.finite_horizon(mdp, mdp.horizon, gamma=1.0).start_value)
-    res = planning.value_iteration(mdp, 1.0)
-    return float(res.start_value) if res.converged else None
-
-
-def evaluate_summary(env, policy, episodes: int, seed: int) -> dict[str, Any]:
-    """Greedy evaluation numbers plus the optimum and regret where the MDP is known."""
-    from pavlov.evaluation import evaluate_policy
-
-    ev = evaluate_policy(env, policy, episodes, seed=seed)
-    out = ev.to_dict()
-    opt = optimum_return(env)
-    out["optimum"] = opt
-    out["regret"] = None if opt is None else opt - ev.mean_return
-    return out
 
 
 def train_run(
@@ -184,9 +159,8 @@ def _resume_opts(opts: dict[str, Any], agent: dict[str, Any]) -> tuple[dict, dic
 
 
 def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_out: bool) -> None:
-    from pavlov.cli import emit_json
-    from pavlov.commands.deep import train_deep_run
     from pavlov.envs.factory import parse_env_kwargs
+    from pavlov.run.console import emit_json
 
     unknown = set(opts) - TRAIN_KEYS
     if unknown:
@@ -240,7 +214,6 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
 def _launch(nproc: int, spec: Any, opts: dict[str, Any], agent: dict[str, Any], *,
             quiet: bool, json_out: bool) -> None:
     """``--nproc N``: check the run here, then train in N workers (rank 0 prints)."""
-    from pavlov.commands.deep import DATA_PARALLEL, deep_config
     from pavlov.envs.factory import parse_env_kwargs
 
     if spec.kind != "deep" or spec.name not in DATA_PARALLEL:
@@ -257,8 +230,8 @@ def _worker(opts: dict[str, Any], agent: dict[str, Any], quiet: bool, json_out: 
 
 
 def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
-    from pavlov.cli import emit_json
     from pavlov.envs.factory import make_env
+    from pavlov.run.console import emit_json
 
     unknown = set(opts) - {"episodes", "seed", "gif"}
     if unknown:

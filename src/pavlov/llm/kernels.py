@@ -29,7 +29,6 @@ from torch import Tensor, nn
 __all__ = [
     "can_pack",
     "dnn_linear",
-    "fast_kernels",
     "inplace_tied_embedding",
     "linear_grads",
     "masked_gqa_sdpa",
@@ -243,20 +242,3 @@ def masked_gqa_sdpa(enabled: bool = True) -> Iterator[None]:
 def _on_cpu(model: nn.Module) -> bool:
     first = next(model.parameters(), None)
     return first is None or first.device.type == "cpu"
-
-
-@contextlib.contextmanager
-def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = True):
-    """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`inplace_tied_embedding`
-    and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.lean.lean_blocks` on ``policy``,
-    and :func:`masked_gqa_sdpa` for a model on the CPU, for a training loop; nothing when
-    ``enabled`` is false."""
-    from pavlov.llm.lean import lean_blocks  # lean uses this module's oneDNN helpers
-
-    with contextlib.ExitStack() as stack:
-        if enabled:
-            stack.enter_context(onednn_linears(policy, *others))
-            stack.enter_context(inplace_tied_embedding(policy))
-            stack.enter_context(lean_blocks(policy))
-            stack.enter_context(masked_gqa_sdpa(_on_cpu(policy)))
-        yield

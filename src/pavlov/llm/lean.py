@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pavlov.llm.kernels import dnn_linear, onednn_available
+from pavlov.llm.kernels import (
+    _on_cpu,
+    dnn_linear,
+    inplace_tied_embedding,
+    masked_gqa_sdpa,
+    onednn_available,
+    onednn_linears,
+)
 from pavlov.llm.native import rmsnorm_backward, swiglu_backward
 
 __all__ = ["lean_blocks"]
@@ -166,3 +173,18 @@ def lean_blocks(*models: nn.Module | None, enabled: bool = True) -> Iterator[int
     finally:
         for module in patched:
             del module.forward
+
+
+@contextlib.contextmanager
+def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = True):
+    """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`inplace_tied_embedding`
+    and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.lean.lean_blocks` on ``policy``,
+    and :func:`masked_gqa_sdpa` for a model on the CPU, for a training loop; nothing when
+    ``enabled`` is false. (Here, not in :mod:`pavlov.llm.kernels`: lean builds on kernels.)"""
+    with contextlib.ExitStack() as stack:
+        if enabled:
+            stack.enter_context(onednn_linears(policy, *others))
+            stack.enter_context(inplace_tied_embedding(policy))
+            stack.enter_context(lean_blocks(policy))
+            stack.enter_context(masked_gqa_sdpa(_on_cpu(policy)))
+        yield

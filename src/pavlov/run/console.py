@@ -5,9 +5,11 @@ Progress goes to stderr so that stdout stays clean for tables and the ``--json``
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -91,3 +93,9 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
     return str(v)
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    """The ``--json`` contract: one JSON object, alone on the last line of stdout."""
+    sys.stdout.flush()
+    print(json.dumps(obj, default=float))

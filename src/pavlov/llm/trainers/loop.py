@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import PavlovError, check_finite
-from pavlov.llm.kernels import fast_kernels
+from pavlov.llm.lean import fast_kernels
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from pavlov.errors import ConfigError, check_finite, check_range
 from pavlov.llm.data import PromptExample
-from pavlov.llm.kernels import fast_kernels
+from pavlov.llm.lean import fast_kernels
 from pavlov.llm.models import ensure_pad_token, is_peft_model, save_model
 from pavlov.llm.offload import loaded, offload_copy
 from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad

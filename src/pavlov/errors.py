@@ -6,6 +6,10 @@ one line and exits with code 2 (no traceback unless ``--debug``).
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
 
 class PavlovError(Exception):
     """Bad input that the user can fix: an unknown env, a malformed map, an unreadable file."""
@@ -25,6 +29,21 @@ def check_positive(name: str, value: float) -> None:
     """Raise :class:`ConfigError` unless ``value > 0``."""
     if not (value > 0):
         raise ConfigError(f"{name} must be positive, got {value!r}")
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer >= ``minimum`` (NumPy integers
+    count; a bool does not). The one positive-int check of the library."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {need}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 class NonFiniteError(PavlovError):

@@ -16,7 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from pavlov.errors import ConfigError, PavlovError, check_positive
+from pavlov.errors import PavlovError, check_count, check_positive
 
 Policy = Callable[[int, int], int]
 """``policy(obs, t) -> action`` with ``t`` = steps already taken in this episode."""
@@ -33,10 +33,11 @@ class EvalResult:
     return_ci95: float
     """Half-width of the normal-approximation 95% interval of the mean return,
     ``1.96 * std(ddof=1) / sqrt(n)``; 0 when n = 1."""
-    success_rate: float
-    """Fraction of successful episodes (see :func:`evaluate_policy` for the definition)."""
-    success_ci95: tuple[float, float]
-    """Wilson score 95% interval ``(lo, hi)`` for the success rate."""
+    success_rate: float | None
+    """Fraction of successful episodes (:func:`success_rule` says what success is per env);
+    None where the env defines no success (Pendulum: a cost to minimise, no goal)."""
+    success_ci95: tuple[float, float] | None
+    """Wilson score 95% interval ``(lo, hi)`` for the success rate (None with it)."""
     mean_length: float
     """Mean episode length in steps."""
     episodes: int
@@ -49,8 +50,62 @@ class EvalResult:
     def to_dict(self) -> dict:
         """Plain JSON-serializable dict of the fields (the interval as a 2-element list)."""
         out = asdict(self)
-        out["success_ci95"] = [float(x) for x in self.success_ci95]
+        if self.success_ci95 is not None:
+            out["success_ci95"] = [float(x) for x in self.success_ci95]
         return out
+
+
+SuccessRule = Callable[[bool, bool, float, dict], bool]
+"""``rule(terminated, truncated, last_reward, final_info) -> success`` of an episode."""
+
+
+def _goal(terminated: bool, truncated: bool, reward: float, info: dict) -> bool:
+    return terminated
+
+
+def _positive_end(terminated: bool, truncated: bool, reward: float, info: dict) -> bool:
+    return terminated and reward > 0
+
+
+def _balanced(terminated: bool, truncated: bool, reward: float, info: dict) -> bool:
+    return truncated and not terminated
+
+
+SUCCESS_RULES: dict[str, SuccessRule | None] = {
+    "CartPole": _balanced,  # kept the pole up until the time limit
+    "Acrobot": _goal,  # swung the tip above the line (the only termination)
+    "MountainCar": _goal,  # reached the flag
+    "MountainCarContinuous": _goal,
+    "CliffWalking": _goal,  # reached the goal (falling off only sends you back)
+    "FrozenLake": _positive_end,  # the goal pays 1, a hole 0
+    "Taxi": _positive_end,  # the drop-off pays 20
+    "Blackjack": _positive_end,  # won the hand
+    "LunarLander": _positive_end,  # came to rest (+100; a crash is -100)
+    "pavlov/GridWorld": _positive_end,  # the +goal square, not the -red one
+    "pavlov/Grid2x3": _positive_end,
+    "pavlov/Battle": _positive_end,  # won the battle
+    "Pendulum": None,  # a cost to minimise: no goal
+    "pavlov/PointMass": None,
+}
+"""Success per env family (``namespace/name`` of the Gymnasium id, version dropped); None: the
+env has no notion of success and none is reported. An env whose final ``info`` has
+``"is_success"`` decides itself; any other env: terminated with a positive last reward."""
+
+
+def success_rule(env: gym.Env) -> SuccessRule | None:
+    """The :data:`SUCCESS_RULES` entry of ``env``'s id, else the positive-terminal-reward rule."""
+    spec = env.spec
+    if spec is None:
+        return _positive_end
+    key = f"{spec.namespace}/{spec.name}" if spec.namespace else spec.name
+    return SUCCESS_RULES.get(key, _positive_end)
+
+
+def format_success(rate: float | None, ci: tuple[float, float] | list[float] | None) -> str:
+    """``0.7440 [0.7166, 0.7697]``, or a dash where the env defines no success."""
+    if rate is None or ci is None:
+        return "- (no success defined for this env)"
+    return f"{rate:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def regret(optimum: float, result: EvalResult) -> float:
@@ -106,15 +161,19 @@ def evaluate_policy(
     a run is reproducible while episodes stay independent. An episode ends at ``terminated``
     or ``truncated`` (a TimeLimit wrapper is respected), or after ``max_steps`` steps as a
     guard against envs without a limit (counted in ``capped``). An episode succeeds when the
-    final ``info`` has ``"is_success"`` (its truth value is used), otherwise when it
-    terminated with a positive last reward (FrozenLake's goal, Taxi's drop-off).
+    final ``info`` has ``"is_success"`` (its truth value is used), otherwise by the env's
+    :func:`success_rule` (e.g. CartPole: balanced to the limit; Acrobot, CliffWalking: reached
+    the goal; FrozenLake, Taxi: a positive terminal reward); envs without one (Pendulum) get
+    ``success_rate = None``.
     """
-    _check_count("episodes", episodes)
-    _check_count("max_steps", max_steps)
+    rule = success_rule(env)
+    check_count("episodes", episodes)
+    check_count("max_steps", max_steps)
     returns = np.empty(episodes)
     lengths = np.empty(episodes)
     successes = 0
     capped = 0
+    defined = False  # an episode's info spoke for itself
     for i in range(episodes):
         obs, _ = env.reset(seed=seed) if i == 0 else env.reset()
         total, t = 0.0, 0
@@ -124,26 +183,25 @@ def evaluate_policy(
             total += reward
             t += 1
         capped += not (terminated or truncated)
-        success = info.get("is_success", terminated and reward > 0)
-        successes += bool(success)
+        if "is_success" in info:
+            defined = True
+            successes += bool(info["is_success"])
+        elif rule is not None:
+            successes += bool(rule(terminated, truncated, reward, info))
         returns[i] = total
         lengths[i] = t
     mean_return, return_half = mean_ci95(returns)
     return EvalResult(
         mean_return=mean_return,
         return_ci95=return_half,
-        success_rate=successes / episodes,
-        success_ci95=wilson_interval(successes, episodes),
+        success_rate=None if rule is None and not defined else successes / episodes,
+        success_ci95=None if rule is None and not defined else wilson_interval(successes,
+                                                                               episodes),
         mean_length=float(lengths.mean()),
         episodes=episodes,
         seed=seed,
         capped=int(capped),
     )
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def optimum_return(env) -> float | None:

@@ -312,7 +312,7 @@ def run_cli(args, capsys):
     ("args", "message"),
     [
         (["--algo", "a2c"], "algo must be one of"),
-        (["-o", "rl_steps=0"], "rl_steps must be an integer >= 1"),
+        (["-o", "rl_steps=0"], "rl_steps must be a positive integer"),
         (["-o", "rl_stepz=3"], "unknown case_study key"),
         (["-o", "rl.ppo_epoch=2"], "unknown rl_options key"),
         (["-o", "sft.packing=maybe"], "packing"),

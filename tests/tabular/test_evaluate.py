@@ -172,3 +172,26 @@ def test_result_round_trips_through_json():
         "capped": 0,
     }
     assert regret(0.75, result) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("env_id", "policy", "expected"),
+    [("CliffWalking-v1", None, 1.0), ("Acrobot-v1", None, None),
+     ("Pendulum-v1", lambda obs, t: np.zeros(1, np.float32), "undefined")],
+)
+def test_success_is_defined_per_env(env_id, policy, expected):
+    """CliffWalking: the optimal path (up, 11 x right, down) reaches the goal with reward -1,
+    a success; Pendulum defines none; Acrobot succeeds when it terminates."""
+    env = gym.make(env_id)
+    if env_id == "CliffWalking-v1":
+        path = [0] + [1] * 11 + [2]
+        result = evaluate_policy(env, lambda obs, t: path[t], episodes=3)
+        assert result.success_rate == expected and result.mean_return == -13
+    elif env_id == "Acrobot-v1":
+        swing = lambda obs, t: 2 if obs[5] > 0 else 0  # noqa: E731  push with the swing
+        result = evaluate_policy(env, swing, episodes=3, seed=0)
+        assert result.mean_length < 500 and result.success_rate == 1.0
+    else:
+        result = evaluate_policy(env, policy, episodes=2)
+        assert result.success_rate is None and result.success_ci95 is None
+        assert result.to_dict()["success_rate"] is None

@@ -41,8 +41,6 @@ from pavlov.agents.common import (
     Hooks,
     TrainOutput,
     batch_seed,
-    check_choice,
-    check_count,
     check_finite,
     check_hidden,
     evaluate_in_env,
@@ -56,7 +54,14 @@ from pavlov.agents.common import (
 from pavlov.agents.distributions import HEADS, ActorCritic
 from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.rollout import Collector, Rollout
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import (
+    ConfigError,
+    PavlovError,
+    check_choice,
+    check_count,
+    check_positive,
+    check_range,
+)
 from pavlov.math import gae, masked_whiten, nstep_targets, reinforce_loss
 from pavlov.run import distributed
 from pavlov.run.distributed import DataParallel

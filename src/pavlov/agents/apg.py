@@ -36,8 +36,6 @@ from pavlov.agents.common import (
     Hooks,
     TrainClock,
     TrainOutput,
-    check_choice,
-    check_count,
     check_finite,
     check_hidden,
     evaluate_in_env,
@@ -48,7 +46,7 @@ from pavlov.agents.common import (
     seed_all,
     set_rng_state,
 )
-from pavlov.errors import PavlovError, check_positive
+from pavlov.errors import PavlovError, check_choice, check_count, check_positive
 
 ACTION_SPACES = (gym.spaces.Box,)
 """Action spaces this agent supports (checked before a run directory is made)."""

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pavlov.errors import ConfigError, NonFiniteError, PavlovError  # noqa: F401  re-exported
+from pavlov.errors import (  # noqa: F401  re-exported
+    ConfigError,
+    NonFiniteError,
+    PavlovError,
+    check_choice,
+    check_count,
+)
 from pavlov.errors import check_finite as _check_finite
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
@@ -141,9 +147,11 @@ def make_vec_env(
     mix transitions across an episode boundary (Gymnasium 1.x's default NEXT_STEP mode would
     instead return a dummy transition on the following step that must be masked).
     """
-    from pavlov.envs.factory import make_env
+    from pavlov.envs.factory import FlattenDiscreteTuple, make_env, needs_flattening
 
-    make_env(env_id, env_kwargs).close()  # one-line errors for bad ids/kwargs, before forking
+    probe = make_env(env_id, env_kwargs)  # one-line errors for bad ids/kwargs, before forking
+    flatten = needs_flattening(probe.unwrapped.observation_space)
+    probe.close()
     if mode not in ("sync", "async"):
         raise PavlovError(f"vectorization must be 'sync' or 'async', got {mode!r}")
     return gym.make_vec(
@@ -151,6 +159,7 @@ def make_vec_env(
         num_envs=n_envs,
         vectorization_mode=mode,
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        wrappers=[FlattenDiscreteTuple] if flatten else None,
         **(env_kwargs or {}),
     )
 
@@ -204,17 +213,6 @@ def check_hidden(name: str, value: Sequence[int]) -> list[int]:
     ):
         raise ConfigError(f"{name} must be a list of positive integers, got {value!r}")
     return list(value)
-
-
-def check_count(name: str, value: Any) -> None:
-    """ConfigError unless ``value`` is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def batch_seed(seed: int, index: int) -> int:

@@ -52,7 +52,13 @@ from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
 from pavlov.agents.ppo_fast import ClosedFormGrad, _whiten_minibatches, supported
 from pavlov.agents.rollout import Collector, Rollout, collect_rollout
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import (
+    ConfigError,
+    PavlovError,
+    check_count,
+    check_positive,
+    check_range,
+)
 from pavlov.math import clipped_value_loss, explained_variance, gae, ppo_clip_loss
 from pavlov.run import distributed
 from pavlov.run.distributed import DataParallel
@@ -140,12 +146,12 @@ class Config:
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "n_envs", "n_steps", "n_epochs", "batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("seed", self.seed, 0)
+            check_count(name, getattr(self, name), 1)
+        check_count("seed", self.seed, 0)
         if self.preempt_threshold is not None:
             check_range("preempt_threshold", self.preempt_threshold, 1e-9, 1.0)
         if self.torch_threads is not None:
-            _check_int("torch_threads", self.torch_threads, 1)
+            check_count("torch_threads", self.torch_threads, 1)
         rollout = self.n_steps * self.n_envs
         if self.batch_size > rollout:
             raise ConfigError(
@@ -173,13 +179,8 @@ class Config:
         if not isinstance(sizes, list | tuple) or not sizes:
             raise ConfigError(f"hidden_sizes must be a non-empty list of widths, got {sizes!r}")
         for i, width in enumerate(sizes):
-            _check_int(f"hidden_sizes[{i}]", width, 1)
+            check_count(f"hidden_sizes[{i}]", width, 1)
         self.hidden_sizes = [int(w) for w in sizes]
-
-
-def _check_int(name: str, value: Any, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------- rollout

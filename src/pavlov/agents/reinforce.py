@@ -46,8 +46,6 @@ from pavlov.agents.common import (
     TrainClock,
     TrainOutput,
     batch_seed,
-    check_choice,
-    check_count,
     check_finite,
     check_hidden,
     encode_obs,
@@ -61,7 +59,7 @@ from pavlov.agents.common import (
     set_rng_state,
 )
 from pavlov.agents.distributions import HEADS, ActorCritic, NumpyActorCritic
-from pavlov.errors import PavlovError, check_positive, check_range
+from pavlov.errors import PavlovError, check_choice, check_count, check_positive, check_range
 from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
 
 ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)

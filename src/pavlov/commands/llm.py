@@ -331,9 +331,9 @@ def run_generate(opts: dict[str, Any], json_out: bool) -> dict[str, Any]:
     """Sample completions with the rollout engine (KV cache) and print or return them."""
     import dataclasses
 
+    from pavlov.errors import check_count
     from pavlov.llm.models import ensure_pad_token
     from pavlov.llm.rollout import generate, left_pad
-    from pavlov.llm.trainers.common import check_count
     from pavlov.run.console import emit_json
 
     batch_size = opts.get("batch_size") or 8

@@ -36,7 +36,7 @@ def plan(mdp, method: str, gamma: float, horizon: int | None):
 
 def run_solve(opts: dict[str, Any], json_out: bool) -> None:
     from pavlov.envs.factory import make_env, parse_env_kwargs
-    from pavlov.evaluation import evaluate_policy
+    from pavlov.evaluation import evaluate_policy, format_success
     from pavlov.run.console import emit_json
     from pavlov.tabular.mdp import MDP
 
@@ -71,7 +71,7 @@ def run_solve(opts: dict[str, Any], json_out: bool) -> None:
         "horizon": int(horizon) if horizon else mdp.horizon,
         "optimal_value": float(res.start_value),
         "success_rate": ev.success_rate,
-        "success_ci95": list(ev.success_ci95),
+        "success_ci95": None if ev.success_ci95 is None else list(ev.success_ci95),
         "mean_return": ev.mean_return,
         "return_ci95": ev.return_ci95,
         "episodes": episodes,
@@ -86,7 +86,7 @@ def run_solve(opts: dict[str, Any], json_out: bool) -> None:
                 ["step limit (horizon)", out["horizon"] or "none"],
                 [
                     f"success rate over {episodes} episodes",
-                    f"{ev.success_rate:.4f} [{ev.success_ci95[0]:.4f}, {ev.success_ci95[1]:.4f}]",
+                    format_success(ev.success_rate, ev.success_ci95),
                 ],
                 ["mean return (95% CI)", f"{ev.mean_return:.4f} ± {ev.return_ci95:.4f}"],
                 ["planning seconds", out["seconds"]],

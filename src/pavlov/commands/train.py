@@ -11,7 +11,7 @@ from pavlov.algos import get_algo
 from pavlov.commands.deep import DATA_PARALLEL, deep_config, train_deep_run
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.evaluation import evaluate_summary
+from pavlov.evaluation import evaluate_summary, format_success
 from pavlov.run import Run, default_run_name, distributed, open_run_dir
 from pavlov.run.console import ProgressBar, stdout, table
 from pavlov.run.plots import plot_runs
@@ -134,10 +134,7 @@ def train_run(
 def print_eval(title: str, s: dict[str, Any]) -> None:
     rows = [
         ["mean return (95% CI)", f"{s['mean_return']:.4f} ± {s['return_ci95']:.4f}"],
-        [
-            "success rate (95% CI)",
-            f"{s['success_rate']:.4f} [{s['success_ci95'][0]:.4f}, {s['success_ci95'][1]:.4f}]",
-        ],
+        ["success rate (95% CI)", format_success(s["success_rate"], s["success_ci95"])],
         ["optimum", "-" if s["optimum"] is None else f"{s['optimum']:.4f}"],
         ["regret", "-" if s["regret"] is None else f"{s['regret']:.4f}"],
         ["evaluation episodes", s["episodes"]],

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from pavlov.errors import PavlovError
 
@@ -26,13 +27,44 @@ def parse_env_kwargs(text: str | dict | None) -> dict[str, Any]:
     return value
 
 
+class FlattenDiscreteTuple(gym.ObservationWrapper):
+    """``Tuple(Discrete(n1), ..., Discrete(nk))`` observations as one ``Discrete(n1 * ... * nk)``
+    index (mixed radix, the first component most significant), so that tables and one-hot
+    encoders see one state: Blackjack-v1's (player sum, dealer card, usable ace) -> 704 states.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        self.sizes = [int(s.n) for s in space.spaces]
+        self.starts = [int(s.start) for s in space.spaces]
+        self.observation_space = gym.spaces.Discrete(int(np.prod(self.sizes)))
+
+    def observation(self, obs: tuple[int, ...]) -> int:
+        index = 0
+        for value, size, start in zip(obs, self.sizes, self.starts, strict=True):
+            index = index * size + int(value) - start
+        return index
+
+
+def needs_flattening(space: gym.Space) -> bool:
+    """A tuple of Discrete spaces (:class:`FlattenDiscreteTuple` turns it into one)."""
+    return isinstance(space, gym.spaces.Tuple) and len(space.spaces) > 0 and all(
+        isinstance(s, gym.spaces.Discrete) for s in space.spaces)
+
+
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwargs) -> gym.Env:
-    """``gymnasium.make`` with pavlov's envs registered and user errors turned into PavlovError."""
+    """``gymnasium.make`` with pavlov's envs registered and user errors turned into PavlovError;
+    tuples of Discrete observations become one Discrete index (:class:`FlattenDiscreteTuple`)."""
     import pavlov.envs  # noqa: F401  registers pavlov/* ids
 
     kwargs = {**(env_kwargs or {}), **make_kwargs}
     try:
-        return gym.make(env_id, **kwargs)
+        env = gym.make(env_id, **kwargs)
+        return FlattenDiscreteTuple(env) if needs_flattening(env.observation_space) else env
+    except gym.error.DependencyNotInstalled as e:
+        # the id exists (not "unknown env ... did you mean <the same id>?"): say what to install
+        raise PavlovError(f"cannot make {env_id}: {_first_line(e)}") from None
     except gym.error.Error as e:
         hint = difflib.get_close_matches(env_id, list(gym.registry), n=1)
         more = f"; did you mean {hint[0]!r}?" if hint else "; `pavlov envs` lists them"
@@ -42,6 +74,10 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwarg
     except (TypeError, KeyError, ValueError) as e:
         msg = str(e).split(" was raised from the environment creator")[0]
         raise PavlovError(f"cannot make {env_id!r} with kwargs {kwargs}: {msg}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def require_discrete(env: gym.Env, what: str) -> tuple[int, int]:

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from pavlov.config import build_config, config_dict
-from pavlov.errors import ConfigError, PavlovError, check_positive
+from pavlov.errors import ConfigError, PavlovError, check_choice, check_count, check_positive
 from pavlov.llm.data import words
-from pavlov.llm.trainers.common import PRECISIONS, TrainConfig, check_choice, check_count
+from pavlov.llm.trainers.common import PRECISIONS, TrainConfig
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")
 RM_BACKBONES = ("encoder", "causal")

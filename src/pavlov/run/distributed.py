@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pavlov.errors import PavlovError
+from pavlov.errors import PavlovError, check_count
 
 TIMEOUT_S = 60
 """Seconds a collective waits for the other ranks before the run fails."""
@@ -121,8 +121,7 @@ def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any, all_ranks: bo
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if nproc < 1:
-        raise PavlovError(f"--nproc must be a positive integer, got {nproc}")
+    check_count("nproc", nproc)
     for name in ("torch.distributed.elastic", "torch.distributed.launcher",
                  "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the failure becomes one line below

@@ -29,7 +29,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import (
+    ConfigError,
+    PavlovError,
+    check_choice,
+    check_count,
+    check_positive,
+    check_range,
+)
 from pavlov.tabular.exploration import (
     EXPLORATION,
     Schedule,
@@ -82,10 +89,10 @@ class TabularConfig:
     """Seeds the first ``env.reset``, ``env.action_space`` and the agent's own RNG."""
 
     def __post_init__(self) -> None:
-        _check_choice("algo", self.algo, UPDATE_RULES)
-        _check_choice("step_size", self.step_size, STEP_SIZES)
-        _check_choice("exploration", self.exploration, EXPLORATION)
-        _check_choice("epsilon_decay", self.epsilon_decay, EPSILON_DECAYS)
+        check_choice("algo", self.algo, UPDATE_RULES)
+        check_choice("step_size", self.step_size, STEP_SIZES)
+        check_choice("exploration", self.exploration, EXPLORATION)
+        check_choice("epsilon_decay", self.epsilon_decay, EPSILON_DECAYS)
         check_count("episodes", self.episodes)
         check_range("gamma", self.gamma, 0.0, 1.0)
         _check_step(self.alpha)
@@ -107,17 +114,6 @@ class TabularConfig:
             max(1, round(self.decay_fraction * self.episodes)),
             self.temperature,
         )
-
-
-def check_count(name: str, value: int) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is an int >= 1 (a bool is not a count)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_choice(name: str, value: str, choices: Any) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {sorted(choices)}, got {value!r}")
 
 
 def _check_step(alpha: float) -> None:

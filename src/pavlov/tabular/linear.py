@@ -30,13 +30,8 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
-from pavlov.tabular.control import (
-    EPSILON_DECAYS,
-    EpisodeCallback,
-    check_count,
-    exploration_schedule,
-)
+from pavlov.errors import ConfigError, PavlovError, check_count, check_positive, check_range
+from pavlov.tabular.control import EPSILON_DECAYS, EpisodeCallback, exploration_schedule
 from pavlov.tabular.exploration import EXPLORATION, Schedule
 
 

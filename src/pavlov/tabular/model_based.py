@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from pavlov.errors import ConfigError, check_positive, check_range
-from pavlov.tabular.control import EpisodeCallback, check_count, discrete_sizes
+from pavlov.errors import ConfigError, check_count, check_positive, check_range
+from pavlov.tabular.control import EpisodeCallback, discrete_sizes
 from pavlov.tabular.exploration import EXPLORATION
 from pavlov.tabular.mdp import MDP
 from pavlov.tabular.planning import value_iteration

@@ -21,13 +21,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import (
+    ConfigError,
+    PavlovError,
+    check_choice,
+    check_count,
+    check_positive,
+    check_range,
+)
 from pavlov.llm.native import l2_norm
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
@@ -131,18 +137,6 @@ class TrainConfig:
         check_range("max_grad_norm", self.max_grad_norm, 0.0, math.inf)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("precision", self.precision, tuple(PRECISIONS))
-
-
-def check_count(name: str, value: Any, minimum: int = 1) -> None:
-    """ConfigError unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    """ConfigError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

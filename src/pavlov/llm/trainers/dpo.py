@@ -32,14 +32,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import ConfigError, PavlovError, check_choice, check_positive, check_range
 from pavlov.llm.data import PreferenceExample, TokenizedPreference, tokenize_preferences
 from pavlov.llm.models import ensure_pad_token, is_peft_model, pad_right, save_model
 from pavlov.llm.scoring import sequence_logprob
 from pavlov.llm.trainers.common import (
     TrainConfig,
     batch_plan,
-    check_choice,
     check_context,
     disable_dropout,
     evenly_spaced,

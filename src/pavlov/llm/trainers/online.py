@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pavlov.errors import ConfigError, check_finite, check_range
+from pavlov.errors import ConfigError, check_choice, check_count, check_finite, check_range
 from pavlov.llm.data import PromptExample
 from pavlov.llm.lean import fast_kernels
 from pavlov.llm.models import ensure_pad_token, is_peft_model, save_model
@@ -58,9 +58,7 @@ from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
     batch_plan,
-    check_choice,
     check_context,
-    check_count,
     clip_gradients,
     compact_heap,
     disable_dropout,

@@ -27,12 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pavlov.errors import ConfigError, PavlovError
+from pavlov.errors import ConfigError, PavlovError, check_choice
 from pavlov.llm.data import LabeledText, PreferenceExample, read_records
 from pavlov.llm.models import ensure_pad_token
 from pavlov.llm.trainers.common import (
     TrainConfig,
-    check_choice,
     check_context,
     evenly_spaced,
     maybe_lora,

@@ -135,6 +135,11 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue runs/NAME from its latest checkpoint.")
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Deep agents: cpu | cuda | cuda:N | auto (networks and updates; "
+                     "envs stay on the CPU). Default cpu."),
+    ] = None,
     nproc: Annotated[
         int | None,
         typer.Option(help="PPO: data-parallel worker processes on this machine (DD-PPO; "
@@ -173,6 +178,7 @@ def train(
                 gamma=gamma,
                 alpha=alpha,
                 exploration=exploration,
+                device=device,
             ).items()
             if v is not None
         }

@@ -178,3 +178,49 @@ def _train_to_475(cfg: ppo.Config) -> float:
                   stop=lambda s, m: m["eval/mean_return"] >= 475)
     out = ppo.train("CartPole-v1", cfg, hooks=hooks)
     return max((r for _, r in out.evals), default=0.0)
+
+
+# ------------------------------------------------------------------------------------ devices
+
+
+def test_device_choices_resolve_here_or_fail_in_one_line():
+    from pavlov.agents.common import resolve_device
+    from pavlov.errors import ConfigError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device must be"):
+        ppo.Config(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="^device 'cuda': torch sees no CUDA GPU here"):
+            resolve_device("cuda")
+
+
+def test_cli_device_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    done = subprocess.run([sys.executable, "-m", "pavlov", "train", "dqn", "--env", "CartPole-v1",
+                           "--device", "cuda", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no CUDA GPU" in done.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "reinforce", "dqn", "apg"])
+def test_every_deep_agent_takes_a_device(algo):
+    """On this CPU-only machine the explicit device path is 'cpu'; benchmarks/gpu_check.sh runs
+    'cuda' where a GPU is lent. The closed-form PPO backend is a CPU path."""
+    import importlib
+
+    mod = importlib.import_module(f"pavlov.agents.{algo}")
+    env = "pavlov/PointMass-v0" if algo == "apg" else "CartPole-v1"
+    cfg = mod.Config(total_steps=256 if algo != "dqn" else 300, device="cpu", seed=0,
+                     **({"learning_starts": 100} if algo == "dqn" else {}))
+    out = mod.train(env, cfg)
+    assert out.env_steps >= 256
+    if algo == "ppo":
+        seed_all(0)
+        model = ppo._make_model(*SPACES, CFG)[1]
+        opt = torch.optim.Adam(model.parameters())
+        assert isinstance(ppo.make_backend(model, ppo._make_model(*SPACES, CFG)[0], opt, False),
+                          ppo.AutogradGrad)

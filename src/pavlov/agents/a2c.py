@@ -41,12 +41,14 @@ from pavlov.agents.common import (
     Hooks,
     TrainOutput,
     batch_seed,
+    check_device,
     check_finite,
     check_hidden,
     evaluate_in_env,
     make_vec_env,
     obs_dim,
     require_action_space,
+    resolve_device,
     rng_state,
     seed_all,
     set_rng_state,
@@ -127,10 +129,14 @@ class Config:
     """Env steps between logs of losses and SPS (> 0); episode returns are always logged."""
     vectorization: str = "sync"
     """``"sync"`` or ``"async"`` (subprocess) vector env."""
+    device: str = "cpu"
+    """Where networks and updates run: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"``
+    (cuda when torch sees a GPU); envs always step on the CPU."""
     seed: int = 0
     """Seeds torch/numpy/python and the env resets."""
 
     def __post_init__(self) -> None:
+        check_device("device", self.device)
         for name in ("total_steps", "n_envs", "n_steps", "nstep", "log_every"):
             check_count(name, getattr(self, name))
         for name in ("learning_rate", "optimizer_eps", "max_grad_norm"):
@@ -232,7 +238,8 @@ def train(
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
         seed_all(cfg.seed)
         head, model = _make_model(obs_space, act_space, cfg)
-        flat, flat_grad = flatten_parameters(model)
+        device = resolve_device(cfg.device)
+        flat, flat_grad = flatten_parameters(model.to(device))
         agent = _Agent(cfg, model, OPTIMIZERS[cfg.optimizer](model.parameters(), cfg),
                        np.random.default_rng(cfg.seed))
         if resume is not None:
@@ -244,7 +251,8 @@ def train(
         c = Collector(envs, head, buf, agent.rng, None, None, 0.0, EpisodeStats(cfg.n_envs))
 
         def update(env_steps: int) -> dict[str, float]:
-            return a2c_update(model, head, agent.opt, flat_grad, buf.t, cfg, env_steps, dp)
+            roll = buf.t if device.type == "cpu" else {k: v.to(device) for k, v in buf.t.items()}
+            return a2c_update(model, head, agent.opt, flat_grad, roll, cfg, env_steps, dp)
 
         def evaluate() -> float:
             policy = onpolicy.greedy_policy(head, model, None, obs_space, 0.0)

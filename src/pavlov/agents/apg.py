@@ -36,12 +36,14 @@ from pavlov.agents.common import (
     Hooks,
     TrainClock,
     TrainOutput,
+    check_device,
     check_finite,
     check_hidden,
     evaluate_in_env,
     mlp,
     obs_dim,
     require_action_space,
+    resolve_device,
     rng_state,
     seed_all,
     set_rng_state,
@@ -70,10 +72,14 @@ class Config:
     """Hidden layer widths of the policy."""
     activation: str = "tanh"
     """Hidden activation: ``"tanh"`` or ``"relu"``."""
+    device: str = "cpu"
+    """Where networks and updates run: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"``
+    (cuda when torch sees a GPU); envs always step on the CPU."""
     seed: int = 0
     """Seeds torch/numpy/python (start states are drawn from torch's RNG)."""
 
     def __post_init__(self) -> None:
+        check_device("device", self.device)
         for name in ("total_steps", "batch_size"):
             check_count(name, getattr(self, name))
         for name in ("learning_rate", "max_grad_norm"):
@@ -108,7 +114,7 @@ def rollout_return(
 ) -> Tensor:
     """``(B, S)`` start states -> ``(B,)`` undiscounted returns ``sum_{t<H} r_t`` of the
     deterministic ``policy`` in ``dynamics``, keeping the autograd graph (BPTT)."""
-    total = torch.zeros(state.shape[0], dtype=state.dtype)
+    total = torch.zeros(state.shape[0], dtype=state.dtype, device=state.device)
     for _ in range(horizon):
         state, reward = dynamics(state, policy(observe(state)))
         total = total + reward
@@ -150,7 +156,8 @@ def train(
     sim, horizon, obs_space, act_space = _differentiable_env(env_id, env_kwargs)
     if resume is None:
         seed_all(cfg.seed)
-    policy = DeterministicPolicy(obs_space, act_space, cfg)
+    device = resolve_device(cfg.device)  # the differentiable sim runs there too: it is the loss
+    policy = DeterministicPolicy(obs_space, act_space, cfg).to(device)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     counters = {"env_steps": 0, "updates": 0}
     if resume is not None:
@@ -174,7 +181,7 @@ def train(
                                cfg.seed + EVAL_SEED_OFFSET, env_kwargs).mean_return
 
     while clock.steps < cfg.total_steps:
-        start = sim.initial_states(cfg.batch_size)  # (B, S)
+        start = sim.initial_states(cfg.batch_size).to(device)  # (B, S)
         returns = rollout_return(policy, sim.dynamics, sim.observe, start, horizon)  # (B,)
         loss = -returns.mean()
         check_finite("APG loss", loss, clock.steps)
@@ -199,7 +206,7 @@ def _numpy_policy(policy: DeterministicPolicy) -> Callable[[Any, int], np.ndarra
     @torch.no_grad()
     def act(obs: Any, t: int) -> np.ndarray:
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1)
-        return policy(x)[0].numpy()
+        return policy(x.to(policy.center.device))[0].cpu().numpy()
 
     return act
 

@@ -228,7 +228,7 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 
 def _np_params(lin: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
     """(W^T, b) as NumPy copies, so that ``x @ W^T + b`` is the layer."""
-    return lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy()
+    return lin.weight.detach().cpu().numpy().T.copy(), lin.bias.detach().cpu().numpy().copy()
 
 
 def _block_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -262,7 +262,8 @@ class NumpyActorCritic:
                            np.concatenate([ba, bc])))
         self.layers = layers
         self.act = NP_ACTIVATIONS[model.activation]
-        self.log_std = None if model.log_std is None else model.log_std.detach().numpy().copy()
+        self.log_std = (None if model.log_std is None
+                        else model.log_std.detach().cpu().numpy().copy())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(N, in_dim) float32 -> (N, n_out + 1): the policy outputs, then the value."""

@@ -48,6 +48,7 @@ from pavlov.agents.common import (
     Hooks,
     TrainClock,
     TrainOutput,
+    check_device,
     check_finite,
     encode_obs,
     evaluate_in_env,
@@ -56,6 +57,7 @@ from pavlov.agents.common import (
     mlp,
     obs_dim,
     require_action_space,
+    resolve_device,
     rng_state,
     seed_all,
     set_rng_state,
@@ -126,10 +128,14 @@ class Config:
     """Hidden activation: ``relu`` or ``tanh``."""
     n_envs: int = 1
     """Parallel sub-envs in the SAME_STEP-autoreset vector env."""
+    device: str = "cpu"
+    """Where networks and updates run: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"``
+    (cuda when torch sees a GPU); envs always step on the CPU."""
     seed: int = 0
     """Seeds python, NumPy, torch and the envs (evaluation uses ``seed + 10_000``)."""
 
     def __post_init__(self) -> None:
+        check_device("device", self.device)
         self.hidden_sizes = tuple(self.hidden_sizes)
         for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval",
                      "train_freq", "gradient_steps", "n_envs", "learning_starts"):
@@ -176,21 +182,39 @@ def q_network(cfg: Config, obs_space: gym.Space, action_space: gym.Space) -> nn.
     return net
 
 
+class TorchQ:
+    """Greedy actions of a Q-network by a torch forward on its device (:class:`NumpyQ`'s role
+    when the network is not in CPU memory)."""
+
+    def __init__(self, net: nn.Sequential, obs_space: gym.Space) -> None:
+        self.net, self.obs_space = net, obs_space
+        self.device = next(net.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, obs: Any) -> np.ndarray:
+        x = encode_obs(self.obs_space, obs).to(self.device)  # (N, obs_dim)
+        return self.net(x).argmax(-1).cpu().numpy()
+
+
 class Learner:
     """The online and target Q-networks, their optimizer and replay buffer, and the updates."""
 
     max_rows = 1024
     """Transitions sampled and target-evaluated at once (more is slower: out of L2 cache)."""
 
-    def __init__(self, cfg: Config, obs_space: gym.Space, action_space: gym.Space) -> None:
+    def __init__(self, cfg: Config, obs_space: gym.Space, action_space: gym.Space,
+                 device: torch.device | None = None) -> None:
         self.cfg, self.obs_space = cfg, obs_space
-        self.q = q_network(cfg, obs_space, action_space)
+        self.device = device or torch.device("cpu")
+        self.q = q_network(cfg, obs_space, action_space).to(self.device)
         self.flat, self.flat_grad = flatten_parameters(self.q)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.target_flat, _ = flatten_parameters(self.target, with_grad=False)
         self.grad = MLPGrad(self.q, cfg.activation)
         self.opt = FlatAdam(self.flat, cfg.learning_rate)
-        self.act = NumpyQ(self.q, cfg.activation, obs_space)  # greedy actions, live weights
+        # greedy actions: NumPy on views of the live weights (CPU), else a torch forward
+        self.act = (NumpyQ(self.q, cfg.activation, obs_space) if self.device.type == "cpu"
+                    else TorchQ(self.q, obs_space))
         discrete = isinstance(obs_space, gym.spaces.Discrete)
         self.buffer = ReplayBuffer(
             cfg.buffer_size,
@@ -215,6 +239,9 @@ class Learner:
             k = min(chunk, n_updates - first)
             b = self.buffer.sample(k * size)  # k minibatches, (k * B, ...)
             x, next_x = encode_obs(self.obs_space, b.obs), encode_obs(self.obs_space, b.next_obs)
+            if self.device.type != "cpu":  # the replay buffer lives in CPU memory
+                b = type(b)(*(t.to(self.device) for t in b))
+                x, next_x = x.to(self.device), next_x.to(self.device)
             with torch.no_grad():
                 next_q_target = self.target(next_x)  # (k * B, A)
                 ys = None if cfg.double_q else td_target(
@@ -273,7 +300,7 @@ class _Loop:
             env_id, env_kwargs, cfg, hooks, envs)
         seed_all(cfg.seed)
         self.obs_space, action_space = envs.single_observation_space, envs.single_action_space
-        self.learner = Learner(cfg, self.obs_space, action_space)
+        self.learner = Learner(cfg, self.obs_space, action_space, resolve_device(cfg.device))
         self.n_actions, self.action_start = int(action_space.n), int(action_space.start)
         self.target_every = max(cfg.target_update_interval // cfg.n_envs, 1)  # in vector steps
         self.steps = self.vec_steps = self.updates = self.episodes = 0

@@ -55,7 +55,7 @@ class MLPGrad:
         self.bias_grads = [m.bias.grad for m in linears]
         # NumPy views for the weight gradients of narrow-input layers (the observation layer):
         # MKL takes ~22 µs for g^T @ x with x (256, 4), OpenBLAS ~5 µs
-        self.narrow = [w.shape[1] <= 16 for w in self.weights]
+        self.narrow = [w.shape[1] <= 16 and w.device.type == "cpu" for w in self.weights]
         self.act_forward, self.act_backward, _ = _ACTIVATION_GRADS[activation]
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -108,7 +108,7 @@ class FlatAdam:
     def __init__(self, params: Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
-        self.steps = torch.zeros((), dtype=torch.float32)
+        self.steps = torch.zeros((), dtype=torch.float32, device=params.device)
 
     def step(self, grad: Tensor) -> None:
         self.steps += 1

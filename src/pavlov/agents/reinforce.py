@@ -28,6 +28,7 @@ The policy and the baseline are the actor and critic of the shared
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,7 @@ from pavlov.agents.common import (
     TrainClock,
     TrainOutput,
     batch_seed,
+    check_device,
     check_finite,
     check_hidden,
     encode_obs,
@@ -54,6 +56,7 @@ from pavlov.agents.common import (
     make_vec_env,
     obs_dim,
     require_action_space,
+    resolve_device,
     rng_state,
     seed_all,
     set_rng_state,
@@ -102,10 +105,14 @@ class Config:
     """Initial log standard deviation of the Gaussian policy (Box actions only)."""
     vectorization: str = "sync"
     """``"sync"`` or ``"async"`` (subprocess) vector env."""
+    device: str = "cpu"
+    """Where networks and updates run: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"``
+    (cuda when torch sees a GPU); envs always step on the CPU."""
     seed: int = 0
     """Seeds torch/numpy/python and the per-batch env resets."""
 
     def __post_init__(self) -> None:
+        check_device("device", self.device)
         for name in ("total_steps", "n_envs", "episodes_per_update", "value_epochs"):
             check_count(name, getattr(self, name))
         for name in ("learning_rate", "value_learning_rate", "max_grad_norm"):
@@ -167,6 +174,15 @@ def collect_episodes(
                 started += int(active[i])
     cols = [torch.stack(c) for c in zip(*rows, strict=True)]
     return EpisodeBatch(*cols, episodes=episodes)
+
+
+def _to(batch: EpisodeBatch, device: torch.device) -> EpisodeBatch:
+    """The batch's tensors on ``device`` (collection happens on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return dataclasses.replace(batch, **{
+        f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), Tensor)})
 
 
 def returns_to_go(batch: EpisodeBatch, critic: Callable[[Tensor], Tensor] | None,
@@ -268,6 +284,7 @@ def train(
             batch = collect_episodes(envs, agent.head, agent.model, cfg.episodes_per_update,
                                      seed, agent.rng)
             clock.advance(batch.rewards.numel())
+            batch = _to(batch, next(agent.model.parameters()).device)
             metrics = reinforce_update(agent.model, agent.head, agent.opts, batch, cfg,
                                        clock.steps)
             agent.env_steps, agent.updates = clock.steps, agent.updates + 1
@@ -338,6 +355,7 @@ def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> Agen
     """Fresh actor-critic, Adam optimizers and sampling RNG (call after ``seed_all(cfg.seed)``);
     the baseline ``v`` is trained (and used) only with ``baseline``."""
     head, model = _make_model(cfg, obs_space, act_space)
+    model.to(resolve_device(cfg.device))
     actor = [*model.pi.parameters(), *([] if model.log_std is None else [model.log_std])]
     opts = {"actor": torch.optim.Adam(actor, lr=cfg.learning_rate)}
     if cfg.baseline:

@@ -7,6 +7,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from pavlov.agents.common import resolve_device
 from pavlov.algos import DeepAlgo
 from pavlov.config import build_config, config_dict
 from pavlov.errors import PavlovError
@@ -26,6 +27,7 @@ def deep_config(spec: DeepAlgo, env_id: str, agent: dict[str, Any], seed: int,
     from pavlov.envs.factory import make_env
 
     cfg = build_config(spec.mod.Config, {**agent, "seed": seed}, where="agent")
+    resolve_device(cfg.device)  # a GPU that is not there: one line, before any file exists
     env = make_env(env_id, env_kwargs)  # one-line error for a bad id before any file exists
     spec.check(env)
     return cfg, env
@@ -64,7 +66,7 @@ def train_deep_run(
     torch.set_num_threads(1)
     mod = spec.mod
     cfg, env = deep_config(spec, env_id, agent, seed, env_kwargs)
-    dp = distributed.init()
+    dp = distributed.init(str(resolve_device(cfg.device)) if distributed.launched() else "cpu")
     if dp is not None and spec.name not in DATA_PARALLEL:
         raise PavlovError(f"{spec.name} does not run data-parallel (--nproc, torchrun): only "
                           f"{', '.join(DATA_PARALLEL)}")

@@ -39,6 +39,8 @@ class DataParallel:
 
     rank: int
     world_size: int
+    device: torch.device = torch.device("cpu")
+    """Where this rank's collectives run: the CPU (gloo), or its GPU (nccl)."""
     minibatches: int | None = None
     """Minibatches per epoch every rank must take in this update (set when a DD-PPO rollout
     was preempted, so that ranks with fewer transitions still take the same number of steps)."""
@@ -54,9 +56,9 @@ class DataParallel:
 
     def sum_array(self, x: np.ndarray | list[float]) -> np.ndarray:
         """Elementwise float64 sum over the ranks of a small vector."""
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64)).to(self.device)
         dist.all_reduce(t)
-        return t.numpy()
+        return t.cpu().numpy()
 
     def mean(self, x: float) -> float:
         return float(self.sum_array([x])[0]) / self.world_size
@@ -66,7 +68,7 @@ class DataParallel:
 
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank (e.g. an evaluation's stop decision)."""
-        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.device)
         dist.broadcast(t, 0)
         return bool(t.item())
 
@@ -87,7 +89,10 @@ def current() -> DataParallel | None:
     """The data-parallel group of this process, or None when it runs alone."""
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
         return None
-    return DataParallel(dist.get_rank(), dist.get_world_size())
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return DataParallel(dist.get_rank(), dist.get_world_size(), device)
 
 
 def init(device: str = "cpu") -> DataParallel | None:

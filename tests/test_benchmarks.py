@@ -1,0 +1,27 @@
+"""Every benchmark's smoke mode runs here, on tiny budgets, so none can rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> dict:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(300)
+def test_ddppo_benchmark_smoke():
+    report = _run("ddppo.py", "--smoke")
+    t = report["throughput"]
+    assert t["1proc"]["env_steps"] == t["2proc"]["env_steps"] == 4096
+    assert t["ratio"] > 0 and report["time_to_475"]["per_seed"][0]["2proc"]["env_steps"] > 0

@@ -4,11 +4,13 @@ collective times out after 60 s, so a hang fails)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -224,3 +226,20 @@ def test_every_deep_agent_takes_a_device(algo):
         opt = torch.optim.Adam(model.parameters())
         assert isinstance(ppo.make_backend(model, ppo._make_model(*SPACES, CFG)[0], opt, False),
                           ppo.AutogradGrad)
+
+
+def test_torchrun_starts_the_same_cli_and_resume_continues_distributed(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["-q", "--json", "--runs-dir", str(tmp_path), "--eval-episodes", "2"]
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "pavlov",
+                           "train", "ppo", "--env", "CartPole-v1", "--total-steps", "4096",
+                           "--checkpoint-every", "2048", "--name", "tr", "-o", "n_steps=64",
+                           "-o", "n_envs=4", *common], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["env_steps"] == 4096
+    more = subprocess.run([sys.executable, "-m", "pavlov", "train", "--resume",
+                           str(tmp_path / "tr"), "--total-steps", "6144", "-q", "--json"],
+                          capture_output=True, text=True, timeout=180)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert json.loads(more.stdout.strip().splitlines()[-1])["env_steps"] == 6144
+    assert (tmp_path / "tr" / "checkpoints" / "step_0000006144.pt").exists()

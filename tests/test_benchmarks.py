@@ -22,6 +22,6 @@ def _run(script: str, *args: str, timeout: int = 300) -> dict:
 @pytest.mark.timeout(300)
 def test_ddppo_benchmark_smoke():
     report = _run("ddppo.py", "--smoke")
-    t = report["throughput"]
-    assert t["1proc"]["env_steps"] == t["2proc"]["env_steps"] == 4096
-    assert t["ratio"] > 0 and report["time_to_475"]["per_seed"][0]["2proc"]["env_steps"] > 0
+    for t in report["throughput"].values():
+        assert min(t["1proc"]["env_steps"], t["2proc"]["env_steps"]) >= 4096 and t["ratio"] > 0
+    assert report["time_to_475"]["per_seed"][0]["2proc"]["env_steps"] > 0

@@ -284,12 +284,13 @@ class TrainClock:
         """Evaluate / checkpoint if a boundary was crossed; True if ``hooks.stop`` says stop.
 
         In a data-parallel run (``dp``, a :class:`~pavlov.run.distributed.DataParallel`) only
-        rank 0 evaluates and checkpoints (its clock holds the real hooks), and its stop
-        decision reaches every rank.
+        rank 0 evaluates and checkpoints (its clock holds the real hooks; the others' clocks
+        keep the same ``evaluate_every``), and its stop decision reaches every rank.
         """
         t = time.perf_counter()
-        stop = False
+        stop = evaluated = False
         if self.next_eval is not None and self.steps >= self.next_eval:
+            evaluated = True
             ret = float(evaluate())
             self.evals.append((self.steps, ret))
             self.hooks.log(self.steps, {"eval/mean_return": ret})
@@ -298,7 +299,7 @@ class TrainClock:
         if self.next_ckpt is not None and self.steps >= self.next_ckpt:
             self.hooks.checkpoint(self.steps, state())
             self.next_ckpt = self._next(self.hooks.checkpoint_every)
-        if dp is not None:
+        if dp is not None and evaluated:  # every rank keeps the evaluation schedule
             stop = dp.broadcast_flag(stop)
         self._paused += time.perf_counter() - t
         return stop

@@ -72,7 +72,8 @@ def train_deep_run(
                           f"{', '.join(DATA_PARALLEL)}")
     if dp is not None and not dp.is_main:  # a worker: trains, rank 0 writes everything
         resume_state = load_run_checkpoint(resume_from) if resume_from is not None else None
-        mod.train(env_id, cfg, env_kwargs=env_kwargs, resume=resume_state)
+        mod.train(env_id, cfg, env_kwargs=env_kwargs, resume=resume_state,
+                  hooks=Hooks(evaluate_every=evaluate_every))  # rank 0's schedule, no writes
         env.close()
         return None
     config = {

@@ -20,7 +20,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,20 +44,38 @@ class DataParallel:
     minibatches: int | None = None
     """Minibatches per epoch every rank must take in this update (set when a DD-PPO rollout
     was preempted, so that ranks with fewer transitions still take the same number of steps)."""
+    _gathers: dict = field(default_factory=dict, repr=False)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def sum_(self, t: torch.Tensor) -> None:
+        """In place: the sum of contiguous ``t`` over the ranks, identical bytes on every rank.
+
+        On gloo (CPU) as an all-gather summed locally in rank order: for the small buffers of
+        classic RL gloo's ring all-reduce is latency-bound, and on a 2-core VM it took 1.27 ms
+        for 9,000 floats where the all-gather takes 0.50 ms (docs/scaling.md). nccl keeps its
+        all-reduce."""
+        if self.device.type != "cpu":
+            dist.all_reduce(t)
+            return
+        n = t.numel()
+        buf = self._gathers.get((n, t.dtype))
+        if buf is None:
+            buf = self._gathers[(n, t.dtype)] = torch.empty(self.world_size * n, dtype=t.dtype)
+        dist.all_gather_into_tensor(buf, t.reshape(-1))
+        torch.sum(buf.view(self.world_size, n), 0, out=t.view(-1))
+
     def average_(self, t: torch.Tensor) -> None:
         """In place: the mean of ``t`` over the ranks (identical bytes on every rank)."""
-        dist.all_reduce(t)
+        self.sum_(t)
         t.div_(self.world_size)
 
     def sum_array(self, x: np.ndarray | list[float]) -> np.ndarray:
         """Elementwise float64 sum over the ranks of a small vector."""
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64)).to(self.device)
-        dist.all_reduce(t)
+        t = torch.tensor(np.asarray(x, dtype=np.float64)).to(self.device)
+        self.sum_(t)
         return t.cpu().numpy()
 
     def mean(self, x: float) -> float:

@@ -57,7 +57,7 @@ def rollout_steps_per_second(env_id: str, n_envs: int, n_steps: int, steps: int,
     envs = make_vec_env(env_id, n_envs)
     seed_all(seed)
     head, model, _ = ppo._make_model(envs.single_observation_space, envs.single_action_space, cfg)
-    buf = ppo.Rollout(n_steps, n_envs, obs_dim(envs.single_observation_space), head)
+    buf = ppo.RolloutBuffer(n_steps, n_envs, obs_dim(envs.single_observation_space), head)
     c = ppo.Collector(envs, head, buf, np.random.default_rng(seed), None, None, cfg.obs_clip,
                       EpisodeStats(n_envs))
     c.reset(seed)

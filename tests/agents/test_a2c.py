@@ -13,7 +13,7 @@ import pavlov.envs  # noqa: F401  registers pavlov/* ids first
 from pavlov.agents import a2c
 from pavlov.agents.common import EpisodeStats, Hooks, make_vec_env, seed_all
 from pavlov.agents.distributions import NumpyActorCritic
-from pavlov.agents.rollout import Collector, Rollout, collect_rollout
+from pavlov.agents.rollout import Collector, RolloutBuffer, collect_rollout
 from pavlov.envs.pointmass import HORIZON
 from pavlov.errors import ConfigError, PavlovError
 
@@ -87,7 +87,7 @@ def test_rollout_bootstraps_time_limit_cuts_from_the_final_observation():
     head, model = a2c._make_model(envs.single_observation_space, envs.single_action_space, cfg)
     with torch.no_grad():  # make V non-trivial so a missing bootstrap would show
         model.v[-1].bias.fill_(7.0)
-    buf = Rollout(7, 2, 4, head)
+    buf = RolloutBuffer(7, 2, 4, head)
     c = Collector(envs, head, buf, np.random.default_rng(0), None, None, 0.0, EpisodeStats(2))
     c.reset(0)
     episodes = collect_rollout(c, NumpyActorCritic(model))

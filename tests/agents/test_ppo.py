@@ -142,7 +142,7 @@ def test_truncation_bootstraps_from_the_final_observation():
     torch.manual_seed(0)
     model = ActorCritic(1, 2, [8], "tanh")
     net = NumpyActorCritic(model)
-    buf = ppo.Rollout(7, 2, 1, head)
+    buf = ppo.RolloutBuffer(7, 2, 1, head)
     c = ppo.Collector(envs, head, buf, np.random.default_rng(0), None, None, 10.0,
                       EpisodeStats(2))
     c.reset(0)

@@ -4,7 +4,7 @@ Mnih et al. 2016, "Asynchronous Methods for Deep Reinforcement Learning", ICML,
 arXiv:1602.01783 (A3C, Algorithm S3), run synchronously over ``n_envs`` vectorized envs as in
 OpenAI Baselines / Stable-Baselines3. Each update:
 
-1. **Rollout** of ``n_steps`` steps in each of ``n_envs`` envs (SAME_STEP autoreset, so the
+1. **RolloutBuffer** of ``n_steps`` steps in each of ``n_envs`` envs (SAME_STEP autoreset, so the
    batch never mixes transitions across an episode boundary).
 2. **Advantages** by GAE(lambda) (:func:`pavlov.math.gae`; ``gae_lambda = 1`` is the n-step
    return bootstrapped at the rollout end, the A3C estimator) or by n-step targets
@@ -42,7 +42,6 @@ from pavlov.agents.common import (
     TrainOutput,
     batch_seed,
     check_device,
-    check_finite,
     check_hidden,
     evaluate_in_env,
     make_vec_env,
@@ -55,12 +54,13 @@ from pavlov.agents.common import (
 )
 from pavlov.agents.distributions import HEADS, ActorCritic
 from pavlov.agents.fastmlp import flatten_parameters
-from pavlov.agents.rollout import Collector, Rollout
+from pavlov.agents.rollout import Collector, RolloutBuffer
 from pavlov.errors import (
     ConfigError,
     PavlovError,
     check_choice,
     check_count,
+    check_finite,
     check_positive,
     check_range,
 )
@@ -196,7 +196,7 @@ def a2c_update(model: ActorCritic, head: Any, opt: torch.optim.Optimizer, flat_g
     v_loss = nn.functional.mse_loss(values, targets)
     ent = head.entropy(out, model.log_std).mean()
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
-    check_finite("A2C loss", loss, step)
+    check_finite("A2C loss", loss, step, unit="env step")
     flat_grad.zero_()  # not zero_grad(): each .grad is a view of flat_grad
     loss.backward()
     if dp is not None:
@@ -247,7 +247,7 @@ def train(
         if dp is not None:
             agent.rng = onpolicy.rank_rng(cfg.seed, dp, agent.updates) or agent.rng
             dp.broadcast_(flat)
-        buf = Rollout(cfg.n_steps, cfg.n_envs, obs_dim(obs_space), head)
+        buf = RolloutBuffer(cfg.n_steps, cfg.n_envs, obs_dim(obs_space), head)
         c = Collector(envs, head, buf, agent.rng, None, None, 0.0, EpisodeStats(cfg.n_envs))
 
         def update(env_steps: int) -> dict[str, float]:

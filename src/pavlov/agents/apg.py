@@ -37,7 +37,6 @@ from pavlov.agents.common import (
     TrainClock,
     TrainOutput,
     check_device,
-    check_finite,
     check_hidden,
     evaluate_in_env,
     mlp,
@@ -48,7 +47,7 @@ from pavlov.agents.common import (
     seed_all,
     set_rng_state,
 )
-from pavlov.errors import PavlovError, check_choice, check_count, check_positive
+from pavlov.errors import PavlovError, check_choice, check_count, check_finite, check_positive
 
 ACTION_SPACES = (gym.spaces.Box,)
 """Action spaces this agent supports (checked before a run directory is made)."""
@@ -184,7 +183,7 @@ def train(
         start = sim.initial_states(cfg.batch_size).to(device)  # (B, S)
         returns = rollout_return(policy, sim.dynamics, sim.observe, start, horizon)  # (B,)
         loss = -returns.mean()
-        check_finite("APG loss", loss, clock.steps)
+        check_finite("APG loss", loss, clock.steps, unit="env step")
         opt.zero_grad()
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

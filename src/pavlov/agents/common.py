@@ -33,7 +33,6 @@ from pavlov.errors import (  # noqa: F401  re-exported
     check_choice,
     check_count,
 )
-from pavlov.errors import check_finite as _check_finite
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 # --------------------------------------------------------------------------- training contract
@@ -77,10 +76,6 @@ class TrainOutput:
     evals: list[tuple[int, float]] = field(default_factory=list)
     """``(env_step, mean_return)`` of each evaluation during training."""
 
-
-def check_finite(name: str, value: torch.Tensor, step: int) -> None:
-    """:func:`pavlov.errors.check_finite` counting env steps."""
-    _check_finite(name, value, step, unit="env step")
 
 
 # ------------------------------------------------------------------------------ spaces and nets

@@ -49,7 +49,6 @@ from pavlov.agents.common import (
     TrainClock,
     TrainOutput,
     check_device,
-    check_finite,
     encode_obs,
     evaluate_in_env,
     final_observations,
@@ -64,7 +63,7 @@ from pavlov.agents.common import (
 )
 from pavlov.agents.fastmlp import FlatAdam, MLPGrad, NumpyQ, flatten_parameters
 from pavlov.agents.replay import ReplayBuffer
-from pavlov.errors import ConfigError, PavlovError, check_positive, check_range
+from pavlov.errors import ConfigError, PavlovError, check_finite, check_positive, check_range
 from pavlov.math.value import double_q_target, huber, polyak_update, td_target
 
 ACTION_SPACES = (gym.spaces.Discrete,)
@@ -263,7 +262,7 @@ class Learner:
         q_sa = hs[-1].gather(1, actions.unsqueeze(1)).squeeze(1)  # (B,)
         td = q_sa - y
         loss = self.loss.value(td).mean()
-        check_finite("losses/td_loss", loss, step)
+        check_finite("losses/td_loss", loss, step, unit="env step")
         grad_q = torch.zeros_like(hs[-1]).scatter_(  # d loss / d Q, (B, A)
             1, actions.unsqueeze(1), (self.loss.grad(td) / len(td)).unsqueeze(1))
         self.grad.backward(hs, grad_q)

@@ -39,7 +39,6 @@ from pavlov.agents.common import (
     Hooks,
     TrainOutput,
     check_device,
-    check_finite,
     evaluate_in_env,
     make_vec_env,
     obs_dim,
@@ -53,11 +52,12 @@ from pavlov.agents.distributions import HEADS, NP_ACTIVATIONS, ActorCritic
 from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
 from pavlov.agents.ppo_fast import ClosedFormGrad, _whiten_minibatches, supported
-from pavlov.agents.rollout import Collector, Rollout, collect_rollout
+from pavlov.agents.rollout import Collector, RolloutBuffer, collect_rollout
 from pavlov.errors import (
     ConfigError,
     PavlovError,
     check_count,
+    check_finite,
     check_positive,
     check_range,
 )
@@ -192,7 +192,7 @@ class Config:
 # ----------------------------------------------------------------------------------- rollout
 
 
-def advantages_and_returns(buf: Rollout, cfg: Config, steps: int | None = None
+def advantages_and_returns(buf: RolloutBuffer, cfg: Config, steps: int | None = None
                            ) -> dict[str, torch.Tensor]:
     """GAE over the first ``steps`` rows of the rollout (all if None) -> the flat ``(B,)`` /
     ``(B, ...)`` tensors the update reads."""
@@ -329,7 +329,7 @@ def ppo_update(
                 if stopped:
                     break
             if not math.isfinite(loss.item()):  # one op, where torch.isfinite takes six
-                check_finite("ppo loss", loss, step)
+                check_finite("ppo loss", loss, step, unit="env step")
             backend.step(loss, cfg.max_grad_norm, reduce)
             records.append(record)
         if stopped:
@@ -473,7 +473,8 @@ def train(
             # start for all: rank 0's parameters
             np_rng = onpolicy.rank_rng(cfg.seed, dp, agent.updates) or np_rng
             dp.broadcast_(agent.grad.flat)
-        buf = Rollout(cfg.n_steps, cfg.n_envs, obs_dim(envs.single_observation_space), agent.head)
+        buf = RolloutBuffer(cfg.n_steps, cfg.n_envs, obs_dim(envs.single_observation_space),
+                            agent.head)
         c = Collector(envs, agent.head, buf, np_rng, agent.obs_rms, agent.reward_scaler,
                       cfg.obs_clip, EpisodeStats(cfg.n_envs))
         run = _run(env_id, env_kwargs, cfg, hooks, agent, c, dp)

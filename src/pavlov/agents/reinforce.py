@@ -48,7 +48,6 @@ from pavlov.agents.common import (
     TrainOutput,
     batch_seed,
     check_device,
-    check_finite,
     check_hidden,
     encode_obs,
     evaluate_in_env,
@@ -62,7 +61,14 @@ from pavlov.agents.common import (
     set_rng_state,
 )
 from pavlov.agents.distributions import HEADS, ActorCritic, NumpyActorCritic
-from pavlov.errors import PavlovError, check_choice, check_count, check_positive, check_range
+from pavlov.errors import (
+    PavlovError,
+    check_choice,
+    check_count,
+    check_finite,
+    check_positive,
+    check_range,
+)
 from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
 
 ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
@@ -229,7 +235,7 @@ def reinforce_update(
 
 def _step(opt: torch.optim.Optimizer, loss: Tensor, max_norm: float, name: str, step: int
           ) -> None:
-    check_finite(name, loss, step)
+    check_finite(name, loss, step, unit="env step")
     opt.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], max_norm)

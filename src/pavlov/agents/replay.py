@@ -24,7 +24,7 @@ from pavlov.errors import PavlovError, check_positive
 FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
 
 
-class Batch(NamedTuple):
+class ReplaySample(NamedTuple):
     """A sampled minibatch; ``B`` rows, ``*S`` the observation shape."""
 
     obs: Tensor  # (B, *S)
@@ -90,13 +90,13 @@ class ReplayBuffer:
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int) -> ReplaySample:
         """``batch_size`` rows drawn uniformly with replacement (torch's global RNG)."""
         if self.size == 0:
             raise PavlovError("cannot sample from an empty replay buffer")
         idx = torch.randint(self.size, (batch_size,))
         t = self.tensors
-        return Batch(*(t[name][idx] for name in FIELDS))
+        return ReplaySample(*(t[name][idx] for name in FIELDS))
 
     def state_dict(self) -> dict[str, Any]:
         """Contents (the ``size`` filled rows, as NumPy copies) plus ``pos`` and ``size``.

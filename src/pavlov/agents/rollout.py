@@ -1,7 +1,7 @@
 """On-policy rollout collection in vector envs (PPO): preallocated ``(T, N)`` buffers filled by
 a NumPy copy of the actor-critic, with time-limit truncations bootstrapped from V(final_obs).
 
-Rollout inference runs in NumPy (:class:`~pavlov.agents.distributions.NumpyActorCritic`): on
+RolloutBuffer inference runs in NumPy (:class:`~pavlov.agents.distributions.NumpyActorCritic`): on
 CartPole-sized nets a torch forward per vector step costs more than the env step itself.
 """
 
@@ -20,7 +20,7 @@ from pavlov.agents.distributions import NumpyActorCritic
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
 
 
-class Rollout:
+class RolloutBuffer:
     """Preallocated ``(T, N, ...)`` NumPy buffers of one rollout, with torch views of them."""
 
     def __init__(self, n_steps: int, n_envs: int, in_dim: int, head: Any) -> None:
@@ -45,7 +45,7 @@ class Collector:
 
     envs: gym.vector.VectorEnv
     head: Any
-    buffer: Rollout
+    buffer: RolloutBuffer
     rng: np.random.Generator
     obs_rms: RunningMeanStd | None
     reward_scaler: RewardScaler | None

@@ -155,14 +155,14 @@ def fit(
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 log.evaluation(step, _evaluate(cfg, task))
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(run, cfg, task, step, optimizer, scheduler)
+                save_trainer_checkpoint(run, cfg, task, step, optimizer, scheduler)
             if callback is not None:
                 callback(step, metrics)
     if task.evaluate is not None:
         log.evaluation(step, _evaluate(cfg, task))
     if run is not None:
         if step > start or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
-            save_checkpoint(run, cfg, task, step, optimizer, scheduler)
+            save_trainer_checkpoint(run, cfg, task, step, optimizer, scheduler)
         task.save(run.dir / "model", True)
     return FitResult(
         steps=step,
@@ -255,7 +255,8 @@ def _evaluate(cfg: TrainConfig, task: Task) -> dict[str, float]:
 # Checkpoints
 
 
-def save_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer, scheduler) -> Path:
+def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer,
+                            scheduler) -> Path:
     """``checkpoints/step_<n>/`` (weights + ``trainer_state.pt``), then the ``latest`` pointer.
 
     The weights directory is written atomically by ``task.save`` and the state file with
@@ -293,7 +294,7 @@ def _prune(root: Path, keep_n: int, keep: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
+def latest_trainer_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint directory that ``run_dir/checkpoints/latest`` names."""
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
@@ -307,7 +308,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 def load_resume(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(checkpoint dir, trainer state)`` of a run's latest checkpoint."""
-    path = latest_checkpoint(run_dir)
+    path = latest_trainer_checkpoint(run_dir)
     return path, torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
 
 

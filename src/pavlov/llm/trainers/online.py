@@ -70,7 +70,7 @@ from pavlov.llm.trainers.common import (
     seed_all,
     set_rng_state,
 )
-from pavlov.llm.trainers.loop import HINT, MetricLog, load_weights, save_checkpoint
+from pavlov.llm.trainers.loop import HINT, MetricLog, load_weights, save_trainer_checkpoint
 from pavlov.math import (
     LOSS_AGGREGATIONS,
     adaptive_kl_coef,
@@ -637,12 +637,12 @@ def train_online(
             log.add(step, record, step == cfg.max_steps, times["time/step"])
             bar.update(1, record["reward/mean"])
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(run, cfg, saver, step, optimizer, scheduler)
+                save_trainer_checkpoint(run, cfg, saver, step, optimizer, scheduler)
             if callback is not None:
                 callback(step, record)
     if run is not None:
         if step > start or not (run.dir / "checkpoints" / f"step_{step}").is_dir():
-            save_checkpoint(run, cfg, saver, step, optimizer, scheduler)
+            save_trainer_checkpoint(run, cfg, saver, step, optimizer, scheduler)
         saver.save(run.dir / "model", True)
     return OnlineResult(
         model=model,
@@ -718,7 +718,8 @@ def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, schedule
 
 @dataclass
 class _Saver:
-    """What :func:`~pavlov.llm.trainers.loop.save_checkpoint` needs: ``save`` and ``state``."""
+    """What :func:`~pavlov.llm.trainers.loop.save_trainer_checkpoint` needs: ``save`` and
+    ``state``."""
 
     model: nn.Module
     tokenizer: Any

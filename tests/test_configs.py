@@ -54,9 +54,16 @@ def test_dqn_mountaincar_config_reaches_rl_zoo_level():
     from pavlov.agents import dqn
     from pavlov.evaluation import evaluate_policy
 
+    import torch
+
     data = load_yaml(Path(__file__).parent.parent / "configs" / "dqn-mountaincar.yaml")
     cfg = build_config(dqn.Config, data["agent"])
-    out = dqn.train("MountainCar-v0", cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `pavlov train` runs it
+    try:
+        out = dqn.train("MountainCar-v0", cfg)
+    finally:
+        torch.set_num_threads(threads)
     env = gym.make("MountainCar-v0")
     result = evaluate_policy(env, dqn.load_policy(out.state, cfg, env), 20, seed=10_000)
     assert result.mean_return >= -120, result

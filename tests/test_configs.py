@@ -50,11 +50,10 @@ def test_dqn_mountaincar_config_reaches_rl_zoo_level():
     """~3-4 min on 2 cores: the shipped config ends at -107 (seed 0; pavlov's defaults stay at
     -200, the zoo reports -103 +- 7 for SB3)."""
     import gymnasium as gym
+    import torch
 
     from pavlov.agents import dqn
     from pavlov.evaluation import evaluate_policy
-
-    import torch
 
     data = load_yaml(Path(__file__).parent.parent / "configs" / "dqn-mountaincar.yaml")
     cfg = build_config(dqn.Config, data["agent"])

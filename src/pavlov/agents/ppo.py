@@ -1,10 +1,14 @@
 """Proximal Policy Optimization (Schulman et al. 2017, arXiv:1707.06347) on Gymnasium envs.
 
-Read top to bottom: :class:`Config`; the actor-critic network; :func:`collect_rollout` (one
-vector env step per row, NumPy inference); :func:`ppo_update` (epochs of shuffled minibatches,
-clipped surrogate from :mod:`pavlov.math`); :func:`train`, which wires them to hooks; and
-:func:`load_policy`. Choices follow Stable-Baselines3 / CleanRL (Huang et al. 2022, "The 37
-Implementation Details of PPO"): orthogonal init, Adam eps 1e-5, per-minibatch advantage
+Read top to bottom: :class:`Config`; :func:`advantages_and_returns` (GAE over the rollout);
+the two gradient backends (:class:`AutogradGrad` here, the closed-form
+:class:`~pavlov.agents.ppo_fast.ClosedFormGrad` for separate actor/critic MLPs on the CPU) and the
+one driver over them, :func:`ppo_update` (epochs of shuffled minibatches, clipped surrogate from
+:mod:`pavlov.math`, KL early stop, metrics); :func:`train`, which hands PPO's pieces to the
+on-policy loop of :mod:`pavlov.agents.onpolicy` (the rollout buffer, collector and actor-critic
+are shared with A2C; the loop runs data-parallel as DD-PPO); and :func:`load_policy`.
+Choices follow Stable-Baselines3 / CleanRL (Huang et al. 2022, "The 37 Implementation Details
+of PPO"): orthogonal init, Adam eps 1e-5, per-minibatch advantage
 normalization, joint gradient-norm clipping, KL early stop at ``1.5 * target_kl`` (SB3),
 optional running observation / reward normalization (SB3 ``VecNormalize``).
 
@@ -68,7 +72,8 @@ from pavlov.run.distributed import DataParallel
 ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
 """Action spaces this agent supports (checked before a run directory is made)."""
 
-__all__ = ["Config", "collect_rollout", "load_policy", "ppo_update", "train"]
+__all__ = ["AutogradGrad", "Config", "advantages_and_returns", "collect_rollout", "load_policy",
+           "make_backend", "ppo_update", "train"]
 
 
 @dataclass

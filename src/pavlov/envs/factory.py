@@ -64,7 +64,10 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwarg
         return FlattenDiscreteTuple(env) if needs_flattening(env.observation_space) else env
     except gym.error.DependencyNotInstalled as e:
         # the id exists (not "unknown env ... did you mean <the same id>?"): say what to install
-        raise PavlovError(f"cannot make {env_id}: {_first_line(e)}") from None
+        reason = _first_line(e)
+        if "Box2D" in reason:  # gymnasium's hint builds box2d-py with swig; the wheel needs none
+            reason = "Box2D is not installed; pip install 'pavlov[box2d]' (the Box2D wheel)"
+        raise PavlovError(f"cannot make {env_id}: {reason}") from None
     except gym.error.Error as e:
         hint = difflib.get_close_matches(env_id, list(gym.registry), n=1)
         more = f"; did you mean {hint[0]!r}?" if hint else "; `pavlov envs` lists them"

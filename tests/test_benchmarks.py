@@ -25,3 +25,11 @@ def test_ddppo_benchmark_smoke():
     for t in report["throughput"].values():
         assert min(t["1proc"]["env_steps"], t["2proc"]["env_steps"]) >= 4096 and t["ratio"] > 0
     assert report["time_to_475"]["per_seed"][0]["2proc"]["env_steps"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_devices_benchmark_smoke_on_cpu():
+    """The script benchmarks/gpu_check.sh runs on cuda, here on the CPU with tiny budgets."""
+    report = _run("devices.py", "--device", "cpu", "--smoke")
+    assert [r["algo"] for r in report["runs"]] == ["ppo", "dqn"]
+    assert all(r["device"] == "cpu" and r["env_steps"] >= 2048 for r in report["runs"])

@@ -68,7 +68,7 @@ from pavlov.math import gae, masked_whiten, nstep_targets, reinforce_loss
 from pavlov.run import distributed
 from pavlov.run.distributed import DataParallel
 
-ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
+ACTION_SPACES = tuple(HEADS)  # Discrete and Box: the action spaces the heads cover
 """Action spaces this agent supports (checked before a run directory is made)."""
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {

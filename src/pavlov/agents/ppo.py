@@ -69,7 +69,7 @@ from pavlov.math import clipped_value_loss, explained_variance, gae, ppo_clip_lo
 from pavlov.run import distributed
 from pavlov.run.distributed import DataParallel
 
-ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
+ACTION_SPACES = tuple(HEADS)  # Discrete and Box: the action spaces the heads cover
 """Action spaces this agent supports (checked before a run directory is made)."""
 
 __all__ = ["AutogradGrad", "Config", "advantages_and_returns", "collect_rollout", "load_policy",
@@ -380,7 +380,7 @@ class _Agent:
 def _make_model(obs_space: gym.Space, act_space: gym.Space, cfg: Config
                 ) -> tuple[Any, ActorCritic, RunningMeanStd | None]:
     """(head, freshly initialised model, observation normalizer or None) for these spaces."""
-    require_action_space(act_space, "ppo", (gym.spaces.Discrete, gym.spaces.Box))
+    require_action_space(act_space, "ppo", ACTION_SPACES)
     head = HEADS[type(act_space)](act_space)
     in_dim = obs_dim(obs_space)
     log_std_init = cfg.log_std_init if isinstance(act_space, gym.spaces.Box) else None

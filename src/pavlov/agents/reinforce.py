@@ -71,7 +71,7 @@ from pavlov.errors import (
 )
 from pavlov.math import masked_whiten, reinforce_loss, reward_to_go
 
-ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box)
+ACTION_SPACES = tuple(HEADS)  # Discrete and Box: the action spaces the heads cover
 """Action spaces this agent supports (checked before a run directory is made)."""
 
 # ------------------------------------------------------------------------------------ config

@@ -58,12 +58,20 @@ class _NaNReward(_Counter):
         return obs, float("nan") if self.t == 3 else 1.0, term, trunc, info
 
 
+class _EndsAtTheLimit(_Counter):
+    """Terminates on its 5th step, the step its TimeLimit of 5 truncates it too."""
+
+    def step(self, action):
+        obs, reward, _, trunc, info = super().step(action)
+        return obs, reward, self.t == 5, trunc, info
+
+
 class _MultiBinary(_Counter):
     action_space = gym.spaces.MultiBinary(3)
 
 
 for _id, _cls, _limit in [("Counter", _Counter, 5), ("NaNReward", _NaNReward, 20),
-                          ("MultiBinary", _MultiBinary, 5)]:
+                          ("MultiBinary", _MultiBinary, 5), ("EndsAtTheLimit", _EndsAtTheLimit, 5)]:
     if f"PavlovTest/PPO{_id}-v0" not in gym.registry:
         gym.register(f"PavlovTest/PPO{_id}-v0", entry_point=_cls, max_episode_steps=_limit)
 
@@ -374,6 +382,13 @@ def test_evaluation_hook_logs_and_stop_ends_training():
     assert out.env_steps == 512 and len(out.evals) == 1
     assert seen == [(512, {"eval/mean_return": out.evals[0][1]})]
     assert any("eval/mean_return" in m for _, m in logged)
+
+
+def test_an_episode_that_ends_on_its_time_limit_step_is_terminal_not_bootstrapped():
+    """terminated and truncated on the same step (CartPole can fall on step 500): nothing to
+    bootstrap, and the rollout must not choke on the empty set of cut episodes."""
+    out = ppo.train("PavlovTest/PPOEndsAtTheLimit-v0", dataclasses.replace(TINY, total_steps=512))
+    assert out.env_steps == 512
 
 
 def test_target_kl_stops_the_epochs_early():

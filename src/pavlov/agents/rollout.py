@@ -100,9 +100,10 @@ def collect_rollout(c: Collector, net: NumpyActorCritic,
         # Bootstrap time-limit cuts from V(final_obs), Pardo et al. 2018. ("_final_obs" is in
         # info only on steps where some episode ended: a cheap test before trunc.any().)
         if "_final_obs" in info and trunc.any():
-            idx = np.flatnonzero(trunc & ~term)
-            final = c.prepare(final_observations(raw, info)[idx], update=False)
-            buf.final_values[t, idx] = net(final)[:, k]
+            idx = np.flatnonzero(trunc & ~term)  # cut by the time limit, not ended by the env
+            if idx.size:  # (an episode can end and hit the limit on the same step)
+                final = c.prepare(final_observations(raw, info)[idx], update=False)
+                buf.final_values[t, idx] = net(final)[:, k]
         if stop is not None and stop(t + 1):
             c.steps = t + 1
             break

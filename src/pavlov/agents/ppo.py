@@ -297,6 +297,7 @@ def ppo_update(
     clip_eps: float,
     step: int,
     dp: DataParallel | None = None,
+    minibatches: int | None = None,
 ) -> dict[str, float]:
     """``n_epochs`` passes of shuffled minibatches over ``batch``; mean metrics of the steps
     taken. Raises :class:`~pavlov.agents.common.NonFiniteError` before stepping on a NaN loss.
@@ -304,12 +305,14 @@ def ppo_update(
     Advantages are whitened per minibatch (SB3, CleanRL). With ``target_kl`` the epochs stop at
     the first minibatch whose approximate KL exceeds ``1.5 * target_kl``, which is not applied
     (SB3). With ``dp`` (DD-PPO, Wijmans et al. 2020) the gradients are averaged over the ranks
-    before each step and the KL test reads the ranks' mean, so every rank takes the same steps.
+    before each step and the KL test reads the ranks' mean, so every rank takes the same steps;
+    ``minibatches`` splits a preempted (shorter) rollout into that many near-equal minibatches
+    instead of ``batch_size`` rows each.
     """
     packed = backend.pack(batch)
     n, size = len(batch["advantages"]), cfg.batch_size
-    if dp is not None and dp.minibatches is not None:  # a preempted rollout: same step count
-        cuts = torch.linspace(0, n, dp.minibatches + 1).round().long().tolist()
+    if minibatches is not None:  # a preempted rollout: every rank's number of steps
+        cuts = torch.linspace(0, n, minibatches + 1).round().long().tolist()
     else:
         cuts = [*range(0, n, size), n]
     bounds = list(itertools.pairwise(cuts))
@@ -512,12 +515,13 @@ def _run(env_id: str, env_kwargs: dict[str, Any] | None, cfg: Config, hooks: Hoo
     minibatches = -(-cfg.n_steps * cfg.n_envs // cfg.batch_size)
 
     def update(env_steps: int) -> dict[str, float]:
-        if dp is not None:  # a preempted rollout still takes every rank's number of steps
-            dp.minibatches = None if c.steps == cfg.n_steps else minibatches
         batch = advantages_and_returns(c.buffer, cfg, c.steps)
         if agent.grad.flat.device.type != "cpu":  # the rollout lives in CPU memory
             batch = {k: v.to(agent.grad.flat.device) for k, v in batch.items()}
-        return ppo_update(agent.grad, batch, cfg, clip[0], env_steps, dp)
+        # a preempted (shorter) rollout still takes every rank's number of minibatch steps
+        cut = dp is not None and c.steps < cfg.n_steps
+        return ppo_update(agent.grad, batch, cfg, clip[0], env_steps, dp,
+                          minibatches if cut else None)
 
     def evaluate() -> float:
         policy = onpolicy.greedy_policy(agent.head, agent.model, agent.obs_rms, agent.obs_space,

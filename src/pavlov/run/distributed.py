@@ -41,9 +41,6 @@ class DataParallel:
     world_size: int
     device: torch.device = torch.device("cpu")
     """Where this rank's collectives run: the CPU (gloo), or its GPU (nccl)."""
-    minibatches: int | None = None
-    """Minibatches per epoch every rank must take in this update (set when a DD-PPO rollout
-    was preempted, so that ranks with fewer transitions still take the same number of steps)."""
     _gathers: dict = field(default_factory=dict, repr=False)
 
     @property

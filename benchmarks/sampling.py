@@ -19,6 +19,7 @@ instead of wall time (steadier beside other work). Acceptance: ratio = pavlov / 
 
     python benchmarks/sampling.py                      # SmolLM2-135M-shaped random llama
     python benchmarks/sampling.py --model path/to/model --batch 8 --new-tokens 32
+    python benchmarks/sampling.py --smoke              # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 
-def smollm2_shaped_llama(seed: int = 0) -> torch.nn.Module:
-    """A random-weight Llama with SmolLM2-135M's shapes (about 135M parameters)."""
+def smollm2_shaped_llama(seed: int = 0, smoke: bool = False) -> torch.nn.Module:
+    """A random-weight Llama with SmolLM2-135M's shapes (about 135M parameters); ``smoke``: the
+    same architecture scaled down (hidden 72, 2 layers, intermediate 192, vocab 512)."""
+    hidden, inter, layers, vocab = (72, 192, 2, 512) if smoke else (576, 1536, 30, 49152)
     config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
         num_attention_heads=9,
         num_key_value_heads=3,
         max_position_embeddings=8192,
@@ -123,12 +126,19 @@ def main() -> None:
         help="wall (the record, on an idle machine) or this process's CPU time summed over "
         "threads (steadier on a shared machine)",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny random llama, batch 2, 4 new tokens, 1 repeat"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.prompt_len, args.new_tokens, args.repeats = 2, 8, 4, 1
     global clock
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
 
-    if args.model is None:
+    if args.smoke and args.model is None:
+        model, name = smollm2_shaped_llama(smoke=True), "random-llama-smoke"
+    elif args.model is None:
         model, name = smollm2_shaped_llama(), "random-llama-smollm2-135m-shape"
     else:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -180,6 +190,7 @@ def main() -> None:
         "ragged": args.ragged,
         "repeats": args.repeats,
         "clock": args.clock,
+        "smoke": args.smoke,
     }
     print(json.dumps({"benchmark": "sampling", **meta, **settings, **row}))
 

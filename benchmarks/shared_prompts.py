@@ -12,6 +12,7 @@ backward of the summed response log-probs) and of one no-grad reference pass in 
 which mode the default picks. Median of ``--repeats`` alternating runs after one warm-up each.
 
     python benchmarks/shared_prompts.py --threads 2 --out docs/results/shared_prompts.json
+    python benchmarks/shared_prompts.py --smoke   # seconds, tiny llama: the test suite runs this
 """
 
 from __future__ import annotations
@@ -44,14 +45,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--completions", default="32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny random llama, prompt length 9, 4-token completions, 1 repeat",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.prompt_lengths, args.completions, args.repeats = "9", "4", 1
     torch.set_num_threads(args.threads)
 
     from pavlov.llm import scoring
     from pavlov.llm.lean import fast_kernels
     from pavlov.llm.models import load_causal_lm
+    from pavlov.llm.tiny import tiny_causal_lm
 
-    model, _ = load_causal_lm("smollm2", dtype=torch.float32)
+    if args.smoke:  # the same architecture (Llama, GQA, tied embeddings), hidden 32
+        model, _ = tiny_causal_lm()
+    else:
+        model, _ = load_causal_lm("smollm2", dtype=torch.float32)
     vocab = model.config.vocab_size
     packing_pays = scoring._packing_pays
     modes = {
@@ -113,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
     result = {"benchmark": "shared_prompts", "threads": args.threads, "prompts": args.prompts,
-              "group": args.group, "torch": torch.__version__, "rows": rows}  # fmt: skip
+              "group": args.group, "torch": torch.__version__, "smoke": args.smoke,
+              "rows": rows}  # fmt: skip
     line = json.dumps(result)
     print(line)
     if args.out:

@@ -19,6 +19,7 @@ to avoid holes, so it resets less often per step). The ratio is the cost of a *t
 including its share of resets, which is what a user waits for, not the update alone.
 
     python benchmarks/tabular.py --steps 200000 --envs FrozenLake-v1,Taxi-v4,CliffWalking-v1
+    python benchmarks/tabular.py --smoke   # 2,000 steps, 1 repeat; the test suite runs this
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from pavlov.tabular.control import TabularConfig, train_tabular
 
 DEFAULT_ENVS = "FrozenLake-v1,Taxi-v4,CliffWalking-v1"
+PROBE_EPISODES = 200
 
 
 def raw_steps_per_second(env_id: str, steps: int, seed: int = 0) -> float:
@@ -54,9 +56,8 @@ def _config(episodes: int, seed: int) -> TabularConfig:
     return TabularConfig(algo="q-learning", episodes=episodes, alpha=0.1, gamma=0.99, seed=seed)
 
 
-def episodes_for(env_id: str, steps: int, seed: int = 0) -> int:
-    """Episodes of Q-learning that take about ``steps`` steps (calibrated on a short run)."""
-    probe = 200
+def episodes_for(env_id: str, steps: int, probe: int = PROBE_EPISODES, seed: int = 0) -> int:
+    """Episodes of Q-learning that take about ``steps`` steps (calibrated on ``probe`` episodes)."""
     result = train_tabular(gym.make(env_id), _config(probe, seed))
     return max(1, round(steps / max(result.steps / probe, 1.0)))
 
@@ -74,9 +75,9 @@ def pavlov_steps_per_second(env_id: str, episodes: int, callback: bool, seed: in
     return result.steps / result.seconds
 
 
-def bench_env(env_id: str, steps: int, repeats: int) -> dict:
+def bench_env(env_id: str, steps: int, repeats: int, probe: int = PROBE_EPISODES) -> dict:
     """Best-of-``repeats`` steps/s of raw, pavlov and pavlov+callback on ``env_id``."""
-    episodes = episodes_for(env_id, steps)
+    episodes = episodes_for(env_id, steps, probe)
     raw, ours, hooked = [], [], []
     for _ in range(repeats):  # interleaved so a burst of load hits all three alike
         raw.append(raw_steps_per_second(env_id, steps))
@@ -98,8 +99,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000, help="env steps per measurement")
     parser.add_argument("--envs", default=DEFAULT_ENVS, help="comma-separated Gymnasium ids")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (best)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2,000 steps, 1 repeat, a 20-episode calibration")
     args = parser.parse_args()
-    rows = [bench_env(env_id, args.steps, args.repeats) for env_id in args.envs.split(",")]
+    probe = PROBE_EPISODES
+    if args.smoke:
+        args.steps, args.repeats, probe = 2_000, 1, 20
+    rows = [bench_env(env_id, args.steps, args.repeats, probe) for env_id in args.envs.split(",")]
     header = (
         f"{'env':<18}{'raw steps/s':>14}{'pavlov':>12}{'ratio':>8}{'+callback':>12}{'ratio':>8}"
     )
@@ -113,7 +119,8 @@ def main() -> None:
     meta = {"python": platform.python_version(), "gymnasium": gym.__version__}
     print(
         json.dumps(
-            {"benchmark": "tabular_q_learning", **meta, "steps": args.steps, "results": rows}
+            {"benchmark": "tabular_q_learning", **meta, "steps": args.steps,
+             "repeats": args.repeats, "results": rows}
         )
     )
 

@@ -15,6 +15,7 @@ Reported per seed: env steps and training seconds until then; then medians and t
 pavlov/SB3 ratio of the medians. Run on an idle machine (``uptime`` load < 0.3).
 
     python benchmarks/vs_sb3.py --algos ppo,dqn --seeds 0,1,2,3,4
+    python benchmarks/vs_sb3.py --smoke   # seconds: ~2k steps, seed 0; the test suite runs this
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +35,9 @@ TARGET = 475.0
 EVAL_EVERY = 5_000
 EVAL_EPISODES = 10
 BUDGET = {"ppo": 100_000, "dqn": 50_000}  # rl-zoo n_timesteps: schedules scale with it
+# DQN trains every 256 steps after learning_starts=1000: at 1024 and 1280 in the smoke run
+SMOKE_BUDGET, SMOKE_EVAL_EVERY = {"ppo": 2048, "dqn": 1280}, 1024
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def sb3_eval(model, seed: int) -> float:
@@ -52,7 +57,7 @@ def sb3_eval(model, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def run_sb3(algo: str, seed: int) -> dict:
+def run_sb3(algo: str, seed: int, budget: int, eval_every: int) -> dict:
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -63,14 +68,16 @@ def run_sb3(algo: str, seed: int) -> dict:
     class StopAt(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.next_eval, self.eval_seconds, self.reached = EVAL_EVERY, 0.0, None
+            self.next_eval, self.eval_seconds, self.reached = eval_every, 0.0, None
+            self.evals = 0
 
         def _on_step(self) -> bool:
             if self.num_timesteps < self.next_eval:
                 return True
-            self.next_eval += EVAL_EVERY
+            self.next_eval += eval_every
             t0 = time.perf_counter()
             mean = sb3_eval(self.model, seed + 1000)
+            self.evals += 1
             self.eval_seconds += time.perf_counter() - t0
             if mean >= TARGET:
                 self.reached = self.num_timesteps
@@ -116,18 +123,19 @@ def run_sb3(algo: str, seed: int) -> dict:
         )
     cb = StopAt()
     t0 = time.perf_counter()
-    model.learn(total_timesteps=BUDGET[algo], callback=cb)
+    model.learn(total_timesteps=budget, callback=cb)
     seconds = time.perf_counter() - t0 - cb.eval_seconds
-    return {"steps": cb.reached, "seconds": seconds if cb.reached else None}
+    return {"steps": cb.reached, "seconds": seconds if cb.reached else None,
+            "steps_run": model.num_timesteps, "seconds_run": round(seconds, 3), "evals": cb.evals}
 
 
-def run_pavlov(algo: str, seed: int) -> dict:
+def run_pavlov(algo: str, seed: int, budget: int, eval_every: int) -> dict:
     from pavlov.agents.common import Hooks
     from pavlov.config import build_config, load_yaml
 
     mod = __import__(f"pavlov.agents.{algo}", fromlist=["train"])
-    agent = load_yaml(f"configs/{algo}-cartpole.yaml")["agent"]
-    cfg = build_config(mod.Config, {**agent, "seed": seed, "total_steps": BUDGET[algo]})
+    agent = load_yaml(CONFIGS / f"{algo}-cartpole.yaml")["agent"]
+    cfg = build_config(mod.Config, {**agent, "seed": seed, "total_steps": budget})
     reached: list[int] = []
 
     def stop(step: int, metrics: dict) -> bool:
@@ -136,9 +144,11 @@ def run_pavlov(algo: str, seed: int) -> dict:
             return True
         return False
 
-    hooks = Hooks(evaluate_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES, stop=stop)
+    hooks = Hooks(evaluate_every=eval_every, eval_episodes=EVAL_EPISODES, stop=stop)
     out = mod.train("CartPole-v1", cfg, hooks=hooks)
-    return {"steps": reached[0] if reached else None, "seconds": out.seconds if reached else None}
+    return {"steps": reached[0] if reached else None, "seconds": out.seconds if reached else None,
+            "steps_run": out.env_steps, "seconds_run": round(out.seconds, 3),
+            "evals": len(out.evals)}
 
 
 def median(xs):
@@ -150,15 +160,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default="ppo,dqn")
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2,048 (PPO) / 1,280 (DQN) env steps per library, seed 0")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    report = {"machine": platform.processor() or platform.machine(), "target": TARGET, "algos": {}}
+    seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
+    eval_every = SMOKE_EVAL_EVERY if args.smoke else EVAL_EVERY
+    report = {"machine": platform.processor() or platform.machine(), "target": TARGET,
+              "smoke": args.smoke, "algos": {}}
     for algo in args.algos.split(","):
         rows = []
+        budget = (SMOKE_BUDGET if args.smoke else BUDGET)[algo]
         for seed in seeds:
-            p = run_pavlov(algo, seed)
-            s = run_sb3(algo, seed)
+            p = run_pavlov(algo, seed, budget, eval_every)
+            s = run_sb3(algo, seed, budget, eval_every)
             rows.append({"seed": seed, "pavlov": p, "sb3": s})
             print(
                 f"{algo} seed {seed}: pavlov {p['steps']} steps {p['seconds'] or 0:.2f} s | "

@@ -99,7 +99,11 @@ one run:
     python benchmarks/vs_trl.py --tasks sft,reward,dpo,sampling,grpo --steps 12 --threads 2 \\
         --batch 8 --max-length 128 --repeats 1 --out docs/results/vs_trl.json
 
-A quick check: ``python benchmarks/vs_trl.py --tasks sft --steps 4``.
+A quick check: ``python benchmarks/vs_trl.py --tasks sft --steps 4``. ``--smoke`` runs every
+task on both sides with a tiny random Llama (:func:`pavlov.llm.tiny.tiny_causal_lm`, saved to a
+temporary directory all workers load), 3 steps of batch 2, max length 64, GRPO 2 x 2 completions
+of 8 tokens and tiny machine-rate samples: its numbers mean nothing, but
+``tests/test_benchmarks_trl.py`` runs it so that the script cannot rot.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import torch
@@ -126,6 +131,21 @@ IMPLS = ("pavlov", "trl")
 SKIP = 2  # steps 1..SKIP are warm-up: medians over steps 3..N
 GRPO = {"prompts_per_step": 2, "group_size": 4, "new_tokens": 32, "lr": 1e-5, "beta": 0.04}
 SAMPLING = {"batch": 8, "new_tokens": 32, "temperature": 1.0}
+# --smoke: every task on both sides with a tiny random Llama (pavlov.llm.tiny) saved to a temp
+# directory that every worker loads; flags given explicitly still win over these defaults.
+SMOKE_DEFAULTS = {"tasks": ",".join(TASKS), "steps": 3, "batch": 2, "max_length": 64,
+                  "sampling_repeats": 1, "repeats": 1}  # fmt: skip
+GRPO_SMOKE = {"group_size": 2, "new_tokens": 8}
+SAMPLING_SMOKE = {"batch": 2, "new_tokens": 8}
+MATMUL_SHAPES = {"mlp": (2048, 576, 1536), "lm_head": (512, 576, 49152), "square": (2048,) * 3}
+
+
+def grpo_settings(args) -> dict:
+    return {**GRPO, **GRPO_SMOKE} if args.smoke else GRPO
+
+
+def sampling_settings(args) -> dict:
+    return {**SAMPLING, **SAMPLING_SMOKE} if args.smoke else SAMPLING
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,15 +168,13 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def matmul_gflops(repeats: int = 5) -> dict:
-    """fp32 GFLOP/s (best of ``repeats``) of three matmul shapes met in SmolLM2 training."""
-    shapes = {
-        "mlp (2048x576)@(576x1536)": (2048, 576, 1536),
-        "lm_head (512x576)@(576x49152)": (512, 576, 49152),
-        "square 2048^3": (2048, 2048, 2048),
-    }
+def matmul_gflops(repeats: int = 5, scale: int = 1) -> dict:
+    """fp32 GFLOP/s (best of ``repeats``) of three matmul shapes met in SmolLM2 training, each
+    side divided by ``scale`` (``--smoke``: 8)."""
     out = {}
-    for name, (m, k, n) in shapes.items():
+    for kind, dims in MATMUL_SHAPES.items():
+        m, k, n = (d // scale for d in dims)
+        name = f"square {m}^3" if kind == "square" else f"{kind} ({m}x{k})@({k}x{n})"
         a, b = torch.randn(m, k), torch.randn(k, n)
         out[name] = round(2 * m * k * n / _best_seconds(lambda a=a, b=b: a @ b, repeats) / 1e9, 1)
     return {"shapes": out, "best": max(out.values())}
@@ -172,9 +190,13 @@ def memory_bandwidth(mib: int = 256, repeats: int = 5) -> dict:
     return {"read_gbps": round(read, 1), "copy_gbps": round(copy, 1), "mib": mib}
 
 
-def machine_sample(threads: int) -> dict:
-    """One measurement of the matmul rate and the memory bandwidth (printed)."""
-    sample = {"matmul_gflops": matmul_gflops(), "bandwidth": memory_bandwidth()}
+def machine_sample(threads: int, smoke: bool = False) -> dict:
+    """One measurement of the matmul rate and the memory bandwidth (printed); ``smoke``: tiny
+    shapes and one repeat, a few milliseconds (the bounds then mean little)."""
+    if smoke:
+        sample = {"matmul_gflops": matmul_gflops(1, 8), "bandwidth": memory_bandwidth(16, 1)}
+    else:
+        sample = {"matmul_gflops": matmul_gflops(), "bandwidth": memory_bandwidth()}
     print(
         f"fp32 matmul {sample['matmul_gflops']['best']} GFLOP/s (best of "
         f"{sample['matmul_gflops']['shapes']}), read {sample['bandwidth']['read_gbps']} GB/s, "
@@ -233,30 +255,47 @@ def ensure_smollm2_cache() -> None:
         load_causal_lm("smollm2")
 
 
+def model_dir(args) -> Path:
+    """The model every worker loads: ``--model-dir`` (the ``--smoke`` tiny model) or SmolLM2."""
+    return Path(args.model_dir) if args.model_dir else smollm2_dir()
+
+
+def save_tiny_model(path: Path, seed: int) -> None:
+    """Save a tiny random Llama and its tokenizer (eos ``<|im_end|>``, pad ``<pad>``, ChatML
+    template) for ``--smoke``: pavlov and TRL workers load the same files."""
+    from pavlov.llm.tiny import tiny_causal_lm
+
+    model, tok = tiny_causal_lm(seed=seed)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
 def _import_llama() -> None:
     """Import the Llama modules first: the first load in a process otherwise pays ~3 s of lazy
     imports, which TRL workers have already paid by importing ``trl``."""
     import transformers.models.llama.modeling_llama  # noqa: F401
 
 
-def load_pavlov_model():
+def load_pavlov_model(args):
     """``(model, tokenizer, seconds)`` through pavlov's loader."""
     from pavlov.llm.models import load_causal_lm
 
     _import_llama()
     start = time.perf_counter()
-    model, tok = load_causal_lm("smollm2", dtype=torch.float32)
+    model, tok = load_causal_lm(args.model_dir or "smollm2", dtype=torch.float32)
     return model, tok, time.perf_counter() - start
 
 
-def load_hf_model(auto_cls, **kwargs):
-    """``(model, tokenizer, seconds)``: ``auto_cls.from_pretrained`` on pavlov's cached copy."""
+def load_hf_model(args, auto_cls, **kwargs):
+    """``(model, tokenizer, seconds)``: ``auto_cls.from_pretrained`` on pavlov's cached copy
+    (or ``--model-dir``)."""
     from transformers import AutoTokenizer
 
     _import_llama()
     start = time.perf_counter()
-    model = auto_cls.from_pretrained(str(smollm2_dir()), dtype=torch.float32, **kwargs)
-    tok = AutoTokenizer.from_pretrained(str(smollm2_dir()))
+    path = str(model_dir(args))
+    model = auto_cls.from_pretrained(path, dtype=torch.float32, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path)
     return model, tok, time.perf_counter() - start
 
 
@@ -293,7 +332,7 @@ def pair_examples(args) -> list:
 def _fitting(examples: list, args, fields: tuple[str, ...]) -> list:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(smollm2_dir()))
+    tok = AutoTokenizer.from_pretrained(str(model_dir(args)))
     want, out = args.steps * args.batch, []
 
     def length(text: str) -> int:
@@ -389,7 +428,7 @@ def record_pavlov_batches(log: list):
 
     real = loop.accumulate_gradients
 
-    def wrapped(cfg, task, micro, params, step):
+    def wrapped(cfg, task, *args, **kwargs):  # pass through whatever else the loop adds
         collate = task.collate
 
         def recording(idx):
@@ -399,7 +438,7 @@ def record_pavlov_batches(log: list):
 
         task.collate = recording
         try:
-            return real(cfg, task, micro, params, step)
+            return real(cfg, task, *args, **kwargs)
         finally:
             task.collate = collate
 
@@ -512,7 +551,7 @@ def run_trl(
 def pavlov_sft(args, clock: StepClock) -> dict:
     from pavlov.llm.trainers import SFTConfig, train_sft
 
-    model, tok, load = load_pavlov_model()
+    model, tok, load = load_pavlov_model(args)
     cfg = SFTConfig(
         seed=args.seed, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
         max_length=args.max_length, precision="fp32",
@@ -525,7 +564,7 @@ def trl_sft(args, clock: StepClock) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    model, tok, load = load_hf_model(AutoModelForCausalLM)
+    model, tok, load = load_hf_model(args, AutoModelForCausalLM)
     data = sft_examples(args)
     rows = [{"prompt": data[i].prompt, "completion": data[i].completion} for i in plan_order(
         args, len(data))]  # fmt: skip
@@ -541,7 +580,7 @@ def trl_sft(args, clock: StepClock) -> dict:
 def pavlov_reward(args, clock: StepClock) -> dict:
     from pavlov.llm.trainers import RewardConfig, train_reward_model
 
-    model, tok, load = load_pavlov_model()
+    model, tok, load = load_pavlov_model(args)
     cfg = RewardConfig(
         seed=args.seed, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
         max_length=args.max_length, precision="fp32", mode="pairwise",
@@ -559,7 +598,7 @@ def trl_reward(args, clock: StepClock) -> dict:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    model, tok, load = load_hf_model(AutoModelForSequenceClassification, num_labels=1)
+    model, tok, load = load_hf_model(args, AutoModelForSequenceClassification, num_labels=1)
     data = pair_examples(args)
     rows = [_pair_row(data[i]) for i in plan_order(args, len(data))]
     with tempfile.TemporaryDirectory() as out:
@@ -573,7 +612,7 @@ def trl_reward(args, clock: StepClock) -> dict:
 def pavlov_dpo(args, clock: StepClock) -> dict:
     from pavlov.llm.trainers import DPOConfig, train_dpo
 
-    model, tok, load = load_pavlov_model()
+    model, tok, load = load_pavlov_model(args)
     cfg = DPOConfig(
         seed=args.seed, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
         max_length=args.max_length, precision="fp32", beta=0.1, loss_type="sigmoid",
@@ -590,7 +629,7 @@ def trl_dpo(args, clock: StepClock) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    model, tok, load = load_hf_model(AutoModelForCausalLM)
+    model, tok, load = load_hf_model(args, AutoModelForCausalLM)
     data = pair_examples(args)
     rows = [_pair_row(data[i]) for i in plan_order(args, len(data))]
     with tempfile.TemporaryDirectory() as out:
@@ -636,7 +675,7 @@ def trl_grpo(args, clock: StepClock) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tok, load = load_hf_model(AutoModelForCausalLM)
+    model, tok, load = load_hf_model(args, AutoModelForCausalLM)
     steps: list[dict] = []
 
     def vader(prompts, completions, completion_ids, **kwargs):
@@ -651,12 +690,13 @@ def trl_grpo(args, clock: StepClock) -> dict:
         return scores
 
     rows = [{"prompt": p} for step in grpo_step_prompts(args) for p in step]
-    group = GRPO["prompts_per_step"] * GRPO["group_size"]
+    grpo = grpo_settings(args)
+    group = grpo["prompts_per_step"] * grpo["group_size"]
     with tempfile.TemporaryDirectory() as out:
-        common = {**trl_common(args, out, GRPO["lr"]), "per_device_train_batch_size": group}
+        common = {**trl_common(args, out, grpo["lr"]), "per_device_train_batch_size": group}
         config = GRPOConfig(
-            **common, num_generations=GRPO["group_size"],
-            max_completion_length=GRPO["new_tokens"], temperature=1.0, beta=GRPO["beta"],
+            **common, num_generations=grpo["group_size"],
+            max_completion_length=grpo["new_tokens"], temperature=1.0, beta=grpo["beta"],
             shuffle_dataset=False,
         )  # fmt: skip
         dataset = Dataset.from_list(rows)
@@ -674,18 +714,19 @@ def pavlov_grpo(args, clock: StepClock) -> dict:
         from pavlov.llm.trainers.online import OnlineConfig, train_online
     except ImportError as err:
         raise Unavailable(f"pavlov.llm.trainers.online is not available ({err})") from err
-    model, tok, load = load_pavlov_model()
+    model, tok, load = load_pavlov_model(args)
     counts = param_counts(model)
     records: list[dict] = []
 
     def reward(prompts: list[str], completions: list[str]) -> list[float]:
         return vader_scores(completions)
 
+    grpo = grpo_settings(args)
     cfg = OnlineConfig(
         algo="grpo", seed=args.seed, max_steps=args.steps,
-        prompts_per_step=GRPO["prompts_per_step"], group_size=GRPO["group_size"],
-        max_new_tokens=GRPO["new_tokens"], temperature=1.0, learning_rate=GRPO["lr"],
-        lr_schedule="linear", beta=GRPO["beta"], n_epochs=1, precision="fp32",
+        prompts_per_step=grpo["prompts_per_step"], group_size=grpo["group_size"],
+        max_new_tokens=grpo["new_tokens"], temperature=1.0, learning_rate=grpo["lr"],
+        lr_schedule="linear", beta=grpo["beta"], n_epochs=1, precision="fp32",
     )  # fmt: skip
     start = time.perf_counter()
     train_online(
@@ -698,7 +739,7 @@ def pavlov_grpo(args, clock: StepClock) -> dict:
         steps.append({
             "prompts": sorted(prompts),
             "prompt_len": max(len(tok(p)["input_ids"]) for p in prompts),
-            "completion_len": GRPO["new_tokens"],
+            "completion_len": grpo["new_tokens"],
             "completion_len_exact": r.get("response/eos_rate", 1.0) < 1.0,
             "response_length": r.get("response/length"),
             "reward_mean": r.get("reward/mean"),
@@ -707,7 +748,7 @@ def pavlov_grpo(args, clock: StepClock) -> dict:
         **counts,
         "load_seconds": load,
         "train_seconds": time.perf_counter() - start,
-        **_grpo_steps(steps, GRPO["prompts_per_step"] * GRPO["group_size"]),
+        **_grpo_steps(steps, grpo["prompts_per_step"] * grpo["group_size"]),
         "phase_seconds": {k: [r.get(k) for r in records] for k in PAVLOV_PHASES},
     }
 
@@ -736,11 +777,12 @@ def sampling_worker(args) -> dict:
     from pavlov.llm.rt import rt_movies, rt_prompt
 
     bench = _load_sampling_module()
-    model, tok, load = load_pavlov_model()
-    prompts = [rt_prompt(m) for m in rt_movies("train")[: SAMPLING["batch"]]]
+    model, tok, load = load_pavlov_model(args)
+    sampling = sampling_settings(args)
+    prompts = [rt_prompt(m) for m in rt_movies("train")[: sampling["batch"]]]
     ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], pad_token_id=tok.pad_token_id)
     opts = argparse.Namespace(
-        new_tokens=SAMPLING["new_tokens"], temperature=SAMPLING["temperature"], top_k=0, top_p=1.0
+        new_tokens=sampling["new_tokens"], temperature=sampling["temperature"], top_k=0, top_p=1.0
     )
     bench.time_hf(model, ids, mask, opts)  # warm-up
     bench.time_pavlov(model, ids, mask, opts)
@@ -748,12 +790,12 @@ def sampling_worker(args) -> dict:
     for _ in range(args.sampling_repeats):  # interleaved: a burst of load hits both alike
         hf.append(bench.time_hf(model, ids, mask, opts))
         ours.append(bench.time_pavlov(model, ids, mask, opts))
-    tokens = ids.shape[0] * SAMPLING["new_tokens"]
+    tokens = ids.shape[0] * sampling["new_tokens"]
     return {
         **param_counts(model),
         "load_seconds": load,
         "prompt_shape": list(ids.shape),
-        "new_tokens": SAMPLING["new_tokens"],
+        "new_tokens": sampling["new_tokens"],
         "hf_seconds": hf,
         "pavlov_seconds": ours,
         "hf_tokens_per_s": tokens / min(hf),
@@ -848,6 +890,8 @@ def run_worker(args, task: str, impl: str) -> dict:
         "--sampling-repeats", str(args.sampling_repeats),
         "--pavlov-dpo-reference", args.pavlov_dpo_reference,
     ] + (["--trl-dpo-precompute"] if args.trl_dpo_precompute else [])  # fmt: skip
+    if args.smoke:
+        cmd += ["--smoke", "--model-dir", args.model_dir]
     env = {
         **os.environ,
         "TOKENIZERS_PARALLELISM": "false",
@@ -1078,9 +1122,19 @@ def print_table(summary: dict) -> None:
 
 
 def driver_main(args) -> None:
-    import transformers
-    import trl
+    if not args.smoke:
+        run_driver(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="vs_trl_tiny_") as tiny:
+        save_tiny_model(Path(tiny), args.seed)
+        args.model_dir = tiny
+        run_driver(args)
 
+
+NOT_SETTINGS = ("worker", "impl", "out", "model_dir")  # left out of the report's settings
+
+
+def run_driver(args) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -1088,15 +1142,16 @@ def driver_main(args) -> None:
     load_start = machine_load()
     print(f"load at start: {load_start['uptime']}", file=sys.stderr)
     torch.set_num_threads(args.threads)
-    samples = [machine_sample(args.threads)]
-    ensure_smollm2_cache()
+    samples = [machine_sample(args.threads, args.smoke)]
+    if not args.model_dir:
+        ensure_smollm2_cache()
     results = []
     for task in tasks:
         impls = ["both"] if task == "sampling" else list(IMPLS)
         for _ in range(1 if task == "sampling" else args.repeats):  # sampling interleaves itself
             for impl in impls:  # interleaved: pavlov, trl, pavlov, trl ...
                 results.append(run_worker(args, task, impl))
-                samples.append(machine_sample(args.threads))
+                samples.append(machine_sample(args.threads, args.smoke))
     machine = machine_rates(samples)
     summary = summarize(results, machine)
     print_table(summary)
@@ -1104,9 +1159,9 @@ def driver_main(args) -> None:
         "benchmark": "vs_trl",
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "impl", "out")},
+        "transformers": package_version("transformers"),  # importing trl here costs ~5 s
+        "trl": package_version("trl"),
+        "settings": {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS},
         "machine": machine,
         "load_start": load_start,
         "load_end": machine_load(),
@@ -1123,6 +1178,10 @@ def driver_main(args) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default="sft,reward,dpo,sampling", help=",".join(TASKS))
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="all tasks, a tiny random model and tiny budgets (a test that the script runs)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (N)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8, help="sequences (SFT) or pairs")
@@ -1141,7 +1200,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="show the workers' stderr")
     parser.add_argument("--worker", choices=TASKS, help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=(*IMPLS, "both"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)  # set by --smoke
     args = parser.parse_args(argv)
+    if args.smoke:  # smoke budgets as defaults: flags given explicitly still win
+        parser.set_defaults(**SMOKE_DEFAULTS)
+        args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.repeats < 1 or args.sampling_repeats < 1:
         parser.error("--steps, --batch, --repeats and --sampling-repeats must be >= 1")
     return args

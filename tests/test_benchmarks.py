@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,143 @@ def test_devices_benchmark_smoke_on_cpu():
     report = _run("devices.py", "--device", "cpu", "--smoke")
     assert [r["algo"] for r in report["runs"]] == ["ppo", "dqn"]
     assert all(r["device"] == "cpu" and r["env_steps"] >= 2048 for r in report["runs"])
+
+
+@pytest.mark.timeout(120)
+def test_apg_vs_ppo_benchmark_smoke():
+    report = _run("apg_vs_ppo.py", "--smoke")
+    assert report["random_return"] < report["threshold"] < report["apg_reference_return"] < 0
+    assert set(report["results"]) == {"apg", "ppo"}
+    for rows in report["results"].values():
+        assert [r["seed"] for r in rows] == [0]
+        assert rows[0]["steps_run"] >= 3_200 and rows[0]["final_eval"] is not None
+        if rows[0]["reached"]:  # the stop hook fired at an evaluation within the budget
+            assert 0 < rows[0]["env_steps"] <= rows[0]["steps_run"] and rows[0]["seconds"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_rollout_benchmark_smoke():
+    report = _run("rollout.py", "--smoke")
+    assert (report["steps"], report["repeats"], report["n_envs"]) == (4_096, 1, 8)
+    assert report["raw_sps"] > 0 and report["pavlov_rollout_sps"] > 0
+    assert report["ratio"] == pytest.approx(report["pavlov_rollout_sps"] / report["raw_sps"],
+                                            rel=1e-2)
+
+
+@pytest.mark.timeout(120)
+def test_tabular_benchmark_smoke():
+    report = _run("tabular.py", "--smoke")
+    assert (report["steps"], report["repeats"]) == (2_000, 1)
+    assert [r["env"] for r in report["results"]] == ["FrozenLake-v1", "Taxi-v4", "CliffWalking-v1"]
+    for r in report["results"]:
+        assert r["episodes"] >= 1
+        assert min(r["raw_sps"], r["pavlov_sps"], r["callback_sps"]) > 0
+        assert r["ratio"] > 0 and r["callback_ratio"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_vs_sb3_benchmark_smoke():
+    """Both libraries train PPO and DQN for the whole smoke budget and are evaluated."""
+    report = _run("vs_sb3.py", "--smoke")
+    assert report["smoke"] and set(report["algos"]) == {"ppo", "dqn"}
+    for algo in report["algos"].values():
+        (row,) = algo["per_seed"]
+        assert set(row) == {"seed", "pavlov", "sb3"}
+        for lib in ("pavlov", "sb3"):
+            assert row[lib]["steps_run"] >= 1_024 and row[lib]["seconds_run"] > 0
+            assert row[lib]["evals"] >= 1
+
+
+@pytest.mark.timeout(180)
+def test_sampling_benchmark_smoke():
+    """pavlov's engine and HF ``generate`` both sample batch x new_tokens (the script checks
+    the output shapes) on the tiny llama."""
+    report = _run("sampling.py", "--smoke")
+    assert report["smoke"] and report["model"] == "random-llama-smoke"
+    assert (report["batch"], report["new_tokens"], report["repeats"]) == (2, 4, 1)
+    tokens = report["batch"] * report["new_tokens"]
+    for side in ("hf", "pavlov"):
+        seconds, rate = report[f"{side}_seconds"], report[f"{side}_tokens_per_s"]
+        assert seconds > 0 and rate > 0
+        assert abs(rate * seconds - tokens) <= rate * 5e-4 + 0.05 * seconds  # JSON rounding
+    assert report["ratio"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_decode_kernels_benchmark_smoke():
+    """Every kernel streams every tiny weight shape at a positive rate, and sampling runs with
+    each decode kernel this machine has."""
+    report = _run("decode_kernels.py", "--smoke")
+    assert report["smoke"] and set(report["gb_per_s"]) == {"1", "2"}
+    kernels = {"plain"}
+    for rates in report["gb_per_s"].values():
+        assert [name.split()[0] for name in rates] == ["q/o", "gate/up", "down", "lm_head"]
+        for rate in rates.values():
+            assert {"read", "mkl"} <= set(rate) and min(rate.values()) > 0
+            kernels |= {"packed"} if "onednn_packed" in rate else set()
+            kernels |= {"native"} if "native" in rate else set()
+    seconds = report["sampling_seconds"]
+    assert set(seconds) == kernels and min(seconds.values()) > 0
+
+
+@pytest.mark.timeout(180)
+def test_ppo_vs_grpo_benchmark_smoke():
+    """Both algorithms train 3 steps on the tiny llama, sampling 8 rows of <= 4 tokens."""
+    report = _run("ppo_vs_grpo.py", "--smoke")
+    assert report["smoke"] and set(report["runs"]) == {"grpo", "ppo"}
+    for algo, runs in report["runs"].items():
+        (run,) = runs
+        assert run["algo"] == algo and run["median_step_s"] > 0
+        assert 0 < run["mean_response_tokens"] <= 4
+        assert run["phases"]["time/generate"] > 0 and run["phases"]["time/learn"] > 0
+        assert min(run["phases"].values()) >= 0
+    assert report["ratio"] == pytest.approx(report["ppo_s"] / report["grpo_s"])
+
+
+@pytest.mark.timeout(180)
+def test_shared_prompts_benchmark_smoke():
+    """Each scoring mode (full, packed, cached) runs a learn and a reference pass."""
+    report = _run("shared_prompts.py", "--smoke")
+    assert report["smoke"] and (report["prompts"], report["group"]) == (2, 4)
+    (row,) = report["rows"]
+    assert (row["prompt_len"], row["rows"], row["completion"]) == (9, 8, 4)
+    assert row["saved_rows"] == (8 - 2) * 9 and row["default"] in {"full", "packed", "cached"}
+    for fn in ("learn", "reference"):
+        for mode in ("full", "packed", "cached"):
+            assert row[f"{fn}_{mode}"] > 0
+        for mode in ("packed", "cached"):
+            assert row[f"{fn}_{mode}_ratio"] > 0
+
+
+TRAINING = ("sft", "reward", "dpo", "grpo")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_vs_trl_benchmark_smoke():
+    report = _run("vs_trl.py", "--smoke", timeout=380)
+    steps = report["settings"]["steps"]
+    runs = report["runs"]
+    assert [r for r in runs if "error" in r or "skipped" in r] == []
+    summary = report["summary"]
+    assert set(summary) == {*TRAINING, "sampling"}
+    for task in TRAINING:
+        for impl in ("pavlov", "trl"):
+            row = summary[task][impl]
+            assert _positive(row["median_step_s"]), (task, impl, row)
+            (run,) = [r for r in runs if r["task"] == task and r["impl"] == impl]
+            assert len(run["step_seconds"]) == steps, (task, impl)
+            assert all(_positive(s) for s in run["step_seconds"]), (task, impl, run)
+        assert _positive(summary[task]["pavlov_vs_trl"]["step_time"])
+        assert summary[task]["batches_match"] is True, task  # GRPO: the same prompts per step
+    for impl in ("pavlov", "trl"):
+        (run,) = [r for r in runs if r["task"] == "grpo" and r["impl"] == impl]
+        rewards = [s["reward_mean"] for s in run["grpo_steps"]]
+        assert len(rewards) == steps and all(-1 <= r <= 1 for r in rewards), (impl, rewards)
+        assert math.isfinite(summary["grpo"][impl]["reward_mean"])
+    sampling = summary["sampling"]
+    assert _positive(sampling["pavlov_tokens_per_s"]) and _positive(sampling["hf_tokens_per_s"])

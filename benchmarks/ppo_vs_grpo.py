@@ -12,7 +12,8 @@ Reports the median wall seconds per step over steps 3..N, interleaving the two (
     python benchmarks/ppo_vs_grpo.py --steps 10 --rounds 1
     python benchmarks/ppo_vs_grpo.py --smoke   # seconds, tiny llama: the test suite runs this
 
-``--smoke``: a tiny random Llama (:func:`pavlov.llm.tiny.tiny_causal_lm`), 3 steps, 4 new tokens.
+``--smoke``: a tiny random Llama (:func:`pavlov.llm.models.tiny.tiny_causal_lm`), 3 steps, 4 new
+tokens.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import torch
 
 
 def run(algo: str, steps: int, smoke: bool = False) -> dict:
-    from pavlov.llm.models import load_causal_lm
-    from pavlov.llm.rt import rt_movies, rt_prompt
-    from pavlov.llm.tiny import tiny_causal_lm
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.models.loading import load_causal_lm
+    from pavlov.llm.models.tiny import tiny_causal_lm
     from pavlov.llm.trainers.online import OnlineConfig, train_online
 
     model, tok = tiny_causal_lm() if smoke else load_causal_lm("smollm2")

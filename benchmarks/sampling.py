@@ -5,7 +5,7 @@ the limit, so both do the same work) after random ``--prompt-len``-token prompts
 temperature / top-k / top-p, in one process on the same model:
 
 * hf: ``model.generate(do_sample=True, ...)`` (greedy when ``--temperature 0``);
-* pavlov: :func:`pavlov.llm.rollout.generate`, which also returns the per-token log-probs
+* pavlov: :func:`pavlov.llm.generation.rollout.generate`, which also returns the per-token log-probs
   (``generate`` is not asked for its scores: that is extra work it would do on top).
 
 The model is ``--model`` (a local path or Hub name, loaded in fp32) or, by default, a randomly
@@ -33,7 +33,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
 
-from pavlov.llm.rollout import SamplingConfig, generate, left_pad
+from pavlov.llm.generation.rollout import SamplingConfig, generate, left_pad
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]

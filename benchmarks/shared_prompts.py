@@ -1,11 +1,12 @@
 """Shared-prompt scoring: a GRPO learn pass with each distinct prompt run once vs every row.
 
 GRPO scores G completions per prompt; the full forward runs the prompt columns G times.
-:func:`pavlov.llm.scoring.score_tokens` can run each distinct prompt once (``share_prompts``):
+:func:`pavlov.llm.scoring.logprobs.score_tokens` can run each distinct prompt once
+(``share_prompts``):
 packed (one forward over ``[prompt | response 1 | ... | response G]`` rows with a block mask) or
 cached (the prompts' key/value cache copied to the rows that repeat them, then the responses).
 This measures, on SmolLM2-135M in float32 with the trainers' kernels
-(:func:`pavlov.llm.lean.fast_kernels`), the seconds of one policy learn pass (forward +
+(:func:`pavlov.llm.cpu.lean.fast_kernels`), the seconds of one policy learn pass (forward +
 backward of the summed response log-probs) and of one no-grad reference pass in each mode
 (``full``, ``packed``, ``cached``, each forced), for ``prompts x G`` rows, prompt lengths
 ``--prompt-lengths`` (random token ids, no padding) and response lengths ``--completions``, and
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         args.prompt_lengths, args.completions, args.repeats = "9", "4", 1
     torch.set_num_threads(args.threads)
 
-    from pavlov.llm import scoring
-    from pavlov.llm.lean import fast_kernels
-    from pavlov.llm.models import load_causal_lm
-    from pavlov.llm.tiny import tiny_causal_lm
+    from pavlov.llm.cpu.lean import fast_kernels
+    from pavlov.llm.models.loading import load_causal_lm
+    from pavlov.llm.models.tiny import tiny_causal_lm
+    from pavlov.llm.scoring import logprobs as scoring
 
     if args.smoke:  # the same architecture (Llama, GQA, tied embeddings), hidden 32
         model, _ = tiny_causal_lm()

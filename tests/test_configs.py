@@ -31,7 +31,7 @@ def test_config_builds(path):
     data = load_yaml(path)
     prefix = path.stem.split("-")[0]
     if "case_study" in data:  # pavlov rlhf
-        from pavlov.llm.case_study import CaseStudyConfig, stage_configs
+        from pavlov.llm.case_study.pipeline import CaseStudyConfig, stage_configs
 
         assert set(data) <= {"name", "runs_dir", "case_study"}
         assert stage_configs(build_config(CaseStudyConfig, data["case_study"])) is not None

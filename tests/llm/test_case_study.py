@@ -1,5 +1,5 @@
-"""`pavlov rlhf` / :mod:`pavlov.llm.case_study`: the pipeline on tiny random models (fast), and the
-shortened demo on the embedded assets (slow)."""
+"""`pavlov rlhf` / :mod:`pavlov.llm.case_study.pipeline`: the pipeline on tiny random models
+(fast), and the shortened demo on the embedded assets (slow)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import torch
 
 from pavlov.cli import main
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.llm.case_study import CaseStudyAssets, CaseStudyConfig, run_case_study, stage_configs
-from pavlov.llm.case_study_steps import JudgeTap
-from pavlov.llm.data import PreferenceExample, SFTExample
-from pavlov.llm.policy_eval import distinct_n, evaluate_policy, module_logprobs, on_topic
-from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from pavlov.llm.case_study.pipeline import (
+    CaseStudyAssets,
+    CaseStudyConfig,
+    run_case_study,
+    stage_configs,
+)
+from pavlov.llm.case_study.steps import JudgeTap
+from pavlov.llm.data.datasets import PreferenceExample, SFTExample
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
+from pavlov.llm.scoring.policy_eval import distinct_n, evaluate_policy, module_logprobs, on_topic
 
 # peft 0.21 calls a helper transformers 5 deprecated
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
@@ -197,7 +202,7 @@ def test_reader_sampling_kl_at_the_training_temperature_and_base_model_fluency()
 
 
 def test_goal_checks_compare_with_the_sft_model_and_the_fixed_bounds():
-    from pavlov.llm.case_study_report import goal_checks
+    from pavlov.llm.case_study.report import goal_checks
 
     before = {"judge/positive_fraction": 0.5, "judge/mean": 0.1, "fluency/nll": 2.2,
               "text/distinct2": 0.8, "topic/on_topic": 0.2, "kl/ref": 0.0}  # fmt: skip
@@ -339,7 +344,7 @@ def test_bad_input_one_line_exit_2_no_run_dir(args, message, tmp_path, capsys, m
 
 def test_cli_runs_the_case_study_with_injected_assets(tmp_path, capsys, monkeypatch):
     """`pavlov rlhf --json` end to end, with the loaders swapped for tiny ones."""
-    import pavlov.llm.case_study as cs
+    import pavlov.llm.case_study.pipeline as cs
 
     monkeypatch.setattr(cs, "CaseStudyAssets", tiny_assets)
     config = tmp_path / "rlhf.yaml"
@@ -371,7 +376,7 @@ def test_quick_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
     held-out movies: the share of positive reviews (held-out judge, VADER) rises by >= 15 points
     while the reviews stay about as fluent under the untouched base model and KL stays near its
     leash."""
-    from pavlov.llm.case_study_report import KL_BOUND
+    from pavlov.llm.case_study.report import KL_BOUND
 
     args = ["rlhf", "--quick", "--runs-dir", str(tmp_path), "--name", "quick", "--json"]
     code, out, err = run_cli(args, capsys)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pavlov.cli import main
-from pavlov.llm.models import save_model
-from pavlov.llm.tiny import tiny_causal_lm
+from pavlov.llm.models.loading import save_model
+from pavlov.llm.models.tiny import tiny_causal_lm
 
 PREFS = [
     {"prompt": f"Review of film {i}:", "chosen": " great, funny and warm", "rejected": " dull"}

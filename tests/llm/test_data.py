@@ -1,4 +1,5 @@
-"""pavlov.llm.data: loading with validation, chat templates, tokenization, packing, RT corpus."""
+"""pavlov.llm.data.datasets: loading with validation, chat templates, tokenization, packing, RT
+corpus."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 import torch
 
 from pavlov.errors import PavlovError
-from pavlov.llm import assets
-from pavlov.llm.data import (
+from pavlov.llm.data.datasets import (
     IGNORE_INDEX,
     PreferenceExample,
     SFTExample,
@@ -27,7 +27,7 @@ from pavlov.llm.data import (
     tokenize_preferences,
     tokenize_sft,
 )
-from pavlov.llm.rt import (
+from pavlov.llm.data.rt import (
     rt_movies,
     rt_preferences,
     rt_sentiment,
@@ -36,7 +36,8 @@ from pavlov.llm.rt import (
     rt_synopsis,
     rt_topic_words,
 )
-from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from pavlov.llm.models import assets
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
 
 
 def _jsonl(path, rows):

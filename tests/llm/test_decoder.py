@@ -1,4 +1,4 @@
-"""Tests for pavlov.llm.decoder: the Llama-family fast decode path must compute exactly what the
+"""Tests for pavlov.llm.cpu.decoder: the Llama-family fast decode path must compute exactly what the
 model's own forward computes (to float32 round-off), with left padding and a static cache."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pavlov.llm import decoder as decoder_module
-from pavlov.llm.decoder import fast_decoder
-from pavlov.llm.kernels import can_pack
-from pavlov.llm.models import LoraSpec, apply_lora
-from pavlov.llm.native import row_kernel_available
-from pavlov.llm.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
-from pavlov.llm.tiny import tiny_random_lm
+from pavlov.llm.cpu import decoder as decoder_module
+from pavlov.llm.cpu.decoder import fast_decoder
+from pavlov.llm.cpu.kernels import can_pack
+from pavlov.llm.cpu.native import row_kernel_available
+from pavlov.llm.generation.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
+from pavlov.llm.models.loading import LoraSpec, apply_lora
+from pavlov.llm.models.tiny import tiny_random_lm
 
 V = 97
 torch.set_num_threads(2)
@@ -129,7 +129,7 @@ def test_repeated_prompts_share_one_prefill(arch, packing, monkeypatch):
 
 @pytest.mark.parametrize("arch", [*sorted(MODELS), "llama-large-gates"])
 def test_one_call_c_step_equals_the_per_op_step(arch):
-    """The C decode step (:class:`pavlov.llm.native.DecodeLayers`) against the same decoder's
+    """The C decode step (:class:`pavlov.llm.cpu.native.DecodeLayers`) against the same decoder's
     torch ops, token by token, caches included."""
     if not row_kernel_available():
         pytest.skip("no C compiler / AVX2 here")

@@ -1,4 +1,4 @@
-"""Tests for pavlov.llm.kernels: oneDNN linears and the sparse tied-embedding gradient must give
+"""Tests for pavlov.llm.cpu.kernels: oneDNN linears and the sparse tied-embedding gradient must give
 the gradients PyTorch's defaults give (to float32 round-off), and be undone on exit."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import contextlib
 import pytest
 import torch
 
-from pavlov.llm.kernels import (
+from pavlov.llm.cpu.kernels import (
     dnn_linear,
     inplace_tied_embedding,
     onednn_available,
     onednn_linears,
 )
-from pavlov.llm.lean import fast_kernels
-from pavlov.llm.scoring import score_tokens
-from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
+from pavlov.llm.cpu.lean import fast_kernels
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_random_lm
+from pavlov.llm.scoring.logprobs import score_tokens
 
 torch.set_num_threads(2)
 
@@ -82,7 +82,8 @@ def test_patches_are_undone_and_untied_embeddings_stay_dense():
 def test_heap_compaction_is_auto_for_full_fp32_offline_training_only():
     import sys
 
-    from pavlov.llm.trainers.common import TrainConfig, compact_heap, heap_compaction
+    from pavlov.llm.cpu.heap import compact_heap
+    from pavlov.llm.trainers.common import TrainConfig, heap_compaction
 
     model = tiny_random_lm("llama", 97)
     assert heap_compaction(TrainConfig(), model)
@@ -101,8 +102,8 @@ def test_heap_compaction_is_auto_for_full_fp32_offline_training_only():
 def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
     import sys
 
-    from pavlov.llm.trainers import common
-    from pavlov.llm.trainers.common import reuse_heap
+    from pavlov.llm.cpu import heap
+    from pavlov.llm.cpu.heap import reuse_heap
     from pavlov.llm.trainers.online import OnlineConfig, _heap_policy
 
     linux = sys.platform.startswith("linux")
@@ -114,10 +115,10 @@ def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
     with reuse_heap(False) as applied:
         assert not applied
     calls = []
-    monkeypatch.setattr(common, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
+    monkeypatch.setattr(heap, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
     for cfg, first in [
-        (OnlineConfig(), (common.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
-        (OnlineConfig(compact_heap=True), (common.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
+        (OnlineConfig(), (heap.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
+        (OnlineConfig(compact_heap=True), (heap.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
     ]:
         calls.clear()
         with _heap_policy(cfg, model) as applied:
@@ -254,7 +255,7 @@ def test_masked_gqa_sdpa_skips_the_key_value_copies_with_the_same_results(monkey
 
     import transformers.integrations.sdpa_attention as sdpa
 
-    from pavlov.llm.kernels import GQA_SWITCH, masked_gqa_sdpa
+    from pavlov.llm.cpu.kernels import GQA_SWITCH, masked_gqa_sdpa
 
     model = tiny_random_lm("llama", 97, 3)  # 4 query / 2 key-value heads
     assert model.config.num_key_value_heads < model.config.num_attention_heads

@@ -1,13 +1,13 @@
-"""pavlov.llm.lean: the Llama MLP and RMSNorm with a leaner backward compute the same outputs and
-gradients as the modules' own forward, and save fewer bytes for backward."""
+"""pavlov.llm.cpu.lean: the Llama MLP and RMSNorm with a leaner backward compute the same outputs
+and gradients as the modules' own forward, and save fewer bytes for backward."""
 
 from __future__ import annotations
 
 import torch
 
-from pavlov.llm.kernels import onednn_linears
-from pavlov.llm.lean import lean_blocks
-from pavlov.llm.tiny import tiny_random_lm
+from pavlov.llm.cpu.kernels import onednn_linears
+from pavlov.llm.cpu.lean import lean_blocks
+from pavlov.llm.models.tiny import tiny_random_lm
 
 V = 97
 

@@ -42,7 +42,7 @@ def test_reward_model_rotten_tomatoes_heldout_accuracy(tmp_path, capsys):
     60). ~90 s (0.9 s/step); fp32 reaches the same accuracy at ~1.3-2 s/step."""
     s = run_config("reward-model", "rm-rotten-tomatoes.yaml", tmp_path, capsys)
     assert s["metrics"]["eval/accuracy"] >= 0.80
-    from pavlov.llm.rt import rt_preferences
+    from pavlov.llm.data.rt import rt_preferences
     from pavlov.llm.trainers import load_reward_model
 
     score = load_reward_model(s["run"])

@@ -1,4 +1,5 @@
-"""pavlov.llm.models: padding, tiny models, LoRA, save/load (fast); embedded assets (slow)."""
+"""pavlov.llm.models.loading: padding, tiny models, LoRA, save/load (fast); embedded assets
+(slow)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.llm import assets
-from pavlov.llm.models import (
+from pavlov.llm.models import assets
+from pavlov.llm.models.loading import (
     LoraSpec,
     apply_lora,
     embed,
@@ -22,7 +23,7 @@ from pavlov.llm.models import (
     pad_right,
     save_model,
 )
-from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
 
 ARCHS = ["gpt2", "llama"]
 TEXTS = ["The movie was great", "bad", "What is 2 + 3? The answer is"]
@@ -335,8 +336,7 @@ def test_assets_found_without_import():
 
 @pytest.mark.slow
 def test_smollm2_gguf_cache_matches_gguf(tmp_path, monkeypatch):
-    from pavlov.llm import models
-
+    from pavlov.llm.models import loading as models
     monkeypatch.setenv("PAVLOV_CACHE", str(tmp_path))
     t0 = time.perf_counter()
     gguf_model, gguf_tok = models._smollm2_from_gguf()

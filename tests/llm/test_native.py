@@ -1,4 +1,4 @@
-"""Tests for pavlov.llm.native: the C row kernel computes ``x W^T + b`` like ``F.linear``."""
+"""Tests for pavlov.llm.cpu.native: the C row kernel computes ``x W^T + b`` like ``F.linear``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pavlov.llm import native
-from pavlov.llm.native import row_kernel_available, row_linear, row_linears
+from pavlov.llm.cpu import native
+from pavlov.llm.cpu.native import row_kernel_available, row_linear, row_linears
 
 
 def test_the_kernel_builds_on_x86_linux_with_a_compiler():
@@ -96,7 +96,7 @@ def test_disabled_by_environment(monkeypatch):
 
 
 def _torch_draw(z: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from pavlov.llm.rollout import _draw
+    from pavlov.llm.generation.rollout import _draw
 
     tokens = _draw(torch.softmax(z, dim=-1), None, u)
     return tokens, z.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)

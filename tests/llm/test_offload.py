@@ -1,4 +1,4 @@
-"""pavlov.llm.offload: a frozen copy whose weights live in a file computes exactly what an
+"""pavlov.llm.cpu.offload: a frozen copy whose weights live in a file computes exactly what an
 in-memory copy computes, holds no weight memory outside ``loaded``, and leaves no file behind."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from pavlov.llm.offload import is_offloaded, loaded, offload_copy
-from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
+from pavlov.llm.cpu.offload import is_offloaded, loaded, offload_copy
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_random_lm
 from pavlov.llm.trainers.online import OnlineConfig, train_online
 
 V = 97

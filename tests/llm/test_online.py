@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.llm.tiny import tiny_causal_lm
+from pavlov.llm.models.tiny import tiny_causal_lm
 from pavlov.llm.trainers import load_resume
 from pavlov.llm.trainers.online import OnlineConfig, train_online
 from pavlov.math import (

@@ -1,4 +1,4 @@
-"""pavlov.llm.replay: the policy's forward replaying the rollout's linear outputs must give the
+"""pavlov.llm.cpu.tape: the policy's forward replaying the rollout's linear outputs must give the
 log-probs and gradients of the plain forward (to float32 round-off), and only when valid."""
 
 from __future__ import annotations
@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pavlov.llm import replay as replay_module
-from pavlov.llm import scoring
-from pavlov.llm.lean import fast_kernels
-from pavlov.llm.models import LoraSpec, apply_lora
-from pavlov.llm.native import row_kernel_available
-from pavlov.llm.rollout import SamplingConfig, generate, left_pad
-from pavlov.llm.scoring import score_tokens
-from pavlov.llm.tiny import tiny_causal_lm, tiny_random_lm
+from pavlov.llm.cpu import tape as replay_module
+from pavlov.llm.cpu.lean import fast_kernels
+from pavlov.llm.cpu.native import row_kernel_available
+from pavlov.llm.generation.rollout import SamplingConfig, generate, left_pad
+from pavlov.llm.models.loading import LoraSpec, apply_lora
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_random_lm
+from pavlov.llm.scoring import logprobs as scoring
+from pavlov.llm.scoring.logprobs import score_tokens
 from pavlov.llm.trainers.online import OnlineConfig, train_online
 
 V = 97
@@ -114,7 +114,7 @@ def test_no_tape_without_record_or_for_lora():
 
 def test_decode_step_checks_the_tape_it_writes_to():
     model = MODELS["llama"]()
-    from pavlov.llm.decoder import fast_decoder
+    from pavlov.llm.cpu.decoder import fast_decoder
 
     ids, mask = left_pad([torch.tensor(p) for p in PROMPTS[:2]], 0)
     dec = fast_decoder(model, 2, ids.shape[1] + 4, record=True)
@@ -165,7 +165,7 @@ def test_a_tape_replays_only_the_sequences_it_sampled():
 def test_smollm2_replayed_update_matches_the_computed_one():
     """The embedded SmolLM2-135M (30 layers): the replayed forward's log-probs and gradients
     against the computed ones, on a GRPO-shaped batch (2 prompts x 3 completions)."""
-    from pavlov.llm.models import load_causal_lm
+    from pavlov.llm.models.loading import load_causal_lm
 
     model, tok = load_causal_lm("smollm2", dtype=torch.float32)
     prompts = ["Review of Titanic:", "Review of Fargo, a film by the Coen brothers:"]

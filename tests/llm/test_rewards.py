@@ -1,4 +1,5 @@
-"""pavlov.llm.rewards: VADER, reward models, weighted sums, spec resolution and the checks."""
+"""pavlov.llm.scoring.rewards: VADER, reward models, weighted sums, spec resolution and the
+checks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.llm.rewards import (
+from pavlov.llm.scoring.rewards import (
     NamedReward,
     RewardError,
     WeightedSum,
@@ -212,7 +213,7 @@ def test_resolve_reward_rejects_unknown_specs_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def saved_rm(tmp_path_factory):
     """A tiny untrained causal reward model saved as ``<run>/model``; its in-memory copy."""
-    from pavlov.llm.tiny import tiny_causal_lm
+    from pavlov.llm.models.tiny import tiny_causal_lm
     from pavlov.llm.trainers.reward_model import RewardModel, save_reward_model
 
     backbone, tok = tiny_causal_lm()

@@ -1,4 +1,4 @@
-"""Tests for pavlov.llm.rollout: the KV-cache sampling engine, on tiny random models.
+"""Tests for pavlov.llm.generation.rollout: the KV-cache sampling engine, on tiny random models.
 
 The central check: the engine's per-token log-probs equal a plain full forward of the finished
 sequences, row by row *without* padding, for a rotary (Llama) and an absolute-position (GPT-2)
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pavlov.llm.rollout import (
+from pavlov.llm.generation.rollout import (
     Rollout,
     SamplingConfig,
     generate,
@@ -18,7 +18,7 @@ from pavlov.llm.rollout import (
     position_ids_from_mask,
     sample_next,
 )
-from pavlov.llm.tiny import tiny_random_lm
+from pavlov.llm.models.tiny import tiny_random_lm
 
 V = 97
 torch.set_num_threads(2)
@@ -129,7 +129,7 @@ def test_sample_next_never_draws_zero_probability_tokens():
 def test_sample_next_native_and_torch_paths_draw_the_same_tokens(monkeypatch):
     """The C sampler (``native.sample_rows``) takes the uniforms the torch path would: with the
     same seed both give the same tokens and log-probs (temperature applied first)."""
-    import pavlov.llm.rollout as rollout
+    import pavlov.llm.generation.rollout as rollout
 
     logits = torch.randn(64, 3000, generator=torch.Generator().manual_seed(3)) * 4
     cfg = SamplingConfig(temperature=0.7)

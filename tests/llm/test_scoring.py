@@ -1,22 +1,22 @@
-"""Tests for pavlov.llm.scoring: response log-probs under a model, against the rollout engine
-and against a naive full log-softmax."""
+"""Tests for pavlov.llm.scoring.logprobs: response log-probs under a model, against the rollout
+engine and against a naive full log-softmax."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pavlov.llm import scoring
-from pavlov.llm.models import LoraSpec, apply_lora
-from pavlov.llm.offload import loaded, offload_copy
-from pavlov.llm.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
-from pavlov.llm.scoring import (
+from pavlov.llm.cpu.offload import loaded, offload_copy
+from pavlov.llm.generation.rollout import SamplingConfig, generate, left_pad, position_ids_from_mask
+from pavlov.llm.models.loading import LoraSpec, apply_lora
+from pavlov.llm.models.tiny import tiny_random_lm
+from pavlov.llm.scoring import logprobs as scoring
+from pavlov.llm.scoring.logprobs import (
     score_tokens,
     sequence_logprob,
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from pavlov.llm.tiny import tiny_random_lm
 from pavlov.math.policy import categorical_entropy
 
 V = 97

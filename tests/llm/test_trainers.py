@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pavlov.errors import ConfigError, PavlovError
-from pavlov.llm.data import (
+from pavlov.llm.data.datasets import (
     LabeledText,
     PreferenceExample,
     SFTExample,
@@ -18,8 +18,8 @@ from pavlov.llm.data import (
     pack_sequences,
     tokenize_sft,
 )
-from pavlov.llm.models import is_peft_model
-from pavlov.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from pavlov.llm.models.loading import is_peft_model
+from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
 from pavlov.llm.trainers import (
     DPOConfig,
     RewardConfig,
@@ -292,7 +292,7 @@ def test_reward_model_lora_and_pointwise_round_trip(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pavlov.llm.models import save_model
+    from pavlov.llm.models.loading import save_model
 
     model, tok = tiny_causal_lm()
     save_model(model, tok, tmp_path / "base")  # LoRA reward models reload their base from here
@@ -429,7 +429,7 @@ def test_saved_models_load_with_transformers_and_peft(tmp_path):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from pavlov.llm.models import save_model
+    from pavlov.llm.models.loading import save_model
 
     model, tok = tiny_causal_lm()
     with Run.create(tmp_path, "full", {}) as run:

@@ -107,7 +107,7 @@ def _model_ref(value: Any) -> str | None:
 
 def load_backbone(command: str, opts: dict[str, Any]):
     """``(model, tokenizer, kind)``; the tokenizer must have a pad (or eos) token."""
-    from pavlov.llm.models import ensure_pad_token, load_causal_lm, load_encoder
+    from pavlov.llm.models.loading import ensure_pad_token, load_causal_lm, load_encoder
 
     kind = opts.get("backbone") or ("encoder" if opts.get("model") == "minilm" else "causal")
     if kind not in BACKBONES or (kind == "encoder" and command != "reward-model"):
@@ -124,7 +124,8 @@ def load_backbone(command: str, opts: dict[str, Any]):
 
 def load_data(command: str, opts: dict[str, Any], mode: str, tokenizer) -> tuple[list, list]:
     """Training and held-out examples: the user's files, or Rotten Tomatoes (split by movie)."""
-    from pavlov.llm import data, rt
+    from pavlov.llm.data import datasets as data
+    from pavlov.llm.data import rt
     from pavlov.llm.trainers.reward import load_labeled
 
     chat = bool(opts.get("chat_template"))
@@ -207,7 +208,7 @@ def _trainer_kwargs(command: str, opts: dict[str, Any], kind: str) -> dict[str, 
         default = "minilm" if kind == "encoder" else "smollm2"
         return {"kind": kind, "base_model": opts.get("model") or default}
     if command == "dpo":
-        from pavlov.llm.models import load_causal_lm
+        from pavlov.llm.models.loading import load_causal_lm
 
         return {"load_reference": lambda: load_causal_lm(opts.get("model"))[0]}
     return {}
@@ -253,7 +254,7 @@ def load_trained_lm(path: str | None):
     """``(model, tokenizer)`` from a model directory, a run directory (its ``model/``), a
     LoRA adapter directory (base from its ``adapter_config.json``) or a name (``None``: the
     embedded SmolLM2)."""
-    from pavlov.llm.models import load_causal_lm
+    from pavlov.llm.models.loading import load_causal_lm
 
     p = Path(path).expanduser() if path is not None else None
     if p is not None and (p / "config.yaml").is_file() and (p / "model").is_dir():
@@ -276,7 +277,7 @@ def load_trained_lm(path: str | None):
 
 
 def _prompts(opts: dict[str, Any], tokenizer) -> list:
-    from pavlov.llm.data import PromptExample, load_prompts
+    from pavlov.llm.data.datasets import PromptExample, load_prompts
 
     chat = bool(opts.get("chat_template"))
     given = [{"prompt": p} for p in opts.get("prompt") or []]
@@ -292,7 +293,7 @@ def _prompts(opts: dict[str, Any], tokenizer) -> list:
 
 
 def _sampling(opts: dict[str, Any], tokenizer, pad_id: int):
-    from pavlov.llm.rollout import SamplingConfig
+    from pavlov.llm.generation.rollout import SamplingConfig
 
     eos = tokenizer.eos_token_id
     try:
@@ -332,8 +333,8 @@ def run_generate(opts: dict[str, Any], json_out: bool) -> dict[str, Any]:
     import dataclasses
 
     from pavlov.errors import check_count
-    from pavlov.llm.models import ensure_pad_token
-    from pavlov.llm.rollout import generate, left_pad
+    from pavlov.llm.generation.rollout import generate, left_pad
+    from pavlov.llm.models.loading import ensure_pad_token
     from pavlov.run.console import emit_json
 
     batch_size = opts.get("batch_size") or 8

@@ -25,7 +25,7 @@ SAVED_KEYS = ("model", "prompts", "reward", "chat_template")
 
 def parse_rewards(values: Any) -> Any:
     """``--reward`` values (``SPEC`` or ``SPEC=WEIGHT``) or a config's ``reward:`` entry -> what
-    :func:`pavlov.llm.rewards.resolve_reward` takes."""
+    :func:`pavlov.llm.scoring.rewards.resolve_reward` takes."""
     if values is None or values == []:
         raise ConfigError("rl needs a reward: --reward vader, --reward RUN_DIR, or SPEC=WEIGHT")
     if isinstance(values, dict):
@@ -49,8 +49,8 @@ def parse_rewards(values: Any) -> Any:
 
 
 def _prompts(opts: dict[str, Any], tokenizer) -> list:
-    from pavlov.llm.data import load_prompts
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.datasets import load_prompts
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
 
     if opts.get("prompts") is None:
         return [rt_prompt(m) for m in rt_movies("train")]
@@ -75,7 +75,7 @@ def run_rl(
         open_llm_run,
         resolve_options,
     )
-    from pavlov.llm.rewards import resolve_reward
+    from pavlov.llm.scoring.rewards import resolve_reward
     from pavlov.llm.trainers.online import OnlineConfig, train_online
     from pavlov.run.console import emit_json
 

@@ -1,9 +1,10 @@
 """``pavlov rlhf``: the positive-movie-review case study (SFT, reward model, PPO/GRPO/RLOO/DPO,
 held-out evaluation), what ``make demo`` runs.
 
-Options resolve in this order (later wins): :class:`~pavlov.llm.case_study.CaseStudyConfig`'s
+Options resolve in this order (later wins):
+:class:`~pavlov.llm.case_study.pipeline.CaseStudyConfig`'s
 defaults, ``--config FILE.yaml`` (top-level ``name``, ``runs_dir`` and a ``case_study:`` section
-of config fields), ``--quick`` (:data:`~pavlov.llm.case_study.QUICK`), ``--algo``, then
+of config fields), ``--quick`` (:data:`~pavlov.llm.case_study.pipeline.QUICK`), ``--algo``, then
 ``-o key=value``; ``-o sft.F=V``, ``-o rm.F=V`` and ``-o rl.F=V`` set fields of a step's own
 trainer config. Everything is validated before the run directory exists.
 """
@@ -22,7 +23,7 @@ STAGE_PREFIXES = {"sft": "sft_options", "rm": "rm_options", "rl": "rl_options"}
 
 def resolve_config(opts: dict[str, Any], quick: bool, overrides: list[str] | None):
     """The :class:`CaseStudyConfig` of a command line (``opts``: the config file + flags)."""
-    from pavlov.llm.case_study import QUICK, CaseStudyConfig
+    from pavlov.llm.case_study.pipeline import QUICK, CaseStudyConfig
 
     unknown = set(opts) - TOP_KEYS - {"algo"}
     if unknown:
@@ -60,7 +61,7 @@ def run_rlhf(
     assets=None,
 ) -> dict[str, Any]:
     """Validate, run the case study, print the before/after table; ``--json``: the summary."""
-    from pavlov.llm.case_study import run_case_study
+    from pavlov.llm.case_study.pipeline import run_case_study
     from pavlov.run import default_run_name
     from pavlov.run.console import emit_json
 
@@ -75,7 +76,7 @@ def run_rlhf(
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from pavlov.llm.case_study_report import comparison_rows, goal_checks
+    from pavlov.llm.case_study.report import comparison_rows, goal_checks
     from pavlov.run.console import stdout, table
 
     algo = summary["algo"]

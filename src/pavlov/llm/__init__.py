@@ -5,7 +5,7 @@ reward functions for online RL (callables, reward models, VADER, weighted sums).
 Heavy imports (transformers, peft) happen inside the functions that need them.
 """
 
-from pavlov.llm.data import (
+from pavlov.llm.data.datasets import (
     LabeledText,
     PackedBlock,
     PreferenceExample,
@@ -22,7 +22,8 @@ from pavlov.llm.data import (
     tokenize_preferences,
     tokenize_sft,
 )
-from pavlov.llm.models import (
+from pavlov.llm.data.rt import rt_movies, rt_preferences, rt_sentiment, rt_sft, rt_split_of
+from pavlov.llm.models.loading import (
     LoraSpec,
     apply_lora,
     embed,
@@ -33,7 +34,8 @@ from pavlov.llm.models import (
     pad_right,
     save_model,
 )
-from pavlov.llm.rewards import (
+from pavlov.llm.models.tiny import tiny_causal_lm
+from pavlov.llm.scoring.rewards import (
     RewardError,
     compute_rewards,
     resolve_reward,
@@ -41,8 +43,6 @@ from pavlov.llm.rewards import (
     vader_reward,
     weighted_sum,
 )
-from pavlov.llm.rt import rt_movies, rt_preferences, rt_sentiment, rt_sft, rt_split_of
-from pavlov.llm.tiny import tiny_causal_lm
 
 __all__ = [
     "LabeledText",

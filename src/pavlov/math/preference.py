@@ -2,8 +2,8 @@
 
 Shapes: every input is ``(B,)``, one entry per preference pair (chosen ``w``, rejected ``l``).
 The DPO losses take *sequence* log-probabilities, ``log pi(y | x)`` summed over the response
-tokens (:func:`pavlov.llm.scoring.sequence_logprob`), of the policy and of the frozen reference
-model; reference log-probs are treated as constants (detached) inside the losses.
+tokens (:func:`pavlov.llm.scoring.logprobs.sequence_logprob`), of the policy and of the frozen
+reference model; reference log-probs are treated as constants (detached) inside the losses.
 
 Every DPO variant is a function of the same arguments, picked by name from :data:`DPO_LOSSES`
 (``loss_fn = DPO_LOSSES[cfg.loss_type]``), and of the log-ratio difference

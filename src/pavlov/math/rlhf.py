@@ -2,7 +2,7 @@
 tokens, KL-coefficient control and the per-token loss reductions of PPO-RLHF and GRPO.
 
 Shapes: ``B`` responses of ``T`` tokens (right-aligned after their prompts, as in a
-:class:`~pavlov.llm.rollout.Rollout`); per-token tensors are ``(B, T)`` with a ``(B, T)``
+:class:`~pavlov.llm.generation.rollout.Rollout`); per-token tensors are ``(B, T)`` with a ``(B, T)``
 response ``mask`` that is true from the first response token up to and including the EOS
 (or the last token when the response was cut at the length limit). A response has >= 1 token.
 

@@ -34,7 +34,7 @@ from pavlov.errors import (
     check_positive,
     check_range,
 )
-from pavlov.llm.native import l2_norm
+from pavlov.llm.cpu.native import l2_norm
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": None}
@@ -76,7 +76,7 @@ class TrainConfig:
     ``"auto"`` (bf16 where the CPU multiplies bf16 fast, see :func:`fast_bf16`; else fp32)."""
     fast_kernels: bool = True
     """float32 CPU linears through oneDNN and a sparse gradient for a tied input embedding
-    (:mod:`pavlov.llm.kernels`): the same results to float32 round-off, less time and memory
+    (:mod:`pavlov.llm.cpu.kernels`): the same results to float32 round-off, less time and memory
     traffic per step. ``False`` uses PyTorch's defaults."""
     compact_heap: bool | None = None
     """On glibc (Linux), while training, serve allocations of 64 KiB and more with ``mmap`` so
@@ -87,7 +87,7 @@ class TrainConfig:
     steps measured), and off for the online trainers, whose generate / reference / learn phases
     allocate ~2 GB of short-lived tensors per step (fp32 GRPO 8.9 -> 10.7 s a step with it, on
     a VM where a fresh page costs 1.6 us): they keep freed memory for the next step instead
-    (``OnlineConfig.reuse_heap``). See :func:`compact_heap`."""
+    (``OnlineConfig.reuse_heap``). See :func:`pavlov.llm.cpu.heap.compact_heap`."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""
@@ -178,86 +178,16 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # where glibc's adaptive threshold ends up (64-bit)
-
-
-def _mallopt(param: int, value: int) -> bool:
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(param, int(value)))
-    except (OSError, AttributeError):
-        return False
-
-
 def heap_compaction(cfg: TrainConfig, model: nn.Module, online: bool = False) -> bool:
-    """Whether :func:`compact_heap` should be on for this run (``cfg.compact_heap``, or auto:
-    full fp32 offline training only; ``online``: the trainer generates its own data)."""
+    """Whether :func:`~pavlov.llm.cpu.heap.compact_heap` should be on for this run
+    (``cfg.compact_heap``, or auto: full fp32 offline training only; ``online``: the trainer
+    generates its own data)."""
     if cfg.compact_heap is not None:
         return cfg.compact_heap
-    from pavlov.llm.models import is_peft_model
+    from pavlov.llm.models.loading import is_peft_model
 
     fp32 = resolve_precision(cfg.precision) == "fp32"
     return not online and fp32 and not cfg.lora and not is_peft_model(model)
-
-
-@contextlib.contextmanager
-def compact_heap(enabled: bool = True, threshold: int = 64 * 1024) -> Iterator[bool]:
-    """Within the block, ask glibc to ``mmap`` every allocation of ``threshold`` bytes or more;
-    yields whether that was applied (False off glibc or when not ``enabled``).
-
-    Why: glibc's default threshold adapts upwards as large blocks are freed (to 32 MiB), after
-    which megabyte-sized tensors come from the heap, and a heap only shrinks from its top, so a
-    training step's freed activations and gradients stay resident. A fixed threshold returns
-    them on ``free``; the cost is that fresh pages are faulted in again each step, which only
-    pays when few allocations are made per step. On exit the threshold is set to 32 MiB, where
-    the adaptive one settles.
-    """
-    applied = enabled and _mallopt(M_MMAP_THRESHOLD, threshold)
-    try:
-        yield applied
-    finally:
-        if applied:
-            _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
-
-
-@contextlib.contextmanager
-def reuse_heap(enabled: bool = True, limit: int = 1 << 30) -> Iterator[bool]:
-    """Within the block, ask glibc to serve allocations below ``limit`` bytes from its heap and
-    to keep freed memory there (no ``mmap`` per large tensor, no trimming); yields whether that
-    was applied (False off glibc or when not ``enabled``).
-
-    Why: an online RL step allocates and frees the same large tensors every step (the tied
-    LM head's 113 MB gradient, (R, V) softmax buffers, activations). glibc maps each block
-    above 32 MiB afresh and returns the heap's top beyond 64 MiB on ``free``, so every step
-    page-faults them in again: 185K minor faults (~720 MB) a step of the fp32 GRPO benchmark,
-    ~0 with this; its step went from 7.3 to 6.6 s, peak RSS up 50 MB (2.76 -> 2.81 GB). On exit
-    the thresholds go back to 32 MiB / 64 MiB (where glibc's adaptive ones settle) and the
-    heap is trimmed.
-    """
-    applied = enabled and _mallopt(M_MMAP_THRESHOLD, limit) and _mallopt(M_TRIM_THRESHOLD, limit)
-    try:
-        yield applied
-    finally:
-        if applied:
-            _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
-            _mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
-            _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -299,7 +229,7 @@ def clip_gradients(
     """What ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` does: returns the total L2 norm
     of the gradients and scales them by ``min(1, max_norm / (norm + 1e-6))``; ``max_norm <= 0``
     only measures the norm (no clipping, as ``max_grad_norm = 0`` asks in the configs). For
-    float32 CPU gradients the norm comes from :func:`pavlov.llm.native.l2_norm` (half the time
+    float32 CPU gradients the norm comes from :func:`pavlov.llm.cpu.native.l2_norm` (half the time
     of ``get_total_norm``, and closer to the exact value: 4e-8 vs 3e-4 relative error measured
     on SmolLM2-135M-sized gradients, whose per-tensor float32 norms drift).
 
@@ -474,7 +404,7 @@ def lora_targets(model: nn.Module, cfg: TrainConfig) -> tuple[str, ...]:
 def maybe_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Wrap ``model`` with LoRA adapters when ``cfg.lora`` (a peft model: adapters trainable,
     base frozen); otherwise make every parameter trainable."""
-    from pavlov.llm.models import LoraSpec, apply_lora, is_peft_model
+    from pavlov.llm.models.loading import LoraSpec, apply_lora, is_peft_model
 
     if not cfg.lora:
         model.requires_grad_(True)

@@ -2,7 +2,7 @@
 variants, on sequence log-probabilities of the policy and a frozen reference.
 
 The loss is ``DPO_LOSSES[cfg.loss_type]`` from :mod:`pavlov.math.preference`; sequence
-log-probs come from :func:`pavlov.llm.scoring.sequence_logprob` (no ``(B, T, V)``
+log-probs come from :func:`pavlov.llm.scoring.logprobs.sequence_logprob` (no ``(B, T, V)``
 log-softmax), with the chosen and rejected sequences of a micro-batch in one forward pass.
 IPO is fed length-averaged log-probs, as TRL does (``average`` in ``sequence_logprob``).
 
@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import ConfigError, PavlovError, check_choice, check_positive, check_range
-from pavlov.llm.data import PreferenceExample, TokenizedPreference, tokenize_preferences
-from pavlov.llm.models import ensure_pad_token, is_peft_model, pad_right, save_model
-from pavlov.llm.scoring import sequence_logprob
+from pavlov.llm.data.datasets import PreferenceExample, TokenizedPreference, tokenize_preferences
+from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, pad_right, save_model
+from pavlov.llm.scoring.logprobs import sequence_logprob
 from pavlov.llm.trainers.common import (
     TrainConfig,
     batch_plan,

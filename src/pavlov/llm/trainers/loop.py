@@ -32,13 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import PavlovError, check_finite
-from pavlov.llm.lean import fast_kernels
+from pavlov.llm.cpu.heap import compact_heap
+from pavlov.llm.cpu.lean import fast_kernels
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
     batch_plan,
     clip_gradients,
-    compact_heap,
     heap_compaction,
     make_optimizer,
     make_scheduler,
@@ -320,7 +320,7 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
     """
     from safetensors.torch import load_file
 
-    from pavlov.llm.models import is_peft_model
+    from pavlov.llm.models.loading import is_peft_model
 
     directory = Path(directory)
     if is_peft_model(model):

@@ -3,10 +3,10 @@
 Every optimizer step of :func:`train_online` runs the same stages::
 
     prompts (a deterministic plan, resumable)  x group_size
-      -> generate         the rollout engine, KV cache                    pavlov.llm.rollout
-      -> score            reward functions / reward models, validated     pavlov.llm.rewards
-      -> reference        frozen-reference log-probs (skipped at beta 0)  pavlov.llm.scoring
-      -> advantages       token GAE (PPO) or sequence baselines           pavlov.math
+      -> generate         the rollout engine, KV cache                llm.generation.rollout
+      -> score            reward functions / reward models, validated llm.scoring.rewards
+      -> reference        frozen-reference log-probs (beta 0: skipped) llm.scoring.logprobs
+      -> advantages       token GAE (PPO) or sequence baselines      pavlov.math
       -> update           n_epochs x num_minibatches clipped steps
       -> log / checkpoint / adapt the KL coefficient
 
@@ -48,25 +48,24 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import ConfigError, check_choice, check_count, check_finite, check_range
-from pavlov.llm.data import PromptExample
-from pavlov.llm.lean import fast_kernels
-from pavlov.llm.models import ensure_pad_token, is_peft_model, save_model
-from pavlov.llm.offload import loaded, offload_copy
-from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
-from pavlov.llm.scoring import score_tokens
+from pavlov.llm.cpu.heap import compact_heap, reuse_heap
+from pavlov.llm.cpu.lean import fast_kernels
+from pavlov.llm.cpu.offload import loaded, offload_copy
+from pavlov.llm.data.datasets import PromptExample
+from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
+from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, save_model
+from pavlov.llm.scoring.logprobs import score_tokens
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
     batch_plan,
     check_context,
     clip_gradients,
-    compact_heap,
     disable_dropout,
     heap_compaction,
     make_optimizer,
     make_scheduler,
     maybe_lora,
-    reuse_heap,
     seed_all,
     set_rng_state,
 )
@@ -170,7 +169,7 @@ class OnlineConfig(TrainConfig):
     """Set all dropout to 0: sampling, scoring and updating then see the same policy."""
     offload_reference: bool = True
     """Full fine-tuning on CPU: keep the frozen reference copy in a file and read it back for
-    its one forward per step (:mod:`pavlov.llm.offload`, same outputs): its memory (538 MB for a
+    its one forward per step (:mod:`pavlov.llm.cpu.offload`, same outputs): its memory (538 MB for a
     135M float32 model) then no longer adds to the update's peak, for ~0.1-0.2 s a step. (With LoRA
     there is no copy: the reference is the policy with adapters off.)"""
     replay_rollout: bool = True
@@ -421,7 +420,7 @@ def minibatch_loss(
     """
     r = batch.rollout
     # single update: the sampling weights are the ones differentiated, so the forward can replay
-    # the decode's linear outputs (pavlov.llm.replay); the tape is spent after this forward
+    # the decode's linear outputs (pavlov.llm.cpu.tape); the tape is spent after this forward
     replay, r.tape = (r.tape if prepare is not None else None), None
     scores = score_tokens(
         model, r.sequences[rows], r.attention_mask[rows], r.prompt_length,
@@ -490,8 +489,8 @@ def train_online(
         cfg: hyperparameters.
         model: the policy (a Hugging Face causal LM); wrapped with LoRA when ``cfg.lora``.
         tokenizer: its tokenizer (needs an EOS token; a pad token is added if missing).
-        prompts: prompt strings or :class:`~pavlov.llm.data.PromptExample` (chat-rendered).
-        reward: anything :func:`pavlov.llm.rewards.resolve_reward` accepts: a callable
+        prompts: prompt strings or :class:`~pavlov.llm.data.datasets.PromptExample` (chat-rendered).
+        reward: anything :func:`pavlov.llm.scoring.rewards.resolve_reward` accepts: a callable
             ``(prompts, completions) -> list[float]``, ``"vader"``, a saved reward model
             directory, or weighted combinations of those.
         reference: the frozen reference policy; None uses the initial model (see module doc).
@@ -509,7 +508,7 @@ def train_online(
     ``response/eos_rate``, and ``time/generate``, ``time/reward``, ``time/reference``,
     ``time/learn``, ``time/step`` in seconds.
     """
-    from pavlov.llm.rewards import compute_rewards, resolve_reward
+    from pavlov.llm.scoring.rewards import compute_rewards, resolve_reward
     from pavlov.run.console import ProgressBar
 
     reward_fn = resolve_reward(reward)

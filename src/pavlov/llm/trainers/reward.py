@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pavlov.errors import ConfigError, PavlovError, check_choice
-from pavlov.llm.data import LabeledText, PreferenceExample, read_records
-from pavlov.llm.models import ensure_pad_token
+from pavlov.llm.data.datasets import LabeledText, PreferenceExample, read_records
+from pavlov.llm.models.loading import ensure_pad_token
 from pavlov.llm.trainers.common import (
     TrainConfig,
     check_context,

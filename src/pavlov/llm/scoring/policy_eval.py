@@ -10,8 +10,8 @@ KL to the reference is the k1 estimate on the policy's own samples: for each sam
 its response tokens of ``log pi(y_t | .) - log pi_ref(y_t | .)``, averaged over samples (an
 unbiased estimate of ``KL(pi || pi_ref)`` between the sequence distributions; Schulman 2020,
 "Approximating KL divergence"). Both log-probs are recomputed with
-:func:`pavlov.llm.scoring.token_logprobs` under the same precision, so a policy equal to its
-reference scores exactly 0.
+:func:`pavlov.llm.scoring.logprobs.token_logprobs` under the same precision, so a policy equal to
+its reference scores exactly 0.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pavlov.llm.data import words
-from pavlov.llm.models import ensure_pad_token
-from pavlov.llm.rollout import Rollout, SamplingConfig, generate, left_pad
-from pavlov.llm.scoring import token_logprobs
+from pavlov.llm.data.datasets import words
+from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
+from pavlov.llm.models.loading import ensure_pad_token
+from pavlov.llm.scoring.logprobs import token_logprobs
 from pavlov.llm.trainers.common import autocast
 
 POSITIVE = 0.05
@@ -151,10 +151,10 @@ def evaluate_policy(
     Args:
         model: the policy (any causal LM, or a peft wrapper of one).
         tokenizer: its tokenizer (eos ends a completion; eos is reused as pad when missing).
-        prompts: plain-text prompts, tokenized as :func:`pavlov.llm.data.tokenize_sft` does.
-        reward: the reward model, ``score(prompts, completions)``.
+        prompts: plain-text prompts, tokenized as :func:`pavlov.llm.data.datasets.tokenize_sft`
+        does. reward: the reward model, ``score(prompts, completions)``.
         judge: the held-out judge, ``judge(prompts, completions)``; default VADER's compound
-            score (:func:`pavlov.llm.rewards.vader_reward`).
+            score (:func:`pavlov.llm.scoring.rewards.vader_reward`).
         reference: log-probs under the reference at ``kl_temperature`` (:func:`module_logprobs`);
             None: KL is 0 (the policy is its own reference).
         fluency: log-probs under a fixed model for the fluency NLL (:func:`module_logprobs` of
@@ -162,7 +162,7 @@ def evaluate_policy(
         topics: topic words per prompt (lowercase) for the on-topic share; None: not measured.
         labels: a short name per prompt for the sample rows (default: the prompt).
     """
-    from pavlov.llm.rewards import vader_reward
+    from pavlov.llm.scoring.rewards import vader_reward
 
     judge = judge if judge is not None else vader_reward()
     if topics is not None and len(topics) != len(prompts):

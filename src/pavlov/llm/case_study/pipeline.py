@@ -12,11 +12,11 @@
    (``algo="dpo"``), no reward model in the loop.
 
 Before and after step 3, the policy is evaluated on held-out movies (never seen by any step) with
-the same prompts and random numbers (:func:`pavlov.llm.policy_eval.evaluate_policy`): mean reward
-model score, the held-out judge (VADER's compound sentiment, never used in training, so that
+the same prompts and random numbers (:func:`pavlov.llm.scoring.policy_eval.evaluate_policy`): mean
+reward model score, the held-out judge (VADER's compound sentiment, never used in training, so that
 reward hacking would show), the share of positive reviews, fluency (NLL under the untouched base
 model), distinct-2, the on-topic share, KL to the reference, length and EOS rate, and the goals
-each meets (:func:`pavlov.llm.case_study_report.goal_checks`). During step 3 the judge also
+each meets (:func:`pavlov.llm.case_study.report.goal_checks`). During step 3 the judge also
 scores the training rollouts (logged only, never returned to the trainer) for the judge-vs-KL
 curve.
 
@@ -39,7 +39,7 @@ from typing import Any
 
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError, check_choice, check_count, check_positive
-from pavlov.llm.data import words
+from pavlov.llm.data.datasets import words
 from pavlov.llm.trainers.common import PRECISIONS, TrainConfig
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")
@@ -242,14 +242,14 @@ def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
 
 
 def _rt_prompts(split: str) -> list[tuple[str, str]]:
-    from pavlov.llm.assets import rt_title
-    from pavlov.llm.rt import rt_movies, rt_prompt
+    from pavlov.llm.data.rt import rt_movies, rt_prompt
+    from pavlov.llm.models.assets import rt_title
 
     return [(rt_title(m), rt_prompt(m)) for m in rt_movies(split)]
 
 
 def _load_policy(name: str):
-    from pavlov.llm.models import ensure_pad_token, load_causal_lm
+    from pavlov.llm.models.loading import ensure_pad_token, load_causal_lm
 
     model, tokenizer = load_causal_lm(None if name == "smollm2" else name)
     ensure_pad_token(tokenizer)
@@ -258,26 +258,26 @@ def _load_policy(name: str):
 
 def _load_reward_backbone(kind: str, policy: str):
     if kind == "encoder":
-        from pavlov.llm.models import load_encoder
+        from pavlov.llm.models.loading import load_encoder
 
         return load_encoder(None)
     return _load_policy(policy)
 
 
 def _rt_topics(split: str) -> dict[str, frozenset[str]]:
-    from pavlov.llm.rt import rt_movies, rt_prompt, rt_topic_words
+    from pavlov.llm.data.rt import rt_movies, rt_prompt, rt_topic_words
 
     return {rt_prompt(m): rt_topic_words(m) for m in rt_movies(split)}
 
 
 def _rt_sft(split: str) -> list:
-    from pavlov.llm.rt import rt_sft
+    from pavlov.llm.data.rt import rt_sft
 
     return rt_sft(split)
 
 
 def _rt_preferences(split: str) -> list:
-    from pavlov.llm.rt import rt_preferences
+    from pavlov.llm.data.rt import rt_preferences
 
     return rt_preferences(split)
 
@@ -368,9 +368,8 @@ def run_case_study(
     Returns:
         The summary also written to ``run_dir/summary.json``.
     """
-    from pavlov.llm import case_study_report as report
-    from pavlov.llm import case_study_steps as steps
-    from pavlov.llm.models import _quiet_progress  # no "Writing model shards" bars
+    from pavlov.llm.case_study import report, steps
+    from pavlov.llm.models.loading import _quiet_progress  # no "Writing model shards" bars
     from pavlov.run import Run
     from pavlov.run.rundir import check_run_name
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pavlov.llm.policy_eval import PolicyEval
+from pavlov.llm.scoring.policy_eval import PolicyEval
 
 ROWS = (
     ("reward/mean", "reward-model score"),

@@ -9,7 +9,8 @@ to ``(chunk_size, T_resp, V)`` by scoring that many sequences per forward pass (
 
 Which columns are the response (argument ``response``):
 
-* an ``int`` ``start``: columns ``start ..`` end, as in a :class:`~pavlov.llm.rollout.Rollout`
+* an ``int`` ``start``: columns ``start ..`` end, as in a
+:class:`~pavlov.llm.generation.rollout.Rollout`
   (``start = rollout.prompt_length``, responses after left-padded prompts); columns whose
   ``attention_mask`` is 0 (pads after an EOS) count as outside the response;
 * a ``(B, L)`` mask: true on response tokens, any layout (e.g. right-padded prompt+response
@@ -34,7 +35,8 @@ G times fewer (the shared-prefix forward of Prefix Grouper, Liu et al. 2025, for
 setting).
 
 Results are ``(B, L - start)``, aligned with ``input_ids[:, start:]``, and 0 outside the
-response. Position ids are ``cumsum(attention_mask) - 1`` as in :func:`pavlov.llm.rollout.generate`,
+response. Position ids are ``cumsum(attention_mask) - 1`` as in
+:func:`pavlov.llm.generation.rollout.generate`,
 so the values equal the rollout engine's ``logprobs`` for its own samples (same temperature).
 """
 
@@ -47,10 +49,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pavlov.llm.models import distinct_rows
-from pavlov.llm.offload import is_offloaded
-from pavlov.llm.replay import DecodeTape, replaying
-from pavlov.llm.rollout import position_ids_from_mask
+from pavlov.llm.cpu.offload import is_offloaded
+from pavlov.llm.cpu.tape import DecodeTape, replaying
+from pavlov.llm.generation.rollout import position_ids_from_mask
+from pavlov.llm.models.loading import distinct_rows
 from pavlov.math.masked import masked_mean, masked_sum
 from pavlov.math.policy import entropy
 from pavlov.math.sequence import projected_logprobs, selective_log_softmax
@@ -168,7 +170,7 @@ _NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 def _prompt_groups(ids: Tensor, mask: Tensor, start: int) -> tuple[Tensor, Tensor] | None:
     """``(one, inverse)`` of the rows' prompts (columns ``< start``, ids and mask) as in
-    :func:`~pavlov.llm.models.distinct_rows`; None when no prompt repeats or there is no
+    :func:`~pavlov.llm.models.loading.distinct_rows`; None when no prompt repeats or there is no
     response column."""
     if start >= ids.shape[1]:
         return None
@@ -215,7 +217,7 @@ def _packed_prompt_states(
     columns run once per group. Token rows ``B L -> U (start + G n)``: the benchmark's 2 x 4 x
     (9 + 32) GRPO batch runs 274 rows instead of 328, in one call (one weight stream), unlike
     the cache path. None when it does not pay (:func:`_packing_pays`). ``replay``: a tape and
-    the ``(B, L)`` tape rows of the columns (:mod:`pavlov.llm.replay`) to take the linear
+    the ``(B, L)`` tape rows of the columns (:mod:`pavlov.llm.cpu.tape`) to take the linear
     outputs from."""
     one, inverse = groups
     B, L = ids.shape
@@ -382,10 +384,10 @@ def score_tokens(
     ``share_prompts``: run a prompt that several rows repeat once (module docstring: packed, or
     through a shared cache, which an offloaded model never takes: its second call would read
     its weights again); ``False`` always runs every row.
-    ``replay``: the :class:`~pavlov.llm.replay.DecodeTape` of the ``generate(..., record=True)``
+    ``replay``: the :class:`~pavlov.llm.cpu.tape.DecodeTape` of the ``generate(..., record=True)``
     call that sampled these sequences with ``model``'s current weights: the forward then takes
     its linear outputs and logits from it instead of computing them (same values to float32
-    round-off, same gradients); ignored where :meth:`~pavlov.llm.replay.DecodeTape.usable`
+    round-off, same gradients); ignored where :meth:`~pavlov.llm.cpu.tape.DecodeTape.usable`
     says no or with ``chunk_size`` below ``B``.
     """
     return _score(

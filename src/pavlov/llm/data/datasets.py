@@ -26,7 +26,7 @@ from pathlib import Path
 from torch import Tensor
 
 from pavlov.errors import PavlovError
-from pavlov.llm.models import ensure_pad_token, pad_right
+from pavlov.llm.models.loading import ensure_pad_token, pad_right
 
 WORD = re.compile(r"[a-z0-9]+")
 """A word of :func:`words`: a run of lowercase letters and digits ("it's" is "it", "s")."""

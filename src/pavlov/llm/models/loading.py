@@ -10,7 +10,7 @@
   :func:`ensure_pad_token`) a real eos must stay visible.
 * :class:`LoraSpec` / :func:`apply_lora` wrap peft; :func:`save_model` writes a directory that
   transformers, peft and TRL load, atomically.
-* tiny random models for tests live in :mod:`pavlov.llm.tiny`.
+* tiny random models for tests live in :mod:`pavlov.llm.models.tiny`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from pavlov.errors import PavlovError, check_positive, check_range
-from pavlov.llm import assets
+from pavlov.llm.models import assets
 
 DEFAULT_POLICY = "smollm2"
 DEFAULT_ENCODER = "minilm"

@@ -15,9 +15,9 @@ same order (bitwise the same outputs); gradients equal autograd's to float32 rou
 
 Applies to float32 CPU tensors outside autocast with gradients on; anything else runs the
 module's own forward. The elementwise part of each backward runs as one C pass where the native
-kernels are available (:func:`pavlov.llm.native.swiglu_backward`,
-:func:`~pavlov.llm.native.rmsnorm_backward`), else as torch ops. Matmuls are split as in
-:mod:`pavlov.llm.kernels`: forward ``x W^T`` through oneDNN when available, input gradients
+kernels are available (:func:`pavlov.llm.cpu.native.swiglu_backward`,
+:func:`~pavlov.llm.cpu.native.rmsnorm_backward`), else as torch ops. Matmuls are split as in
+:mod:`pavlov.llm.cpu.kernels`: forward ``x W^T`` through oneDNN when available, input gradients
 ``g W`` and weight gradients ``g^T x`` on MKL.
 """
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pavlov.llm.kernels import (
+from pavlov.llm.cpu.kernels import (
     _on_cpu,
     dnn_linear,
     inplace_tied_embedding,
@@ -39,7 +39,7 @@ from pavlov.llm.kernels import (
     onednn_available,
     onednn_linears,
 )
-from pavlov.llm.native import rmsnorm_backward, swiglu_backward
+from pavlov.llm.cpu.native import rmsnorm_backward, swiglu_backward
 
 __all__ = ["lean_blocks"]
 
@@ -178,9 +178,9 @@ def lean_blocks(*models: nn.Module | None, enabled: bool = True) -> Iterator[int
 @contextlib.contextmanager
 def fast_kernels(policy: nn.Module, *others: nn.Module | None, enabled: bool = True):
     """:func:`onednn_linears` on ``policy`` and ``others``, plus :func:`inplace_tied_embedding`
-    and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.lean.lean_blocks` on ``policy``,
+    and the leaner MLP / RMSNorm backward of :func:`pavlov.llm.cpu.lean.lean_blocks` on ``policy``,
     and :func:`masked_gqa_sdpa` for a model on the CPU, for a training loop; nothing when
-    ``enabled`` is false. (Here, not in :mod:`pavlov.llm.kernels`: lean builds on kernels.)"""
+    ``enabled`` is false. (Here, not in :mod:`pavlov.llm.cpu.kernels`: lean builds on kernels.)"""
     with contextlib.ExitStack() as stack:
         if enabled:
             stack.enter_context(onednn_linears(policy, *others))

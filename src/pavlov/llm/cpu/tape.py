@@ -5,14 +5,15 @@ then differentiated, with the same weights, at those very tokens: the training f
 again, to float32 round-off, every linear layer's output that the decode steps just computed.
 On SmolLM2-135M those matmuls are ~2 N T of the update's ~6 N T FLOPs (N parameters, T tokens).
 
-Recording (:class:`DecodeTape`, filled by :class:`pavlov.llm.decoder.LlamaDecoder` when asked):
+Recording (:class:`DecodeTape`, filled by :class:`pavlov.llm.cpu.decoder.LlamaDecoder` when asked):
 the prefill and each one-call C decode step copy the outputs of q/k/v (before RoPE), o_proj,
 gate, up and down_proj (``S = (H + 2 KV) D + 2 E + 2 I`` floats a token and layer: 5184 in
 SmolLM2) into a ``(rows, S)`` tensor per layer, and the LM head's logits into ``(B, T, V)``:
 ~220 MB for the 8 x (9 + 32)-token GRPO batch of SmolLM2. The replay frees each layer's tensor
 once its MLP has been replayed, so the forward's activations take the place of the tape.
 
-Replaying (:func:`replaying`, entered by :mod:`pavlov.llm.scoring` around the policy's forward):
+Replaying (:func:`replaying`, entered by :mod:`pavlov.llm.scoring.logprobs` around the policy's
+forward):
 the policy's attention projections and SwiGLU MLPs return the recorded outputs for the rows of
 that forward's token layout (the plain ``(B, L)`` rows or the packed shared-prompt rows) through
 autograd functions with the usual backward (``g W`` and ``g^T x``, the lean SwiGLU backward);
@@ -37,8 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from pavlov.llm.kernels import linear_grads
-from pavlov.llm.lean import _SwiGLU, _swiglu_mlp
+from pavlov.llm.cpu.kernels import linear_grads
+from pavlov.llm.cpu.lean import _SwiGLU, _swiglu_mlp
 
 __all__ = ["ATTENTION", "DecodeTape", "replayable", "replaying"]
 
@@ -78,7 +79,8 @@ class DecodeTape:
     """Response columns whose logits are recorded."""
     versions: tuple[int, ...] = field(default_factory=tuple)
     sequences: Tensor | None = None
-    """``(B, P + T)`` the sampled sequences (set by :func:`~pavlov.llm.rollout.generate`)."""
+    """``(B, P + T)`` the sampled sequences (set by
+    :func:`~pavlov.llm.generation.rollout.generate`)."""
 
     @property
     def zero_row(self) -> int:
@@ -159,7 +161,7 @@ class _ReplayLinear(torch.autograd.Function):
 
 class _ReplaySwiGLU(torch.autograd.Function):
     """``down(silu(gate(x)) * up(x))`` with ``gate(x)``, ``up(x)`` and the output given; the
-    backward is :class:`pavlov.llm.lean._SwiGLU`'s."""
+    backward is :class:`pavlov.llm.cpu.lean._SwiGLU`'s."""
 
     @staticmethod
     def forward(ctx, x, wg, wu, wd, g, u, y):  # type: ignore[override]

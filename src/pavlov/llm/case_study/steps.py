@@ -1,5 +1,5 @@
-"""The steps of the case study (:mod:`pavlov.llm.case_study`): SFT, the reward model, step 3
-(online RL or DPO) and the held-out evaluation, each writing its own sub-run."""
+"""The steps of the case study (:mod:`pavlov.llm.case_study.pipeline`): SFT, the reward model, step
+3 (online RL or DPO) and the held-out evaluation, each writing its own sub-run."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _info(fit) -> dict[str, Any]:
 
 def sft(sft_cfg, inputs, run, quiet: bool):
     """Step 1; returns the SFT model with its adapters merged (the step-3 start and reference)."""
-    from pavlov.llm.models import merge_adapters
+    from pavlov.llm.models.loading import merge_adapters
     from pavlov.llm.trainers import train_sft
     from pavlov.run import Run
 
@@ -33,7 +33,7 @@ def sft(sft_cfg, inputs, run, quiet: bool):
 
 def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
     """Step 2; returns the saved model reloaded as a scorer (bf16 autocast when asked)."""
-    from pavlov.llm.rewards import reward_model_fn
+    from pavlov.llm.scoring.rewards import reward_model_fn
     from pavlov.llm.trainers import load_reward_model, train_reward_model
     from pavlov.llm.trainers.common import autocast
     from pavlov.run import Run
@@ -61,7 +61,7 @@ def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
 def evaluate(cfg, model, inputs, scorer, reference):
     """The held-out evaluation: reviews sampled as a reader sees them (``eval_temperature``,
     ``eval_top_p``), KL at the training temperature, fluency under the untouched base model."""
-    from pavlov.llm.policy_eval import evaluate_policy, module_logprobs
+    from pavlov.llm.scoring.policy_eval import evaluate_policy, module_logprobs
 
     fluency = module_logprobs(
         inputs.fluency_model, precision=cfg.precision, chunk_size=cfg.eval_batch_size
@@ -77,8 +77,8 @@ def evaluate(cfg, model, inputs, scorer, reference):
 
 def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
     """Step 3 from the merged SFT model: ``(policy, reference log-prob fn, info, history)``."""
-    from pavlov.llm.models import is_peft_model
-    from pavlov.llm.policy_eval import module_logprobs
+    from pavlov.llm.models.loading import is_peft_model
+    from pavlov.llm.scoring.policy_eval import module_logprobs
     from pavlov.run import Run
 
     # Without LoRA the step-3 trainer changes the SFT weights themselves: keep a copy to score
@@ -134,7 +134,7 @@ class JudgeTap:
 
 
 def _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
-    from pavlov.llm.rewards import vader_reward
+    from pavlov.llm.scoring.rewards import vader_reward
     from pavlov.llm.trainers.online import train_online
 
     tap = JudgeTap(scorer, vader_reward())

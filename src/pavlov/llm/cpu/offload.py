@@ -97,7 +97,7 @@ def offload_copy(model: nn.Module, directory: str | os.PathLike | None = None) -
     ``with loaded(copy):`` and without gradients.
     """
     if directory is None:
-        from pavlov.llm.assets import cache_root
+        from pavlov.llm.models.assets import cache_root
 
         directory = cache_root() / "offload"
     Path(directory).mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 log-probability of every sampled token under the distribution it was sampled from. One
 prefill, then one token per step, instead of ``model.generate``, so the per-token log-probs come
 for free and the loop stays small enough to read. Llama-family models (SmolLM2 included) step
-through :mod:`pavlov.llm.decoder` (static KV cache, oneDNN-packed weights: ~1.5x faster on a
+through :mod:`pavlov.llm.cpu.decoder` (static KV cache, oneDNN-packed weights: ~1.5x faster on a
 2-core CPU, same outputs); any other model through its own ``forward`` with ``past_key_values``.
 
 Layout (the same everywhere in :mod:`pavlov.llm`): prompts are **left-padded** to a common
@@ -16,8 +16,8 @@ absolute-position (GPT-2) and rotary (Llama) models alike.
 
 Log-probs: ``Rollout.logprobs`` are ``log_softmax(logits / temperature)`` of the sampled token,
 taken *before* top-k / top-p truncation (what TRL and vLLM report). They are therefore exactly
-what :func:`pavlov.llm.scoring.token_logprobs` recomputes at the same temperature, which is what
-a PPO ratio or a KL penalty needs. With greedy decoding (``temperature=0``) they are the
+what :func:`pavlov.llm.scoring.logprobs.token_logprobs` recomputes at the same temperature, which
+is what a PPO ratio or a KL penalty needs. With greedy decoding (``temperature=0``) they are the
 temperature-1 log-probs of the chosen tokens.
 """
 
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from pavlov.llm.decoder import fast_decoder
-from pavlov.llm.models import position_ids_from_mask
-from pavlov.llm.native import sample_rows
-from pavlov.llm.replay import DecodeTape
+from pavlov.llm.cpu.decoder import fast_decoder
+from pavlov.llm.cpu.native import sample_rows
+from pavlov.llm.cpu.tape import DecodeTape
+from pavlov.llm.models.loading import position_ids_from_mask
 
 __all__ = [
     "Rollout",
@@ -68,7 +68,7 @@ class SamplingConfig:
     samples. ``None`` draws a fresh seed."""
     fast: bool = True
     """Decode Llama-family models (Llama, Mistral, Qwen2, SmolLM2) with
-    :mod:`pavlov.llm.decoder` (static KV cache, same outputs); ``False`` always drives the
+    :mod:`pavlov.llm.cpu.decoder` (static KV cache, same outputs); ``False`` always drives the
     model's own ``forward``. Other models always take the generic path."""
 
     def __post_init__(self) -> None:
@@ -110,7 +110,7 @@ class Rollout:
     """``(B,)`` bool: whether the row emitted an EOS (false: cut at ``max_new_tokens``)."""
     tape: DecodeTape | None = field(default=None, repr=False, compare=False)
     """With ``generate(..., record=True)`` where the fast decoder ran: the linears' outputs
-    and logits of the call, for :mod:`pavlov.llm.replay`."""
+    and logits of the call, for :mod:`pavlov.llm.cpu.tape`."""
 
     @property
     def responses(self) -> Tensor:
@@ -277,7 +277,7 @@ def generate(
         cfg: sampling settings; ``None`` is ``SamplingConfig()``.
         record: keep the fast decoder's linear outputs and logits (``Rollout.tape``) so that the
             policy's next forward over these sequences can replay them
-            (:mod:`pavlov.llm.replay`); ``B x (P + T)`` rows of ~5k floats a layer.
+            (:mod:`pavlov.llm.cpu.tape`); ``B x (P + T)`` rows of ~5k floats a layer.
 
     Returns:
         A :class:`Rollout`.
@@ -363,7 +363,7 @@ def _check_prompts(prompt_ids: Tensor, attention_mask: Tensor) -> None:
     if prompt_ids.shape[1] == 0 or not bool(attention_mask[:, -1].all()):
         raise ValueError(
             "prompts must be left-padded with at least one real token each: the last column of "
-            "attention_mask must be all ones (see pavlov.llm.rollout.left_pad)"
+            "attention_mask must be all ones (see pavlov.llm.generation.rollout.left_pad)"
         )
 
 

@@ -78,16 +78,15 @@ class TrainConfig:
     """float32 CPU linears through oneDNN and a sparse gradient for a tied input embedding
     (:mod:`pavlov.llm.cpu.kernels`): the same results to float32 round-off, less time and memory
     traffic per step. ``False`` uses PyTorch's defaults."""
-    compact_heap: bool | None = None
+    compact_heap: bool = False
     """On glibc (Linux), while training, serve allocations of 64 KiB and more with ``mmap`` so
     that freed activations and gradients go back to the OS instead of staying in a fragmented
-    heap: peak RSS of the fp32 GRPO benchmark fell from 3.55 to 3.18 GB. ``None`` (auto): on for
-    full fp32 offline training (SFT, reward model, DPO); off under bf16 autocast or LoRA, where
-    frozen weights are re-cast every op and each cast would be freshly page-faulted (1.6x slower
-    steps measured), and off for the online trainers, whose generate / reference / learn phases
-    allocate ~2 GB of short-lived tensors per step (fp32 GRPO 8.9 -> 10.7 s a step with it, on
-    a VM where a fresh page costs 1.6 us): they keep freed memory for the next step instead
-    (``OnlineConfig.reuse_heap``). See :func:`pavlov.llm.cpu.heap.compact_heap`."""
+    heap: least memory, slower steps. Measured on SmolLM2-135M, fp32, 2 cores: reward-model
+    peak RSS 3.3 -> 2.8 GB but its step 4.4-5.3 -> 5.9-6.1 s (every freed page is faulted in
+    again next step); GRPO peak RSS 3.55 -> 3.18 GB, step 8.9 -> 10.7 s; under bf16 or LoRA
+    1.6x slower steps. Off by default (speed first; the online trainers keep freed memory for
+    the next step instead, ``OnlineConfig.reuse_heap``). See
+    :func:`pavlov.llm.cpu.heap.compact_heap`."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""
@@ -176,18 +175,6 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
             _warn_slow_bf16()
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def heap_compaction(cfg: TrainConfig, model: nn.Module, online: bool = False) -> bool:
-    """Whether :func:`~pavlov.llm.cpu.heap.compact_heap` should be on for this run
-    (``cfg.compact_heap``, or auto: full fp32 offline training only; ``online``: the trainer
-    generates its own data)."""
-    if cfg.compact_heap is not None:
-        return cfg.compact_heap
-    from pavlov.llm.models.loading import is_peft_model
-
-    fp32 = resolve_precision(cfg.precision) == "fp32"
-    return not online and fp32 and not cfg.lora and not is_peft_model(model)
 
 
 def disable_dropout(model: nn.Module) -> None:

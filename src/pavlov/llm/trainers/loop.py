@@ -39,7 +39,6 @@ from pavlov.llm.trainers.common import (
     autocast,
     batch_plan,
     clip_gradients,
-    heap_compaction,
     make_optimizer,
     make_scheduler,
     rng_state,
@@ -135,7 +134,7 @@ def fit(
     t0, start, log = time.perf_counter(), step, MetricLog(run, cfg.log_every)
     task.model.train()
     with (
-        compact_heap(heap_compaction(cfg, task.model)),
+        compact_heap(cfg.compact_heap),
         fast_kernels(task.model, enabled=cfg.fast_kernels),
         ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar,
     ):

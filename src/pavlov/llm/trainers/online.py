@@ -62,7 +62,6 @@ from pavlov.llm.trainers.common import (
     check_context,
     clip_gradients,
     disable_dropout,
-    heap_compaction,
     make_optimizer,
     make_scheduler,
     maybe_lora,
@@ -659,7 +658,7 @@ def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
 def _heap_policy(cfg: OnlineConfig, model: nn.Module) -> contextlib.AbstractContextManager:
     """glibc heap policy of the run: compact (``compact_heap``), reuse (``reuse_heap``) or the
     default."""
-    if heap_compaction(cfg, model, online=True):
+    if cfg.compact_heap:
         return compact_heap(True)
     return reuse_heap(cfg.reuse_heap)
 

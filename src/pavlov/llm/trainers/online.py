@@ -6,8 +6,9 @@ Every optimizer step of :func:`train_online` runs the same stages::
       -> generate         the rollout engine, KV cache                llm.generation.rollout
       -> score            reward functions / reward models, validated llm.scoring.rewards
       -> reference        frozen-reference log-probs (beta 0: skipped) llm.scoring.logprobs
-      -> advantages       token GAE (PPO) or sequence baselines      pavlov.math
-      -> update           n_epochs x num_minibatches clipped steps
+      -> old              the policy before the update (log-probs, PPO's values)
+      -> advantages       token GAE (PPO) or sequence baselines      compute_advantages
+      -> update           n_epochs x num_minibatches clipped steps   minibatch_loss
       -> log / checkpoint / adapt the KL coefficient
 
 What differs between algorithms (``ALGOS``) is only the advantage and where the KL goes:
@@ -24,10 +25,12 @@ What differs between algorithms (``ALGOS``) is only the advantage and where the 
   :func:`~pavlov.math.group.rloo_advantages` on ``score - beta * KL(sequence)``.
 * ``"reinforce"``: REINFORCE with a moving-average baseline on ``score - beta * KL(sequence)``.
 
-Old log-probs: with one update per batch (``n_epochs == num_minibatches == 1``, the default)
-the update's own forward pass provides them (``old = new.detach()``), so the ratio is exactly 1
-and no separate pass is run; PPO then also takes its old values, and so its advantages, from
-that pass. With several updates per batch one no-grad pass computes them before the first.
+Each stage hands its output to the next (:class:`Old`, :class:`Advantages`); the loss reads
+them and writes nothing back. Old log-probs: with one update per batch (``n_epochs ==
+num_minibatches == 1``, the default) the update's own forward (:func:`policy_forward`, run by
+the loop before the advantage stage) provides them (``old = new.detach()``), so the ratio is
+exactly 1 and no separate pass is run; PPO then also takes its old values, and so its
+advantages, from that pass. With several updates per batch one no-grad pass computes them.
 
 The reference is the model as it is passed in: with LoRA (``lora=True``) the same network with
 its adapters disabled (no copy); otherwise a frozen copy, or ``reference=`` given explicitly.
@@ -42,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -291,14 +294,6 @@ class Batch:
     """``(N,)`` the reward functions' total, before any penalty."""
     ref_logp: Tensor | None
     """``(N, T)`` reference log-probs, or None when ``beta == 0``."""
-    old_logp: Tensor | None = None
-    """``(N, T)`` log-probs before the update (several updates per batch only)."""
-    old_values: Tensor | None = None
-    """``(N, T)`` values before the update (PPO, several updates per batch only)."""
-    advantages: Tensor | None = None
-    """``(N, T)`` per token (filled once old log-probs / values exist)."""
-    returns: Tensor | None = None
-    """``(N, T)`` PPO value targets."""
 
     @property
     def mask(self) -> Tensor:
@@ -355,16 +350,30 @@ def sequence_advantages(cfg: OnlineConfig, scores: Tensor, baseline: float | Non
     return scores - (scores.mean() if baseline is None else baseline)
 
 
+class Advantages(NamedTuple):
+    """What the advantage stage hands the update."""
+
+    advantages: Tensor
+    """``(N, T)`` per token, 0 outside the responses."""
+    returns: Tensor | None
+    """``(N, T)`` PPO's value targets (None for the other algorithms)."""
+    metrics: dict[str, Tensor]
+    """Per-batch metrics: KL to the reference, the KL-adjusted reward, explained variance."""
+
+
+class Old(NamedTuple):
+    """The policy before the update: ``(N, T)`` log-probs and PPO's values (else None)."""
+
+    logp: Tensor
+    values: Tensor | None
+
+
 def compute_advantages(
-    cfg: OnlineConfig,
-    batch: Batch,
-    old_logp: Tensor,
-    old_values: Tensor | None,
-    kl_coef: float,
-    baseline: float | None,
-) -> dict[str, Tensor]:
-    """Fill ``batch.advantages`` (and ``returns`` for PPO) from the pre-update log-probs and
-    values; return the per-batch metrics they give (KL to the reference, scores used)."""
+    cfg: OnlineConfig, batch: Batch, old: Old, kl_coef: float, baseline: float | None
+) -> Advantages:
+    """The advantage stage: per-token advantages (and PPO's returns) from the batch's scores,
+    the reference log-probs and the policy before the update (``old``)."""
+    old_logp, old_values = old
     mask = batch.mask
     scores = apply_missing_eos_penalty(
         batch.scores, batch.rollout.eos_reached, cfg.missing_eos_penalty
@@ -382,12 +391,12 @@ def compute_advantages(
         if cfg.whiten_rewards:
             rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
         adv, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
-        batch.returns = returns
         metrics["value/explained_variance"] = torch.tensor(
             explained_variance(old_values, returns, mask)
         )
         metrics["reward/with_kl"] = masked_sum(rewards, mask, dim=1).mean()
     else:
+        returns = None
         if in_reward:
             kl = kl_penalty(old_logp, batch.ref_logp, cfg.estimator)
             scores = scores - kl_coef * masked_sum(kl, mask, dim=1)
@@ -395,61 +404,72 @@ def compute_advantages(
         adv = sequence_advantages(cfg, scores, baseline).unsqueeze(1).expand_as(old_logp)
     if cfg.normalize_advantage and cfg.algo != "grpo":
         adv = masked_whiten(adv, mask)
-    batch.advantages = torch.where(mask, adv, 0.0).detach()
-    return metrics
+    return Advantages(torch.where(mask, adv, 0.0).detach(), returns, metrics)
 
 
 # ---------------------------------------------------------------------------------------------
 # The loss of one minibatch
 
 
-def minibatch_loss(
+class PolicyForward(NamedTuple):
+    """One forward of the policy over some rows of the batch: ``(R, T)`` log-probs and entropies
+    of the response tokens, and PPO's values (else None)."""
+
+    logp: Tensor
+    entropy: Tensor
+    values: Tensor | None
+
+    def detached(self) -> Old:
+        return Old(self.logp.detach(), None if self.values is None else self.values.detach())
+
+
+def policy_forward(
     cfg: OnlineConfig,
     model: nn.Module,
     value_head: ValueHead | None,
     batch: Batch,
     rows: Tensor,
-    kl_coef: float,
-    prepare: Callable[[Tensor, Tensor | None], dict[str, Tensor]] | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped policy loss (+ KL loss, value loss, entropy bonus) on ``rows`` of the batch.
-
-    ``prepare(old_logp, old_values)``: with one update per batch, called with this forward's
-    detached outputs to compute the advantages first (:func:`compute_advantages`).
-    """
+    replay: Any = None,
+) -> PolicyForward:
+    """The policy's (differentiable) forward on ``rows``; ``replay``: the rollout's tape, to
+    reuse the decode's linear outputs (:mod:`pavlov.llm.cpu.tape`; one update per batch only)."""
     r = batch.rollout
-    # single update: the sampling weights are the ones differentiated, so the forward can replay
-    # the decode's linear outputs (pavlov.llm.cpu.tape); the tape is spent after this forward
-    replay, r.tape = (r.tape if prepare is not None else None), None
     scores = score_tokens(
         model, r.sequences[rows], r.attention_mask[rows], r.prompt_length,
         temperature=cfg.temperature, entropy=True, entropy_grad=cfg.ent_coef > 0,
         hidden=value_head is not None, replay=replay,
     )  # fmt: skip
-    del replay
-    mask, logp = batch.mask[rows], scores.logprobs
     values = value_head(scores.hidden) if value_head is not None else None
+    return PolicyForward(scores.logprobs, scores.entropy, values)
+
+
+def minibatch_loss(
+    cfg: OnlineConfig,
+    out: PolicyForward,
+    batch: Batch,
+    rows: Tensor,
+    old: Old,
+    adv: Advantages,
+    kl_coef: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped policy loss (+ KL loss, value loss, entropy bonus) of the forward ``out`` of
+    ``rows``; ``old`` and ``adv`` cover the whole batch."""
+    mask, logp = batch.mask[rows], out.logp
+    old_logp = old.logp[rows]
     metrics: dict[str, Tensor] = {}
-    if prepare is not None:  # single update: rows is the whole batch
-        metrics.update(prepare(logp.detach(), None if values is None else values.detach()))
-        old_logp = logp.detach()
-        old_values = None if values is None else values.detach()
-    else:
-        old_logp = batch.old_logp[rows]
-        old_values = None if batch.old_values is None else batch.old_values[rows]
-    adv = batch.advantages[rows]
-    terms, ratio = ppo_clip_terms(logp, old_logp, adv, cfg.clip_range, cfg.clip_range_high or None)
+    terms, ratio = ppo_clip_terms(logp, old_logp, adv.advantages[rows], cfg.clip_range,
+                                  cfg.clip_range_high or None)  # fmt: skip
     if batch.ref_logp is not None and cfg.kl_place == "loss":
         kl = kl_penalty(logp, batch.ref_logp[rows], cfg.estimator)
         terms = terms + kl_coef * kl
         metrics["kl/loss"] = masked_mean(kl.detach(), mask)
     loss = aggregate_token_loss(terms, mask, cfg.loss_aggregation)
-    ent = masked_mean(scores.entropy, mask)
+    ent = masked_mean(out.entropy, mask)
     if cfg.ent_coef:
         loss = loss - cfg.ent_coef * ent
-    if value_head is not None:
+    if out.values is not None:
         vloss, vm = clipped_value_loss(
-            values, old_values, batch.returns[rows], cfg.clip_range_vf or None, mask
+            out.values, old.values[rows], adv.returns[rows], cfg.clip_range_vf or None, mask
         )
         loss = loss + cfg.vf_coef * vloss
         metrics["value/loss"] = vm["value_loss"]
@@ -592,21 +612,20 @@ def train_online(
                 ref_logp = _logprobs(cfg, ref_module, rollout, adapters_off=reference is None)
             batch = Batch(rollout, batch_prompts, completions, scores.float(), ref_logp)
             kl_coef = state["kl_coef"]
-            metrics: dict[str, float] = {}
-
-            def prepare(old_logp, old_values, batch=batch, kl_coef=kl_coef):
-                return compute_advantages(cfg, batch, old_logp, old_values, kl_coef,
-                                          state["baseline"])  # fmt: skip
-
-            if not cfg.single_update:
-                batch.old_logp, batch.old_values = _old_pass(cfg, model, value_head, rollout)
-                metrics.update(_floats(prepare(batch.old_logp, batch.old_values)))
+            first = None
+            if not cfg.single_update:  # the policy before its updates, no grad
+                old = _old_pass(cfg, model, value_head, rollout)
             times["time/reference"] = time.perf_counter() - t
 
             t = time.perf_counter()
+            if cfg.single_update:  # the update's own forward is the policy before it
+                first = _first_forward(cfg, model, value_head, batch)
+                old = first.detached()
+            adv = compute_advantages(cfg, batch, old, kl_coef, state["baseline"])
+            metrics = _floats(adv.metrics)
             metrics.update(
-                _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler,
-                        params, step + 1)
+                _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer,
+                        scheduler, params, step + 1)
             )  # fmt: skip
             times["time/learn"] = time.perf_counter() - t
 
@@ -672,7 +691,7 @@ def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_o
         ).logprobs.float()  # fmt: skip
 
 
-def _old_pass(cfg, model, value_head, rollout) -> tuple[Tensor, Tensor | None]:
+def _old_pass(cfg, model, value_head, rollout) -> Old:
     """Log-probs (and PPO values) of the batch before its first update, no grad."""
     with _frozen(model, False), autocast(cfg.precision):
         out = score_tokens(
@@ -681,11 +700,22 @@ def _old_pass(cfg, model, value_head, rollout) -> tuple[Tensor, Tensor | None]:
             hidden=value_head is not None,
         )  # fmt: skip
         values = None if value_head is None else value_head(out.hidden).float()
-    return out.logprobs.float(), values
+    return Old(out.logprobs.float(), values)
 
 
-def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, scheduler, params, step):
-    """``n_epochs x num_minibatches`` optimizer steps on the batch; mean metrics."""
+def _first_forward(cfg, model, value_head, batch: Batch) -> PolicyForward:
+    """With one update per batch: the update's forward over the whole batch, replaying the
+    rollout's tape when it has one (the tape is spent by it)."""
+    tape, batch.rollout.tape = batch.rollout.tape, None
+    with autocast(cfg.precision):
+        return policy_forward(cfg, model, value_head, batch, torch.arange(len(batch.scores)),
+                              replay=tape)  # fmt: skip
+
+
+def _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer, scheduler,
+            params, step):
+    """``n_epochs x num_minibatches`` optimizer steps on the batch; mean metrics. ``first``: the
+    forward of the first (and only) minibatch when the loop already ran it."""
     n = len(batch.scores)
     size = n // cfg.num_minibatches
     sums: dict[str, float] = {}
@@ -696,10 +726,11 @@ def _update(cfg, model, value_head, batch, kl_coef, prepare, optimizer, schedule
         for k in range(cfg.num_minibatches):
             rows = torch.arange(n) if order is None else order[k * size : (k + 1) * size]
             with autocast(cfg.precision):
-                loss, metrics = minibatch_loss(
-                    cfg, model, value_head, batch, rows, kl_coef,
-                    prepare if cfg.single_update else None,
-                )  # fmt: skip
+                out = first if first is not None else policy_forward(
+                    cfg, model, value_head, batch, rows)  # fmt: skip
+                first = None
+                loss, metrics = minibatch_loss(cfg, out, batch, rows, old, adv, kl_coef)
+            del out
             check_finite("the loss", loss.detach(), step, hint=HINT)
             loss.backward()
             grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in step()
@@ -740,8 +771,12 @@ __all__ = [
     "OnlineConfig",
     "OnlineResult",
     "ValueHead",
+    "Advantages",
+    "Old",
+    "PolicyForward",
     "compute_advantages",
     "minibatch_loss",
+    "policy_forward",
     "sequence_advantages",
     "train_online",
 ]

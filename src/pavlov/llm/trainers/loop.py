@@ -1,9 +1,12 @@
-"""The training loop shared by SFT, the reward model and DPO.
+"""The one training loop of the LLM trainers.
 
-A trainer describes its work as a :class:`Task` (plain functions: build a micro-batch, compute
-its loss, save the weights, evaluate) and calls :func:`fit`, which owns everything else:
-AdamW and the lr schedule, gradient accumulation with the loss weights, clipping, the NaN
-guard, metric records, the progress bar, held-out evaluations, checkpoints and resume.
+:func:`run_steps` runs the steps of every trainer: metric records, the progress bar, held-out
+evaluations, checkpoints, the final ``model/`` and resume from a step. What one step is comes
+from the trainer as a :class:`Loop`. SFT, the reward model and DPO describe their work as a
+:class:`Task` (plain functions: build a micro-batch, compute its loss, save the weights,
+evaluate) and call :func:`fit`, which builds AdamW and the lr schedule and makes a step of
+gradient accumulation with the loss weights, clipping and the NaN guard; the online trainers
+(:mod:`pavlov.llm.trainers.online`) hand it their generate-score-update step.
 
 Checkpoints (with a :class:`~pavlov.run.Run`)::
 
@@ -21,9 +24,10 @@ lengthens the linear lr decay from that step on (the schedule is recomputed for 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,59 +122,116 @@ def fit(
         quiet: no progress bar.
         callback: ``callback(step, record)`` after every optimizer step (tests, stop rules).
     """
-    from pavlov.run.console import ProgressBar
-
     plan = batch_plan(cfg, task.lengths)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for _, p in trainable_parameters(task.model)]
     optimizer = make_optimizer(task.model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
-    step = 0
+    start = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
-        step = int(resume["step"])
-    t0, start, log = time.perf_counter(), step, MetricLog(run, cfg.log_every)
+        start = int(resume["step"])
+
+    def one_step(step: int) -> dict[str, float]:
+        t_step = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics["train/learning_rate"] = lr
+        metrics["train/epoch"] = (step + 1) / plan.steps_per_epoch
+        metrics["train/seconds_per_step"] = time.perf_counter() - t_step
+        return metrics
+
+    @contextlib.contextmanager
+    def training() -> Iterator[None]:
+        with compact_heap(cfg.compact_heap), fast_kernels(task.model, enabled=cfg.fast_kernels):
+            yield
+
+    loop = Loop(task.name, f"train/{task.key_metric}", total, one_step, "train/seconds_per_step",
+                task, optimizer, scheduler, training,
+                None if task.evaluate is None else lambda: _evaluate(cfg, task))  # fmt: skip
     task.model.train()
+    done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback)
+    return FitResult(
+        steps=done.steps,
+        train=done.log.last_train,
+        eval=done.log.last_eval,
+        seconds=done.seconds,
+        seconds_per_step=done.seconds_per_step,
+        history=done.log.history,
+    )
+
+
+@dataclass
+class Loop:
+    """A trainer's side of :func:`run_steps`, the one training loop of the LLM trainers (offline
+    ones through :func:`fit`, the online ones directly): what one step is and what is saved."""
+
+    name: str
+    """Short name for the progress bar (``"sft"``, ``"grpo"``)."""
+    key_metric: str
+    """Record key shown on the progress bar (``"train/loss"``, ``"reward/mean"``)."""
+    total: int
+    """The step the run ends at."""
+    step: Callable[[int], dict[str, float]]
+    """``step(i)`` runs step ``i + 1`` (its optimizer step or steps) and returns its record."""
+    seconds_key: str
+    """The record's key for the step's own seconds (evaluations and checkpoints excluded)."""
+    saver: Any
+    """``save(directory, final)`` and ``state()``: see :class:`Task`."""
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    training: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    """Entered around the steps (not the final evaluation and save): heap policy, kernels."""
+    evaluate: Callable[[], dict[str, float]] | None = None
+    """Held-out metrics, every ``eval_every`` steps and at the end."""
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    log: MetricLog
+    seconds: float
+    seconds_per_step: float
+
+
+def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool = True,
+              callback: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
+    """Steps ``start + 1 .. loop.total``: log every ``log_every``, evaluate every ``eval_every``
+    and at the end, checkpoint every ``checkpoint_every`` and at the end, write ``model/``."""
+    from pavlov.run.console import ProgressBar
+
+    t0, step, log = time.perf_counter(), start, MetricLog(run, cfg.log_every)
+    label = loop.key_metric.removeprefix("train/")
     with (
-        compact_heap(cfg.compact_heap),
-        fast_kernels(task.model, enabled=cfg.fast_kernels),
-        ProgressBar(total - step, task.name, task.key_metric, enabled=not quiet) as bar,
+        loop.training(),
+        ProgressBar(loop.total - step, loop.name, label, enabled=not quiet) as bar,
     ):
-        while step < total:
-            t_step = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        while step < loop.total:
+            record = loop.step(step)
             step += 1
-            metrics["train/learning_rate"] = lr
-            metrics["train/epoch"] = step / plan.steps_per_epoch
-            metrics["train/seconds_per_step"] = time.perf_counter() - t_step
-            log.add(step, metrics, step == total, metrics["train/seconds_per_step"])
-            bar.update(1, metrics.get(f"train/{task.key_metric}"))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                log.evaluation(step, _evaluate(cfg, task))
+            log.add(step, record, step == loop.total, record[loop.seconds_key])
+            bar.update(1, record.get(loop.key_metric))
+            evaluate_now = cfg.eval_every and step % cfg.eval_every == 0 and step < loop.total
+            if loop.evaluate is not None and evaluate_now:
+                log.evaluation(step, loop.evaluate())
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_trainer_checkpoint(run, cfg, task, step, optimizer, scheduler)
+                save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer,
+                                        loop.scheduler)  # fmt: skip
             if callback is not None:
-                callback(step, metrics)
-    if task.evaluate is not None:
-        log.evaluation(step, _evaluate(cfg, task))
+                callback(step, record)
+    if loop.evaluate is not None:
+        log.evaluation(step, loop.evaluate())
     if run is not None:
         if step > start or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
-            save_trainer_checkpoint(run, cfg, task, step, optimizer, scheduler)
-        task.save(run.dir / "model", True)
-    return FitResult(
-        steps=step,
-        train=log.last_train,
-        eval=log.last_eval,
-        seconds=time.perf_counter() - t0,
-        seconds_per_step=log.train_seconds / (step - start) if step > start else 0.0,
-        history=log.history,
-    )
+            save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler)
+        loop.saver.save(run.dir / "model", True)
+    per_step = log.train_seconds / (step - start) if step > start else 0.0
+    return LoopResult(step, log, time.perf_counter() - t0, per_step)
 
 
 class MetricLog:

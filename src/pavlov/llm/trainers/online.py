@@ -42,7 +42,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,7 +71,7 @@ from pavlov.llm.trainers.common import (
     seed_all,
     set_rng_state,
 )
-from pavlov.llm.trainers.loop import HINT, MetricLog, load_weights, save_trainer_checkpoint
+from pavlov.llm.trainers.loop import HINT, Loop, load_weights, run_steps
 from pavlov.math import (
     LOSS_AGGREGATIONS,
     adaptive_kl_coef,
@@ -528,7 +528,6 @@ def train_online(
     ``time/learn``, ``time/step`` in seconds.
     """
     from pavlov.llm.scoring.rewards import compute_rewards, resolve_reward
-    from pavlov.run.console import ProgressBar
 
     reward_fn = resolve_reward(reward)
     pad_id = ensure_pad_token(tokenizer)
@@ -578,95 +577,92 @@ def train_online(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, eos_token_ids=tokenizer.eos_token_id, pad_token_id=pad_id,
     )  # fmt: skip
-    log, t0, start = MetricLog(run, cfg.log_every), time.perf_counter(), step
+    def one_step(i: int) -> dict[str, float]:
+        """Step ``i + 1``: generate, score, reference, old policy, advantages, update."""
+        t_step = time.perf_counter()
+        idx = [j for j in plan.step(i)[0] for _ in range(cfg.group_size)]
+        times: dict[str, float] = {}
+
+        t = time.perf_counter()
+        ids, attn = left_pad([prompt_ids[j] for j in idx], pad_id)
+        with autocast(cfg.precision):
+            rollout = generate(
+                model, ids, attn, replace(sampling, seed=cfg.seed * 1_000_003 + i),
+                record=cfg.single_update and cfg.replay_rollout,
+            )
+        times["time/generate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        batch_prompts = [texts[j] for j in idx]
+        completions = _decode(tokenizer, rollout)
+        scores, reward_metrics = compute_rewards(reward_fn, batch_prompts, completions)
+        times["time/reward"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        ref_logp = None
+        if cfg.beta > 0:
+            ref_module = model if reference is None else reference
+            ref_logp = _logprobs(cfg, ref_module, rollout, adapters_off=reference is None)
+        batch = Batch(rollout, batch_prompts, completions, scores.float(), ref_logp)
+        kl_coef = state["kl_coef"]
+        first = None
+        if not cfg.single_update:  # the policy before its updates, no grad
+            old = _old_pass(cfg, model, value_head, rollout)
+        times["time/reference"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if cfg.single_update:  # the update's own forward is the policy before it
+            first = _first_forward(cfg, model, value_head, batch)
+            old = first.detached()
+        adv = compute_advantages(cfg, batch, old, kl_coef, state["baseline"])
+        metrics = _floats(adv.metrics)
+        metrics.update(
+            _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer,
+                    scheduler, params, i + 1)
+        )  # fmt: skip
+        times["time/learn"] = time.perf_counter() - t
+
+        if cfg.target_kl and "kl/ref" in metrics:
+            state["kl_coef"] = adaptive_kl_coef(
+                kl_coef, metrics["kl/ref"], cfg.target_kl, cfg.kl_horizon, len(idx)
+            )
+        mean_score = float(scores.mean())
+        if cfg.algo == "reinforce":
+            b = state["baseline"]
+            d = cfg.baseline_decay
+            state["baseline"] = mean_score if b is None else d * b + (1 - d) * mean_score
+        times["time/step"] = time.perf_counter() - t_step
+        record = {
+            "reward/mean": mean_score,
+            "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
+            **{k: float(v) for k, v in reward_metrics.items() if k != "reward/mean"},
+            **metrics,
+            "kl/coef": kl_coef,
+            "response/length": float(rollout.response_lengths.float().mean()),
+            "response/eos_rate": float(rollout.eos_reached.float().mean()),
+            "learning_rate": optimizer.param_groups[0]["lr"],
+            **times,
+        }
+        return record
+
+    @contextlib.contextmanager
+    def training() -> Iterator[None]:
+        with (
+            _heap_policy(cfg, model),
+            fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
+        ):
+            yield
+
+    loop = Loop(cfg.algo, "reward/mean", cfg.max_steps, one_step, "time/step", saver, optimizer,
+                scheduler, training)  # fmt: skip
     model.train()
-    with (
-        _heap_policy(cfg, model),
-        fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
-        ProgressBar(cfg.max_steps - step, cfg.algo, "reward/mean", enabled=not quiet) as bar,
-    ):
-        while step < cfg.max_steps:
-            t_step = time.perf_counter()
-            idx = [i for i in plan.step(step)[0] for _ in range(cfg.group_size)]
-            times: dict[str, float] = {}
-
-            t = time.perf_counter()
-            ids, attn = left_pad([prompt_ids[i] for i in idx], pad_id)
-            with autocast(cfg.precision):
-                rollout = generate(
-                    model, ids, attn, replace(sampling, seed=cfg.seed * 1_000_003 + step),
-                    record=cfg.single_update and cfg.replay_rollout,
-                )
-            times["time/generate"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            batch_prompts = [texts[i] for i in idx]
-            completions = _decode(tokenizer, rollout)
-            scores, reward_metrics = compute_rewards(reward_fn, batch_prompts, completions)
-            times["time/reward"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            ref_logp = None
-            if cfg.beta > 0:
-                ref_module = model if reference is None else reference
-                ref_logp = _logprobs(cfg, ref_module, rollout, adapters_off=reference is None)
-            batch = Batch(rollout, batch_prompts, completions, scores.float(), ref_logp)
-            kl_coef = state["kl_coef"]
-            first = None
-            if not cfg.single_update:  # the policy before its updates, no grad
-                old = _old_pass(cfg, model, value_head, rollout)
-            times["time/reference"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            if cfg.single_update:  # the update's own forward is the policy before it
-                first = _first_forward(cfg, model, value_head, batch)
-                old = first.detached()
-            adv = compute_advantages(cfg, batch, old, kl_coef, state["baseline"])
-            metrics = _floats(adv.metrics)
-            metrics.update(
-                _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer,
-                        scheduler, params, step + 1)
-            )  # fmt: skip
-            times["time/learn"] = time.perf_counter() - t
-
-            step += 1
-            if cfg.target_kl and "kl/ref" in metrics:
-                state["kl_coef"] = adaptive_kl_coef(
-                    kl_coef, metrics["kl/ref"], cfg.target_kl, cfg.kl_horizon, len(idx)
-                )
-            mean_score = float(scores.mean())
-            if cfg.algo == "reinforce":
-                b = state["baseline"]
-                d = cfg.baseline_decay
-                state["baseline"] = mean_score if b is None else d * b + (1 - d) * mean_score
-            times["time/step"] = time.perf_counter() - t_step
-            record = {
-                "reward/mean": mean_score,
-                "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
-                **{k: float(v) for k, v in reward_metrics.items() if k != "reward/mean"},
-                **metrics,
-                "kl/coef": kl_coef,
-                "response/length": float(rollout.response_lengths.float().mean()),
-                "response/eos_rate": float(rollout.eos_reached.float().mean()),
-                "learning_rate": optimizer.param_groups[0]["lr"],
-                **times,
-            }
-            log.add(step, record, step == cfg.max_steps, times["time/step"])
-            bar.update(1, record["reward/mean"])
-            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_trainer_checkpoint(run, cfg, saver, step, optimizer, scheduler)
-            if callback is not None:
-                callback(step, record)
-    if run is not None:
-        if step > start or not (run.dir / "checkpoints" / f"step_{step}").is_dir():
-            save_trainer_checkpoint(run, cfg, saver, step, optimizer, scheduler)
-        saver.save(run.dir / "model", True)
+    done = run_steps(cfg, loop, step, run=run, quiet=quiet, callback=callback)
     return OnlineResult(
         model=model,
-        steps=step,
-        history=log.history,
-        seconds=time.perf_counter() - t0,
-        seconds_per_step=log.train_seconds / (step - start) if step > start else 0.0,
+        steps=done.steps,
+        history=done.log.history,
+        seconds=done.seconds,
+        seconds_per_step=done.seconds_per_step,
     )
 
 

@@ -72,6 +72,31 @@ def test_an_old_field_name_says_its_new_name():
         build_config(OnlineConfig, {"ppo_epochs": 2})
 
 
+def test_a_config_group_takes_a_mapping_or_dotted_keys():
+    """The LLM trainers' CPU speed-ups are one group (``cpu``): YAML mappings, ``-o cpu.x=...``
+    overrides (which win), the old flat names refused with their new ones, a round trip through
+    config_dict (what a checkpoint stores)."""
+    from pavlov.config import build_config, config_dict, parse_overrides
+    from pavlov.errors import ConfigError
+    from pavlov.llm.cpu import CpuConfig
+    from pavlov.llm.trainers.online import OnlineConfig
+    from pavlov.llm.trainers.sft import SFTConfig
+
+    values = {"cpu": {"reuse_heap": False, "enabled": True},
+              **parse_overrides(["cpu.enabled=false", "max_steps=3"])}
+    cfg = build_config(OnlineConfig, values, where="trainer")
+    assert cfg.cpu == CpuConfig(enabled=False, reuse_heap=False) and cfg.max_steps == 3
+    assert not cfg.cpu.on("fast_kernels") and not cfg.cpu.on("replay_rollout")
+    assert build_config(OnlineConfig, config_dict(cfg)) == cfg
+    assert build_config(SFTConfig, {}).cpu == CpuConfig()
+    with pytest.raises(ConfigError, match="key fast_kernels is now called cpu.fast_kernels"):
+        build_config(SFTConfig, {"fast_kernels": False}, where="trainer")
+    with pytest.raises(ConfigError, match="unknown trainer.cpu key.s. nope"):
+        build_config(SFTConfig, {"cpu.nope": 1}, where="trainer")
+    with pytest.raises(ConfigError, match="cpu must be a mapping"):
+        build_config(SFTConfig, {"cpu": 3}, where="trainer")
+
+
 def test_the_docs_table_of_config_fields_is_current():
     import importlib.util
     from pathlib import Path

@@ -99,16 +99,26 @@ RENAMED = {
     "normalize_advantages": "normalize_advantage",
     "value_clip": "clip_range_vf",
     "entropy_coef": "ent_coef",
+    "fast_kernels": "cpu.fast_kernels",
+    "compact_heap": "cpu.compact_heap",
+    "reuse_heap": "cpu.reuse_heap",
+    "offload_reference": "cpu.offload_reference",
+    "replay_rollout": "cpu.replay_rollout",
 }
 """Old config names -> the one name each concept has now (Stable-Baselines3's; see
 docs/config-fields.md)."""
 
 
 def build_config(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
-    """Instantiate dataclass ``cls`` from ``values``; unknown keys name the valid ones."""
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys name the valid ones.
+
+    A field that is itself a config dataclass (a group, e.g. ``cpu``) takes a mapping or dotted
+    keys (``"cpu.enabled": False``, what ``-o cpu.enabled=false`` gives), the latter winning."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    values = _grouped(values, {k for k in fields if dataclasses.is_dataclass(hints.get(k))}, where)
     unknown = sorted(set(values) - set(fields))
-    renamed = [k for k in unknown if RENAMED.get(k) in fields]
+    renamed = [k for k in unknown if RENAMED.get(k, "").split(".")[0] in fields]
     if renamed:
         raise ConfigError(", ".join(f"{where} key {k} is now called {RENAMED[k]}"
                                     for k in renamed))
@@ -117,12 +127,39 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "config") ->
             f"unknown {where} key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"valid: {', '.join(fields)}"
         )
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(k, hints.get(k, fields[k].type), v) for k, v in values.items()}
+    kwargs = {}
+    for k, v in values.items():
+        tp = hints.get(k, fields[k].type)
+        kwargs[k] = (build_config(tp, v, where=f"{where}.{k}")
+                     if dataclasses.is_dataclass(tp) and isinstance(v, dict) else _coerce(k, tp, v))
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def _grouped(values: dict[str, Any], groups: set[str], where: str) -> dict[str, Any]:
+    """Dotted keys of the ``groups`` folded into one mapping per group (over any mapping given
+    for it); other dotted keys are left for the unknown-key error."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in groups and value is not None and not isinstance(value, dict):
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            else:
+                raise ConfigError(f"{where} key {key} must be a mapping of its fields, "
+                                  f"got {value!r}")
+        head, dot, rest = key.partition(".")
+        if dot and head in groups:
+            group = out.setdefault(head, {})
+            if not isinstance(group, dict):
+                group = out[head] = dict(group)
+            group[rest] = value
+        elif key in groups and key in out:
+            out[key] = {**value, **out[key]}
+        else:
+            out[key] = dict(value) if key in groups and isinstance(value, dict) else value
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -176,6 +213,14 @@ def fields_markdown(classes: dict[str, type]) -> str:
             else:
                 default = "(required)"
             meaning = docs.get(f.name, "").replace("|", "\\|")
+            if dataclasses.is_dataclass(default):  # a group: one row per field of it
+                sub = field_docs(type(default))
+                out.append(f"| `{f.name}` | (group) | {meaning} |")
+                for g in dataclasses.fields(default):
+                    text = sub.get(g.name, "").replace("|", "\\|")
+                    out.append(f"| `{f.name}.{g.name}` | `{getattr(default, g.name)!r}` | "
+                               f"{text} |")
+                continue
             out.append(f"| `{f.name}` | `{default!r}` | {meaning} |")
         out.append("")
     return "\n".join(out)

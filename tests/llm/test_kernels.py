@@ -85,7 +85,7 @@ def test_heap_compaction_is_opt_in():
     from pavlov.llm.cpu.heap import compact_heap
     from pavlov.llm.trainers.common import TrainConfig
 
-    assert TrainConfig().compact_heap is False  # speed first: compaction costs page faults
+    assert TrainConfig().cpu.compact_heap is False  # speed first: compaction costs page faults
     with compact_heap(True) as applied:
         assert applied == sys.platform.startswith("linux")
     with compact_heap(False) as applied:
@@ -95,9 +95,8 @@ def test_heap_compaction_is_opt_in():
 def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
     import sys
 
-    from pavlov.llm.cpu import heap
+    from pavlov.llm.cpu import CpuConfig, heap, training
     from pavlov.llm.cpu.heap import reuse_heap
-    from pavlov.llm.trainers.online import OnlineConfig, _heap_policy
 
     linux = sys.platform.startswith("linux")
     model = tiny_random_lm("llama", 97)
@@ -109,16 +108,19 @@ def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
         assert not applied
     calls = []
     monkeypatch.setattr(heap, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
-    for cfg, first in [
-        (OnlineConfig(), (heap.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
-        (OnlineConfig(compact_heap=True), (heap.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
+    for cfg, online, first in [
+        (CpuConfig(), True, (heap.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
+        (CpuConfig(compact_heap=True), True, (heap.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
+        (CpuConfig(compact_heap=True), False, (heap.M_MMAP_THRESHOLD, 64 * 1024)),
     ]:
         calls.clear()
-        with _heap_policy(cfg, model) as applied:
-            assert applied and calls[0] == first
-    calls.clear()
-    with _heap_policy(OnlineConfig(reuse_heap=False), model) as applied:
-        assert not applied and not calls
+        with training(cfg, model, online=online):
+            assert calls[0] == first
+    for cfg, online in [(CpuConfig(reuse_heap=False), True), (CpuConfig(), False),
+                        (CpuConfig(enabled=False, compact_heap=True), True)]:
+        calls.clear()
+        with training(cfg, model, online=online):
+            assert not calls  # no heap policy: offline by default, or switched off
 
 
 def test_precision_auto_picks_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from pavlov.llm.cpu import CpuConfig
 from pavlov.llm.cpu.offload import is_offloaded, loaded, offload_copy
 from pavlov.llm.models.tiny import tiny_causal_lm, tiny_random_lm
 from pavlov.llm.trainers.online import OnlineConfig, train_online
@@ -91,7 +92,8 @@ def test_online_training_is_the_same_with_the_reference_offloaded():
     for offload in (True, False):
         model, tok = tiny_causal_lm()
         cfg = OnlineConfig(algo="grpo", max_steps=2, prompts_per_step=2, max_new_tokens=6,
-                           learning_rate=1e-2, beta=0.1, offload_reference=offload)  # fmt: skip
+                           learning_rate=1e-2, beta=0.1,
+                           cpu=CpuConfig(offload_reference=offload))  # fmt: skip
         result = train_online(cfg, model, tok, PROMPTS, vowel_share)
         runs.append(result.history)
     on, off = runs

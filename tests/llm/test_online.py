@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pavlov.errors import ConfigError, PavlovError
+from pavlov.llm.cpu import CpuConfig
 from pavlov.llm.models.tiny import tiny_causal_lm
 from pavlov.llm.trainers import load_resume
 from pavlov.llm.trainers.online import OnlineConfig, train_online
@@ -131,7 +132,8 @@ def test_adaptive_kl_and_missing_eos_penalty():
 def test_first_step_has_zero_kl_ratio_one_and_changes_every_parameter(algo, replay):
     model, tok = tiny_causal_lm()
     before = snapshot(model)
-    out = train_online(config(algo, replay_rollout=replay), model, tok, PROMPTS, vowel_share)
+    cfg = config(algo, cpu=CpuConfig(replay_rollout=replay))
+    out = train_online(cfg, model, tok, PROMPTS, vowel_share)
     rec = out.history[0]
     if replay:  # the policy's log-probs are the decode's: the reference's to float32 round-off
         assert abs(rec["kl/ref"]) <= 1e-6

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pavlov.llm.cpu import CpuConfig
 from pavlov.llm.cpu import tape as replay_module
 from pavlov.llm.cpu.lean import fast_kernels
 from pavlov.llm.cpu.native import row_kernel_available
@@ -128,7 +129,8 @@ def test_decode_step_checks_the_tape_it_writes_to():
 
 def tiny_grpo(replay: bool, **kw) -> OnlineConfig:
     return OnlineConfig(algo="grpo", max_steps=1, prompts_per_step=2, group_size=3,
-                        max_new_tokens=8, learning_rate=1e-3, replay_rollout=replay, **kw)
+                        max_new_tokens=8, learning_rate=1e-3,
+                        cpu=CpuConfig(replay_rollout=replay), **kw)
 
 
 def vowels(prompts, completions):

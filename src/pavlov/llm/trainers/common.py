@@ -19,7 +19,7 @@ import functools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from pavlov.errors import (
     check_positive,
     check_range,
 )
+from pavlov.llm.cpu import CpuConfig
 from pavlov.llm.cpu.native import l2_norm
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
@@ -74,19 +75,9 @@ class TrainConfig:
     precision: str = "fp32"
     """``"fp32"`` (default, exact), ``"bf16"`` (autocast forward, fp32 master weights) or
     ``"auto"`` (bf16 where the CPU multiplies bf16 fast, see :func:`fast_bf16`; else fp32)."""
-    fast_kernels: bool = True
-    """float32 CPU linears through oneDNN and a sparse gradient for a tied input embedding
-    (:mod:`pavlov.llm.cpu.kernels`): the same results to float32 round-off, less time and memory
-    traffic per step. ``False`` uses PyTorch's defaults."""
-    compact_heap: bool = False
-    """On glibc (Linux), while training, serve allocations of 64 KiB and more with ``mmap`` so
-    that freed activations and gradients go back to the OS instead of staying in a fragmented
-    heap: least memory, slower steps. Measured on SmolLM2-135M, fp32, 2 cores: reward-model
-    peak RSS 3.3 -> 2.8 GB but its step 4.4-5.3 -> 5.9-6.1 s (every freed page is faulted in
-    again next step); GRPO peak RSS 3.55 -> 3.18 GB, step 8.9 -> 10.7 s; under bf16 or LoRA
-    1.6x slower steps. Off by default (speed first; the online trainers keep freed memory for
-    the next step instead, ``OnlineConfig.reuse_heap``). See
-    :func:`pavlov.llm.cpu.heap.compact_heap`."""
+    cpu: CpuConfig = field(default_factory=CpuConfig)
+    """The CPU speed-ups (:class:`pavlov.llm.cpu.CpuConfig`): ``cpu.enabled`` is their one
+    switch; ``-o cpu.<field>=...`` sets one."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import PavlovError, check_finite
-from pavlov.llm.cpu.heap import compact_heap
-from pavlov.llm.cpu.lean import fast_kernels
+from pavlov.llm import cpu
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
@@ -146,13 +145,8 @@ def fit(
         metrics["train/seconds_per_step"] = time.perf_counter() - t_step
         return metrics
 
-    @contextlib.contextmanager
-    def training() -> Iterator[None]:
-        with compact_heap(cfg.compact_heap), fast_kernels(task.model, enabled=cfg.fast_kernels):
-            yield
-
     loop = Loop(task.name, f"train/{task.key_metric}", total, one_step, "train/seconds_per_step",
-                task, optimizer, scheduler, training,
+                task, optimizer, scheduler, lambda: cpu.training(cfg.cpu, task.model),
                 None if task.evaluate is None else lambda: _evaluate(cfg, task))  # fmt: skip
     task.model.train()
     done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback)

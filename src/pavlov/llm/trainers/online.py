@@ -42,7 +42,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,8 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.errors import ConfigError, check_choice, check_count, check_finite, check_range
-from pavlov.llm.cpu.heap import compact_heap, reuse_heap
-from pavlov.llm.cpu.lean import fast_kernels
+from pavlov.llm import cpu
 from pavlov.llm.cpu.offload import loaded, offload_copy
 from pavlov.llm.data.datasets import PromptExample
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
@@ -169,22 +168,6 @@ class OnlineConfig(TrainConfig):
     """REINFORCE: the baseline is this moving average of past batch mean rewards."""
     disable_dropout: bool = True
     """Set all dropout to 0: sampling, scoring and updating then see the same policy."""
-    offload_reference: bool = True
-    """Full fine-tuning on CPU: keep the frozen reference copy in a file and read it back for
-    its one forward per step (:mod:`pavlov.llm.cpu.offload`, same outputs): its memory (538 MB for a
-    135M float32 model) then no longer adds to the update's peak, for ~0.1-0.2 s a step. (With LoRA
-    there is no copy: the reference is the policy with adapters off.)"""
-    replay_rollout: bool = True
-    """With one update per batch, record the decode's linear outputs and logits while sampling
-    and replay them in the update's forward instead of recomputing them (:mod:`pavlov.llm.
-    replay`: same log-probs and gradients to float32 round-off, the forward's matmuls saved,
-    ~2 N T of ~6 N T FLOPs). Applies where the fast decoder's C step samples (float32 Llama-family
-    models without LoRA on an AVX2 CPU); elsewhere the forward runs as usual."""
-    reuse_heap: bool = True
-    """On glibc (Linux), keep freed memory in the heap from one step to the next instead of
-    returning it to the OS and faulting it in again (:func:`~pavlov.llm.trainers.common.
-    reuse_heap`): fp32 GRPO benchmark 7.3 -> 6.6 s a step, peak RSS +50 MB. Not applied when
-    ``compact_heap`` is on (the opposite trade: least memory, slowest)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -546,7 +529,7 @@ def train_online(
     lora = is_peft_model(model)
     if reference is None and cfg.beta > 0 and not lora:  # a copy before any update
         on_cpu = next(model.parameters()).device.type == "cpu"
-        if cfg.offload_reference and on_cpu:
+        if cfg.cpu.on("offload_reference") and on_cpu:
             reference = offload_copy(model)
         else:
             reference = copy.deepcopy(model).requires_grad_(False)
@@ -576,6 +559,7 @@ def train_online(
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, eos_token_ids=tokenizer.eos_token_id, pad_token_id=pad_id,
+        fast=cfg.cpu.enabled,
     )  # fmt: skip
     def one_step(i: int) -> dict[str, float]:
         """Step ``i + 1``: generate, score, reference, old policy, advantages, update."""
@@ -588,7 +572,7 @@ def train_online(
         with autocast(cfg.precision):
             rollout = generate(
                 model, ids, attn, replace(sampling, seed=cfg.seed * 1_000_003 + i),
-                record=cfg.single_update and cfg.replay_rollout,
+                record=cfg.single_update and cfg.cpu.on("replay_rollout"),
             )
         times["time/generate"] = time.perf_counter() - t
 
@@ -645,16 +629,9 @@ def train_online(
         }
         return record
 
-    @contextlib.contextmanager
-    def training() -> Iterator[None]:
-        with (
-            _heap_policy(cfg, model),
-            fast_kernels(model, reference, value_head, enabled=cfg.fast_kernels),
-        ):
-            yield
-
     loop = Loop(cfg.algo, "reward/mean", cfg.max_steps, one_step, "time/step", saver, optimizer,
-                scheduler, training)  # fmt: skip
+                scheduler, lambda: cpu.training(cfg.cpu, model, reference, value_head,
+                                                online=True))  # fmt: skip
     model.train()
     done = run_steps(cfg, loop, step, run=run, quiet=quiet, callback=callback)
     return OnlineResult(
@@ -668,14 +645,6 @@ def train_online(
 
 def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
-
-
-def _heap_policy(cfg: OnlineConfig, model: nn.Module) -> contextlib.AbstractContextManager:
-    """glibc heap policy of the run: compact (``compact_heap``), reuse (``reuse_heap``) or the
-    default."""
-    if cfg.compact_heap:
-        return compact_heap(True)
-    return reuse_heap(cfg.reuse_heap)
 
 
 def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_off: bool):

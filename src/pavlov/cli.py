@@ -271,6 +271,11 @@ ChatOpt = Annotated[
     typer.Option("--chat-template/--no-chat-template", help="Render prompts as chat turns."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(help="Data-parallel worker processes on this machine (gloo; torchrun for "
+                 "several machines). Default 1."),
+]
 
 
 def _llm_train(command: str, config, opts: dict[str, Any], flags: dict[str, Any], override,
@@ -293,13 +298,14 @@ def sft(
     runs_dir: RunsDirOpt = None,
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
+    nproc: NprocOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Supervised fine-tuning of a causal LM on prompt -> completion data (loss on completions)."""
     opts = dict(model=model, data=data, eval_data=eval_data, name=name, runs_dir=runs_dir,
-                resume=resume, chat_template=chat_template)  # fmt: skip
+                resume=resume, chat_template=chat_template, nproc=nproc)  # fmt: skip
     flags = dict(max_steps=max_steps, lora=lora, seed=seed)
     _llm_train("sft", config, opts, flags, override, quiet, json_)
 
@@ -321,13 +327,15 @@ def reward_model(
     runs_dir: RunsDirOpt = None,
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
+    nproc: NprocOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Train a scalar reward model on preference pairs (-o mode=pointwise: labelled texts)."""
     opts = dict(model=model, backbone=backbone, data=data, eval_data=eval_data, name=name,
-                runs_dir=runs_dir, resume=resume, chat_template=chat_template)  # fmt: skip
+                runs_dir=runs_dir, resume=resume, chat_template=chat_template,
+                nproc=nproc)  # fmt: skip
     flags = dict(max_steps=max_steps, lora=lora, seed=seed)
     _llm_train("reward-model", config, opts, flags, override, quiet, json_)
 
@@ -345,13 +353,14 @@ def dpo(
     runs_dir: RunsDirOpt = None,
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
+    nproc: NprocOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Direct Preference Optimization (also IPO, hinge: -o loss_type=ipo) on preference pairs."""
     opts = dict(model=model, data=data, eval_data=eval_data, name=name, runs_dir=runs_dir,
-                resume=resume, chat_template=chat_template)  # fmt: skip
+                resume=resume, chat_template=chat_template, nproc=nproc)  # fmt: skip
     flags = dict(max_steps=max_steps, lora=lora, seed=seed)
     _llm_train("dpo", config, opts, flags, override, quiet, json_)
 

@@ -244,3 +244,32 @@ def test_rl_bad_input_one_line_exit_2_no_run_dir(extra, message, files, tmp_path
     code, _, err = run_cli(rl_args(files, tmp_path, *extra), capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.timeout(300)
+def test_sft_trains_data_parallel_with_nproc_and_rank_0_writes_one_run(files, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "pavlov", "sft", "--model", str(files / "tiny"), "--data",
+            str(files / "sft.jsonl"), "--runs-dir", str(tmp_path / "runs"), "--name", "dp",
+            *FAST, "-o", "max_steps=2", "-o", "checkpoint_every=1", "--nproc", "2", "--json"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=280,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    run = tmp_path / "runs" / "dp"
+    assert summary["steps"] == 2 and summary["run"] == str(run)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["dp"]
+    assert (run / "model" / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_2"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
+    assert steps == sorted(set(steps)) and steps[-1] == 2  # one writer: no duplicated records
+
+
+def test_a_bad_nproc_is_one_line_and_exit_2(files, tmp_path, capsys):
+    code, out, err = run_cli(["sft", "--model", str(files / "tiny"), "--runs-dir",
+                              str(tmp_path / "runs"), "--nproc", "0"], capsys)  # fmt: skip
+    assert code == 2 and err.strip() == "pavlov: error: nproc must be a positive integer, got 0"
+    assert not (tmp_path / "runs").exists()

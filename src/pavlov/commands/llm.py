@@ -19,8 +19,9 @@ from typing import Any
 from pavlov.config import build_config, config_dict, parse_overrides
 from pavlov.errors import ConfigError, PavlovError
 
-TOP_KEYS = {"model", "data", "eval_data", "chat_template", "backbone", "name", "runs_dir", "resume"}
-SAVED_KEYS = ("model", "data", "eval_data", "chat_template", "backbone")
+TOP_KEYS = {"model", "data", "eval_data", "chat_template", "backbone", "name", "runs_dir", "resume",
+            "nproc"}
+SAVED_KEYS = ("model", "data", "eval_data", "chat_template", "backbone", "nproc")
 BACKBONES = ("causal", "encoder")
 
 
@@ -159,28 +160,49 @@ def run_llm_train(
     *,
     quiet: bool,
     json_out: bool,
-) -> dict[str, Any]:
-    """Validate, load, train, save and summarise one ``sft`` / ``reward-model`` / ``dpo`` run."""
+) -> dict[str, Any] | None:
+    """Validate, load, train, save and summarise one ``sft`` / ``reward-model`` / ``dpo`` run.
+
+    With ``nproc`` > 1 (``--nproc``) the run is data-parallel: N worker processes on this
+    machine (torch's elastic launcher, gloo), each taking its share of every batch; inside
+    torchrun / ``accelerate launch`` the processes join the group they are given. Rank 0 writes
+    the run and prints; the others return None."""
+    from pavlov.run import distributed
     from pavlov.run.console import emit_json
 
-    spec = COMMANDS[command]
+    spec, given = COMMANDS[command], opts
     opts, trainer = resolve_options(command, opts, flags, overrides)
     cfg = build_config(spec.load("config"), trainer, where="trainer")
     for key in ("data", "eval_data"):
         opts[key] = _path(opts.get(key), f"--{key.replace('_', '-')}")
     opts["model"] = _model_ref(opts.get("model"))
+    nproc = 1 if opts.get("nproc") is None else opts["nproc"]
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ConfigError(f"nproc must be a positive integer, got {nproc!r}")
+    if nproc > 1 and not distributed.launched():
+        distributed.launch(nproc, _worker, command, given, flags, overrides, quiet, json_out)
+        return None
+    dp = distributed.init()
+    main = dp is None or dp.is_main
     model, tokenizer, kind = load_backbone(command, opts)
     train, held_out = load_data(command, opts, getattr(cfg, "mode", ""), tokenizer)
     config = {"command": command, **{k: opts.get(k) for k in SAVED_KEYS}}
     config.update(backbone=kind, trainer=config_dict(cfg))
     kwargs = _trainer_kwargs(command, opts, kind)
     t0 = time.perf_counter()
-    run, resume = open_llm_run(command, opts, config)
-    with run:
+    if main:
+        run, resume = open_llm_run(command, opts, config)
+    else:  # the other ranks read the checkpoint and write nothing
+        from pavlov.llm.trainers.loop import load_resume
+
+        run, resume = None, load_resume(opts["resume"]) if opts.get("resume") else None
+    with run or contextlib.nullcontext():
         result = spec.load("train")(
             cfg, model, tokenizer, train, held_out, run=run, resume=resume,
-            quiet=quiet or json_out, **kwargs,
+            quiet=quiet or json_out or not main, **kwargs,
         )  # fmt: skip
+        if run is None:
+            return None
         summary = _summary(command, run, result.fit, time.perf_counter() - t0)
         run.write_summary(summary)
     _plots(run.dir, command)
@@ -188,6 +210,12 @@ def run_llm_train(
     if json_out:
         emit_json(summary)
     return summary
+
+
+def _worker(command: str, opts: dict[str, Any], flags: dict[str, Any],
+            overrides: list[str] | None, quiet: bool, json_out: bool) -> None:
+    """One ``--nproc`` worker process: the same :func:`run_llm_train`, inside the group."""
+    run_llm_train(command, opts, flags, overrides, quiet=quiet, json_out=json_out)
 
 
 def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any]):

@@ -65,6 +65,25 @@ class DataParallel:
         _wait(dist.all_gather_single(buf, t.reshape(-1), async_op=True))
         torch.sum(buf.view(self.world_size, n), 0, out=t.view(-1))
 
+    def sum_tensors_(self, tensors: list[torch.Tensor], bucket: int = 1 << 22) -> None:
+        """In place: each tensor's sum over the ranks, through flat buckets of up to ``bucket``
+        elements (one collective per bucket, as DDP's buckets; a model's gradients)."""
+        group: list[torch.Tensor] = []
+        size = 0
+        for t in [*tensors, None]:
+            if t is not None and (not group or size + t.numel() <= bucket):
+                group.append(t)
+                size += t.numel()
+                continue
+            if group:
+                flat = torch.cat([g.reshape(-1) for g in group])
+                self.sum_(flat)
+                offset = 0
+                for g in group:
+                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                    offset += g.numel()
+            group, size = ([t], t.numel()) if t is not None else ([], 0)
+
     def average_(self, t: torch.Tensor) -> None:
         """In place: the mean of ``t`` over the ranks (identical bytes on every rank)."""
         self.sum_(t)

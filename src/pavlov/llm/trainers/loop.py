@@ -48,6 +48,8 @@ from pavlov.llm.trainers.common import (
     set_rng_state,
     trainable_parameters,
 )
+from pavlov.run import distributed
+from pavlov.run.distributed import DataParallel
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -121,6 +123,9 @@ def fit(
         quiet: no progress bar.
         callback: ``callback(step, record)`` after every optimizer step (tests, stop rules).
     """
+    dp = distributed.current()  # data parallel inside a process group (--nproc, torchrun)
+    if dp is not None and not dp.is_main:
+        run = None  # rank 0 writes the run: metrics, checkpoints, the final model
     plan = batch_plan(cfg, task.lengths)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for _, p in trainable_parameters(task.model)]
@@ -136,7 +141,8 @@ def fit(
     def one_step(step: int) -> dict[str, float]:
         t_step = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer)
+        metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer,
+                                       dp)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -269,15 +275,24 @@ def accumulate_gradients(
     params: list,
     step: int,
     optimizer: torch.optim.Optimizer | None = None,
+    dp: DataParallel | None = None,
 ) -> dict[str, float]:
     """Forward/backward over the micro-batches of one step; return weighted-mean metrics.
 
     Each micro-batch mean loss is scaled by ``weight / total weight`` before backward, so the
-    accumulated gradient is that of the mean over the whole step (per token for SFT).
+    accumulated gradient is that of the mean over the whole step (per token for SFT). With
+    ``dp`` (data parallel) each rank takes every ``world_size``-th example of each micro-batch,
+    the total weight is the ranks' sum, and the gradients and metrics are summed over the ranks:
+    the step's gradient equals one process's on the whole batch.
     """
-    batches = [task.collate(idx) for idx in micro]
+    if dp is not None:  # this rank's share of every micro-batch's examples
+        micro = [idx[dp.rank :: dp.world_size] for idx in micro]
+    batches = [task.collate(idx) for idx in micro if len(idx)]
     weights = [float(task.weight(b)) for b in batches]
-    total = sum(weights) or 1.0
+    total = sum(weights)
+    if dp is not None:  # the step's loss is a mean over all ranks' units (tokens, pairs)
+        total = float(dp.sum_array([total])[0])
+    total = total or 1.0
     sums: dict[str, float] = {}
     for batch, w in zip(batches, weights, strict=True):
         with autocast(cfg.precision):
@@ -286,6 +301,13 @@ def accumulate_gradients(
         (loss * (w / total)).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
+    if dp is not None:  # the ranks' parts add up to the step's gradient and metrics
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dp.sum_tensors_([p.grad for p in params])
+        names = sorted(sums)
+        sums = dict(zip(names, dp.sum_array([sums[k] for k in names]).tolist(), strict=True))
     grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in optimizer.step()
     check_finite("the gradient norm", grad_norm, step, hint=HINT)
     out = {f"train/{k}": v for k, v in sums.items()}

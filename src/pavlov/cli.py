@@ -447,6 +447,7 @@ def rl(
     runs_dir: RunsDirOpt = None,
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
+    nproc: NprocOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -455,7 +456,8 @@ def rl(
     from pavlov.commands.rl import run_rl
 
     opts = _options(config, model=model, prompts=prompts, reward=reward, name=name,
-                    runs_dir=runs_dir, resume=resume, chat_template=chat_template)  # fmt: skip
+                    runs_dir=runs_dir, resume=resume, chat_template=chat_template,
+                    nproc=nproc)  # fmt: skip
     flags = dict(algo=algo, max_steps=max_steps, beta=beta, lora=lora, seed=seed)
     run_rl(opts, flags, override, quiet=quiet, json_out=json_)
 

@@ -273,3 +273,30 @@ def test_a_bad_nproc_is_one_line_and_exit_2(files, tmp_path, capsys):
                               str(tmp_path / "runs"), "--nproc", "0"], capsys)  # fmt: skip
     assert code == 2 and err.strip() == "pavlov: error: nproc must be a positive integer, got 0"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.timeout(300)
+def test_grpo_trains_data_parallel_with_nproc(files, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "pavlov", "rl", "--algo", "grpo", "--model",
+            str(files / "tiny"), "--reward", "vader", "--runs-dir", str(tmp_path / "runs"),
+            "--name", "g", "--max-steps", "2", "-o", "prompts_per_step=2", "-o", "group_size=2",
+            "-o", "max_new_tokens=6", "--nproc", "2", "--json"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=280,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["algo"] == "grpo"
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["g"]
+    assert (tmp_path / "runs" / "g" / "model" / "model.safetensors").is_file()
+
+
+def test_data_parallel_online_training_says_what_it_supports(files, tmp_path, capsys):
+    code, _, err = run_cli(["rl", "--algo", "ppo", "--model", str(files / "tiny"), "--reward",
+                            "vader", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2"],
+                           capsys)  # fmt: skip
+    assert code == 2 and "data-parallel online training runs grpo for now, not ppo" in err
+    assert not (tmp_path / "runs").exists()

@@ -1,5 +1,6 @@
 """Data-parallel LLM trainers (torch.distributed, gloo, 2 processes with a timeout): the step's
-gradient on two ranks equals one process's on the same global batch."""
+gradient on two ranks equals one process's on the same global batch (SFT, reward model, DPO,
+GRPO)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,59 @@ def test_two_ranks_take_the_one_process_step_on_the_same_global_batch():
         assert err < 1e-5, (name, float(err))
         assert a["loss"] == pytest.approx(ref["loss"], rel=1e-5), name
         torch.testing.assert_close(a["params"], ref["params"], rtol=0, atol=1e-6)
+
+
+def _first_grpo_step() -> dict[str, torch.Tensor]:
+    """One GRPO step on a tiny model: the (pre-clip) gradient, the sequence advantages and the
+    sampled responses of this process's rows, and the parameters after the step."""
+    from pavlov.llm.trainers import online
+
+    torch.set_num_threads(1)
+    seen: dict[str, torch.Tensor] = {}
+    real_clip, real_adv = online.clip_gradients, online.compute_advantages
+
+    def clip(params, *args, **kwargs):
+        seen["grad"] = torch.cat([p.grad.reshape(-1) for p in params]).clone()
+        return real_clip(params, *args, **kwargs)
+
+    def advantages(cfg, batch, *args, **kwargs):
+        out = real_adv(cfg, batch, *args, **kwargs)
+        seen["adv"], seen["responses"] = out.advantages[:, 0].clone(), batch.rollout.responses
+        return out
+
+    online.clip_gradients, online.compute_advantages = clip, advantages
+    try:
+        model, tok = tiny_causal_lm()
+        cfg = online.OnlineConfig(algo="grpo", max_steps=1, prompts_per_step=4, group_size=3,
+                                  max_new_tokens=6, learning_rate=1e-3, beta=0.05)  # fmt: skip
+        online.train_online(cfg, model, tok, ["hello there", "the cat sat", "a dog", "so it goes",
+                                              "once upon a time"], _vowels)  # fmt: skip
+    finally:
+        online.clip_gradients, online.compute_advantages = real_clip, real_adv
+    seen["params"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return seen
+
+
+def _vowels(prompts, completions):
+    return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+
+
+@pytest.mark.timeout(240)
+def test_two_ranks_take_the_one_process_grpo_step():
+    """Each rank samples its block of prompts (whole groups) with the batch's random draws:
+    the same responses and advantages as one process, the same gradient and step."""
+    one = _first_grpo_step()
+    ranks = distributed.launch(2, _first_grpo_step, all_ranks=True)
+    adv = torch.cat([ranks[0]["adv"], ranks[1]["adv"]])
+    torch.testing.assert_close(adv, one["adv"], rtol=0, atol=1e-6)
+    assert adv.abs().sum() > 0  # the groups' rewards differ: a real gradient
+    for r in (0, 1):  # the same tokens (pads aside: a rank's batch may stop earlier)
+        mine = ranks[r]["responses"]
+        full = one["responses"][r * 6 : (r + 1) * 6, : mine.shape[1]]
+        assert torch.equal(mine, full), r
+    assert torch.equal(ranks[0]["grad"], ranks[1]["grad"])
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+    err = (ranks[0]["grad"] - one["grad"]).norm() / one["grad"].norm()
+    assert err < 1e-5, float(err)
+    # Adam's first step is ~lr * sign(g): a gradient entry near eps (1e-8) may move by ~1e-6
+    torch.testing.assert_close(ranks[0]["params"], one["params"], rtol=0, atol=1e-5)

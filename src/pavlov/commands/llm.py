@@ -167,7 +167,6 @@ def run_llm_train(
     machine (torch's elastic launcher, gloo), each taking its share of every batch; inside
     torchrun / ``accelerate launch`` the processes join the group they are given. Rank 0 writes
     the run and prints; the others return None."""
-    from pavlov.run import distributed
     from pavlov.run.console import emit_json
 
     spec, given = COMMANDS[command], opts
@@ -176,13 +175,10 @@ def run_llm_train(
     for key in ("data", "eval_data"):
         opts[key] = _path(opts.get(key), f"--{key.replace('_', '-')}")
     opts["model"] = _model_ref(opts.get("model"))
-    nproc = 1 if opts.get("nproc") is None else opts["nproc"]
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise ConfigError(f"nproc must be a positive integer, got {nproc!r}")
-    if nproc > 1 and not distributed.launched():
-        distributed.launch(nproc, _worker, command, given, flags, overrides, quiet, json_out)
+    launched, dp = join_or_launch(opts, _worker, command, given, flags, overrides, quiet,
+                                  json_out)  # fmt: skip
+    if launched:
         return None
-    dp = distributed.init()
     main = dp is None or dp.is_main
     model, tokenizer, kind = load_backbone(command, opts)
     train, held_out = load_data(command, opts, getattr(cfg, "mode", ""), tokenizer)
@@ -190,12 +186,7 @@ def run_llm_train(
     config.update(backbone=kind, trainer=config_dict(cfg))
     kwargs = _trainer_kwargs(command, opts, kind)
     t0 = time.perf_counter()
-    if main:
-        run, resume = open_llm_run(command, opts, config)
-    else:  # the other ranks read the checkpoint and write nothing
-        from pavlov.llm.trainers.loop import load_resume
-
-        run, resume = None, load_resume(opts["resume"]) if opts.get("resume") else None
+    run, resume = open_llm_run(command, opts, config, main)
     with run or contextlib.nullcontext():
         result = spec.load("train")(
             cfg, model, tokenizer, train, held_out, run=run, resume=resume,
@@ -218,12 +209,30 @@ def _worker(command: str, opts: dict[str, Any], flags: dict[str, Any],
     run_llm_train(command, opts, flags, overrides, quiet=quiet, json_out=json_out)
 
 
-def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any]):
+def join_or_launch(opts: dict[str, Any], worker, *args: Any):
+    """``--nproc N`` (``opts["nproc"]``): start N workers running ``worker(*args)`` on this
+    machine and return ``(True, None)`` when they are done; inside a worker (or torchrun's, or
+    alone) join the process group there is: ``(False, DataParallel or None)``."""
+    from pavlov.run import distributed
+
+    nproc = 1 if opts.get("nproc") is None else opts["nproc"]
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ConfigError(f"nproc must be a positive integer, got {nproc!r}")
+    if nproc > 1 and not distributed.launched():
+        distributed.launch(nproc, worker, *args)
+        return True, None
+    return False, distributed.init()
+
+
+def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any], main: bool = True):
     """``(run, resume)``: ``--resume``'s run reopened with its latest checkpoint's state, or a
-    new run ``runs_dir/name`` (default ``<prefix>-<model>-<time>``) and None."""
+    new run ``runs_dir/name`` (default ``<prefix>-<model>-<time>``) and None. A data-parallel
+    rank other than 0 (``main`` false) writes nothing: ``(None, the checkpoint's state)``."""
     from pavlov.llm.trainers.loop import load_resume
     from pavlov.run import Run, default_run_name
 
+    if not main:
+        return None, load_resume(opts["resume"]) if opts.get("resume") else None
     if opts.get("resume"):
         resume = load_resume(opts["resume"])  # before reopening: a run without one stays as is
         return Run.reopen(opts["resume"], config), resume

@@ -19,8 +19,8 @@ from typing import Any
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError
 
-RL_KEYS = {"model", "prompts", "reward", "chat_template", "name", "runs_dir", "resume"}
-SAVED_KEYS = ("model", "prompts", "reward", "chat_template")
+RL_KEYS = {"model", "prompts", "reward", "chat_template", "name", "runs_dir", "resume", "nproc"}
+SAVED_KEYS = ("model", "prompts", "reward", "chat_template", "nproc")
 
 
 def parse_rewards(values: Any) -> Any:
@@ -66,11 +66,13 @@ def run_rl(
     *,
     quiet: bool,
     json_out: bool,
-) -> dict[str, Any]:
-    """Validate, load, train with :func:`pavlov.llm.trainers.online.train_online`, summarise."""
+) -> dict[str, Any] | None:
+    """Validate, load, train with :func:`pavlov.llm.trainers.online.train_online`, summarise.
+    With ``nproc`` > 1 (GRPO) the run is data-parallel; rank 0 writes and prints."""
     from pavlov.commands.llm import (
         _model_ref,
         _path,
+        join_or_launch,
         load_trained_lm,
         open_llm_run,
         resolve_options,
@@ -79,22 +81,34 @@ def run_rl(
     from pavlov.llm.trainers.online import OnlineConfig, train_online
     from pavlov.run.console import emit_json
 
+    given = opts
     opts, trainer = resolve_options("rl", opts, flags, overrides, RL_KEYS, SAVED_KEYS)
     cfg = build_config(OnlineConfig, trainer, where="trainer")
     reward_spec = parse_rewards(opts.get("reward"))
-    reward = resolve_reward(reward_spec)
     opts["prompts"] = _path(opts.get("prompts"), "--prompts")
     opts["model"] = _model_ref(opts.get("model"))
+    nproc = opts.get("nproc")
+    if isinstance(nproc, int) and not isinstance(nproc, bool) and nproc > 1:
+        from pavlov.llm.trainers.online import check_data_parallel
+
+        check_data_parallel(cfg, nproc)  # before any worker starts
+    launched, dp = join_or_launch(opts, _worker, given, flags, overrides, quiet, json_out)
+    if launched:
+        return None
+    main = dp is None or dp.is_main
+    reward = resolve_reward(reward_spec)
     model, tokenizer = load_trained_lm(opts["model"])
     prompts = _prompts(opts, tokenizer)
     config = {"command": "rl", **{k: opts.get(k) for k in SAVED_KEYS}}
     saved_reward = [list(t) for t in reward_spec] if isinstance(reward_spec, list) else reward_spec
     config.update(reward=saved_reward, trainer=config_dict(cfg))
     t0 = time.perf_counter()
-    run, resume = open_llm_run(f"rl-{cfg.algo}", opts, config)
-    with run:
+    run, resume = open_llm_run(f"rl-{cfg.algo}", opts, config, main)
+    with run or contextlib.nullcontext():
         result = train_online(cfg, model, tokenizer, prompts, reward, run=run, resume=resume,
-                              quiet=quiet or json_out)  # fmt: skip
+                              quiet=quiet or json_out or not main)  # fmt: skip
+        if run is None:
+            return None
         last = result.history[-1] if result.history else {}
         summary = {
             "command": "rl",
@@ -112,6 +126,12 @@ def run_rl(
     if json_out:
         emit_json(summary)
     return summary
+
+
+def _worker(opts: dict[str, Any], flags: dict[str, Any], overrides: list[str] | None,
+            quiet: bool, json_out: bool) -> None:
+    """One ``--nproc`` worker process: the same :func:`run_rl`, inside the process group."""
+    run_rl(opts, flags, overrides, quiet=quiet, json_out=json_out)
 
 
 def _plots(run_dir: Path, algo: str) -> None:

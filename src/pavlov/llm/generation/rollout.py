@@ -70,6 +70,12 @@ class SamplingConfig:
     """Decode Llama-family models (Llama, Mistral, Qwen2, SmolLM2) with
     :mod:`pavlov.llm.cpu.decoder` (static KV cache, same outputs); ``False`` always drives the
     model's own ``forward``. Other models always take the generic path."""
+    draw_rows: int = 0
+    """Data parallel: the rows of the whole batch this one is a part of (``0``: this batch).
+    Each step draws one uniform per row of the whole batch and uses rows ``row_offset ..``, so
+    every row samples what it would in one process."""
+    row_offset: int = 0
+    """Where this batch's rows start in the whole batch (with ``draw_rows``)."""
 
     def __post_init__(self) -> None:
         ids = self.eos_token_ids
@@ -167,12 +173,12 @@ def sample_next(
         scaled = logits
     else:
         scaled = logits / cfg.temperature if cfg.temperature != 1 else logits
+        B = scaled.shape[0]  # one float64 uniform per row (of the whole batch, data parallel)
+        u = torch.rand((cfg.draw_rows or B, 1), dtype=torch.float64, device=scaled.device,
+                       generator=generator)[cfg.row_offset : cfg.row_offset + B]  # fmt: skip
         if cfg.top_k > 0 or cfg.top_p < 1.0:
-            tokens = _sample_truncated(scaled, cfg.top_k, cfg.top_p, generator)
-        else:
-            # the uniforms _draw would take, then one C pass per row where available
-            u = torch.rand((scaled.shape[0], 1), dtype=torch.float64, device=scaled.device,
-                           generator=generator)  # fmt: skip
+            tokens = _sample_truncated(scaled, cfg.top_k, cfg.top_p, generator, u)
+        else:  # one C pass per row where available
             fast = sample_rows(scaled, u)
             if fast is not None:
                 return fast
@@ -182,7 +188,8 @@ def sample_next(
 
 
 def _sample_truncated(
-    scaled: Tensor, top_k: int, top_p: float, generator: torch.Generator | None
+    scaled: Tensor, top_k: int, top_p: float, generator: torch.Generator | None,
+    u: Tensor | None = None,
 ) -> Tensor:
     """Sample after top-k then top-p filtering (the order of HF's logits warpers), ``(B,)``."""
     if 0 < top_k < scaled.shape[-1]:
@@ -193,7 +200,7 @@ def _sample_truncated(
         probs = values.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
         values = values.masked_fill(mass_before >= top_p, float("-inf"))  # the top one stays
-    choice = _draw(values.softmax(dim=-1), generator)  # (B,)
+    choice = _draw(values.softmax(dim=-1), generator, u)  # (B,)
     return index.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
 

@@ -511,7 +511,13 @@ def train_online(
     ``time/learn``, ``time/step`` in seconds.
     """
     from pavlov.llm.scoring.rewards import compute_rewards, resolve_reward
+    from pavlov.run import distributed
 
+    dp = distributed.current()  # data parallel inside a process group (--nproc, torchrun)
+    if dp is not None:
+        check_data_parallel(cfg, dp.world_size)
+        if not dp.is_main:
+            run = None  # rank 0 writes the run
     reward_fn = resolve_reward(reward)
     pad_id = ensure_pad_token(tokenizer)
     if tokenizer.eos_token_id is None:
@@ -564,14 +570,21 @@ def train_online(
     def one_step(i: int) -> dict[str, float]:
         """Step ``i + 1``: generate, score, reference, old policy, advantages, update."""
         t_step = time.perf_counter()
-        idx = [j for j in plan.step(i)[0] for _ in range(cfg.group_size)]
+        step_prompts = plan.step(i)[0]
+        rows = replace(sampling, seed=cfg.seed * 1_000_003 + i)
+        if dp is not None:  # this rank's block of prompts, whole groups; the batch's draws
+            n = len(step_prompts) // dp.world_size
+            step_prompts = step_prompts[dp.rank * n : (dp.rank + 1) * n]
+            rows = replace(rows, draw_rows=cfg.batch_responses,
+                           row_offset=dp.rank * n * cfg.group_size)  # fmt: skip
+        idx = [j for j in step_prompts for _ in range(cfg.group_size)]
         times: dict[str, float] = {}
 
         t = time.perf_counter()
         ids, attn = left_pad([prompt_ids[j] for j in idx], pad_id)
         with autocast(cfg.precision):
             rollout = generate(
-                model, ids, attn, replace(sampling, seed=cfg.seed * 1_000_003 + i),
+                model, ids, attn, rows,
                 record=cfg.single_update and cfg.cpu.on("replay_rollout"),
             )
         times["time/generate"] = time.perf_counter() - t
@@ -602,15 +615,21 @@ def train_online(
         metrics = _floats(adv.metrics)
         metrics.update(
             _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer,
-                    scheduler, params, i + 1)
+                    scheduler, params, i + 1, dp)
         )  # fmt: skip
         times["time/learn"] = time.perf_counter() - t
+        if dp is not None:  # the ranks' mean of every metric (equal shards: the batch's mean)
+            names = sorted(metrics)
+            metrics = dict(zip(names, (dp.sum_array([metrics[k] for k in names])
+                                       / dp.world_size).tolist(), strict=True))  # fmt: skip
 
         if cfg.target_kl and "kl/ref" in metrics:
             state["kl_coef"] = adaptive_kl_coef(
-                kl_coef, metrics["kl/ref"], cfg.target_kl, cfg.kl_horizon, len(idx)
+                kl_coef, metrics["kl/ref"], cfg.target_kl, cfg.kl_horizon, cfg.batch_responses
             )
         mean_score = float(scores.mean())
+        if dp is not None:
+            mean_score = float(dp.sum_array([mean_score])[0]) / dp.world_size
         if cfg.algo == "reinforce":
             b = state["baseline"]
             d = cfg.baseline_decay
@@ -641,6 +660,19 @@ def train_online(
         seconds=done.seconds,
         seconds_per_step=done.seconds_per_step,
     )
+
+
+def check_data_parallel(cfg: OnlineConfig, world_size: int) -> None:
+    """What the data-parallel online step supports today: GRPO (groups are whole on a rank, its
+    advantages need no batch statistics), one minibatch, equal shards."""
+    if cfg.algo != "grpo":
+        raise ConfigError(f"data-parallel online training runs grpo for now, not {cfg.algo} "
+                          "(its advantages need batch-wide statistics)")
+    if cfg.num_minibatches != 1 or cfg.ent_coef:
+        raise ConfigError("data-parallel grpo takes num_minibatches=1 and ent_coef=0 for now")
+    if cfg.prompts_per_step % world_size:
+        raise ConfigError(f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the "
+                          f"number of processes ({world_size})")
 
 
 def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
@@ -678,9 +710,11 @@ def _first_forward(cfg, model, value_head, batch: Batch) -> PolicyForward:
 
 
 def _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer, scheduler,
-            params, step):
+            params, step, dp=None):
     """``n_epochs x num_minibatches`` optimizer steps on the batch; mean metrics. ``first``: the
-    forward of the first (and only) minibatch when the loop already ran it."""
+    forward of the first (and only) minibatch when the loop already ran it. With ``dp`` each
+    rank's loss is weighted by its share of the batch's loss units (tokens, or rows) and the
+    gradients are summed over the ranks: the step of one process on the whole batch."""
     n = len(batch.scores)
     size = n // cfg.num_minibatches
     sums: dict[str, float] = {}
@@ -697,7 +731,16 @@ def _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer, 
                 loss, metrics = minibatch_loss(cfg, out, batch, rows, old, adv, kl_coef)
             del out
             check_finite("the loss", loss.detach(), step, hint=HINT)
-            loss.backward()
+            if dp is None:
+                loss.backward()
+            else:
+                mask = batch.mask[rows]
+                units = float(mask.sum()) if cfg.loss_aggregation == "token" else len(rows)
+                (loss * (units / float(dp.sum_array([units])[0]))).backward()
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                dp.sum_tensors_([p.grad for p in params])
             grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in step()
             check_finite("the gradient norm", grad_norm, step, hint=HINT)
             optimizer.step()
@@ -738,6 +781,7 @@ __all__ = [
     "ValueHead",
     "Advantages",
     "Old",
+    "check_data_parallel",
     "PolicyForward",
     "compute_advantages",
     "minibatch_loss",

@@ -142,6 +142,15 @@ def test_shared_prompts_benchmark_smoke():
             assert row[f"{fn}_{mode}_ratio"] > 0
 
 
+@pytest.mark.timeout(240)
+def test_llm_ddp_benchmark_smoke():
+    report = _run("llm_ddp.py", "--smoke")
+    one, two = report["one_process"], report["two_processes"]
+    assert len(one["step_seconds"]) == len(two["step_seconds"]) == 3
+    assert one["median"] > 0 and two["median"] > 0
+    assert report["ratio"] == pytest.approx(two["median"] / one["median"], abs=1e-3)
+
+
 TRAINING = ("sft", "reward", "dpo", "grpo")
 
 

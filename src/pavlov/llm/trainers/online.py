@@ -54,7 +54,8 @@ from pavlov.errors import ConfigError, check_choice, check_count, check_finite, 
 from pavlov.llm import cpu
 from pavlov.llm.cpu.offload import loaded, offload_copy
 from pavlov.llm.data.datasets import PromptExample
-from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
+from pavlov.llm.generation.engines import ENGINES
+from pavlov.llm.generation.rollout import Rollout, SamplingConfig, left_pad
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, save_model
 from pavlov.llm.scoring.logprobs import score_tokens
 from pavlov.llm.trainers.common import (
@@ -120,6 +121,10 @@ class OnlineConfig(TrainConfig):
     distribution, as TRL does; keep off for exact on-policy updates."""
     top_p: float = 1.0
     """Nucleus sampling threshold in (0, 1] (1: off); see ``top_k``."""
+    engine: str = "pavlov"
+    """Rollout engine (:data:`pavlov.llm.generation.engines.ENGINES`): ``"pavlov"`` (our
+    KV-cache loop with the CPU fast path and the replay tape) or ``"hf"`` (``model.generate``,
+    any architecture or device); ``"vllm"`` is not in this build."""
     n_epochs: int = 1
     """Passes over each batch (TRL's ``num_ppo_epochs`` / ``num_iterations``)."""
     num_minibatches: int = 1
@@ -172,6 +177,9 @@ class OnlineConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("algo", self.algo, ALGOS)
+        if self.engine == "vllm":
+            ENGINES["vllm"]()  # the one line saying it is not in this build
+        check_choice("engine", self.engine, ENGINES)
         check_count("max_steps", self.max_steps)
         for name in ("prompts_per_step", "max_new_tokens", "n_epochs", "num_minibatches"):
             check_count(name, getattr(self, name))
@@ -583,7 +591,7 @@ def train_online(
         t = time.perf_counter()
         ids, attn = left_pad([prompt_ids[j] for j in idx], pad_id)
         with autocast(cfg.precision):
-            rollout = generate(
+            rollout = ENGINES[cfg.engine](
                 model, ids, attn, rows,
                 record=cfg.single_update and cfg.cpu.on("replay_rollout"),
             )
@@ -668,6 +676,8 @@ def check_data_parallel(cfg: OnlineConfig, world_size: int) -> None:
     if cfg.algo != "grpo":
         raise ConfigError(f"data-parallel online training runs grpo for now, not {cfg.algo} "
                           "(its advantages need batch-wide statistics)")
+    if cfg.engine != "pavlov":
+        raise ConfigError("data-parallel sampling needs engine='pavlov' (the batch's own draws)")
     if cfg.num_minibatches != 1 or cfg.ent_coef:
         raise ConfigError("data-parallel grpo takes num_minibatches=1 and ent_coef=0 for now")
     if cfg.prompts_per_step % world_size:

@@ -296,7 +296,7 @@ def test_grpo_trains_data_parallel_with_nproc(files, tmp_path):
 
 def test_data_parallel_online_training_says_what_it_supports(files, tmp_path, capsys):
     code, _, err = run_cli(["rl", "--algo", "ppo", "--model", str(files / "tiny"), "--reward",
-                            "vader", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2"],
-                           capsys)  # fmt: skip
-    assert code == 2 and "data-parallel online training runs grpo for now, not ppo" in err
+                            "vader", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2", "-o",
+                            "num_minibatches=2"], capsys)  # fmt: skip
+    assert code == 2 and "data-parallel online training takes num_minibatches=1" in err
     assert not (tmp_path / "runs").exists()

@@ -73,9 +73,10 @@ def test_two_ranks_take_the_one_process_step_on_the_same_global_batch():
         torch.testing.assert_close(a["params"], ref["params"], rtol=0, atol=1e-6)
 
 
-def _first_grpo_step() -> dict[str, torch.Tensor]:
-    """One GRPO step on a tiny model: the (pre-clip) gradient, the sequence advantages and the
-    sampled responses of this process's rows, and the parameters after the step."""
+def _first_online_step(algo: str) -> dict[str, torch.Tensor]:
+    """One online step (``algo``) on a tiny model: the (pre-clip) gradient, the first response
+    token's advantages and the sampled responses of this process's rows, and the parameters
+    after the step."""
     from pavlov.llm.trainers import online
 
     torch.set_num_threads(1)
@@ -94,7 +95,7 @@ def _first_grpo_step() -> dict[str, torch.Tensor]:
     online.clip_gradients, online.compute_advantages = clip, advantages
     try:
         model, tok = tiny_causal_lm()
-        cfg = online.OnlineConfig(algo="grpo", max_steps=1, prompts_per_step=4, group_size=3,
+        cfg = online.OnlineConfig(algo=algo, max_steps=1, prompts_per_step=4, group_size=3,
                                   max_new_tokens=6, learning_rate=1e-3, beta=0.05)  # fmt: skip
         online.train_online(cfg, model, tok, ["hello there", "the cat sat", "a dog", "so it goes",
                                               "once upon a time"], _vowels)  # fmt: skip
@@ -109,11 +110,13 @@ def _vowels(prompts, completions):
 
 
 @pytest.mark.timeout(240)
-def test_two_ranks_take_the_one_process_grpo_step():
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "ppo", "reinforce"])
+def test_two_ranks_take_the_one_process_online_step(algo):
     """Each rank samples its block of prompts (whole groups) with the batch's random draws:
-    the same responses and advantages as one process, the same gradient and step."""
-    one = _first_grpo_step()
-    ranks = distributed.launch(2, _first_grpo_step, all_ranks=True)
+    the same responses and advantages as one process (batch-wide normalisations over both
+    ranks), the same gradient and step."""
+    one = _first_online_step(algo)
+    ranks = distributed.launch(2, _first_online_step, algo, all_ranks=True)
     adv = torch.cat([ranks[0]["adv"], ranks[1]["adv"]])
     torch.testing.assert_close(adv, one["adv"], rtol=0, atol=1e-6)
     assert adv.abs().sum() > 0  # the groups' rewards differ: a real gradient

@@ -243,3 +243,20 @@ def test_projected_logprobs_without_entropy(bias, temperature):
     logp, ent = projected_logprobs(hg, w, idx, b, temperature, with_entropy=False)
     assert ent is None and logp.requires_grad
     torch.testing.assert_close(logp.detach(), full)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_masked_whiten_of_a_split_batch_with_summed_statistics_equals_the_whole(shift):
+    """Data parallel: a part whitened with ``total`` adding the other part's statistics (what
+    the collective returns) is the whole batch whitened."""
+    g = torch.Generator().manual_seed(0)
+    x, mask = torch.randn(6, 5, generator=g), torch.rand(6, 5, generator=g) > 0.3
+    whole = masked_whiten(x, mask, shift_mean=shift)
+    keep = mask.float()
+    mean = (x * keep).sum() / keep.sum()
+    other = iter([  # the second half's contribution to each of the two collectives, in order
+        torch.stack([(x[3:] * keep[3:]).sum(), keep[3:].sum()]),
+        ((x[3:] - mean) ** 2 * keep[3:]).sum().reshape(1),
+    ])
+    first = masked_whiten(x[:3], mask[:3], shift_mean=shift, total=lambda t: t + next(other))
+    torch.testing.assert_close(first, whole[:3], rtol=1e-6, atol=1e-6)

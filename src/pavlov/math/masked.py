@@ -10,6 +10,8 @@ These live in their own module so that :mod:`pavlov.math.policy` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -77,7 +79,8 @@ def masked_var(x: Tensor, mask: Tensor | None, unbiased: bool = True) -> Tensor:
 
 
 def masked_whiten(
-    x: Tensor, mask: Tensor | None, shift_mean: bool = True, eps: float = 1e-8
+    x: Tensor, mask: Tensor | None, shift_mean: bool = True, eps: float = 1e-8,
+    total: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Normalise ``x`` to zero mean and unit variance using the statistics of the kept entries.
 
@@ -91,11 +94,23 @@ def masked_whiten(
         mask: bool or 0/1, broadcastable to ``x``; ``None`` uses every entry.
         shift_mean: subtract the mean (``True``) or keep it (``False``).
         eps: added to the variance before the square root.
+        total: data parallel: sums a 1-D tensor over the processes (``x`` is this process's
+            part of the batch), so that the statistics are the whole batch's; two small
+            collectives (the mean, then the squared deviations from it, as the one-process
+            two-pass formula).
 
     Returns:
         Same shape as ``x``. Entries outside the mask are transformed too (they did not count
         towards the statistics); mask them again downstream.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    if total is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        keep = torch.ones_like(x) if mask is None else mask.to(x.dtype).expand_as(x)
+        sums = total(torch.stack([(x * keep).sum(), keep.sum()]))
+        count = sums[1].clamp_min(1.0)
+        mean = sums[0] / count
+        var = total(((x - mean) ** 2 * keep).sum().reshape(1))[0] / count
+        var = var * count / (count - 1).clamp_min(1.0)  # Bessel, as masked_var
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     return whitened if shift_mean else whitened + mean

@@ -331,13 +331,18 @@ def _frozen(module: nn.Module, adapters_off: bool):
 # Advantages
 
 
-def sequence_advantages(cfg: OnlineConfig, scores: Tensor, baseline: float | None) -> Tensor:
+def sequence_advantages(cfg: OnlineConfig, scores: Tensor, baseline: float | None,
+                        total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """``(N,)`` advantage of each response for GRPO / RLOO / REINFORCE from its (KL-adjusted)
-    score; REINFORCE subtracts ``baseline`` (the batch mean when None)."""
+    score; REINFORCE subtracts ``baseline`` (the batch mean when None; the whole batch's with
+    ``total``, data parallel, see :func:`pavlov.math.masked.masked_whiten`)."""
     if cfg.algo == "grpo":
         return group_advantages(scores, cfg.group_size, scale_std=cfg.scale_rewards)
     if cfg.algo == "rloo":
         return rloo_advantages(scores, cfg.group_size)
+    if baseline is None and total is not None:
+        sums = total(torch.stack([scores.sum(), torch.tensor(float(len(scores)))]))
+        return scores - sums[0] / sums[1]
     return scores - (scores.mean() if baseline is None else baseline)
 
 
@@ -360,10 +365,13 @@ class Old(NamedTuple):
 
 
 def compute_advantages(
-    cfg: OnlineConfig, batch: Batch, old: Old, kl_coef: float, baseline: float | None
+    cfg: OnlineConfig, batch: Batch, old: Old, kl_coef: float, baseline: float | None,
+    total: Callable[[Tensor], Tensor] | None = None,
 ) -> Advantages:
     """The advantage stage: per-token advantages (and PPO's returns) from the batch's scores,
-    the reference log-probs and the policy before the update (``old``)."""
+    the reference log-probs and the policy before the update (``old``). ``total`` (data
+    parallel): sums statistics over the ranks, so batch-wide normalisations use the whole
+    batch."""
     old_logp, old_values = old
     mask = batch.mask
     scores = apply_missing_eos_penalty(
@@ -380,7 +388,8 @@ def compute_advantages(
             scores, old_logp, ref, mask, kl_coef if in_reward else 0.0, cfg.estimator
         )
         if cfg.whiten_rewards:
-            rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
+            rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False,
+                                                      total=total), 0.0)  # fmt: skip
         adv, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         metrics["value/explained_variance"] = torch.tensor(
             explained_variance(old_values, returns, mask)
@@ -392,9 +401,9 @@ def compute_advantages(
             kl = kl_penalty(old_logp, batch.ref_logp, cfg.estimator)
             scores = scores - kl_coef * masked_sum(kl, mask, dim=1)
             metrics["reward/with_kl"] = scores.mean()
-        adv = sequence_advantages(cfg, scores, baseline).unsqueeze(1).expand_as(old_logp)
+        adv = sequence_advantages(cfg, scores, baseline, total).unsqueeze(1).expand_as(old_logp)
     if cfg.normalize_advantage and cfg.algo != "grpo":
-        adv = masked_whiten(adv, mask)
+        adv = masked_whiten(adv, mask, total=total)
     return Advantages(torch.where(mask, adv, 0.0).detach(), returns, metrics)
 
 
@@ -522,10 +531,15 @@ def train_online(
     from pavlov.run import distributed
 
     dp = distributed.current()  # data parallel inside a process group (--nproc, torchrun)
+    total = None
     if dp is not None:
         check_data_parallel(cfg, dp.world_size)
         if not dp.is_main:
             run = None  # rank 0 writes the run
+
+        def total(t: Tensor) -> Tensor:  # batch statistics over the ranks
+            return torch.from_numpy(dp.sum_array(t.detach().double().numpy())).to(t.dtype)
+
     reward_fn = resolve_reward(reward)
     pad_id = ensure_pad_token(tokenizer)
     if tokenizer.eos_token_id is None:
@@ -619,7 +633,7 @@ def train_online(
         if cfg.single_update:  # the update's own forward is the policy before it
             first = _first_forward(cfg, model, value_head, batch)
             old = first.detached()
-        adv = compute_advantages(cfg, batch, old, kl_coef, state["baseline"])
+        adv = compute_advantages(cfg, batch, old, kl_coef, state["baseline"], total)
         metrics = _floats(adv.metrics)
         metrics.update(
             _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer,
@@ -671,15 +685,16 @@ def train_online(
 
 
 def check_data_parallel(cfg: OnlineConfig, world_size: int) -> None:
-    """What the data-parallel online step supports today: GRPO (groups are whole on a rank, its
-    advantages need no batch statistics), one minibatch, equal shards."""
-    if cfg.algo != "grpo":
-        raise ConfigError(f"data-parallel online training runs grpo for now, not {cfg.algo} "
-                          "(its advantages need batch-wide statistics)")
+    """What the data-parallel online step supports today: every algorithm (groups are whole on
+    a rank; batch-wide normalisations sum their statistics over the ranks), the pavlov engine,
+    one minibatch, no entropy bonus, PPO with the token loss aggregation, equal shards."""
+    if cfg.algo == "ppo" and cfg.loss_aggregation != "token":
+        raise ConfigError("data-parallel ppo takes loss_aggregation='token' for now")
     if cfg.engine != "pavlov":
         raise ConfigError("data-parallel sampling needs engine='pavlov' (the batch's own draws)")
     if cfg.num_minibatches != 1 or cfg.ent_coef:
-        raise ConfigError("data-parallel grpo takes num_minibatches=1 and ent_coef=0 for now")
+        raise ConfigError("data-parallel online training takes num_minibatches=1 and ent_coef=0 "
+                          "for now")
     if cfg.prompts_per_step % world_size:
         raise ConfigError(f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the "
                           f"number of processes ({world_size})")

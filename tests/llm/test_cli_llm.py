@@ -247,7 +247,7 @@ def test_rl_bad_input_one_line_exit_2_no_run_dir(extra, message, files, tmp_path
 
 
 @pytest.mark.timeout(300)
-def test_sft_trains_data_parallel_with_nproc_and_rank_0_writes_one_run(files, tmp_path):
+def test_sft_trains_data_parallel_with_nproc_rank_0_writes_one_run_and_resumes(files, tmp_path):
     import os
     import subprocess
     import sys
@@ -266,6 +266,15 @@ def test_sft_trains_data_parallel_with_nproc_and_rank_0_writes_one_run(files, tm
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_2"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
     assert steps == sorted(set(steps)) and steps[-1] == 2  # one writer: no duplicated records
+    # --resume continues data-parallel (nproc is saved with the run) to a longer budget
+    done = subprocess.run([sys.executable, "-m", "pavlov", "sft", "--resume", str(run),
+                           "--max-steps", "3", "--json"], capture_output=True, text=True,
+                          timeout=280, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_3"
 
 
 def test_a_bad_nproc_is_one_line_and_exit_2(files, tmp_path, capsys):

@@ -88,6 +88,19 @@ class DataParallel:
                     offset += g.numel()
             group, size = ([t], t.numel()) if t is not None else ([], 0)
 
+    def sum_grads_(self, params: list[torch.Tensor]) -> None:
+        """In place: every parameter's gradient summed over the ranks (a parameter without one
+        gets zeros first, so every rank sends the same buckets)."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.sum_tensors_([p.grad for p in params])
+
+    def sum_dict(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the ranks (one collective; the keys must agree)."""
+        names = sorted(values)
+        return dict(zip(names, self.sum_array([values[k] for k in names]).tolist(), strict=True))
+
     def average_(self, t: torch.Tensor) -> None:
         """In place: the mean of ``t`` over the ranks (identical bytes on every rank)."""
         self.sum_(t)

@@ -302,12 +302,8 @@ def accumulate_gradients(
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
     if dp is not None:  # the ranks' parts add up to the step's gradient and metrics
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        dp.sum_tensors_([p.grad for p in params])
-        names = sorted(sums)
-        sums = dict(zip(names, dp.sum_array([sums[k] for k in names]).tolist(), strict=True))
+        dp.sum_grads_(params)
+        sums = dp.sum_dict(sums)
     grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in optimizer.step()
     check_finite("the gradient norm", grad_norm, step, hint=HINT)
     out = {f"train/{k}": v for k, v in sums.items()}

@@ -641,9 +641,7 @@ def train_online(
         )  # fmt: skip
         times["time/learn"] = time.perf_counter() - t
         if dp is not None:  # the ranks' mean of every metric (equal shards: the batch's mean)
-            names = sorted(metrics)
-            metrics = dict(zip(names, (dp.sum_array([metrics[k] for k in names])
-                                       / dp.world_size).tolist(), strict=True))  # fmt: skip
+            metrics = {k: v / dp.world_size for k, v in dp.sum_dict(metrics).items()}
 
         if cfg.target_kl and "kl/ref" in metrics:
             state["kl_coef"] = adaptive_kl_coef(
@@ -762,10 +760,7 @@ def _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer, 
                 mask = batch.mask[rows]
                 units = float(mask.sum()) if cfg.loss_aggregation == "token" else len(rows)
                 (loss * (units / float(dp.sum_array([units])[0]))).backward()
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                dp.sum_tensors_([p.grad for p in params])
+                dp.sum_grads_(params)
             grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in step()
             check_finite("the gradient norm", grad_norm, step, hint=HINT)
             optimizer.step()

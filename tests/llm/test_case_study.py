@@ -93,6 +93,7 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("beta", -0.1),
         ("target_kl", -1.0),
         ("eval_top_p", 0.0),
+        ("prompt_style", "instruct"),
         ("rl_options", "n_epochs=2"),
     ],
 )
@@ -247,6 +248,41 @@ def _check_outputs(s: dict, run) -> None:
     assert sum(line.startswith("| Film ") for line in text.splitlines()) == 3  # one per movie
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 2]  # before and after
+
+
+def test_chat_prompts_train_the_policy_and_the_reward_model_reads_the_plain_ones():
+    from pavlov.llm.case_study.pipeline import PromptForms
+
+    tok = tiny_tokenizer()
+    forms = PromptForms.chat(tok, _prompts("train"))
+    chat = forms.prompt("Review of Film 1:")
+    assert chat.chat and "Review of the movie Film 1." in chat.prompt
+    assert chat.prompt.endswith(
+        tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                add_generation_prompt=True).split("x", 1)[1]
+    )  # fmt: skip
+    assert forms.prompt("Review of Unknown:") == "Review of Unknown:"
+    ex = forms.sft(_sft("train")[1])
+    # the reply is the template's rendering of the assistant turn: text, then end of turn
+    whole = tok.apply_chat_template(
+        [{"role": "system", "content": "You are a film critic."},
+         {"role": "user", "content": "Review of the movie Film 1."},
+         {"role": "assistant", "content": "dull"}], tokenize=False,
+    )  # fmt: skip
+    assert ex.chat and ex.prompt + ex.completion == whole and ex.completion.startswith("dull")
+    pair = forms.preference(_prefs("train")[1])
+    assert pair.chat and pair.chosen.startswith("great, funny") and pair.prompt == chat.prompt
+    seen = []
+    score = forms.scorer(lambda p, c: seen.extend(p) or [0.0] * len(p))
+    score([chat.prompt, "other"], ["a", "b"])
+    assert seen == ["Review of Film 1:", "other"]
+
+
+def test_chat_case_study_runs_end_to_end(tmp_path):
+    s = run_tiny(tmp_path, prompt_style="chat")
+    _check_outputs(s, tmp_path / "runs" / "cs")
+    prompts = (tmp_path / "runs" / "cs" / "samples.md").read_text()
+    assert "| Film 0 |" in prompts
 
 
 def test_dpo_case_study_writes_every_output(tmp_path):

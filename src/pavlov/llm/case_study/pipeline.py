@@ -39,11 +39,16 @@ from typing import Any
 
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError, check_choice, check_count, check_positive
-from pavlov.llm.data.datasets import words
+from pavlov.llm.data.datasets import PreferenceExample, PromptExample, SFTExample, words
 from pavlov.llm.trainers.common import PRECISIONS, TrainConfig
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")
 RM_BACKBONES = ("encoder", "causal")
+PROMPT_STYLES = ("chat", "plain")
+CRITIC_SYSTEM = "You are a film critic."
+CRITIC_REQUEST = "Review of the movie {title}."
+"""The chat prompt (``prompt_style="chat"``): a system turn and a user turn rendered with the
+policy's chat template, then the generation prompt; the reply is the review."""
 COUNTS = (
     "sft_steps", "sft_batch_size", "sft_max_length", "sft_lora_r", "rm_steps", "rm_batch_size",
     "rm_max_length", "rl_steps", "max_new_tokens", "rl_lora_r", "dpo_batch_size", "eval_prompts",
@@ -76,6 +81,15 @@ class CaseStudyConfig:
     ~30x slower on AVX2-only ones) or ``"fp32"``; used by every stage and the evaluation."""
     policy: str = "smollm2"
     """The policy to post-train: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a model path."""
+    prompt_style: str = "plain"
+    """How the policy is asked for a review: ``"plain"`` (the default: the raw text ``"Review of
+    <Title>:"``, which the instruct model first continues as arbitrary web text) or ``"chat"``
+    (the policy's chat template with :data:`CRITIC_SYSTEM` and :data:`CRITIC_REQUEST`, the form
+    the instruction-tuned model was trained on; a review ends with its end-of-turn token: the
+    SFT model's reviews read as reviews of the film, but step 3 ended no more positive and the
+    prompt's 28 tokens against 7 cost ~1 minute: docs/benchmarks.md, issue 17). The reward
+    model and the on-topic check always read the plain form. A policy without a chat template
+    gets the plain form."""
     # --- step 1: SFT
     sft_steps: int = 40
     """SFT optimizer steps (packed blocks of ``sft_max_length`` tokens, ~2-3 snippets each)."""
@@ -162,6 +176,7 @@ class CaseStudyConfig:
         check_choice("algo", self.algo, ALGOS)
         check_choice("precision", self.precision, tuple(PRECISIONS))
         check_choice("rm_backbone", self.rm_backbone, RM_BACKBONES)
+        check_choice("prompt_style", self.prompt_style, PROMPT_STYLES)
         for name in COUNTS:
             check_count(name, getattr(self, name))
         check_count("seed", self.seed, minimum=0)
@@ -302,6 +317,53 @@ class CaseStudyAssets:
 
 
 @dataclass
+class PromptForms:
+    """The policy's form of each plain ``"Review of <Title>:"`` prompt (``prompt_style``)."""
+
+    policy: dict[str, PromptExample]
+    """plain prompt -> the prompt the policy reads (chat-rendered)."""
+    plain: dict[str, str]
+    """The policy's prompt text -> the plain prompt (what the reward model reads)."""
+    reply_end: str
+    """What the chat template writes after a reply (appended to the SFT targets)."""
+
+    @classmethod
+    def chat(cls, tokenizer, labelled: list[tuple[str, str]]) -> PromptForms:
+        from pavlov.llm.data.datasets import chat_reply_form
+
+        policy, end = {}, ""
+        for title, plain in labelled:
+            request = [{"role": "system", "content": CRITIC_SYSTEM},
+                       {"role": "user", "content": CRITIC_REQUEST.format(title=title)}]  # fmt: skip
+            text, end = chat_reply_form(tokenizer, request)
+            policy[plain] = PromptExample(text, chat=True, source=title)
+        return cls(policy, {p.prompt: plain for plain, p in policy.items()}, end)
+
+    def prompt(self, plain: str) -> PromptExample | str:
+        return self.policy.get(plain, plain)
+
+    def sft(self, ex: SFTExample) -> SFTExample:
+        if ex.prompt not in self.policy:
+            return ex
+        reply = ex.completion.strip() + self.reply_end
+        return SFTExample(self.policy[ex.prompt].prompt, reply, True, ex.source)
+
+    def preference(self, ex: PreferenceExample) -> PreferenceExample:
+        if ex.prompt not in self.policy:
+            return ex
+        chosen, rejected = (x.strip() + self.reply_end for x in (ex.chosen, ex.rejected))
+        return PreferenceExample(self.policy[ex.prompt].prompt, chosen, rejected, True, ex.source)
+
+    def scorer(self, score):
+        """``score(plain prompts, completions)`` as a scorer of the policy's prompts."""
+
+        def on_plain(prompts, completions):
+            return score([self.plain.get(p, p) for p in prompts], completions)
+
+        return on_plain
+
+
+@dataclass
 class _Inputs:
     policy: Any
     tokenizer: Any
@@ -310,13 +372,16 @@ class _Inputs:
     sft_train: list
     sft_test: list
     pref_train: list
+    """Preference pairs in the plain form (the reward model reads it)."""
     pref_test: list
-    rl_prompts: list[str]
+    rl_prompts: list
     eval_labels: list[str]
-    eval_prompts: list[str]
+    eval_prompts: list
     eval_topics: list[frozenset[str]]
     fluency_model: Any
     """The untouched base model (no adapters, never trained): the fluency NLL's judge."""
+    forms: PromptForms | None
+    """The chat forms of the prompts (None: the policy reads the plain prompts)."""
 
 
 def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
@@ -332,13 +397,21 @@ def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
     policy, tokenizer = assets.load_policy(cfg.policy)
     fluency_model = assets.load_policy(cfg.policy)[0].eval().requires_grad_(False)
     backbone, rm_tokenizer = assets.load_reward_backbone(cfg.rm_backbone, cfg.policy)
+    train = assets.prompts("train")
+    forms = None
+    if cfg.prompt_style == "chat" and getattr(tokenizer, "chat_template", None):
+        forms = PromptForms.chat(tokenizer, [*train, *held_out])
+    sft_train, sft_test = assets.sft_data("train"), assets.sft_data("test")
+    if forms is not None:
+        sft_train, sft_test = [forms.sft(x) for x in sft_train], [forms.sft(x) for x in sft_test]
+    as_policy = forms.prompt if forms is not None else (lambda plain: plain)
     return _Inputs(
-        policy, tokenizer, backbone, rm_tokenizer,
-        assets.sft_data("train"), assets.sft_data("test"),
+        policy, tokenizer, backbone, rm_tokenizer, sft_train, sft_test,
         assets.preferences("train"), assets.preferences("test"),
-        [p for _, p in assets.prompts("train")], [t for t, _ in chosen], [p for _, p in chosen],
+        [as_policy(p) for _, p in train], [t for t, _ in chosen],
+        [as_policy(p) for _, p in chosen],
         [topics.get(p) or frozenset(w for w in words(t) if len(w) >= 3) for t, p in chosen],
-        fluency_model,
+        fluency_model, forms,
     )  # fmt: skip
 
 

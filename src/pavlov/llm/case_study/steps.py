@@ -55,6 +55,8 @@ def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
 
     info = _info(out.fit)
     info["accuracy"] = out.fit.eval.get("eval/accuracy")
+    if inputs.forms is not None:  # the policy reads chat prompts; the reward model the plain ones
+        score = inputs.forms.scorer(score)
     return reward_model_fn(score, name="reward_model"), info
 
 
@@ -107,9 +109,10 @@ def _dpo(dpo_cfg, sft_model, inputs, sub, quiet: bool):
 
     # No held-out pairs here: the case study's own evaluation follows (and DPO's would cost
     # a reference pass over every test pair).
-    out = train_dpo(
-        dpo_cfg, sft_model, inputs.tokenizer, inputs.pref_train, None, run=sub, quiet=quiet
-    )
+    pairs = inputs.pref_train
+    if inputs.forms is not None:
+        pairs = [inputs.forms.preference(x) for x in pairs]
+    out = train_dpo(dpo_cfg, sft_model, inputs.tokenizer, pairs, None, run=sub, quiet=quiet)
     return out.model, _info(out.fit), list(out.fit.history)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from pavlov.errors import PavlovError
+from pavlov.errors import ConfigError, PavlovError
 from pavlov.llm.models.loading import ensure_pad_token, pad_right
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -206,6 +206,37 @@ def _messages(record: Mapping, where: str, columns: Mapping[str, str]) -> list[d
 
 def _has(record: Mapping, field: str, columns: Mapping[str, str]) -> bool:
     return record.get(columns.get(field, field)) is not None
+
+
+def tokenize_prompts(prompts: Sequence[str | PromptExample], tokenizer) -> list[list[int]]:
+    """Token ids of each prompt: a plain string with the tokenizer's special tokens, a
+    chat-rendered :class:`PromptExample` without (its template wrote them)."""
+    out = []
+    for i, p in enumerate(prompts):
+        text, chat = (p.prompt, p.chat) if isinstance(p, PromptExample) else (p, False)
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"prompt {i} must be a non-empty string, got {text!r}")
+        out.append(list(tokenizer(text, add_special_tokens=not chat)["input_ids"]))
+    return out
+
+
+def prompt_texts(prompts: Sequence[str | PromptExample]) -> list[str]:
+    """The text of each prompt (what a reward function receives)."""
+    return [p.prompt if isinstance(p, PromptExample) else p for p in prompts]
+
+
+def chat_reply_form(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """``messages`` (without the reply) rendered by the chat template with the generation
+    prompt, and the text the template writes after a reply (its end-of-turn marker):
+    ``prompt + reply + suffix`` is the template's rendering of the whole conversation."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    marker = "\x00"
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    if not full.startswith(prompt) or marker not in full[len(prompt) :]:
+        raise PavlovError("the chat template does not render the reply after the prompt")
+    return prompt, full[len(prompt) :].split(marker, 1)[1]
 
 
 # ---------------------------------------------------------------------------------------------

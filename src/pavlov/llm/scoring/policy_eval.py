@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pavlov.llm.data.datasets import words
+from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts, words
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.models.loading import ensure_pad_token
 from pavlov.llm.scoring.logprobs import token_logprobs
@@ -120,7 +120,7 @@ def on_topic(text: str, topic: frozenset[str]) -> bool:
 def evaluate_policy(
     model: nn.Module,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | PromptExample],
     *,
     reward: Scorer,
     judge: Scorer | None = None,
@@ -151,8 +151,9 @@ def evaluate_policy(
     Args:
         model: the policy (any causal LM, or a peft wrapper of one).
         tokenizer: its tokenizer (eos ends a completion; eos is reused as pad when missing).
-        prompts: plain-text prompts, tokenized as :func:`pavlov.llm.data.datasets.tokenize_sft`
-        does. reward: the reward model, ``score(prompts, completions)``.
+        prompts: plain-text prompts (tokenized with the tokenizer's special tokens) or
+            chat-rendered :class:`~pavlov.llm.data.datasets.PromptExample` (without).
+        reward: the reward model, ``score(prompts, completions)``.
         judge: the held-out judge, ``judge(prompts, completions)``; default VADER's compound
             score (:func:`pavlov.llm.scoring.rewards.vader_reward`).
         reference: log-probs under the reference at ``kl_temperature`` (:func:`module_logprobs`);
@@ -168,9 +169,10 @@ def evaluate_policy(
     if topics is not None and len(topics) != len(prompts):
         raise ValueError(f"topics has {len(topics)} entries for {len(prompts)} prompts")
     pad_id = ensure_pad_token(tokenizer)
+    encoded = tokenize_prompts(prompts, tokenizer)
+    prompts = prompt_texts(prompts)
     labels = list(labels) if labels is not None else list(prompts)
     order = [i for _ in range(samples_per_prompt) for i in range(len(prompts))]
-    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
     eos = tokenizer.eos_token_id
     policy = module_logprobs(
         model, precision=precision, chunk_size=batch_size, temperature=kl_temperature

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from pavlov.errors import ConfigError, check_choice, check_count, check_finite, check_range
 from pavlov.llm import cpu
 from pavlov.llm.cpu.offload import loaded, offload_copy
-from pavlov.llm.data.datasets import PromptExample
+from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts
 from pavlov.llm.generation.engines import ENGINES
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, left_pad
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, save_model
@@ -289,20 +289,6 @@ class Batch:
     @property
     def mask(self) -> Tensor:
         return self.rollout.response_mask
-
-
-def _tokenize_prompts(prompts: Sequence[str | PromptExample], tokenizer) -> list[list[int]]:
-    out = []
-    for i, p in enumerate(prompts):
-        text, chat = (p.prompt, p.chat) if isinstance(p, PromptExample) else (p, False)
-        if not isinstance(text, str) or not text:
-            raise ConfigError(f"prompt {i} must be a non-empty string, got {text!r}")
-        out.append(list(tokenizer(text, add_special_tokens=not chat)["input_ids"]))
-    return out
-
-
-def _prompt_texts(prompts: Sequence[str | PromptExample]) -> list[str]:
-    return [p.prompt if isinstance(p, PromptExample) else p for p in prompts]
 
 
 def _decode(tokenizer, rollout: Rollout) -> list[str]:
@@ -544,8 +530,8 @@ def train_online(
     pad_id = ensure_pad_token(tokenizer)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos token: responses could never end")
-    prompt_ids = _tokenize_prompts(prompts, tokenizer)
-    texts = _prompt_texts(prompts)
+    prompt_ids = tokenize_prompts(prompts, tokenizer)
+    texts = prompt_texts(prompts)
     if not prompt_ids:
         raise ConfigError("no prompts")
     longest = max(len(p) for p in prompt_ids)

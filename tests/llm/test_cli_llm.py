@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pavlov.cli import main
 from pavlov.llm.models.loading import save_model
@@ -129,9 +130,10 @@ def test_generate_from_a_prompt_file_is_seeded(files, capsys):
         "3",
         "--json",
     ]
-    runs = [json.loads(run_cli(args, capsys)[1].strip().splitlines()[-1]) for _ in range(2)]
+    runs = [json.loads(run_cli(a, capsys)[1].strip().splitlines()[-1])
+            for a in (args, args, [*args, "--device", "cpu"])]  # fmt: skip
     assert len(runs[0]["completions"]) == len(SFT)
-    assert runs[0]["completions"] == runs[1]["completions"]
+    assert runs[0]["completions"] == runs[1]["completions"] == runs[2]["completions"]
 
 
 def test_pointwise_reward_model_on_labelled_texts(files, tmp_path, capsys):
@@ -185,6 +187,15 @@ def _bad_files(files, tmp_path):
             "exceeds the model's context",
         ),
         (["generate", "--model", "{files}/tiny", "--prompt", "hi", "--top-p", "0"], "top_p"),
+        (["sft", "--data", "{files}/sft.jsonl", "--device", "gpu"], "device must be 'auto'"),
+        (["dpo", "--data", "{files}/prefs.jsonl", "--device", "cuda:x"], "device must be"),
+        (["generate", "--model", "{files}/tiny", "--prompt", "hi", "--device", "tpu"], "device"),
+        *([(["reward-model", "--data", "{files}/prefs.jsonl", "--device", "cuda"],
+            "device 'cuda': torch sees no CUDA GPU here"),
+           (["sft", "--data", "{files}/sft.jsonl", "--device", "cuda:1"], "no CUDA GPU"),
+           (["generate", "--model", "{files}/tiny", "--prompt", "hi", "--device", "cuda"],
+            "no CUDA GPU")]
+          if not torch.cuda.is_available() else []),
     ],
 )
 def test_bad_input_one_line_exit_2_no_run_dir(args, message, files, tmp_path, capsys):
@@ -238,6 +249,9 @@ def test_rl_command_trains_saves_and_resumes(algo, files, tmp_path, capsys):
         (("--reward", "vader=x"), "weight 'x' is not a number"),
         (("--reward", "vader", "--algo", "grpo", "-o", "group_size=1"), "group_size >= 2"),
         (("--reward", "vader", "-o", "max_new_tokens=100000"), "context"),
+        (("--reward", "vader", "--device", "gpu"), "device must be"),
+        *([(("--reward", "vader", "--device", "cuda"), "no CUDA GPU")]
+          if not torch.cuda.is_available() else []),
     ],
 )
 def test_rl_bad_input_one_line_exit_2_no_run_dir(extra, message, files, tmp_path, capsys):

@@ -15,7 +15,6 @@ them to the run directory, the progress bar and checkpoints; a benchmark wires a
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pavlov.devices import check_device, resolve_device  # noqa: F401  re-exported
 from pavlov.errors import (  # noqa: F401  re-exported
     ConfigError,
     NonFiniteError,
@@ -124,30 +124,6 @@ def mlp(sizes: Sequence[int], activation: str = "tanh", out_gain: float = 1.0) -
         if not last:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
-
-
-# --------------------------------------------------------------------------------- devices
-
-def check_device(name: str, value: str) -> None:
-    """ConfigError unless ``value`` is auto, cpu, cuda or cuda:N (checked before any run)."""
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise ConfigError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
-
-
-def resolve_device(value: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; a CUDA device torch cannot see is a one-line
-    error, not a crash deep inside the first forward pass."""
-    check_device("device", value)
-    if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(value)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {value!r}: torch sees no CUDA GPU here "
-                              f"(torch {torch.__version__}); use 'cpu' or 'auto'")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {value!r}: only {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 # ------------------------------------------------------------------------------------ envs

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pavlov.config import build_config, config_dict, parse_overrides
+from pavlov.devices import resolve_device
 from pavlov.errors import ConfigError, PavlovError
 
 TOP_KEYS = {"model", "data", "eval_data", "chat_template", "backbone", "name", "runs_dir", "resume",
@@ -172,11 +173,12 @@ def run_llm_train(
     spec, given = COMMANDS[command], opts
     opts, trainer = resolve_options(command, opts, flags, overrides)
     cfg = build_config(spec.load("config"), trainer, where="trainer")
+    device = resolve_device(cfg.device)  # a GPU that is not there: one line, no run directory
     for key in ("data", "eval_data"):
         opts[key] = _path(opts.get(key), f"--{key.replace('_', '-')}")
     opts["model"] = _model_ref(opts.get("model"))
     launched, dp = join_or_launch(opts, _worker, command, given, flags, overrides, quiet,
-                                  json_out)  # fmt: skip
+                                  json_out, device=device)  # fmt: skip
     if launched:
         return None
     main = dp is None or dp.is_main
@@ -209,10 +211,11 @@ def _worker(command: str, opts: dict[str, Any], flags: dict[str, Any],
     run_llm_train(command, opts, flags, overrides, quiet=quiet, json_out=json_out)
 
 
-def join_or_launch(opts: dict[str, Any], worker, *args: Any):
+def join_or_launch(opts: dict[str, Any], worker, *args: Any, device: Any = "cpu"):
     """``--nproc N`` (``opts["nproc"]``): start N workers running ``worker(*args)`` on this
     machine and return ``(True, None)`` when they are done; inside a worker (or torchrun's, or
-    alone) join the process group there is: ``(False, DataParallel or None)``."""
+    alone) join the process group there is: ``(False, DataParallel or None)``, over nccl when
+    ``device`` is a CUDA device, else gloo."""
     from pavlov.run import distributed
 
     nproc = 1 if opts.get("nproc") is None else opts["nproc"]
@@ -221,7 +224,7 @@ def join_or_launch(opts: dict[str, Any], worker, *args: Any):
     if nproc > 1 and not distributed.launched():
         distributed.launch(nproc, worker, *args)
         return True, None
-    return False, distributed.init()
+    return False, distributed.init(str(device))
 
 
 def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any], main: bool = True):
@@ -376,14 +379,16 @@ def run_generate(opts: dict[str, Any], json_out: bool) -> dict[str, Any]:
 
     batch_size = opts.get("batch_size") or 8
     check_count("batch_size", batch_size)
+    device = resolve_device(opts.get("device") or "auto")
     model, tokenizer = load_trained_lm(_model_ref(opts.get("model")))
+    model.to(device)
     pad_id = ensure_pad_token(tokenizer)
     examples = _prompts(opts, tokenizer)
     sampling = _sampling(opts, tokenizer, pad_id)
     rows = _prompt_ids(examples, tokenizer, model, sampling.max_new_tokens)
     t0, completions = time.perf_counter(), []
     for b, start in enumerate(range(0, len(rows), batch_size)):
-        ids, mask = left_pad(rows[start : start + batch_size], pad_id)
+        ids, mask = (t.to(device) for t in left_pad(rows[start : start + batch_size], pad_id))
         cfg = dataclasses.replace(sampling, seed=sampling.seed + b)
         out = generate(model, ids, mask, cfg)
         for r in range(ids.shape[0]):

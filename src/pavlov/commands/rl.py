@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pavlov.config import build_config, config_dict
+from pavlov.devices import resolve_device
 from pavlov.errors import ConfigError, PavlovError
 
 RL_KEYS = {"model", "prompts", "reward", "chat_template", "name", "runs_dir", "resume", "nproc"}
@@ -84,6 +85,7 @@ def run_rl(
     given = opts
     opts, trainer = resolve_options("rl", opts, flags, overrides, RL_KEYS, SAVED_KEYS)
     cfg = build_config(OnlineConfig, trainer, where="trainer")
+    device = resolve_device(cfg.device)  # a GPU that is not there: one line, no run directory
     reward_spec = parse_rewards(opts.get("reward"))
     opts["prompts"] = _path(opts.get("prompts"), "--prompts")
     opts["model"] = _model_ref(opts.get("model"))
@@ -92,7 +94,8 @@ def run_rl(
         from pavlov.llm.trainers.online import check_data_parallel
 
         check_data_parallel(cfg, nproc)  # before any worker starts
-    launched, dp = join_or_launch(opts, _worker, given, flags, overrides, quiet, json_out)
+    launched, dp = join_or_launch(opts, _worker, given, flags, overrides, quiet, json_out,
+                                  device=device)  # fmt: skip
     if launched:
         return None
     main = dp is None or dp.is_main

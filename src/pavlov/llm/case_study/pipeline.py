@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pavlov.config import build_config, config_dict
+from pavlov.devices import check_device, resolve_device
 from pavlov.errors import ConfigError, PavlovError, check_choice, check_count, check_positive
 from pavlov.llm.data.datasets import PreferenceExample, PromptExample, SFTExample, words
 from pavlov.llm.trainers.common import PRECISIONS, TrainConfig
@@ -76,9 +77,14 @@ class CaseStudyConfig:
     seed: int = 0
     """Seed of every stage (each stage's trainer seeds itself with it) and of the evaluation."""
     precision: str = "auto"
-    """``"auto"`` (bf16 where the CPU multiplies bf16 fast, i.e. has AVX-512, else fp32),
+    """``"auto"`` (bf16 where the device multiplies bf16 fast: a CPU with AVX-512, a GPU with
+    bf16; else fp32),
     ``"bf16"`` (autocast matmuls, fp32 master weights: ~3x faster matmuls on AVX-512-BF16 CPUs,
     ~30x slower on AVX2-only ones) or ``"fp32"``; used by every stage and the evaluation."""
+    device: str = "auto"
+    """Where every stage trains and the evaluation runs: ``"auto"`` (a CUDA GPU where torch
+    sees one, else MPS, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the
+    CPU speed-ups apply on the CPU only."""
     policy: str = "smollm2"
     """The policy to post-train: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a model path."""
     prompt_style: str = "plain"
@@ -177,6 +183,7 @@ class CaseStudyConfig:
         check_choice("precision", self.precision, tuple(PRECISIONS))
         check_choice("rm_backbone", self.rm_backbone, RM_BACKBONES)
         check_choice("prompt_style", self.prompt_style, PROMPT_STYLES)
+        check_device("device", self.device)
         for name in COUNTS:
             check_count(name, getattr(self, name))
         check_count("seed", self.seed, minimum=0)
@@ -209,7 +216,8 @@ def stage_configs(cfg: CaseStudyConfig) -> dict[str, TrainConfig]:
     ``*_options`` key or value raises :class:`ConfigError` naming it."""
     from pavlov.llm.trainers import RewardConfig, SFTConfig
 
-    common = {"seed": cfg.seed, "precision": cfg.precision, "checkpoint_every": 0}
+    common = {"seed": cfg.seed, "precision": cfg.precision, "device": cfg.device,
+              "checkpoint_every": 0}  # fmt: skip
     sft = {
         **common, "lora": True, "lora_r": cfg.sft_lora_r, "learning_rate": cfg.sft_learning_rate,
         "warmup_steps": 5, "batch_size": cfg.sft_batch_size, "max_length": cfg.sft_max_length,
@@ -396,6 +404,7 @@ def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
     topics = assets.topics("test")
     policy, tokenizer = assets.load_policy(cfg.policy)
     fluency_model = assets.load_policy(cfg.policy)[0].eval().requires_grad_(False)
+    fluency_model.to(resolve_device(cfg.device))
     backbone, rm_tokenizer = assets.load_reward_backbone(cfg.rm_backbone, cfg.policy)
     train = assets.prompts("train")
     forms = None
@@ -448,6 +457,7 @@ def run_case_study(
 
     run_dir = Path(run_dir)
     stages = stage_configs(cfg)
+    resolve_device(cfg.device)  # a GPU that is not there: one line, no run directory
     check_run_name(run_dir.name)
     if run_dir.exists():
         raise PavlovError(f"run directory {run_dir} already exists (pick another --name)")

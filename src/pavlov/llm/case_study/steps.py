@@ -33,6 +33,7 @@ def sft(sft_cfg, inputs, run, quiet: bool):
 
 def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
     """Step 2; returns the saved model reloaded as a scorer (bf16 autocast when asked)."""
+    from pavlov.devices import module_device
     from pavlov.llm.scoring.rewards import reward_model_fn
     from pavlov.llm.trainers import load_reward_model, train_reward_model
     from pavlov.llm.trainers.common import autocast
@@ -47,10 +48,11 @@ def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
             run=sub, quiet=quiet,
         )  # fmt: skip
     inputs.rm_backbone = None
-    scorer = load_reward_model(sub.dir / "model", batch_size=cfg.eval_batch_size)
+    scorer = load_reward_model(sub.dir / "model", batch_size=cfg.eval_batch_size,
+                               device=cfg.device)  # fmt: skip
 
     def score(prompts, completions) -> list[float]:
-        with autocast(cfg.precision):
+        with autocast(cfg.precision, module_device(scorer.model)):
             return scorer(prompts, completions)
 
     info = _info(out.fit)

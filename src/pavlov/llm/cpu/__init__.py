@@ -71,9 +71,15 @@ class CpuConfig:
 def training(cfg: CpuConfig, policy: nn.Module, *others: nn.Module | None,
              online: bool = False) -> Iterator[None]:
     """The context a trainer's steps run in: the heap policy (compact, or for ``online``
-    trainers reuse) and the training kernels on ``policy`` (and oneDNN linears on ``others``)."""
+    trainers reuse) and the training kernels on ``policy`` (and oneDNN linears on ``others``).
+    Nothing for a policy on another device."""
+    from pavlov.devices import module_device
     from pavlov.llm.cpu.heap import compact_heap, reuse_heap
     from pavlov.llm.cpu.lean import fast_kernels
+
+    if module_device(policy).type != "cpu":
+        yield
+        return
 
     if cfg.on("compact_heap"):
         heap = compact_heap(True)

@@ -315,7 +315,8 @@ def generate(
         if float32:
             precision.enter_context(torch.autocast("cpu", enabled=False))
         # a tape recorded in float32 is not what a bf16 update forward computes: none then
-        decoder = fast_decoder(model, B, P + T, record and not float32) if cfg.fast else None
+        fast = cfg.fast and device.type == "cpu"  # the CPU seam: plain PyTorch elsewhere
+        decoder = fast_decoder(model, B, P + T, record and not float32) if fast else None
         if decoder is None:
             precision.close()  # the generic path runs under the caller's autocast
         if decoder is not None:

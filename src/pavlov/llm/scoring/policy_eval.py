@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import module_device, to_device
 from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts, words
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.models.loading import ensure_pad_token
@@ -56,12 +57,13 @@ def module_logprobs(
         was_training = model.training
         model.eval()
         adapters = model.disable_adapter() if base else contextlib.nullcontext()
+        device = module_device(model)  # the model's; the log-probs come back to the input's
         try:
-            with torch.no_grad(), autocast(precision), adapters:
+            with torch.no_grad(), autocast(precision, device), adapters:
                 return token_logprobs(
-                    model, sequences, attention_mask, start, chunk_size=chunk_size,
-                    temperature=temperature,
-                ).float()  # fmt: skip
+                    model, sequences.to(device), attention_mask.to(device), start,
+                    chunk_size=chunk_size, temperature=temperature,
+                ).float().to(sequences.device)  # fmt: skip
         finally:
             model.train(was_training)
 
@@ -178,32 +180,33 @@ def evaluate_policy(
         model, precision=precision, chunk_size=batch_size, temperature=kl_temperature
     )
     same_draw = temperature == kl_temperature and top_p == 1.0
+    device = module_device(model)
 
     def sample(ids: Tensor, mask: Tensor, b: int, t: float, p: float) -> Rollout:
         sampling = SamplingConfig(
             max_new_tokens=max_new_tokens, temperature=t, top_p=p, pad_token_id=pad_id,
             eos_token_ids=() if eos is None else eos, seed=seed + b,
         )  # fmt: skip
-        with autocast(precision):
+        with autocast(precision, device):
             return generate(model, ids, mask, sampling)
 
     rows: list[Sample] = []
     for b, first in enumerate(range(0, len(order), batch_size)):
         index = order[first : first + batch_size]
-        ids, mask = left_pad([encoded[i] for i in index], pad_id)
+        ids, mask = to_device(left_pad([encoded[i] for i in index], pad_id), device)
         out = sample(ids, mask, b, temperature, top_p)
         kl = torch.zeros(len(index))
         if reference is not None:
             draw = out if same_draw else sample(ids, mask, b, kl_temperature, 1.0)
             logp = policy(draw.sequences, draw.attention_mask, draw.prompt_length)  # (B, T)
             ref = reference(draw.sequences, draw.attention_mask, draw.prompt_length)
-            kl = ((logp - ref) * draw.response_mask).sum(-1)  # (B,)
+            kl = ((logp - ref) * draw.response_mask).sum(-1).cpu()  # (B,)
         nll = torch.zeros(len(index))
-        text_tokens = out.response_lengths - out.eos_reached.long()  # (B,) EOS excluded
+        text_tokens = (out.response_lengths - out.eos_reached.long()).cpu()  # (B,) EOS excluded
         if fluency is not None:
             columns = torch.arange(out.responses.shape[1])
             text = columns[None, :] < text_tokens[:, None]  # (B, T)
-            logp = fluency(out.sequences, out.attention_mask, out.prompt_length)
+            logp = fluency(out.sequences, out.attention_mask, out.prompt_length).cpu()
             nll = -(logp * text).sum(-1)
         texts = [
             tokenizer.decode(

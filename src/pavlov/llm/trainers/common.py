@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import check_device, resolve_device
 from pavlov.errors import (
     ConfigError,
     PavlovError,
@@ -72,12 +73,17 @@ class TrainConfig:
     step (Hugging Face's linear schedule without its zero-lr step); ``"constant"`` after warmup."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
+    device: str = "auto"
+    """Where the model trains: ``"auto"`` (a CUDA GPU where torch sees one, else MPS, else the
+    CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. The CPU speed-ups (``cpu``) apply on
+    the CPU only."""
     precision: str = "fp32"
     """``"fp32"`` (default, exact), ``"bf16"`` (autocast forward, fp32 master weights) or
-    ``"auto"`` (bf16 where the CPU multiplies bf16 fast, see :func:`fast_bf16`; else fp32)."""
+    ``"auto"`` (bf16 where the device multiplies bf16 fast: a CPU with AVX-512, see
+    :func:`fast_bf16`, or a CUDA GPU with bf16 (Ampere and later); else fp32)."""
     cpu: CpuConfig = field(default_factory=CpuConfig)
     """The CPU speed-ups (:class:`pavlov.llm.cpu.CpuConfig`): ``cpu.enabled`` is their one
-    switch; ``-o cpu.<field>=...`` sets one."""
+    switch; ``-o cpu.<field>=...`` sets one. Off on other devices."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""
@@ -126,6 +132,7 @@ class TrainConfig:
         check_range("lora_dropout", self.lora_dropout, 0.0, 0.999)
         check_range("max_grad_norm", self.max_grad_norm, 0.0, math.inf)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_device("device", self.device)
         check_choice("precision", self.precision, tuple(PRECISIONS))
 
 
@@ -143,11 +150,15 @@ def fast_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str) -> str:
-    """``"auto"`` -> ``"bf16"`` where :func:`fast_bf16`, else ``"fp32"``; others unchanged."""
-    if precision == "auto":
-        return "bf16" if fast_bf16() else "fp32"
-    return precision
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``"auto"`` -> ``"bf16"`` where the device multiplies bf16 fast (a CPU with
+    :func:`fast_bf16`, a CUDA GPU that supports bf16), else ``"fp32"``; others unchanged."""
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if kind == "cpu" and fast_bf16() else "fp32"
 
 
 @functools.cache
@@ -158,14 +169,24 @@ def _warn_slow_bf16() -> None:
     )  # fmt: skip
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU for ``"bf16"`` (and ``"auto"`` where bf16 is fast); a no-op for
-    ``"fp32"``."""
-    if resolve_precision(precision) == "bf16":
-        if not fast_bf16():
+def autocast(
+    precision: str, device: torch.device | str = "cpu"
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device``'s kind (cpu, cuda, mps) for ``"bf16"`` (and ``"auto"`` where
+    bf16 is fast there); a no-op for ``"fp32"``."""
+    kind = torch.device(device).type
+    if resolve_precision(precision, kind) == "bf16":
+        if kind == "cpu" and not fast_bf16():
             _warn_slow_bf16()
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def place(model: nn.Module, cfg: TrainConfig) -> torch.device:
+    """Move ``model`` to ``cfg.device`` (resolved) and return that device."""
+    device = resolve_device(cfg.device)
+    model.to(device)
+    return device
 
 
 def disable_dropout(model: nn.Module) -> None:

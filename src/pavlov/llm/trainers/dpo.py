@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import module_device, to_device
 from pavlov.errors import ConfigError, PavlovError, check_choice, check_positive, check_range
 from pavlov.llm.data.datasets import PreferenceExample, TokenizedPreference, tokenize_preferences
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, pad_right, save_model
@@ -43,6 +44,7 @@ from pavlov.llm.trainers.common import (
     disable_dropout,
     evenly_spaced,
     maybe_lora,
+    place,
     seed_all,
     sorted_chunks,
 )
@@ -145,7 +147,7 @@ def reference_table(
     for idx in sorted_chunks(indices, _lengths(items), batch_size):
         batch = collate_dpo([items[i] for i in idx], idx, pad_id)
         chosen, rejected = scorer(batch)
-        table[batch["index"]] = torch.stack([chosen, rejected], dim=-1).float()
+        table[batch["index"]] = torch.stack([chosen, rejected], dim=-1).float().cpu()
     return table
 
 
@@ -223,6 +225,7 @@ def train_dpo(
     )
     seed_all(cfg.seed)
     model = maybe_lora(model, cfg)
+    device = place(model, cfg)
     if cfg.disable_dropout:
         disable_dropout(model)
     if resume is not None:
@@ -230,10 +233,10 @@ def train_dpo(
     reference, tables = _prepare_reference(
         cfg, model, items, eval_items, pad_id, resume, load_reference
     )
-    held_out = [
+    held_out = to_device([
         collate_dpo([eval_items[i] for i in idx], idx, pad_id)
         for idx in sorted_chunks(range(len(eval_items)), _lengths(eval_items), cfg.eval_batch_size)
-    ]
+    ], device)  # fmt: skip
     task = Task(
         name="dpo",
         model=model,
@@ -263,7 +266,8 @@ class _Scorer:
 
     def __call__(self, batch: dict) -> tuple[Tensor, Tensor]:
         with _reference_mode(self.module, self.lora):
-            return pair_logps(self.module, batch, self.average)
+            return pair_logps(self.module, to_device(batch, module_device(self.module)),
+                              self.average)  # fmt: skip
 
 
 def _prepare_reference(cfg: DPOConfig, model, items, eval_items, pad_id, resume, load_reference):
@@ -323,7 +327,8 @@ def _lengths(items: Sequence[TokenizedPreference]) -> list[int]:
 
 def _lookup(table: Tensor | None) -> Callable[[dict], tuple[Tensor, Tensor]]:
     def reference(batch: dict) -> tuple[Tensor, Tensor]:
-        rows = table[batch["index"]]  # (B, 2)
+        index = batch["index"]
+        rows = table[index.cpu()].to(index.device)  # (B, 2); the table stays on the CPU
         return rows[:, 0], rows[:, 1]
 
     return reference

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import module_device, to_device
 from pavlov.errors import PavlovError, check_finite
 from pavlov.llm import cpu
 from pavlov.llm.trainers.common import (
@@ -287,7 +288,8 @@ def accumulate_gradients(
     """
     if dp is not None:  # this rank's share of every micro-batch's examples
         micro = [idx[dp.rank :: dp.world_size] for idx in micro]
-    batches = [task.collate(idx) for idx in micro if len(idx)]
+    device = module_device(task.model)
+    batches = [to_device(task.collate(idx), device) for idx in micro if len(idx)]
     weights = [float(task.weight(b)) for b in batches]
     total = sum(weights)
     if dp is not None:  # the step's loss is a mean over all ranks' units (tokens, pairs)
@@ -295,7 +297,7 @@ def accumulate_gradients(
     total = total or 1.0
     sums: dict[str, float] = {}
     for batch, w in zip(batches, weights, strict=True):
-        with autocast(cfg.precision):
+        with autocast(cfg.precision, device):
             loss, metrics = task.loss(batch)
         check_finite("the loss", loss.detach(), step, hint=HINT)
         (loss * (w / total)).backward()
@@ -317,7 +319,7 @@ def _evaluate(cfg: TrainConfig, task: Task) -> dict[str, float]:
     was_training = task.model.training
     task.model.eval()
     try:
-        with torch.no_grad(), autocast(cfg.precision):
+        with torch.no_grad(), autocast(cfg.precision, module_device(task.model)):
             return {k: float(v) for k, v in task.evaluate().items()}
     finally:
         task.model.train(was_training)

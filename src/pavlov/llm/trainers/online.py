@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import to_device
 from pavlov.errors import ConfigError, check_choice, check_count, check_finite, check_range
 from pavlov.llm import cpu
 from pavlov.llm.cpu.offload import loaded, offload_copy
@@ -68,6 +69,7 @@ from pavlov.llm.trainers.common import (
     make_optimizer,
     make_scheduler,
     maybe_lora,
+    place,
     seed_all,
     set_rng_state,
 )
@@ -327,7 +329,7 @@ def sequence_advantages(cfg: OnlineConfig, scores: Tensor, baseline: float | Non
     if cfg.algo == "rloo":
         return rloo_advantages(scores, cfg.group_size)
     if baseline is None and total is not None:
-        sums = total(torch.stack([scores.sum(), torch.tensor(float(len(scores)))]))
+        sums = total(torch.stack([scores.sum(), scores.new_tensor(float(len(scores)))]))
         return scores - sums[0] / sums[1]
     return scores - (scores.mean() if baseline is None else baseline)
 
@@ -378,7 +380,7 @@ def compute_advantages(
                                                       total=total), 0.0)  # fmt: skip
         adv, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         metrics["value/explained_variance"] = torch.tensor(
-            explained_variance(old_values, returns, mask)
+            float(explained_variance(old_values, returns, mask))
         )
         metrics["reward/with_kl"] = masked_sum(rewards, mask, dim=1).mean()
     else:
@@ -524,7 +526,8 @@ def train_online(
             run = None  # rank 0 writes the run
 
         def total(t: Tensor) -> Tensor:  # batch statistics over the ranks
-            return torch.from_numpy(dp.sum_array(t.detach().double().numpy())).to(t.dtype)
+            sums = dp.sum_array(t.detach().double().cpu().numpy())
+            return torch.from_numpy(sums).to(t.device, t.dtype)
 
     reward_fn = resolve_reward(reward)
     pad_id = ensure_pad_token(tokenizer)
@@ -538,6 +541,7 @@ def train_online(
     check_context(model, longest + cfg.max_new_tokens, "longest prompt + max_new_tokens")
     seed_all(cfg.seed)
     model = maybe_lora(model, cfg)
+    device = place(model, cfg)
     if cfg.disable_dropout:
         disable_dropout(model)
     lora = is_peft_model(model)
@@ -549,7 +553,7 @@ def train_online(
             reference = copy.deepcopy(model).requires_grad_(False)
     value_head = None
     if cfg.algo == "ppo":
-        value_head = ValueHead(model.config.hidden_size)
+        value_head = ValueHead(model.config.hidden_size).to(device)
     trainable = nn.ModuleDict({"policy": model, **({"value": value_head} if value_head else {})})
     plan = batch_plan(replace(cfg, batch_size=cfg.prompts_per_step, grad_accum_steps=1,
                               group_by_length=False), prompt_ids)  # fmt: skip
@@ -589,8 +593,8 @@ def train_online(
         times: dict[str, float] = {}
 
         t = time.perf_counter()
-        ids, attn = left_pad([prompt_ids[j] for j in idx], pad_id)
-        with autocast(cfg.precision):
+        ids, attn = to_device(left_pad([prompt_ids[j] for j in idx], pad_id), device)
+        with autocast(cfg.precision, device):
             rollout = ENGINES[cfg.engine](
                 model, ids, attn, rows,
                 record=cfg.single_update and cfg.cpu.on("replay_rollout"),
@@ -608,7 +612,7 @@ def train_online(
         if cfg.beta > 0:
             ref_module = model if reference is None else reference
             ref_logp = _logprobs(cfg, ref_module, rollout, adapters_off=reference is None)
-        batch = Batch(rollout, batch_prompts, completions, scores.float(), ref_logp)
+        batch = Batch(rollout, batch_prompts, completions, scores.float().to(device), ref_logp)
         kl_coef = state["kl_coef"]
         first = None
         if not cfg.single_update:  # the policy before its updates, no grad
@@ -690,7 +694,8 @@ def _floats(metrics: dict[str, Tensor]) -> dict[str, float]:
 
 def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_off: bool):
     """``(N, T)`` no-grad log-probs of the rollout's responses under ``module``."""
-    with _frozen(module, adapters_off), loaded(module), autocast(cfg.precision):
+    with _frozen(module, adapters_off), loaded(module), \
+            autocast(cfg.precision, rollout.sequences.device):
         return score_tokens(
             module, rollout.sequences, rollout.attention_mask, rollout.prompt_length,
             temperature=cfg.temperature, chunk_size=cfg.eval_batch_size,
@@ -699,7 +704,7 @@ def _logprobs(cfg: OnlineConfig, module: nn.Module, rollout: Rollout, adapters_o
 
 def _old_pass(cfg, model, value_head, rollout) -> Old:
     """Log-probs (and PPO values) of the batch before its first update, no grad."""
-    with _frozen(model, False), autocast(cfg.precision):
+    with _frozen(model, False), autocast(cfg.precision, rollout.sequences.device):
         out = score_tokens(
             model, rollout.sequences, rollout.attention_mask, rollout.prompt_length,
             temperature=cfg.temperature, chunk_size=cfg.eval_batch_size,
@@ -713,7 +718,7 @@ def _first_forward(cfg, model, value_head, batch: Batch) -> PolicyForward:
     """With one update per batch: the update's forward over the whole batch, replaying the
     rollout's tape when it has one (the tape is spent by it)."""
     tape, batch.rollout.tape = batch.rollout.tape, None
-    with autocast(cfg.precision):
+    with autocast(cfg.precision, batch.scores.device):
         return policy_forward(cfg, model, value_head, batch, torch.arange(len(batch.scores)),
                               replay=tape)  # fmt: skip
 
@@ -733,7 +738,7 @@ def _update(cfg, model, value_head, batch, old, adv, kl_coef, first, optimizer, 
         order = torch.randperm(n, generator=generator) if cfg.num_minibatches > 1 else None
         for k in range(cfg.num_minibatches):
             rows = torch.arange(n) if order is None else order[k * size : (k + 1) * size]
-            with autocast(cfg.precision):
+            with autocast(cfg.precision, batch.scores.device):
                 out = first if first is not None else policy_forward(
                     cfg, model, value_head, batch, rows)  # fmt: skip
                 first = None

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pavlov.devices import to_device
 from pavlov.errors import ConfigError, PavlovError, check_choice
 from pavlov.llm.data.datasets import LabeledText, PreferenceExample, read_records
 from pavlov.llm.models.loading import ensure_pad_token
@@ -35,6 +36,7 @@ from pavlov.llm.trainers.common import (
     check_context,
     evenly_spaced,
     maybe_lora,
+    place,
     seed_all,
     sorted_chunks,
 )
@@ -222,6 +224,7 @@ def train_reward_model(
         held_out = [collate([subset[i] for i in idx], pad_id) for idx in chunked]
     seed_all(cfg.seed)
     rm = RewardModel(maybe_lora(backbone, cfg), kind, bias=cfg.mode == "pointwise")
+    held_out = to_device(held_out, place(rm, cfg))
     freeze_unused(rm)
     if resume is not None:
         load_weights(rm.backbone, resume[0])

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import module_device, resolve_device
 from pavlov.errors import PavlovError
 from pavlov.llm.data.datasets import SFTExample, tokenize_sft
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, pad_right
@@ -214,19 +215,25 @@ class RewardScorer:
             chat=bool(self.config.get("chat")),
         )  # fmt: skip
         out: list[float] = []
+        device = module_device(self.model)
         for i in range(0, len(rows), self.batch_size):
             ids, mask = collate_rows(rows[i : i + self.batch_size], self.pad_id)
-            out.extend(self.model(ids, mask).tolist())
+            out.extend(self.model(ids.to(device), mask.to(device)).float().tolist())
         return out
 
 
 def load_reward_model(
-    path: str | Path, *, batch_size: int = 16, dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    batch_size: int = 16,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> RewardScorer:
     """Load a reward model saved by :func:`save_reward_model` (or a run directory holding one
-    in ``model/``) as a scorer: ``load_reward_model(dir)(prompts, completions) -> [float]``."""
+    in ``model/``) as a scorer: ``load_reward_model(dir)(prompts, completions) -> [float]``;
+    ``device`` as a trainer's ``device`` field (``"auto"``, ``"cuda"``, ...)."""
     config = read_reward_config(path)
     backbone, tokenizer = _load_backbone(config, dtype)
     rm = RewardModel(backbone, config["kind"], bias=config.get("mode") == "pointwise")
     load_head(rm, config["path"])
-    return RewardScorer(rm, tokenizer, config, batch_size)
+    return RewardScorer(rm.to(resolve_device(device)), tokenizer, config, batch_size)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pavlov.devices import to_device
 from pavlov.llm.data.datasets import (
     IGNORE_INDEX,
     SFTExample,
@@ -36,6 +37,7 @@ from pavlov.llm.trainers.common import (
     check_context,
     evenly_spaced,
     maybe_lora,
+    place,
     seed_all,
     sorted_chunks,
 )
@@ -159,6 +161,7 @@ def train_sft(
         held_out = [collate([eval_items[i] for i in idx]) for idx in chunked]
     seed_all(cfg.seed)
     model = maybe_lora(model, cfg)
+    held_out = to_device(held_out, place(model, cfg))
     if resume is not None:
         load_weights(model, resume[0])
     task = Task(

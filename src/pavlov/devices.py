@@ -1,0 +1,71 @@
+"""Devices: the ``device`` field every trainer has (deep agents and LLM trainers alike), checked
+before a run starts and resolved to a :class:`torch.device` once.
+
+``auto`` picks CUDA where torch sees a GPU, else Apple's MPS where torch has it, else the CPU.
+A device torch cannot see is a one-line :class:`~pavlov.errors.ConfigError`, not a crash deep
+inside the first forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pavlov.errors import ConfigError
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""Accepted ``device`` values."""
+
+
+def check_device(name: str, value: str) -> None:
+    """ConfigError unless ``value`` is auto, cpu, cuda, cuda:N or mps (checked before any run)."""
+    if not isinstance(value, str) or not DEVICE.fullmatch(value):
+        raise ConfigError(f"{name} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(value: str) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu (what torch sees); a named device torch cannot see
+    is a one-line error."""
+    check_device("device", value)
+    if value == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    device = torch.device(value)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {value!r}: torch sees no CUDA GPU here "
+                              f"(torch {torch.__version__}); use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {value!r}: only {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device {value!r}: torch has no MPS backend here; use 'cpu' or 'auto'")
+    return device
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s first parameter (or buffer) lives; the CPU for an empty module."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor inside (mappings, lists, tuples) moved to ``device``; a batch
+    already there is returned as is (no copy)."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj

@@ -189,20 +189,56 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    run: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/q-learning-...")],
-    episodes: Annotated[int | None, typer.Option(help="Episodes (default 1000).")] = None,
+    run: Annotated[
+        Path,
+        typer.Argument(help="A run directory (runs/q-learning-...), or a text-game env id "
+                       "(pavlov/TextGame-v0) to evaluate its baselines on held-out games."),
+    ],
+    episodes: Annotated[
+        int | None, typer.Option(help="Episodes (default 1000; text games: games, 100).")
+    ] = None,
     seed: SeedOpt = None,
     gif: Annotated[
         Path | None, typer.Option(help="Also record one episode (rgb_array) to this GIF.")
     ] = None,
+    agents: Annotated[
+        str | None,
+        typer.Option(help="Text games: comma-separated baselines (random,tabular,optimal)."),
+    ] = None,
+    env_kwargs: EnvKwargsOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Evaluate a trained run's greedy policy: mean return with a 95% interval, success rate."""
+    """Evaluate a trained run's greedy policy (mean return with a 95% interval, success rate),
+    or a text game's baselines on held-out games (success rate, moves, score; 95% intervals)."""
+    from pavlov.commands.text import is_text_game, run_text_eval
     from pavlov.commands.train import run_eval
+    from pavlov.envs.factory import parse_env_kwargs
 
+    if is_text_game(str(run)):
+        opts = _options(config, episodes=episodes, seed=seed, agents=agents,
+                        env_kwargs=parse_env_kwargs(env_kwargs))  # fmt: skip
+        run_text_eval(str(run), opts, json_)
+        return
     opts = _options(config, episodes=episodes, seed=seed, gif=gif)
     run_eval(run, opts, json_)
+
+
+@app.command()
+def play(
+    env: Annotated[str, typer.Argument(help="An env id: pavlov/TextGame-v0, FrozenLake-v1, ...")],
+    seed: Annotated[int | None, typer.Option(help="Seed (text games: the game).")] = None,
+    env_kwargs: EnvKwargsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Play an environment in the terminal: type commands in a text game, action numbers in a
+    discrete env; 'quit' ends."""
+    from pavlov.commands.text import run_play
+    from pavlov.envs.factory import parse_env_kwargs
+
+    summary = run_play(env, parse_env_kwargs(env_kwargs), seed)
+    if json_:
+        emit_json(summary)
 
 
 @app.command()

@@ -12,6 +12,7 @@ FEATURED = [
     "pavlov/GridWorld-v0",
     "pavlov/Battle-v0",
     "pavlov/PointMass-v0",
+    "pavlov/TextGame-v0",
     "FrozenLake-v1",
     "FrozenLake8x8-v1",
     "Taxi-v4",

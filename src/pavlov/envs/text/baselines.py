@@ -23,6 +23,9 @@ Policy = Callable[[str, dict], str]
 """``act(observation, info) -> command``."""
 PolicyFactory = Callable[[World, int], Policy]
 """``make(world, seed) -> act``: a fresh policy for one game (``seed``: its own randomness)."""
+HELD_OUT = 1_000_000
+"""Game seeds from here on are held out: training (the tabular agent's own games excepted, the
+LLM agent's) draws below it."""
 PROGRESS = ("go", "take", "open", "unlock")
 """Verbs that can change the state (look, inventory, examine and drop never help the planner)."""
 

@@ -95,10 +95,8 @@ def _resolve(words: list[str], world: World, state: State) -> str:
     if phrase in names:
         return "=" + phrase
     matches = [n for n in names if set(words) <= set(n.split())]
-    if len(matches) > 1:  # only what is in reach or in view
-        here = {*reachable_objects(world, state), *state.inventory,
-                *visible_lockables(world, state)}  # fmt: skip
-        matches = [n for n in matches if n in here]
+    here = {*reachable_objects(world, state), *state.inventory, *visible_lockables(world, state)}
+    matches = [n for n in matches if n in here]  # a partial name means what is in reach or view
     if len(matches) == 1:
         return "=" + matches[0]
     if not matches:

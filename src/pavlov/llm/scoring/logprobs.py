@@ -279,7 +279,7 @@ def _shared_prompt_states(
     one, inverse = groups
     if (B - len(one)) * start < SHARE_MIN_ROWS:
         return None
-    name = _cache_argument(model)
+    name = cache_argument(model)
     head = model(
         input_ids=ids[one, :start], attention_mask=mask[one, :start],
         position_ids=positions[one, :start], use_cache=True, logits_to_keep=_NO_LOGITS,
@@ -316,7 +316,7 @@ def _prompt_states(
     return states
 
 
-def _cache_argument(model: nn.Module) -> str:
+def cache_argument(model: nn.Module) -> str:
     """What the model's forward calls its key/value cache (argument and output field):
     ``cache`` in recent transformers 5.x, ``past_key_values`` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

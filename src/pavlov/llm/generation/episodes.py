@@ -62,8 +62,11 @@ class ChatTurns:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompt_text(self, observation: str) -> str:
+        return self._prompt[0] + observation + self._prompt[1]
+
     def prompt(self, observation: str) -> list[int]:
-        return self._ids(self._prompt[0] + observation + self._prompt[1])
+        return self._ids(self.prompt_text(observation))
 
     def between(self, observation: str) -> list[int]:
         return self._ids(self._between[0] + observation + self._between[1])
@@ -164,7 +167,8 @@ def _forward(model: nn.Module, ids: list[int], cache, device) -> tuple[Tensor, o
     return out.logits[:, -1, :], getattr(out, name)
 
 
-def episodes_rollout(episodes: list[Episode], pad_id: int) -> Rollout:
+def episodes_rollout(episodes: list[Episode], pad_id: int, device: torch.device | str = "cpu"
+                     ) -> Rollout:  # fmt: skip
     """A batch of episodes as one :class:`Rollout`: prompts left-padded to ``P``, the rest
     right-padded to ``T``; ``response_mask`` = the agent's tokens only; ``attention_mask`` covers
     the prompt, the agent's and the environment's tokens."""
@@ -183,9 +187,10 @@ def episodes_rollout(episodes: list[Episode], pad_id: int) -> Rollout:
         agent[i, :n] = torch.tensor(e.agent)
         logprobs[i, :n] = torch.tensor(e.logprobs)
     return Rollout(
-        sequences=sequences, attention_mask=attention, response_mask=agent, logprobs=logprobs,
-        prompt_length=P, response_lengths=agent.sum(dim=1),
-        eos_reached=torch.tensor([e.won for e in episodes]),
+        sequences=sequences.to(device), attention_mask=attention.to(device),
+        response_mask=agent.to(device), logprobs=logprobs.to(device), prompt_length=P,
+        response_lengths=agent.sum(dim=1).to(device),
+        eos_reached=torch.tensor([e.won for e in episodes], device=device),
     )  # fmt: skip
 
 

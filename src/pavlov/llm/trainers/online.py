@@ -293,6 +293,25 @@ class Batch:
         return self.rollout.response_mask
 
 
+@dataclass
+class Played:
+    """What a :data:`Sampler` returns for a step's rows."""
+
+    rollout: Rollout
+    """The rows, on the policy's device; ``response_mask`` marks the tokens trained on."""
+    completions: list[str]
+    """A text per row (logs, the reward tap)."""
+    scores: Tensor
+    """``(N,)`` each row's reward."""
+    metrics: dict[str, float]
+    """Step metrics of the playing (``episode/won``, ...)."""
+
+
+Sampler = Callable[[nn.Module, list[int], SamplingConfig], Played]
+"""``(policy, prompt index of each row, sampling) -> Played``: generation and scoring as one
+stage, for rewards that come from playing (multi-turn episodes)."""
+
+
 def _decode(tokenizer, rollout: Rollout) -> list[str]:
     """Response text of each row: the masked tokens, special tokens (EOS) dropped."""
     rows = rollout.responses
@@ -489,6 +508,7 @@ def train_online(
     resume: tuple[Path, dict] | None = None,
     quiet: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    sampler: Sampler | None = None,
 ) -> OnlineResult:
     """Optimise ``model`` online against ``reward``; the model as passed in is the reference.
 
@@ -506,6 +526,9 @@ def train_online(
             :func:`~pavlov.llm.trainers.loop.load_resume`.
         quiet: no progress bar.
         callback: ``callback(step, record)`` after every batch.
+        sampler: the generate and score stages replaced by one (``reward`` unused): rows that
+            are played rather than scored, e.g. multi-turn episodes in an environment
+            (:func:`pavlov.llm.trainers.agent.train_agent`).
 
     Per-step record (also ``metrics.jsonl`` / TensorBoard with a run): ``reward/mean``,
     ``reward/std``, ``reward/<term>`` per reward function, ``kl/ref`` (mean per-response KL to the
@@ -529,7 +552,9 @@ def train_online(
             sums = dp.sum_array(t.detach().double().cpu().numpy())
             return torch.from_numpy(sums).to(t.device, t.dtype)
 
-    reward_fn = resolve_reward(reward)
+    if sampler is not None and dp is not None:
+        raise ConfigError("data-parallel training with a sampler (episodes) is not supported yet")
+    reward_fn = resolve_reward(reward) if sampler is None else None
     pad_id = ensure_pad_token(tokenizer)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos token: responses could never end")
@@ -593,19 +618,26 @@ def train_online(
         times: dict[str, float] = {}
 
         t = time.perf_counter()
-        ids, attn = to_device(left_pad([prompt_ids[j] for j in idx], pad_id), device)
-        with autocast(cfg.precision, device):
-            rollout = ENGINES[cfg.engine](
-                model, ids, attn, rows,
-                record=cfg.single_update and cfg.cpu.on("replay_rollout"),
-            )
-        times["time/generate"] = time.perf_counter() - t
-
-        t = time.perf_counter()
         batch_prompts = [texts[j] for j in idx]
-        completions = _decode(tokenizer, rollout)
-        scores, reward_metrics = compute_rewards(reward_fn, batch_prompts, completions)
-        times["time/reward"] = time.perf_counter() - t
+        if sampler is not None:  # generate and score by playing: one stage
+            with autocast(cfg.precision, device):
+                played = sampler(model, idx, rows)
+            rollout, completions = played.rollout, played.completions
+            scores, reward_metrics = played.scores.double(), played.metrics
+            times["time/generate"], times["time/reward"] = time.perf_counter() - t, 0.0
+        else:
+            ids, attn = to_device(left_pad([prompt_ids[j] for j in idx], pad_id), device)
+            with autocast(cfg.precision, device):
+                rollout = ENGINES[cfg.engine](
+                    model, ids, attn, rows,
+                    record=cfg.single_update and cfg.cpu.on("replay_rollout"),
+                )
+            times["time/generate"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            completions = _decode(tokenizer, rollout)
+            scores, reward_metrics = compute_rewards(reward_fn, batch_prompts, completions)
+            times["time/reward"] = time.perf_counter() - t
 
         t = time.perf_counter()
         ref_logp = None

@@ -1,0 +1,101 @@
+"""Multi-turn agent RL: a language model learns to play text games with the online trainers
+(GRPO, RLOO, REINFORCE) on whole episodes.
+
+A step plays ``prompts_per_step`` training games, ``group_size`` episodes each (a GRPO / RLOO
+group is several episodes of the same game), with the whole history as context and one key/value
+cache per episode (:mod:`pavlov.llm.generation.episodes`). The episode's return is the reward of
+every one of its agent tokens' advantage; the loss and the KL to the reference cover the agent's
+own tokens only (the environment's answers and the prompt are context), through the rollout's
+``response_mask``. Training games are seeds ``0 .. train_games - 1``; evaluation uses held-out
+seeds (:data:`pavlov.envs.text.baselines.HELD_OUT` onwards).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pavlov.devices import module_device
+from pavlov.envs.text import GameConfig, TextGameEnv
+from pavlov.errors import ConfigError, check_choice, check_count
+from pavlov.llm.data.datasets import PromptExample
+from pavlov.llm.generation.episodes import ChatTurns, episodes_rollout, play_group
+from pavlov.llm.generation.rollout import SamplingConfig
+from pavlov.llm.models.loading import ensure_pad_token
+from pavlov.llm.trainers.online import OnlineConfig, OnlineResult, Played, train_online
+
+REWARDS = ("score", "win")
+
+
+@dataclass
+class AgentConfig:
+    """The games an agent trains on and how an episode is played and rewarded."""
+
+    rooms: int = 2
+    """Rooms per game (:class:`pavlov.envs.text.GameConfig`)."""
+    locks: int = 0
+    """Locks per game."""
+    objects: int = 1
+    """Distractor objects per game."""
+    containers: int = 0
+    """Extra containers per game."""
+    train_games: int = 64
+    """Training games: seeds ``0 .. train_games - 1``."""
+    max_turns: int = 6
+    """Commands per episode at most (the episode is cut after it: truncated, not lost)."""
+    reward: str = "score"
+    """``"score"``: the episode's return (a point per milestone: key taken, lock opened,
+    treasure taken); ``"win"``: 1 for a win, else 0."""
+
+    def __post_init__(self) -> None:
+        self.game  # noqa: B018  validates the game settings
+        check_count("train_games", self.train_games)
+        check_count("max_turns", self.max_turns)
+        check_choice("reward", self.reward, REWARDS)
+
+    @property
+    def game(self) -> GameConfig:
+        return GameConfig(self.rooms, self.locks, self.objects, self.containers)
+
+    def make_env(self) -> TextGameEnv:
+        return TextGameEnv(self.rooms, self.locks, self.objects, self.containers)
+
+
+def episode_sampler(agent: AgentConfig, tokenizer, games: list[int]):
+    """The online trainer's sampler: the rows of a step played as episodes of ``games``."""
+    pad_id = ensure_pad_token(tokenizer)
+
+    def sample(model: nn.Module, idx: list[int], sampling: SamplingConfig) -> Played:
+        episodes = play_group(model, tokenizer, agent.make_env, [games[j] for j in idx],
+                              sampling, agent.max_turns)  # fmt: skip
+        rewards = [e.reward if agent.reward == "score" else float(e.won) for e in episodes]
+        metrics = {
+            "episode/won": statistics.fmean(float(e.won) for e in episodes),
+            "episode/score": statistics.fmean(float(e.score) for e in episodes),
+            "episode/turns": statistics.fmean(float(e.turns) for e in episodes),
+            "episode/tokens": statistics.fmean(float(len(e.ids)) for e in episodes),
+        }
+        return Played(
+            episodes_rollout(episodes, pad_id, module_device(model)),
+            [" | ".join(e.commands) for e in episodes],
+            torch.tensor(rewards, dtype=torch.float64), metrics,
+        )  # fmt: skip
+
+    return sample
+
+
+def train_agent(cfg: OnlineConfig, agent: AgentConfig, model: nn.Module, tokenizer, *,
+                run=None, quiet: bool = True, callback=None) -> OnlineResult:  # fmt: skip
+    """Train ``model`` to play ``agent``'s games with ``cfg.algo`` (grpo, rloo or reinforce)."""
+    if cfg.algo == "ppo":
+        raise ConfigError("agent training takes algo grpo, rloo or reinforce (PPO's token GAE "
+                          "would run across the environment's tokens)")  # fmt: skip
+    games = list(range(agent.train_games))
+    turns, env = ChatTurns(tokenizer), agent.make_env()
+    prompts = [PromptExample(turns.prompt_text(env.reset(options={"game": g})[0]), chat=True,
+                             source=f"game {g}") for g in games]  # fmt: skip
+    return train_online(cfg, model, tokenizer, prompts, None, run=run, quiet=quiet,
+                        callback=callback, sampler=episode_sampler(agent, tokenizer, games))

@@ -183,3 +183,15 @@ def test_vs_trl_benchmark_smoke():
         assert math.isfinite(summary["grpo"][impl]["reward_mean"])
     sampling = summary["sampling"]
     assert _positive(sampling["pavlov_tokens_per_s"]) and _positive(sampling["hf_tokens_per_s"])
+
+
+@pytest.mark.timeout(300)
+def test_agent_rollout_benchmark_smoke():
+    """Multi-turn episodes with the cache, with re-prefilling (same samples: the script checks)
+    and single-turn sampling of as many tokens, on the tiny model."""
+    report = _run("agent_rollout.py", "--smoke")
+    assert report["smoke"] and report["episodes"] == 2 and report["turns"] == 4
+    assert report["sampled_tokens"] > 0 and report["context_tokens"] > report["sampled_tokens"]
+    for side in ("episodes", "reprefill", "single"):
+        assert report[f"{side}_seconds"] > 0 and report[f"{side}_tokens_per_s"] > 0
+    assert report["ratio_vs_single"] > 0 and report["ratio_vs_reprefill"] > 0

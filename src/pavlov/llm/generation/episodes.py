@@ -30,8 +30,8 @@ from pavlov.llm.generation.rollout import Rollout, SamplingConfig, sample_next
 from pavlov.llm.scoring.logprobs import cache_argument
 
 SYSTEM = (
-    "You are playing a text adventure. Reply with one short command only, such as "
-    "'go north', 'take brass key', 'open chest' or 'unlock iron door with iron key'."
+    "You are playing a text adventure. Each turn, reply with exactly one of the listed commands "
+    "and nothing else, for example: go east"
 )
 
 
@@ -111,15 +111,24 @@ def play_episode(
     turns: ChatTurns | None = None,
     max_turns: int = 10,
     generator: torch.Generator | None = None,
+    show: Callable[[str, dict], str] | None = None,
+    act: Callable[[str, dict], str] | None = None,
+    reuse_cache: bool = True,
 ) -> Episode:
     """Play ``game`` of ``env`` (a text environment, ``reset(options={"game": g})``) for at most
-    ``max_turns`` commands of at most ``sampling.max_new_tokens`` tokens each."""
+    ``max_turns`` commands of at most ``sampling.max_new_tokens`` tokens each; ``show(obs, info)``
+    is what the model reads of each observation (default: the observation itself);
+    ``act(reply, info)`` the command sent for the model's reply (default: the reply);
+    ``reuse_cache=False`` prefills the whole history again each turn (what a loop over
+    ``generate`` would do; the benchmark's reference), same samples."""
+    show = show or (lambda obs, info: obs)
+    act = act or (lambda reply, info: reply)
     turns = turns or ChatTurns(tokenizer)
     device = module_device(model)
     eos = set(sampling.eos_token_ids) if isinstance(sampling.eos_token_ids, tuple | list) \
         else {sampling.eos_token_ids}  # fmt: skip
     obs, info = env.reset(options={"game": game})
-    episode = Episode(game, turns.prompt(obs), observations=[obs],
+    episode = Episode(game, turns.prompt(show(obs, info)), observations=[obs],
                       max_score=int(info.get("max_score", 0)))  # fmt: skip
     feed, cache = list(episode.prompt_ids), None
     was_training = model.training
@@ -139,17 +148,19 @@ def play_episode(
                 episode.ids += sampled
                 episode.agent += [True] * len(sampled)
                 episode.logprobs += logps
-                command = tokenizer.decode(sampled, skip_special_tokens=True).strip()
+                command = act(tokenizer.decode(sampled, skip_special_tokens=True).strip(), info)
                 obs, reward, terminated, truncated, info = env.step(command)
                 episode.commands.append(command)
                 episode.observations.append(obs)
                 episode.reward += float(reward)
                 closed = [] if sampled[-1] in eos else [tokenizer.eos_token_id]  # cut: close it
-                answer = closed + turns.between(obs)
+                answer = closed + turns.between(show(obs, info))
                 episode.ids += answer
                 episode.agent += [False] * len(answer)
                 episode.logprobs += [0.0] * len(answer)
                 feed = [sampled[-1], *answer]
+                if not reuse_cache:
+                    feed, cache = episode.prompt_ids + episode.ids, None
                 if terminated or truncated:
                     break
     finally:
@@ -194,9 +205,25 @@ def episodes_rollout(episodes: list[Episode], pad_id: int, device: torch.device 
     )  # fmt: skip
 
 
+def with_commands(obs: str, info: dict) -> str:
+    """The observation followed by the admissible commands (a choice for small models)."""
+    options = info.get("admissible_commands") or []
+    return f"{obs}\nCommands: {', '.join(options)}." if options else obs
+
+
+def first_command(reply: str, info: dict) -> str:
+    """The admissible command the reply names first (case ignored), else the reply: the action
+    extraction of LLM-agent harnesses, so "I will go east now." plays ``go east``."""
+    text = reply.lower()
+    found = [(text.find(c), -len(c), c) for c in info.get("admissible_commands") or []
+             if c in text]  # fmt: skip
+    return min(found)[2] if found else reply
+
+
 def play_group(
     model: nn.Module, tokenizer, make_env: Callable[[], object], games: list[int],
-    sampling: SamplingConfig, max_turns: int = 10,
+    sampling: SamplingConfig, max_turns: int = 10, show: Callable[[str, dict], str] | None = None,
+    act: Callable[[str, dict], str] | None = None,
 ) -> list[Episode]:  # fmt: skip
     """One episode per entry of ``games`` (repeat a game for a group), episode ``i`` sampled
     with seed ``sampling.seed + i``."""
@@ -207,5 +234,6 @@ def play_group(
         gen = torch.Generator(device=module_device(model))
         gen.manual_seed(seed if seed is not None else torch.seed())
         out.append(play_episode(model, tokenizer, env, game, replace(sampling, seed=seed),
-                                turns=turns, max_turns=max_turns, generator=gen))  # fmt: skip
+                                turns=turns, max_turns=max_turns, generator=gen,
+                                show=show, act=act))  # fmt: skip
     return out

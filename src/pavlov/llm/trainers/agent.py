@@ -22,7 +22,13 @@ from pavlov.devices import module_device
 from pavlov.envs.text import GameConfig, TextGameEnv
 from pavlov.errors import ConfigError, check_choice, check_count
 from pavlov.llm.data.datasets import PromptExample
-from pavlov.llm.generation.episodes import ChatTurns, episodes_rollout, play_group
+from pavlov.llm.generation.episodes import (
+    ChatTurns,
+    episodes_rollout,
+    first_command,
+    play_group,
+    with_commands,
+)
 from pavlov.llm.generation.rollout import SamplingConfig
 from pavlov.llm.models.loading import ensure_pad_token
 from pavlov.llm.trainers.online import OnlineConfig, OnlineResult, Played, train_online
@@ -46,6 +52,12 @@ class AgentConfig:
     """Training games: seeds ``0 .. train_games - 1``."""
     max_turns: int = 6
     """Commands per episode at most (the episode is cut after it: truncated, not lost)."""
+    show_commands: bool = True
+    """Append the admissible commands to every observation the model reads (TextWorld's
+    ``admissible_commands``): the task becomes choosing, which a 135M model can start from."""
+    extract_command: bool = True
+    """Play the admissible command the reply names first ("I'll go east." plays ``go east``),
+    else the reply as typed; the tokens trained on are the reply's either way."""
     reward: str = "score"
     """``"score"``: the episode's return (a point per milestone: key taken, lock opened,
     treasure taken); ``"win"``: 1 for a win, else 0."""
@@ -60,6 +72,12 @@ class AgentConfig:
     def game(self) -> GameConfig:
         return GameConfig(self.rooms, self.locks, self.objects, self.containers)
 
+    def show(self, obs: str, info: dict) -> str:
+        return with_commands(obs, info) if self.show_commands else obs
+
+    def act(self, reply: str, info: dict) -> str:
+        return first_command(reply, info) if self.extract_command else reply
+
     def make_env(self) -> TextGameEnv:
         return TextGameEnv(self.rooms, self.locks, self.objects, self.containers)
 
@@ -70,7 +88,7 @@ def episode_sampler(agent: AgentConfig, tokenizer, games: list[int]):
 
     def sample(model: nn.Module, idx: list[int], sampling: SamplingConfig) -> Played:
         episodes = play_group(model, tokenizer, agent.make_env, [games[j] for j in idx],
-                              sampling, agent.max_turns)  # fmt: skip
+                              sampling, agent.max_turns, agent.show, agent.act)  # fmt: skip
         rewards = [e.reward if agent.reward == "score" else float(e.won) for e in episodes]
         metrics = {
             "episode/won": statistics.fmean(float(e.won) for e in episodes),
@@ -95,7 +113,7 @@ def train_agent(cfg: OnlineConfig, agent: AgentConfig, model: nn.Module, tokeniz
                           "would run across the environment's tokens)")  # fmt: skip
     games = list(range(agent.train_games))
     turns, env = ChatTurns(tokenizer), agent.make_env()
-    prompts = [PromptExample(turns.prompt_text(env.reset(options={"game": g})[0]), chat=True,
-                             source=f"game {g}") for g in games]  # fmt: skip
+    prompts = [PromptExample(turns.prompt_text(agent.show(*env.reset(options={"game": g}))),
+                             chat=True, source=f"game {g}") for g in games]  # fmt: skip
     return train_online(cfg, model, tokenizer, prompts, None, run=run, quiet=quiet,
                         callback=callback, sampler=episode_sampler(agent, tokenizer, games))

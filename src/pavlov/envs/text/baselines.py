@@ -68,10 +68,12 @@ def random_policy(world: World, seed: int = 0) -> Policy:
 
 
 def tabular_policy(episodes: int = 200, alpha: float = 0.5, gamma: float = 0.95,
-                   epsilon: float = 0.1, optimism: float = 1.0,
+                   epsilon: float = 0.1, optimism: float = 0.3,
                    max_steps: int = 50) -> PolicyFactory:  # fmt: skip
     """Q-learning on each game for ``episodes`` episodes (epsilon-greedy over the admissible
-    commands, ties broken at random, unseen values ``optimism``: each command is tried; key
+    commands, ties broken at random, unseen values ``optimism``: untried commands are tried
+    until a path to a point is known (0.3 < gamma^k of a short path; at 1.0 the unexplored
+    kept winning and the greedy policy wandered: 41% wins against 100% on the default games); key
     ``(room, inventory, locks, points)``), then its greedy policy."""
 
     def make(world: World, seed: int = 0) -> Policy:

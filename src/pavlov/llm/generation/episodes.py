@@ -68,8 +68,11 @@ class ChatTurns:
     def prompt(self, observation: str) -> list[int]:
         return self._ids(self.prompt_text(observation))
 
+    def between_text(self, observation: str) -> str:
+        return self._between[0] + observation + self._between[1]
+
     def between(self, observation: str) -> list[int]:
-        return self._ids(self._between[0] + observation + self._between[1])
+        return self._ids(self.between_text(observation))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch import nn
 from pavlov.devices import module_device
 from pavlov.envs.text import GameConfig, TextGameEnv
 from pavlov.errors import ConfigError, check_choice, check_count
-from pavlov.llm.data.datasets import PromptExample
+from pavlov.llm.data.datasets import PromptExample, SFTExample
 from pavlov.llm.generation.episodes import (
     ChatTurns,
     episodes_rollout,
@@ -117,3 +117,42 @@ def train_agent(cfg: OnlineConfig, agent: AgentConfig, model: nn.Module, tokeniz
                              chat=True, source=f"game {g}") for g in games]  # fmt: skip
     return train_online(cfg, model, tokenizer, prompts, None, run=run, quiet=quiet,
                         callback=callback, sampler=episode_sampler(agent, tokenizer, games))
+
+
+def planner_examples(agent: AgentConfig, tokenizer, games: list[int]) -> list[SFTExample]:
+    """Behaviour cloning data: each turn of the planner's optimal play of ``games`` as an SFT
+    example, the conversation so far (chat-rendered, as the agent reads it) -> the command and
+    the end of the turn. A warm start for RL, like the RLHF pipeline's step 1."""
+    from pavlov.envs.text.baselines import optimal_actions
+
+    turns, env = ChatTurns(tokenizer), agent.make_env()
+    eos = tokenizer.eos_token or ""
+    out = []
+    for game in games:
+        obs, info = env.reset(options={"game": game})
+        history = turns.prompt_text(agent.show(obs, info))
+        for action in optimal_actions(env.world):  # type: ignore[arg-type]
+            command = action.text()
+            out.append(SFTExample(history, command + eos, True, f"game {game}"))
+            obs, _, terminated, truncated, info = env.step(command)
+            history += command + eos + turns.between_text(agent.show(obs, info))
+            if terminated or truncated:
+                break
+    return out
+
+
+def evaluate_agent(model: nn.Module, tokenizer, agent: AgentConfig, games: list[int],
+                   sampling: SamplingConfig) -> dict[str, float]:  # fmt: skip
+    """Success rate (Wilson 95%), mean moves and score (normal 95%) of ``model`` playing each of
+    ``games`` once (at most ``agent.max_turns`` commands)."""
+    from pavlov.envs.text.baselines import interval95, wilson95
+
+    episodes = play_group(model, tokenizer, agent.make_env, games, sampling, agent.max_turns,
+                          agent.show, agent.act)  # fmt: skip
+    wins = sum(e.won for e in episodes)
+    low, high = wilson95(wins, len(episodes))
+    moves, moves_ci = interval95([float(e.turns) for e in episodes])
+    score, score_ci = interval95([float(e.score) for e in episodes])
+    return {"games": float(len(episodes)), "success": wins / len(episodes), "success_low": low,
+            "success_high": high, "moves": moves, "moves_ci": moves_ci, "score": score,
+            "score_ci": score_ci}  # fmt: skip

@@ -195,3 +195,14 @@ def test_agent_rollout_benchmark_smoke():
     for side in ("episodes", "reprefill", "single"):
         assert report[f"{side}_seconds"] > 0 and report[f"{side}_tokens_per_s"] > 0
     assert report["ratio_vs_single"] > 0 and report["ratio_vs_reprefill"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_agent_learning_benchmark_smoke():
+    """Untrained -> planner warm start -> GRPO on episodes, each evaluated on held-out games,
+    on the tiny model."""
+    report = _run("agent_learning.py", "--smoke")
+    assert report["smoke"] and report["held_out_games"] == 2 and report["sft_examples"] > 0
+    assert set(report["results"]) == {"untrained", "warm_start", "rl"}
+    assert all(0 <= r["success"] <= 1 for r in report["results"].values())
+    assert len(report["rl_curve"]) == 1 and set(report["seconds"]) >= {"sft", "rl"}

@@ -139,3 +139,39 @@ def test_ppo_is_refused_for_agents():
     model, tok = tiny_causal_lm()
     with pytest.raises(ConfigError, match="grpo, rloo or reinforce"):
         train_agent(OnlineConfig(algo="ppo"), AgentConfig(), model, tok)
+
+
+def test_planner_examples_are_the_conversation_so_far_and_the_optimal_command():
+    from pavlov.envs.text.baselines import optimal_actions
+    from pavlov.envs.text.world import generate
+    from pavlov.llm.trainers.agent import planner_examples
+
+    _, tok = tiny_causal_lm()
+    agent = AgentConfig(rooms=3, locks=1)
+    examples = planner_examples(agent, tok, [5])
+    plan = [a.text() for a in optimal_actions(generate(agent.game, 5))]
+    assert [e.completion for e in examples] == [c + tok.eos_token for c in plan]
+    assert all(e.chat and e.source == "game 5" for e in examples)
+    for earlier, later in zip(examples, examples[1:], strict=False):  # the history grows
+        assert later.prompt.startswith(earlier.prompt + earlier.completion)
+    assert examples[0].prompt == ChatTurns(tok).prompt_text(
+        agent.show(*agent.make_env().reset(options={"game": 5})))
+
+
+def test_evaluate_agent_reports_success_with_intervals():
+    from pavlov.llm.trainers.agent import evaluate_agent
+
+    model, tok = tiny_causal_lm()
+    r = evaluate_agent(model, tok, AgentConfig(max_turns=2), [1_000_000, 1_000_001],
+                       sampling(tok))  # fmt: skip
+    assert r["games"] == 2 and r["success"] == 0.0 and r["moves"] == 2.0
+    assert r["success_low"] == 0.0 < r["success_high"] < 1.0
+
+
+def test_first_command_extracts_the_earliest_admissible_command():
+    from pavlov.llm.generation.episodes import first_command
+
+    info = {"admissible_commands": ["look", "go east", "take brass key", "take brass"]}
+    assert first_command("I will go east, then look.", info) == "go east"
+    assert first_command("Take brass key now", info) == "take brass key"  # the longer at a tie
+    assert first_command("dance", info) == "dance"

@@ -133,7 +133,10 @@ BASELINES: dict[str, PolicyFactory] = {
 
 
 @dataclass
-class Episode:
+class Playthrough:
+    """A text game played once by a baseline policy (the LLM agent's, with its tokens, is
+    :class:`pavlov.llm.generation.episodes.Episode`)."""
+
     won: bool
     moves: int
     score: int
@@ -142,7 +145,7 @@ class Episode:
     """``(command, answer)`` per move; the first entry is ``("", intro)``."""
 
 
-def play(env: TextGameEnv, policy: Policy, game: int, max_steps: int = 50) -> Episode:
+def play(env: TextGameEnv, policy: Policy, game: int, max_steps: int = 50) -> Playthrough:
     """One episode of ``game`` with ``policy``; ``info["abstract_state"]`` is added for tabular
     policies."""
     obs, info = env.reset(options={"game": game})
@@ -155,7 +158,7 @@ def play(env: TextGameEnv, policy: Policy, game: int, max_steps: int = 50) -> Ep
         transcript.append((command, obs))
         if terminated or truncated:
             break
-    return Episode(bool(info["won"]), int(info["moves"]), int(info["score"]),
+    return Playthrough(bool(info["won"]), int(info["moves"]), int(info["score"]),
                    int(info["max_score"]), transcript)  # fmt: skip
 
 

@@ -17,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pavlov.envs.text.env import TextGameEnv
-from pavlov.envs.text.world import Action, GameConfig, State, World, admissible, apply, generate
+from pavlov.envs.text.world import (
+    Action,
+    GameConfig,
+    State,
+    World,
+    admissible,
+    apply,
+    generate,
+    initial_state,
+)
 
 Policy = Callable[[str, dict], str]
 """``act(observation, info) -> command``."""
@@ -33,8 +42,6 @@ PROGRESS = ("go", "take", "open", "unlock")
 def optimal_actions(world: World, start: State | None = None) -> list[Action]:
     """A shortest winning command sequence (breadth-first search over states); the game is
     solvable by construction, so one always exists (tested over 1,000 seeds)."""
-    from pavlov.envs.text.world import initial_state
-
     start = start or initial_state(world)
     useful = {*world.locks.values(), world.treasure}  # taking anything else never helps
     parents: dict[State, tuple[State, Action] | None] = {start: None}
@@ -80,7 +87,7 @@ def tabular_policy(episodes: int = 200, alpha: float = 0.5, gamma: float = 0.95,
         rng = random.Random(seed)
         q: dict[tuple, dict[str, float]] = {}
         for _ in range(episodes):
-            state = _initial(world)
+            state = initial_state(world)
             for _ in range(max_steps):
                 key, options = _key(state), [a.text() for a in admissible(world, state)]
                 values = q.setdefault(key, {})
@@ -109,12 +116,6 @@ def tabular_policy(episodes: int = 200, alpha: float = 0.5, gamma: float = 0.95,
         return act
 
     return make
-
-
-def _initial(world: World) -> State:
-    from pavlov.envs.text.world import initial_state
-
-    return initial_state(world)
 
 
 def _key(state: State) -> tuple:
@@ -185,14 +186,23 @@ def evaluate(make: PolicyFactory, games: list[int], cfg: GameConfig | None = Non
     """Success rate (Wilson 95%), mean moves and score (normal 95%) over ``games``."""
     cfg = cfg or GameConfig()
     env = TextGameEnv(cfg.rooms, cfg.locks, cfg.objects, cfg.containers)
-    episodes = [play(env, make(generate(cfg, g), seed + i), g, max_steps)
-                for i, g in enumerate(games)]  # fmt: skip
-    wins = sum(e.won for e in episodes)
-    low, high = wilson95(wins, len(episodes))
-    moves, moves_ci = interval95([float(e.moves) for e in episodes])
-    score, score_ci = interval95([float(e.score) for e in episodes])
+    played = [play(env, make(generate(cfg, g), seed + i), g, max_steps)
+              for i, g in enumerate(games)]  # fmt: skip
+    out = summarize([p.won for p in played], [p.moves for p in played],
+                    [p.score for p in played])  # fmt: skip
+    out["max_score"] = statistics.fmean(p.max_score for p in played)
+    return out
+
+
+def summarize(won: list[bool], moves: list[int], scores: list[int]) -> dict[str, float]:
+    """Games played, success rate with its Wilson 95% interval, mean moves and score with
+    normal 95% intervals: the report of every text-game agent (baselines and LLM agents)."""
+    wins = sum(won)
+    low, high = wilson95(wins, len(won))
+    mean_moves, moves_ci = interval95([float(m) for m in moves])
+    score, score_ci = interval95([float(x) for x in scores])
     return {
-        "games": float(len(episodes)), "success": wins / len(episodes), "success_low": low,
-        "success_high": high, "moves": moves, "moves_ci": moves_ci, "score": score,
-        "score_ci": score_ci, "max_score": statistics.fmean(e.max_score for e in episodes),
+        "games": float(len(won)), "success": wins / len(won), "success_low": low,
+        "success_high": high, "moves": mean_moves, "moves_ci": moves_ci, "score": score,
+        "score_ci": score_ci,
     }  # fmt: skip

@@ -145,14 +145,9 @@ def evaluate_agent(model: nn.Module, tokenizer, agent: AgentConfig, games: list[
                    sampling: SamplingConfig) -> dict[str, float]:  # fmt: skip
     """Success rate (Wilson 95%), mean moves and score (normal 95%) of ``model`` playing each of
     ``games`` once (at most ``agent.max_turns`` commands)."""
-    from pavlov.envs.text.baselines import interval95, wilson95
+    from pavlov.envs.text.baselines import summarize
 
     episodes = play_group(model, tokenizer, agent.make_env, games, sampling, agent.max_turns,
                           agent.show, agent.act)  # fmt: skip
-    wins = sum(e.won for e in episodes)
-    low, high = wilson95(wins, len(episodes))
-    moves, moves_ci = interval95([float(e.turns) for e in episodes])
-    score, score_ci = interval95([float(e.score) for e in episodes])
-    return {"games": float(len(episodes)), "success": wins / len(episodes), "success_low": low,
-            "success_high": high, "moves": moves, "moves_ci": moves_ci, "score": score,
-            "score_ci": score_ci}  # fmt: skip
+    return summarize([e.won for e in episodes], [e.turns for e in episodes],
+                     [e.score for e in episodes])  # fmt: skip

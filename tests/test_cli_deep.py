@@ -5,6 +5,7 @@ import json
 import pytest
 
 from pavlov.cli import main
+from pavlov.run.checkpoint import read_latest
 
 
 def run_cli(args, capsys):
@@ -50,7 +51,7 @@ def test_ppo_run_checkpoints_resume_eval_gif(tmp_path, capsys):
     d = runs / "p"
     ckpts = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
     assert ckpts == ["final.pt", "step_0000000512.pt", "step_0000001024.pt"]
-    assert (d / "checkpoints" / "latest").read_text().strip() == "final.pt"
+    assert read_latest(d / "checkpoints")[0] == "final.pt"
     assert [e[0] for e in s["evals"]] == [512, 1024]
 
     code, out, err = run_cli(

@@ -43,9 +43,15 @@ class TabularAlgo:
         if self.name != "linear-q":  # linear FA also takes Box observations (tile coding)
             require_discrete(env, self.name)
 
-    def train(self, env, cfg, on_episode: Callable[..., Any]):
+    @property
+    def resumable(self) -> bool:
+        """Whether its runs checkpoint between episodes and resume (the TD control methods)."""
+        return self.train_fn == "train_tabular"
+
+    def train(self, env, cfg, on_episode: Callable[..., Any], **resume_kw: Any):
+        """``resume_kw``: ``checkpoint``, ``checkpoint_every``, ``resume`` where resumable."""
         train = getattr(importlib.import_module(self.module), self.train_fn)
-        return train(env, cfg, on_episode=on_episode)
+        return train(env, cfg, on_episode=on_episode, **resume_kw)
 
     def state(self, result) -> dict[str, np.ndarray]:
         """Arrays that fully determine the greedy policy."""
@@ -54,6 +60,18 @@ class TabularAlgo:
         return {"Q": result.Q}
 
     def policy(self, state: dict[str, np.ndarray], cfg, env) -> Callable[[Any, int], Any]:
+        """The greedy policy of a checkpoint's arrays; PavlovError if they are not this agent's
+        (another algorithm's checkpoint, or a table of another env's size)."""
+        if not isinstance(state, dict) or not ({"theta", "Q"} & set(state)):
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise PavlovError(f"checkpoint is not a {self.name} checkpoint (no Q table or "
+                              f"theta; found {keys})")
+        if "Q" in state:
+            want = tuple(int(s.n) for s in (env.observation_space, env.action_space)
+                         if hasattr(s, "n"))
+            if np.ndim(state["Q"]) != 2 or tuple(np.shape(state["Q"])) != want:
+                raise PavlovError(f"checkpoint Q table has shape {tuple(np.shape(state['Q']))}, "
+                                  f"but the env has (states, actions) = {want}")
         if "theta" in state:
             from pavlov.tabular.linear import default_features
 

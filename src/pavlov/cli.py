@@ -7,6 +7,7 @@ one machine-readable JSON object as its last line. Bad input prints one line and
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,12 @@ import typer
 
 from pavlov.errors import PavlovError
 from pavlov.run.console import emit_json  # noqa: F401  the --json contract, re-exported
+
+try:  # the click that typer runs on: its own copy since typer 0.2x, else the click package
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
+from pavlov.run.interrupt import Interrupted
 
 app = typer.Typer(
     name="pavlov",
@@ -39,12 +46,32 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (defaul
 
 
 def _options(config: Path | None, **given: Any) -> dict[str, Any]:
-    """Merge ``--config`` with the flags the user gave (flags left at None do not override)."""
+    """Merge ``--config`` with the flags the user gave (flags left at None do not override).
+
+    For commands that create a run (they take ``name`` and ``runs_dir``) the run name and the
+    runs directory are checked here, before any model, data or env is loaded."""
     from pavlov.config import load_yaml
+    from pavlov.run.rundir import check_run_name
 
     merged = load_yaml(config) if config is not None else {}
     merged.update({k: v for k, v in given.items() if v is not None})
+    if "name" in given and merged.get("name") is not None:
+        check_run_name(merged["name"])
+    if "runs_dir" in given and not merged.get("resume"):
+        _check_runs_dir(Path(str(merged.get("runs_dir") or "runs")))
     return merged
+
+
+def _check_runs_dir(path: Path) -> None:
+    """PavlovError unless ``path`` can hold new runs: it (or its nearest existing parent, when it
+    does not exist yet) is a writable directory."""
+    existing = path.expanduser()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PavlovError(f"--runs-dir {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PavlovError(f"--runs-dir {path}: {existing} is not writable")
 
 
 @app.command()
@@ -130,10 +157,15 @@ def train(
         int | None, typer.Option(help="Deep agents: env steps between evaluations (0: none).")
     ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option(help="Deep agents: env steps between checkpoints (0: final).")
+        int | None, typer.Option(help="Env steps (deep agents) or episodes (tabular) between "
+                                 "checkpoints (0: final only).")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, typer.Option(help="Newest step checkpoints kept on disk (default 2).")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue runs/NAME from its latest checkpoint.")
+        Path | None, typer.Option(help="Continue runs/NAME from its latest checkpoint, bit "
+                                  "for bit (after a kill, too).")
     ] = None,
     device: Annotated[
         str | None,
@@ -152,7 +184,7 @@ def train(
 ) -> None:
     """Train an agent; writes runs/NAME with config, metrics, TensorBoard, plots, checkpoints."""
     from pavlov.commands.train import run_train
-    from pavlov.config import parse_overrides
+    from pavlov.config import parse_overrides, section
 
     opts = _options(
         config,
@@ -165,10 +197,11 @@ def train(
         env_kwargs=env_kwargs,
         evaluate_every=evaluate_every,
         checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         resume=resume,
         nproc=nproc,
     )
-    agent = dict(opts.pop("agent", None) or {})
+    agent = section(opts.pop("agent", None), "agent")
     agent.update(
         {
             k: v
@@ -511,18 +544,42 @@ def rl(
     run_rl(opts, flags, override, quiet=quiet, json_out=json_)
 
 
+def _error(message: str, code: int = 2) -> None:
+    """``pavlov: error: MESSAGE`` as one line on stderr, then exit with ``code``."""
+    print(f"pavlov: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors (bad options too) become one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        app(args=argv, prog_name="pavlov")
+        # not standalone: click's usage errors come here instead of a multi-line usage box
+        code = app(args=argv, prog_name="pavlov", standalone_mode=False)
     except PavlovError as e:
         if debug:
             raise
-        print(f"pavlov: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _error(str(e))
+    except click_errors.NoArgsIsHelpError as e:  # bare `pavlov`: the help is printed
+        sys.exit(e.exit_code)
+    except click_errors.UsageError as e:  # unknown option, bad value type, missing argument
+        if debug:
+            raise
+        where = e.ctx.command_path if e.ctx is not None else "pavlov"
+        _error(f"{e.format_message()} (see `{where} --help`)", e.exit_code)
+    except click_errors.ClickException as e:
+        if debug:
+            raise
+        _error(e.format_message(), e.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as e:  # SIGINT/SIGTERM: the run saved a checkpoint and stopped
+        print(f"pavlov: stopped by {e}; saved. Continue with: {e.resume}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -75,12 +75,14 @@ def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
     np.testing.assert_allclose(seen[-1], [1 + gamma + gamma**2, 2 + 2 * gamma])
 
 
-def test_reward_scaler_clips_and_state_dict_restarts_the_returns():
+def test_reward_scaler_clips_and_state_dict_keeps_the_returns():
     scaler = RewardScaler(n_envs=1, gamma=0.99, clip=1.0)
     for _ in range(5):
         scaler(np.array([0.01]), np.array([False]))
     assert scaler(np.array([1e6]), np.array([False]))[0] == 1.0
     other = RewardScaler(n_envs=1, gamma=0.99, clip=1.0)
-    other.load_state_dict(scaler.state_dict())
-    assert other.rms.count == scaler.rms.count and other.returns[0] == 0.0
+    other.load_state_dict(scaler.state_dict())  # a resume that continues the episodes
+    assert other.rms.count == scaler.rms.count and other.returns[0] == scaler.returns[0] != 0.0
     np.testing.assert_array_equal(other.scale(np.array([0.5])), scaler.scale(np.array([0.5])))
+    other.restart()  # a resume whose envs start fresh episodes
+    assert other.returns[0] == 0.0

@@ -10,6 +10,7 @@ import torch
 from pavlov.cli import main
 from pavlov.llm.models.loading import save_model
 from pavlov.llm.models.tiny import tiny_causal_lm
+from pavlov.run.checkpoint import read_latest
 
 PREFS = [
     {"prompt": f"Review of film {i}:", "chosen": " great, funny and warm", "rejected": " dull"}
@@ -82,7 +83,7 @@ def test_train_commands_json_contract(command, data, key, files, tmp_path, capsy
     assert s["command"] == command and s["steps"] == 2 and s["seconds"] > 0
     assert key in s["metrics"] and "train/loss" in s["metrics"]
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step_2"
+    assert read_latest(run / "checkpoints")[0] == "step_2"
     assert (run / "plots" / "train_loss.png").is_file()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 2]  # two steps + the evaluation
@@ -277,7 +278,7 @@ def test_sft_trains_data_parallel_with_nproc_rank_0_writes_one_run_and_resumes(f
     assert summary["steps"] == 2 and summary["run"] == str(run)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["dp"]
     assert (run / "model" / "model.safetensors").is_file()
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step_2"
+    assert read_latest(run / "checkpoints")[0] == "step_2"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
     assert steps == sorted(set(steps)) and steps[-1] == 2  # one writer: no duplicated records
     # --resume continues data-parallel (nproc is saved with the run) to a longer budget
@@ -288,7 +289,7 @@ def test_sft_trains_data_parallel_with_nproc_rank_0_writes_one_run_and_resumes(f
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 3
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
     assert steps == sorted(set(steps)) and steps[-1] == 3
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step_3"
+    assert read_latest(run / "checkpoints")[0] == "step_3"
 
 
 def test_a_bad_nproc_is_one_line_and_exit_2(files, tmp_path, capsys):

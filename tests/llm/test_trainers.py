@@ -36,6 +36,7 @@ from pavlov.llm.trainers.loop import Task, accumulate_gradients
 from pavlov.llm.trainers.reward_model import RewardModel
 from pavlov.llm.trainers.sft import label_tokens
 from pavlov.run import Run
+from pavlov.run.checkpoint import read_latest
 
 # peft 0.21 calls a helper transformers 5 deprecated (when tests load adapters directly)
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
@@ -385,7 +386,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(trainer, tmp_path):
     full = snapshot(go().model)
     with pytest.raises(Interrupt), Run.create(tmp_path, "r", {}) as run:
         go(run=run, callback=_stop_at(3))
-    assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_2"
+    assert read_latest(tmp_path / "r" / "checkpoints")[0] == "step_2"
     ckpt, state = load_resume(tmp_path / "r")
     assert state["step"] == 2
     steps = []
@@ -394,7 +395,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(trainer, tmp_path):
     assert steps == [3, 4] and out.fit.steps == 4
     for name, w in snapshot(out.model).items():
         torch.testing.assert_close(w, full[name], atol=0, rtol=0)
-    assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_4"
+    assert read_latest(tmp_path / "r" / "checkpoints")[0] == "step_4"
 
 
 def test_nan_guard_stops_before_the_step_and_saves_no_nan(tmp_path):

@@ -261,8 +261,9 @@ def train(
 
         run = onpolicy.OnPolicyRun(c, model, update, evaluate, agent.state_dict,
                                    log_every=cfg.log_every)
-        onpolicy.reset(run, batch_seed(cfg.seed, agent.updates), cfg.n_envs, dp)
-        return onpolicy.loop(run, agent, cfg.total_steps, hooks, dp)
+        saved = onpolicy.start(run, batch_seed(cfg.seed, agent.updates), cfg.n_envs, dp,
+                               resume, hooks.notice)
+        return onpolicy.loop(run, agent, cfg.total_steps, hooks, dp, saved)
     finally:
         envs.close()
 

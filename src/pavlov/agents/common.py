@@ -15,6 +15,7 @@ them to the run directory, the progress bar and checkpoints; a benchmark wires a
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pavlov.errors import (  # noqa: F401  re-exported
     check_choice,
     check_count,
 )
+from pavlov.run import interrupt
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 # --------------------------------------------------------------------------- training contract
@@ -61,6 +63,8 @@ class Hooks:
     """Episodes per evaluation during training."""
     stop: Callable[[int, dict[str, float]], bool] = lambda step, metrics: False
     """``stop(env_step, eval_metrics) -> True`` ends training after an evaluation."""
+    notice: Callable[[str], None] = _noop
+    """``notice(line)``: something the user should know (e.g. a resume that is not exact)."""
 
 
 @dataclass
@@ -160,6 +164,41 @@ def make_vec_env(
     )
 
 
+def snapshot_envs(envs: gym.vector.VectorEnv) -> bytes | None:
+    """The sub-envs of a sync vector env, pickled whole (simulator state, RNGs, time-limit
+    counters), so a resumed run continues their episodes exactly; None where that is not
+    possible: an async vector env (the envs live in other processes) or an env that pickles
+    only its constructor arguments (``EzPickle``: Box2D, MuJoCo)."""
+    from gymnasium.utils import EzPickle
+
+    subs = getattr(envs, "envs", None)
+    if not isinstance(envs, gym.vector.SyncVectorEnv) or subs is None:
+        return None
+    if any(isinstance(e.unwrapped, EzPickle) for e in subs):
+        return None
+    try:
+        return pickle.dumps(subs, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
+
+
+def restore_envs(envs: gym.vector.VectorEnv, blob: bytes | None) -> bool:
+    """Put :func:`snapshot_envs`' sub-envs back into ``envs`` -> whether it could."""
+    if blob is None or not isinstance(envs, gym.vector.SyncVectorEnv):
+        return False
+    subs = pickle.loads(blob)  # our own checkpoint, written by snapshot_envs
+    if len(subs) != envs.num_envs:
+        return False
+    for e in envs.envs:
+        e.close()
+    envs.envs = subs
+    return True
+
+
+NOT_EXACT = ("resumed envs start fresh episodes (their state could not be saved: {why}); "
+             "the run continues, but not bitwise as an uninterrupted one")
+
+
 def final_observations(next_obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     """(N, ...) observations that *ended* each episode: ``final_obs`` where an episode ended
     this step (SAME_STEP autoreset), else ``next_obs``."""
@@ -248,7 +287,8 @@ class TrainClock:
         checkpoint is due (then call :meth:`periodic`). Cheap enough for every env step."""
         self.steps += n
         return ((self.next_eval is not None and self.steps >= self.next_eval)
-                or (self.next_ckpt is not None and self.steps >= self.next_ckpt))
+                or (self.next_ckpt is not None and self.steps >= self.next_ckpt)
+                or interrupt.requested() is not None)
 
     def periodic(self, evaluate: Callable[[], float], state: Callable[[], dict],
                  dp: Any = None) -> bool:
@@ -267,12 +307,18 @@ class TrainClock:
             self.hooks.log(self.steps, {"eval/mean_return": ret})
             stop = bool(self.hooks.stop(self.steps, {"eval/mean_return": ret}))
             self.next_eval = self._next(self.hooks.evaluate_every)
+        saved = False
         if self.next_ckpt is not None and self.steps >= self.next_ckpt:
             self.hooks.checkpoint(self.steps, state())
             self.next_ckpt = self._next(self.hooks.checkpoint_every)
+            saved = True
         if dp is not None and evaluated:  # every rank keeps the evaluation schedule
             stop = dp.broadcast_flag(stop)
         self._paused += time.perf_counter() - t
+        if dp is None and self.hooks.checkpoint is not None and not saved:
+            interrupt.check(self.steps, lambda: self.hooks.checkpoint(self.steps, state()))
+        elif dp is None:
+            interrupt.check(self.steps)
         return stop
 
     def output(self, state: dict[str, Any]) -> TrainOutput:

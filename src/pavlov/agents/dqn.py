@@ -15,9 +15,10 @@ Before ``learning_starts`` actions are uniformly random. ε decays linearly from
 ``exploration_fraction * total_steps`` env steps. The TD target bootstraps through a time-limit
 truncation from the final observation; only ``terminated`` stops it (Pardo et al. 2018).
 
-Resume restores networks, optimizer, replay contents, counters and RNG states; the envs start
-fresh episodes (a simulator's state is not saved), so a resumed run is not bit-identical to an
-uninterrupted one.
+Resume is exact: a state holds networks, optimizer, replay contents, counters, RNG states and
+the envs (pickled mid-episode, with their current observations and episode statistics), so a
+resumed run continues bit for bit. Envs that cannot be pickled (async, Box2D) start fresh
+episodes instead, with a notice.
 
 Speed (CPU, one thread): the nets are small and updates many (~17k for CartPole), so per-op
 overhead rivals the matmuls. The update is written out by hand (:class:`MLPGrad`, checked
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from pavlov.agents.common import (
     ACTIVATIONS,
     EVAL_SEED_OFFSET,
+    NOT_EXACT,
     EpisodeStats,
     Hooks,
     TrainClock,
@@ -57,9 +59,11 @@ from pavlov.agents.common import (
     obs_dim,
     require_action_space,
     resolve_device,
+    restore_envs,
     rng_state,
     seed_all,
     set_rng_state,
+    snapshot_envs,
 )
 from pavlov.agents.fastmlp import FlatAdam, MLPGrad, NumpyQ, flatten_parameters
 from pavlov.agents.replay import ReplayBuffer
@@ -306,6 +310,7 @@ class _Loop:
         self.stats = EpisodeStats(cfg.n_envs)
         self.recent: deque[float] = deque(maxlen=100)
         self.evals: list[tuple[int, float]] = []
+        self.obs: np.ndarray | None = None  # the envs' current observations
 
     def restore(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)
@@ -314,6 +319,14 @@ class _Loop:
         self.updates, self.episodes = int(c["gradient_steps"]), int(c["episodes"])
         self.evals = [tuple(e) for e in state.get("evals", [])]
         set_rng_state(state["rng"])
+        saved = state.get("loop")
+        if saved is not None and restore_envs(self.envs, saved["envs"]):
+            self.obs = np.array(saved["obs"], copy=True)
+            self.stats.load_state_dict(saved["stats"])
+            self.recent.extend(saved["recent"])
+        else:
+            why = "an older checkpoint" if saved is None else "an env that does not pickle"
+            self.hooks.notice(NOT_EXACT.format(why=why))
 
     def state(self) -> dict[str, Any]:
         """Everything :func:`train` needs to resume (``resume=state``)."""
@@ -325,17 +338,20 @@ class _Loop:
                          "gradient_steps": self.updates, "episodes": self.episodes},
             "evals": list(self.clock.evals),
             "rng": rng_state(),
+            "loop": {"envs": snapshot_envs(self.envs), "obs": self.obs.copy(),
+                     "stats": self.stats.state_dict(), "recent": list(self.recent)},
         }
 
     def run(self) -> TrainOutput:
         cfg, hooks = self.cfg, self.hooks
-        obs, _ = self.envs.reset(seed=cfg.seed + self.steps)
+        if self.obs is None:  # a fresh run, or a resume whose envs could not be restored
+            self.obs, _ = self.envs.reset(seed=cfg.seed + self.steps)
         self.reported = self.steps
         # the scheduler every deep agent uses: evaluations, checkpoints, stop, train seconds
         self.clock = TrainClock(hooks, self.steps)
         self.clock.evals = list(self.evals)
         while self.steps < cfg.total_steps:
-            obs = self.env_step(obs)
+            self.obs = self.env_step(self.obs)
             if self.vec_steps % cfg.train_freq == 0:
                 self.train_phase()
             if self.clock.tick(cfg.n_envs) and self.clock.periodic(self.evaluate, self.state):

@@ -106,10 +106,14 @@ class RewardScaler:
         return np.clip(out, -self.clip, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        """The return statistics only: a resumed run resets its envs, so the per-env running
-        returns restart at 0."""
-        return {"rms": self.rms.state_dict()}
+        """The return statistics and the per-env running returns (a run that resumes its
+        envs mid-episode needs them; one that resets its envs zeroes them: :meth:`restart`)."""
+        return {"rms": self.rms.state_dict(), "returns": self.returns.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rms.load_state_dict(state["rms"])
+        self.returns[:] = state.get("returns", 0.0)
+
+    def restart(self) -> None:
+        """Fresh episodes in every env: the running returns start at 0."""
         self.returns[:] = 0.0

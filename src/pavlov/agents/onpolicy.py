@@ -23,7 +23,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pavlov.agents.common import Hooks, TrainClock, TrainOutput, encode_obs
+from pavlov.agents.common import (
+    NOT_EXACT,
+    Hooks,
+    TrainClock,
+    TrainOutput,
+    encode_obs,
+    restore_envs,
+    snapshot_envs,
+)
 from pavlov.agents.distributions import NumpyActorCritic
 from pavlov.agents.normalize import RunningMeanStd
 from pavlov.agents.rollout import Collector, collect_rollout
@@ -81,6 +89,38 @@ def reset(run: OnPolicyRun, seed: int, n_envs: int, dp: DataParallel | None) -> 
         merge_normalizers(run.normalizers, starts, dp)
 
 
+def start(run: OnPolicyRun, seed: int, n_envs: int, dp: DataParallel | None,
+          resume: dict[str, Any] | None, notice: Callable[[str], None]) -> dict | None:
+    """Where the first rollout starts: a resumed run's envs exactly where its checkpoint left
+    them (pickled sub-envs, prepared observations, episode statistics) -> the saved loop state;
+    else envs reset with ``seed`` (:func:`reset`) -> None, with a notice for a resume whose envs
+    could not be saved (async or EzPickle envs, data-parallel runs)."""
+    saved = None if resume is None else resume.get("loop")
+    c = run.collector
+    ranks = None if saved is None else saved.get("ranks")
+    mine = None
+    if ranks is not None and len(ranks) == (1 if dp is None else dp.world_size):
+        mine = ranks[rank_of(dp)]
+    ok = mine is not None and restore_envs(c.envs, mine["envs"])
+    if dp is not None:  # every rank restores, or every rank resets: never a mix
+        ok = bool(dp.sum_array([float(ok)])[0] == dp.world_size)
+    if ok:
+        c.obs = np.array(mine["obs"], copy=True)
+        c.stats.load_state_dict(mine["stats"])
+        c.rng.bit_generator.state = mine["rng"]
+        if c.reward_scaler is not None:
+            c.reward_scaler.returns[:] = mine["reward_returns"]
+        return saved
+    if resume is not None:
+        why = ("an older checkpoint" if saved is None else "a different number of processes"
+               if mine is None else "async vector envs or an env that does not pickle")
+        notice(NOT_EXACT.format(why=why))
+    if c.reward_scaler is not None:
+        c.reward_scaler.restart()
+    reset(run, seed, n_envs, dp)
+    return None
+
+
 def merge_normalizers(normalizers: list[RunningMeanStd], starts: list[dict[str, Any]],
                       dp: DataParallel) -> None:
     """Every rank's statistics := those of all ranks' samples (so the ranks normalize alike)."""
@@ -89,9 +129,17 @@ def merge_normalizers(normalizers: list[RunningMeanStd], starts: list[dict[str, 
 
 
 def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
-         dp: DataParallel | None) -> TrainOutput:
+         dp: DataParallel | None, saved: dict[str, Any] | None = None) -> TrainOutput:
     """Collect -> update -> log -> evaluate/checkpoint until ``total_steps`` (all ranks'
-    env steps) or until ``hooks.stop`` says so.
+    env steps) or until ``hooks.stop`` says so. ``saved``: the loop state of a resumed run
+    (:func:`start`).
+
+    Checkpoints hold ``run.state()`` plus ``"loop"``: each rank's envs (pickled), current
+    observations, episode statistics, action-noise RNG and running returns (gathered to rank 0
+    in a data-parallel run: every rank keeps the checkpoint schedule), and the pending log
+    sums, so a resumed run continues the uninterrupted run's trajectories bit for bit
+    (checkpoints fall between updates, where the rollout buffer holds nothing that the next
+    rollout does not overwrite).
 
     Data-parallel, each update costs one extra collective besides the gradient averages: the
     ranks' env steps, episode sums and loss metrics travel in one vector (on a 2-core VM a gloo
@@ -102,16 +150,33 @@ def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
     c = run.collector
     n_envs = c.envs.num_envs
     main = dp is None or dp.is_main
-    if dp is not None:  # a rank on another schedule would wait for a broadcast that never comes
-        every = dp.sum_array([hooks.evaluate_every, hooks.evaluate_every ** 2])
-        if every[1] * dp.world_size != every[0] ** 2:
-            raise PavlovError("every rank must get the same hooks.evaluate_every")
-    clock = TrainClock(hooks if main else Hooks(evaluate_every=hooks.evaluate_every),
-                       counters.env_steps)
+    if dp is not None:  # a rank on another schedule would wait for a collective that never comes
+        e, k = hooks.evaluate_every, hooks.checkpoint_every
+        every = dp.sum_array([e, e ** 2, k, k ** 2])
+        if (every[1] * dp.world_size != every[0] ** 2
+                or every[3] * dp.world_size != every[2] ** 2):
+            raise PavlovError("every rank must get the same hooks.evaluate_every and "
+                              "hooks.checkpoint_every")
+    clock = TrainClock(hooks if main else Hooks(
+        evaluate_every=hooks.evaluate_every, checkpoint_every=hooks.checkpoint_every,
+        checkpoint=lambda step, state: None), counters.env_steps)
     evaluate = run.evaluate if main else (lambda: float("nan"))
     recent: list[float] = []
     pending = np.zeros(3)  # episodes since the last log (all ranks): count, sum return, length
     next_log = counters.env_steps + run.log_every
+    if saved is not None:
+        pending[:] = saved["pending"]
+        next_log = int(saved["next_log"])
+
+    def state() -> dict[str, Any]:  # called on every rank at once (a gather)
+        mine = {"envs": snapshot_envs(c.envs), "obs": c.obs.copy(),
+                "stats": c.stats.state_dict(), "rng": c.rng.bit_generator.state,
+                "reward_returns": None if c.reward_scaler is None
+                else c.reward_scaler.returns.copy()}
+        ranks = [mine] if dp is None else dp.gather_objects(mine)
+        return {**run.state(), "loop": {"ranks": ranks, "pending": pending.copy(),
+                                        "next_log": next_log}}
+
     while counters.env_steps < total_steps:
         charts = run.schedule(counters.env_steps / total_steps)
         starts = [n.state_dict() for n in run.normalizers] if dp is not None else []
@@ -140,9 +205,9 @@ def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
             next_log = counters.env_steps + run.log_every
             clock.hooks.log(counters.env_steps,
                             {**metrics, **episodes, **charts, "charts/SPS": clock.sps()})
-        if clock.periodic(evaluate, run.state, dp):
+        if clock.periodic(evaluate, state, dp):
             break
-    return clock.output(run.state())
+    return clock.output(state())
 
 
 def greedy_policy(head: Any, model: Any, obs_rms: RunningMeanStd | None, obs_space: Any,

@@ -15,10 +15,11 @@ optional running observation / reward normalization (SB3 ``VecNormalize``).
 Time limits are not terminations (Pardo et al. 2018): the envs run in SAME_STEP autoreset mode
 and a truncated step bootstraps from ``V(final_obs)``; see :func:`pavlov.math.gae`.
 
-Resume: a state holds the model, the optimizer, normalizer statistics, counters, RNG states and
-the config, but not the envs' internal state. A resumed run resets its envs with a seed derived
-from ``(cfg.seed, env_steps)``, so it continues the same schedule and weights but not the
-exact trajectories an uninterrupted run would have seen.
+Resume is exact: a state holds the model, the optimizer, normalizer statistics, counters, RNG
+states, the config and the on-policy loop's state with the pickled envs
+(:func:`pavlov.agents.onpolicy.start`), so a resumed run continues bit for bit. Where envs
+cannot be pickled (async vector envs, Box2D) it resets them with a seed derived from
+``(cfg.seed, env_steps)`` and says so: same schedule and weights, other trajectories.
 """
 
 from __future__ import annotations
@@ -486,10 +487,9 @@ def train(
         c = Collector(envs, agent.head, buf, np_rng, agent.obs_rms, agent.reward_scaler,
                       cfg.obs_clip, EpisodeStats(cfg.n_envs))
         run = _run(env_id, env_kwargs, cfg, hooks, agent, c, dp)
-        onpolicy.reset(run, cfg.seed if resume is None else _derived_seed(cfg.seed,
-                                                                          agent.env_steps),
-                       cfg.n_envs, dp)
-        return onpolicy.loop(run, agent, cfg.total_steps, hooks, dp)
+        seed = cfg.seed if resume is None else _derived_seed(cfg.seed, agent.env_steps)
+        saved = onpolicy.start(run, seed, cfg.n_envs, dp, resume, hooks.notice)
+        return onpolicy.loop(run, agent, cfg.total_steps, hooks, dp, saved)
     finally:
         torch.set_num_threads(threads)
         envs.close()

@@ -12,10 +12,10 @@ from pavlov.algos import DeepAlgo
 from pavlov.config import build_config, config_dict
 from pavlov.errors import PavlovError
 from pavlov.evaluation import evaluate_summary
-from pavlov.run import Run, default_run_name, distributed
-from pavlov.run.console import ProgressBar
+from pavlov.run import Run, default_run_name, distributed, interrupt
+from pavlov.run.console import ProgressBar, notice
 from pavlov.run.plots import plot_runs
-from pavlov.run.rundir import load_run_checkpoint
+from pavlov.run.rundir import resume_checkpoint
 
 DATA_PARALLEL = ("ppo", "a2c")
 """Deep agents that run data-parallel (``--nproc N`` or torchrun)."""
@@ -48,6 +48,7 @@ def train_deep_run(
     checkpoint_every: int = 0,
     evaluate_every: int = 0,
     resume_from: Path | None = None,
+    keep_checkpoints: int = 2,
 ) -> dict[str, Any] | None:
     """One deep run: config -> run dir -> train with hooks -> final checkpoint -> evaluation.
 
@@ -55,7 +56,11 @@ def train_deep_run(
     train alongside it and return None.
 
     ``resume_from``: an existing run directory; training continues from its latest checkpoint
-    and appends to its metrics (config may raise ``total_steps``).
+    bit for bit (its logs rewound to that checkpoint) and appends to its metrics (config may
+    raise ``total_steps``); a run killed before its first checkpoint starts from scratch.
+    ``keep_checkpoints``: the newest ``step_*`` checkpoints kept (``final.pt`` always is).
+    SIGINT/SIGTERM save a checkpoint and stop with the resume command
+    (:mod:`pavlov.run.interrupt`).
     """
     import torch
 
@@ -71,9 +76,10 @@ def train_deep_run(
         raise PavlovError(f"{spec.name} does not run data-parallel (--nproc, torchrun): only "
                           f"{', '.join(DATA_PARALLEL)}")
     if dp is not None and not dp.is_main:  # a worker: trains, rank 0 writes everything
-        resume_state = load_run_checkpoint(resume_from) if resume_from is not None else None
+        resume_state = resume_checkpoint(resume_from) if resume_from is not None else None
         mod.train(env_id, cfg, env_kwargs=env_kwargs, resume=resume_state,
-                  hooks=Hooks(evaluate_every=evaluate_every))  # rank 0's schedule, no writes
+                  hooks=Hooks(evaluate_every=evaluate_every, checkpoint_every=checkpoint_every,
+                              checkpoint=lambda step, state: None))  # rank 0's schedule
         env.close()
         return None
     config = {
@@ -88,7 +94,7 @@ def train_deep_run(
         "nproc": 1 if dp is None else dp.world_size,
     }
     if resume_from is not None:
-        resume_state = load_run_checkpoint(resume_from)
+        resume_state = resume_checkpoint(resume_from, notice)
         run = Run.reopen(resume_from, config)
     else:
         resume_state = None
@@ -113,11 +119,15 @@ def train_deep_run(
             progress=lambda n, v=None: bar.update(
                 n, v if v is not None else (sum(recent) / len(recent) if recent else None)
             ),
-            checkpoint=lambda step, state: run.save(f"step_{step:010d}.pt", state),
+            checkpoint=lambda step, state: run.save(f"step_{step:010d}.pt", state,
+                                                    keep_checkpoints),
             checkpoint_every=checkpoint_every,
             evaluate_every=evaluate_every,
+            notice=notice,
         )
-        out = mod.train(env_id, cfg, env_kwargs=env_kwargs, hooks=hooks, resume=resume_state)
+        with interrupt.resumable(run.dir, "train", enabled=dp is None):
+            out = mod.train(env_id, cfg, env_kwargs=env_kwargs, hooks=hooks,
+                            resume=resume_state)
         run.save("final.pt", out.state)
         policy = mod.load_policy(out.state, cfg, env)
         summary = evaluate_summary(env, policy, eval_episodes, seed + 10_000)

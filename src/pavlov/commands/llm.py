@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pavlov.config import build_config, config_dict, parse_overrides
+from pavlov.config import build_config, config_dict, parse_overrides, section
 from pavlov.devices import resolve_device
 from pavlov.errors import ConfigError, PavlovError
 
@@ -24,6 +24,8 @@ TOP_KEYS = {"model", "data", "eval_data", "chat_template", "backbone", "name", "
             "nproc"}
 SAVED_KEYS = ("model", "data", "eval_data", "chat_template", "backbone", "nproc")
 BACKBONES = ("causal", "encoder")
+GENERATE_KEYS = {"model", "prompt", "prompts", "max_new_tokens", "temperature", "top_k", "top_p",
+                 "batch_size", "chat_template", "seed", "device"}
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def resolve_options(
     config of a ``--resume`` run, which the others extend). ``top_keys``: the options a config
     file may set besides ``trainer:``; ``saved_keys``: those a resumed run takes from its own."""
     opts = dict(opts)
-    trainer = dict(opts.pop("trainer", None) or {})
+    trainer = section(opts.pop("trainer", None), "trainer")
     unknown = set(opts) - top_keys
     if unknown:
         raise ConfigError(
@@ -79,8 +81,10 @@ def resolve_options(
         from pavlov.run import open_run_dir
 
         path, saved = open_run_dir(opts["resume"])
-        if saved.get("command") != command:
-            raise ConfigError(f"--resume {path} is a {saved.get('command')!r} run, not {command}")
+        if not isinstance(saved, dict) or saved.get("command") != command:
+            kind = (saved.get("command") or saved.get("algo")) if isinstance(saved, dict) else None
+            raise ConfigError(f"--resume {path} is not a {command} run"
+                              + (f" (it is a {kind!r} run)" if kind else ""))
         opts = {**{k: saved.get(k) for k in saved_keys}, **opts, "resume": path}
         trainer = {**saved.get("trainer", {}), **trainer}
     return opts, trainer
@@ -189,7 +193,7 @@ def run_llm_train(
     kwargs = _trainer_kwargs(command, opts, kind)
     t0 = time.perf_counter()
     run, resume = open_llm_run(command, opts, config, main)
-    with run or contextlib.nullcontext():
+    with run or contextlib.nullcontext(), resumable(run, command, dp):
         result = spec.load("train")(
             cfg, model, tokenizer, train, held_out, run=run, resume=resume,
             quiet=quiet or json_out or not main, **kwargs,
@@ -227,17 +231,37 @@ def join_or_launch(opts: dict[str, Any], worker, *args: Any, device: Any = "cpu"
     return False, distributed.init(str(device))
 
 
+def resumable(run, command: str, dp) -> contextlib.AbstractContextManager:
+    """SIGINT/SIGTERM save a checkpoint and stop with the ``--resume`` command (one process
+    with a run; :mod:`pavlov.run.interrupt`)."""
+    from pavlov.run import interrupt
+
+    if run is None:
+        return contextlib.nullcontext()
+    return interrupt.resumable(run.dir, command, enabled=dp is None)
+
+
 def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any], main: bool = True):
     """``(run, resume)``: ``--resume``'s run reopened with its latest checkpoint's state, or a
     new run ``runs_dir/name`` (default ``<prefix>-<model>-<time>``) and None. A data-parallel
     rank other than 0 (``main`` false) writes nothing: ``(None, the checkpoint's state)``."""
     from pavlov.llm.trainers.loop import load_resume
     from pavlov.run import Run, default_run_name
+    from pavlov.run.checkpoint import read_latest
+    from pavlov.run.console import notice
+
+    def resume_point():  # None: the run died before its first checkpoint, start from scratch
+        if read_latest(Path(opts["resume"]) / "checkpoints") is None:
+            if main:
+                notice(f"{opts['resume']} has no checkpoint yet (stopped before its first "
+                       "one): starting it from scratch")
+            return None
+        return load_resume(opts["resume"])
 
     if not main:
-        return None, load_resume(opts["resume"]) if opts.get("resume") else None
+        return None, resume_point() if opts.get("resume") else None
     if opts.get("resume"):
-        resume = load_resume(opts["resume"])  # before reopening: a run without one stays as is
+        resume = resume_point()  # before reopening: a run with a bad checkpoint stays as is
         return Run.reopen(opts["resume"], config), resume
     name = opts.get("name") or default_run_name(prefix, Path(opts["model"] or "smollm2").name)
     return Run.create(opts.get("runs_dir") or "runs", name, config), None
@@ -338,7 +362,7 @@ def _sampling(opts: dict[str, Any], tokenizer, pad_id: int):
     eos = tokenizer.eos_token_id
     try:
         return SamplingConfig(
-            max_new_tokens=int(opts.get("max_new_tokens") or 64),
+            max_new_tokens=int(opts.get("max_new_tokens", 64)),
             temperature=float(opts.get("temperature", 1.0)),
             top_k=int(opts.get("top_k") or 0),
             top_p=float(opts.get("top_p", 1.0)),
@@ -377,7 +401,11 @@ def run_generate(opts: dict[str, Any], json_out: bool) -> dict[str, Any]:
     from pavlov.llm.models.loading import ensure_pad_token
     from pavlov.run.console import emit_json
 
-    batch_size = opts.get("batch_size") or 8
+    unknown = set(opts) - GENERATE_KEYS
+    if unknown:
+        raise ConfigError(f"unknown generate option(s) {', '.join(sorted(unknown))}; valid: "
+                          f"{', '.join(sorted(GENERATE_KEYS))}")
+    batch_size = 8 if opts.get("batch_size") is None else opts["batch_size"]
     check_count("batch_size", batch_size)
     device = resolve_device(opts.get("device") or "auto")
     model, tokenizer = load_trained_lm(_model_ref(opts.get("model")))

@@ -77,6 +77,7 @@ def run_rl(
         load_trained_lm,
         open_llm_run,
         resolve_options,
+        resumable,
     )
     from pavlov.llm.scoring.rewards import resolve_reward
     from pavlov.llm.trainers.online import OnlineConfig, train_online
@@ -107,7 +108,7 @@ def run_rl(
     config.update(reward=saved_reward, trainer=config_dict(cfg))
     t0 = time.perf_counter()
     run, resume = open_llm_run(f"rl-{cfg.algo}", opts, config, main)
-    with run or contextlib.nullcontext():
+    with run or contextlib.nullcontext(), resumable(run, "rl", dp):
         result = train_online(cfg, model, tokenizer, prompts, reward, run=run, resume=resume,
                               quiet=quiet or json_out or not main)  # fmt: skip
         if run is None:

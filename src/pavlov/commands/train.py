@@ -12,10 +12,10 @@ from pavlov.commands.deep import DATA_PARALLEL, deep_config, train_deep_run
 from pavlov.config import build_config, config_dict
 from pavlov.errors import ConfigError, PavlovError
 from pavlov.evaluation import evaluate_summary, format_success
-from pavlov.run import Run, default_run_name, distributed, open_run_dir
-from pavlov.run.console import ProgressBar, stdout, table
+from pavlov.run import Run, default_run_name, distributed, interrupt, open_run_dir
+from pavlov.run.console import ProgressBar, notice, stdout, table
 from pavlov.run.plots import plot_runs
-from pavlov.run.rundir import load_run_checkpoint
+from pavlov.run.rundir import load_run_checkpoint, resume_checkpoint
 
 TRAIN_KEYS = {
     "algo",
@@ -28,6 +28,7 @@ TRAIN_KEYS = {
     "agent",
     "evaluate_every",
     "checkpoint_every",
+    "keep_checkpoints",
     "resume",
     "nproc",
 }
@@ -58,16 +59,24 @@ def train_run(
     eval_episodes: int = 1000,
     quiet: bool = False,
     overwrite: bool = False,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 2,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Validate, train, checkpoint, evaluate and plot one run; return its summary dict.
 
-    Everything that can be checked is checked before the run directory exists.
+    Everything that can be checked is checked before the run directory exists. The TD control
+    methods checkpoint every ``checkpoint_every`` episodes (and on SIGINT/SIGTERM) and resume
+    from ``resume_from`` (a run directory) bit for bit.
     """
     from pavlov.envs.factory import make_env
 
     spec = get_algo(algo)
     cfg = build_config(spec.config_cls, {**spec.defaults, **agent, "seed": seed}, where="agent")
     eval_episodes = _positive("eval_episodes", eval_episodes)
+    if (checkpoint_every or resume_from is not None) and not spec.resumable:
+        raise PavlovError(f"{algo} runs do not checkpoint between episodes (no "
+                          "--checkpoint-every/--resume); they are short: rerun them")
     env = make_env(env_id, env_kwargs)
     spec.check(env)
     config = {
@@ -76,16 +85,31 @@ def train_run(
         "env_kwargs": env_kwargs or {},
         "seed": seed,
         "eval_episodes": eval_episodes,
+        "checkpoint_every": checkpoint_every,
         "agent": config_dict(cfg),
     }
-    run_name = name or default_run_name(algo, env_id)
     recent: deque[float] = deque(maxlen=100)
-    steps = 0
+    steps, done, resume = 0, 0, None
+    if resume_from is not None:
+        resume = resume_checkpoint(resume_from, notice)
+        if resume is not None and "rng_words" not in resume:
+            raise PavlovError(f"{resume_from} has no resumable checkpoint (written by an older "
+                              "pavlov): rerun it")
+        run = Run.reopen(resume_from, config)
+        if resume is not None:
+            steps, done = int(resume["lengths"].sum()), len(resume["lengths"])
+    else:
+        run = Run.create(runs_dir, name or default_run_name(algo, env_id), config,
+                         overwrite=overwrite)
     t0 = time.perf_counter()
+    resume_kw = {} if not spec.resumable else {
+        "checkpoint": lambda n, state: run.save(f"step_{n:010d}.npz", state, keep_checkpoints),
+        "checkpoint_every": checkpoint_every, "resume": resume}
     with (
-        Run.create(runs_dir, run_name, config, overwrite=overwrite) as run,
+        run,
         ProgressBar(cfg.episodes, f"{algo} {env_id}", "return(100)", enabled=not quiet) as bar,
     ):
+        bar.update(done)
 
         def on_episode(i: int, ret: float, length: int, success: bool, epsilon: float) -> None:
             nonlocal steps
@@ -103,10 +127,11 @@ def train_run(
             )
             bar.update(1, sum(recent) / len(recent))
 
-        result = spec.train(env, cfg, on_episode)
+        with interrupt.resumable(run.dir, "train"):
+            result = spec.train(env, cfg, on_episode, **resume_kw)
         train_seconds = time.perf_counter() - t0
         state = spec.state(result)
-        run.save("final.npz", state)
+        run.save("final.npz", {**getattr(result, "resume", {}), **state})
         summary = evaluate_summary(env, spec.policy(state, cfg, env), eval_episodes, seed + 10_000)
         summary.update(
             run=str(run.dir),
@@ -181,22 +206,19 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
         eval_episodes=_positive("eval_episodes", opts.get("eval_episodes", 1000)),
         quiet=quiet or json_out,
     )
+    common.update(
+        checkpoint_every=_nonneg("checkpoint_every", opts),
+        keep_checkpoints=_positive("keep_checkpoints", opts.get("keep_checkpoints", 2)),
+        resume_from=Path(opts["resume"]) if opts.get("resume") else None,
+    )
     if spec.kind == "deep":
         s = train_deep_run(
-            spec,
-            opts["env"],
-            agent,
-            **common,
-            checkpoint_every=_nonneg("checkpoint_every", opts),
-            evaluate_every=_nonneg("evaluate_every", opts),
-            resume_from=Path(opts["resume"]) if opts.get("resume") else None,
+            spec, opts["env"], agent, **common, evaluate_every=_nonneg("evaluate_every", opts)
         )
         if s is None:  # a data-parallel worker other than rank 0
             return
         done = f"{s['env_steps']} env steps"
     else:
-        if opts.get("resume"):
-            raise PavlovError(f"--resume is for deep agents; {algo} runs are short, rerun them")
         s = train_run(algo, opts["env"], agent, **common)
         done = f"{s['train_episodes']} episodes"
     print_eval(

@@ -28,6 +28,11 @@ stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True)
 
 
+def notice(line: str) -> None:
+    """One line the user should know about, on stderr (``pavlov: note: ...``)."""
+    print(f"pavlov: note: {line}", file=sys.stderr, flush=True)
+
+
 class ProgressBar:
     """A progress bar over ``total`` units that shows one key metric; updates are throttled.
 
@@ -59,8 +64,10 @@ class ProgressBar:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self._flush()
+        if exc_type is not None:  # a failed run's bar is cleared: its error is the one line left
+            self._progress.live.transient = True
         self._progress.stop()
 
     def update(self, advance: int = 1, value: float | None = None) -> None:

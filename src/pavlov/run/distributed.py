@@ -124,6 +124,13 @@ class DataParallel:
         dist.broadcast(t, 0)
         return bool(t.item())
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj``, in rank order, on every rank (checkpoints of
+        per-rank state: envs, action-noise RNGs)."""
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def counter(self, key: str) -> Callable[[int], int]:
         """``add(n) -> total``: a counter shared by the ranks in the group's key-value store
         (DD-PPO's count of workers done collecting). The store is torch's own (the one

@@ -11,13 +11,17 @@
 
 A run that fails before writing its first checkpoint leaves nothing behind: its directory is
 removed, so ``runs/`` never holds a half-written run. A run that fails later keeps its whole
-checkpoints (resumable) and a ``status`` of ``failed`` in ``run.json``.
+checkpoints (resumable) and a ``status`` of ``failed`` in ``run.json`` (``interrupted`` after
+SIGINT/SIGTERM, which save a checkpoint first). A run killed outright (SIGKILL, power loss) keeps
+its last complete checkpoint; ``--resume`` rewinds its logs to that checkpoint
+(:meth:`Run.reopen`), or starts it from scratch when it died before its first checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -28,7 +32,13 @@ from typing import Any
 import yaml
 
 from pavlov.errors import PavlovError
-from pavlov.run.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from pavlov.run.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    read_latest,
+    remove_stray_temps,
+    save_checkpoint,
+)
 from pavlov.run.tensorboard import ScalarWriter
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -84,10 +94,13 @@ class Run:
 
     @classmethod
     def reopen(cls, path: str | Path, config: dict[str, Any], tensorboard: bool = True) -> Run:
-        """Continue an existing run (``--resume``): append to its metrics, start a new
+        """Continue an existing run (``--resume``) from its latest checkpoint: rewind its logs
+        to that checkpoint's cut (:func:`rewind_logs`), append to its metrics, start a new
         TensorBoard event file, and record the (possibly extended) config."""
         path = Path(path)
-        run = cls(dir=path, config=config, tensorboard=tensorboard, _checkpointed=True)
+        rewind_logs(path)
+        run = cls(dir=path, config=config, tensorboard=tensorboard,
+                  _checkpointed=read_latest(path / "checkpoints") is not None)
         atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         run._metrics = open(path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
@@ -114,11 +127,21 @@ class Run:
         if self._tb is not None:
             self._tb.add_scalars(step, clean)
 
-    def save(self, name: str, state: Any) -> Path:
-        """Atomic checkpoint under ``checkpoints/`` (see :mod:`pavlov.run.checkpoint`)."""
-        path = save_checkpoint(self.checkpoints, name, state)
+    def save(self, name: str, state: Any, keep: int = 0) -> Path:
+        """Atomic checkpoint under ``checkpoints/`` with the run's cut in its pointer (see
+        :mod:`pavlov.run.checkpoint`); ``keep > 0`` keeps only that many ``step_*`` ones."""
+        path = save_checkpoint(self.checkpoints, name, state, self.cut(), keep)
         self._checkpointed = True
         return path
+
+    def cut(self) -> dict[str, Any]:
+        """Flush the logs and return their lengths: what a checkpoint written now has seen."""
+        self._metrics.flush()
+        os.fsync(self._metrics.fileno())
+        if self._tb is not None:
+            self._tb.flush()
+        return {"metrics_bytes": self._metrics.tell(),
+                "events": {p.name: p.stat().st_size for p in _event_files(self.dir)}}
 
     def mark_checkpointed(self) -> None:
         """Record that a whole checkpoint exists (written by other means than :meth:`save`, e.g.
@@ -129,8 +152,9 @@ class Run:
         """``summary.json``: the final numbers of the run, for ``pavlov eval`` and scripts."""
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
-    def close(self, ok: bool = True) -> None:
-        """Flush everything. A failed run without a checkpoint is removed entirely."""
+    def close(self, ok: bool = True, status: str = "failed") -> None:
+        """Flush everything. A failed run without a checkpoint is removed entirely; one with a
+        checkpoint gets ``status`` in ``run.json``."""
         if self._metrics is not None and not self._metrics.closed:
             self._metrics.close()
         if self._tb is not None:
@@ -139,7 +163,7 @@ class Run:
         if ok:
             return
         if self._checkpointed:
-            atomic_write_text(self.dir / "run.json", json.dumps({"status": "failed"}) + "\n")
+            atomic_write_text(self.dir / "run.json", json.dumps({"status": status}) + "\n")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -147,7 +171,37 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(ok=exc_type is None)
+        from pavlov.run.interrupt import Interrupted
+
+        interrupted = exc_type is not None and issubclass(exc_type, Interrupted)
+        self.close(ok=exc_type is None, status="interrupted" if interrupted else "failed")
+
+
+def _event_files(path: Path) -> list[Path]:
+    return sorted(path.glob("events.out.tfevents.*"))
+
+
+def rewind_logs(path: str | Path) -> bool:
+    """Truncate a run's ``metrics.jsonl`` and TensorBoard event files to the cut of its latest
+    checkpoint, dropping what a killed process logged after it (and event files it started);
+    with no checkpoint yet, empty them (the run starts from scratch). -> whether a checkpoint
+    exists. Logs of runs from before cuts were recorded are left as they are."""
+    path = Path(path)
+    remove_stray_temps(path / "checkpoints")
+    latest = read_latest(path / "checkpoints")
+    if latest is not None and not latest[1]:
+        return True
+    cut = latest[1] if latest is not None else {"metrics_bytes": 0, "events": {}}
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > cut["metrics_bytes"]:
+        os.truncate(metrics, cut["metrics_bytes"])
+    events = cut.get("events", {})
+    for f in _event_files(path):
+        if f.name not in events:
+            f.unlink()
+        elif f.stat().st_size > events[f.name]:
+            os.truncate(f, events[f.name])
+    return latest is not None
 
 
 def open_run_dir(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -177,3 +231,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def load_run_checkpoint(path: str | Path) -> Any:
     """The latest checkpoint of a run directory."""
     return load_checkpoint(Path(path) / "checkpoints")
+
+
+def resume_checkpoint(path: str | Path, notice: Any = None) -> Any:
+    """What ``--resume`` continues from: the latest checkpoint's state, or None for a run that
+    was killed before its first checkpoint (it starts from scratch; ``notice`` says so)."""
+    path = Path(path)
+    if read_latest(path / "checkpoints") is None:
+        if notice is not None:
+            notice(f"{path} has no checkpoint yet (stopped before its first one): "
+                   "starting it from scratch")
+        return None
+    return load_run_checkpoint(path)

@@ -174,6 +174,9 @@ class TabularResult:
     """Wall time of the training loop (resets, steps, updates and callbacks)."""
     config: TabularConfig = field(repr=False)
     """The config that produced this result."""
+    resume: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """The final :func:`resume_state` (saved in the final checkpoint, so that ``--resume`` of
+    a run killed after it only finishes the evaluation)."""
 
     def greedy_policy(self) -> np.ndarray:
         """(S,) int: argmax_a Q(s, a), lowest index on ties."""
@@ -273,13 +276,26 @@ UPDATE_RULES: dict[str, Callable[[_Loop, int, float], tuple[float, int, bool]]] 
 
 
 def train_tabular(
-    env: gym.Env, cfg: TabularConfig, on_episode: EpisodeCallback | None = None
+    env: gym.Env,
+    cfg: TabularConfig,
+    on_episode: EpisodeCallback | None = None,
+    *,
+    checkpoint: Callable[[int, dict[str, np.ndarray]], Any] | None = None,
+    checkpoint_every: int = 0,
+    resume: dict[str, np.ndarray] | None = None,
 ) -> TabularResult:
     """Learn Q on ``env`` (Discrete spaces) with ``cfg.algo``; same seed, same Q.
 
     ``on_episode(episode_index, episode_return, length, success, epsilon)`` is called after each
     episode if given (``epsilon`` is the episode's exploration parameter).
+
+    ``checkpoint(episodes_done, state)`` gets a resumable state (arrays, see
+    :func:`resume_state`) every ``checkpoint_every`` episodes, and once more before the run stops
+    on SIGINT/SIGTERM (:mod:`pavlov.run.interrupt`); ``resume=state`` continues such a run bit
+    for bit. Checkpoints fall between episodes, where an env's only state is its RNG.
     """
+    from pavlov.run import interrupt
+
     n_states, n_actions = discrete_sizes(env, "train_tabular")
     strategy = EXPLORATION[cfg.exploration]
     rng = random.Random(cfg.seed)
@@ -297,8 +313,10 @@ def train_tabular(
     run_episode = UPDATE_RULES[cfg.algo]
     schedule = cfg.schedule()
     returns, lengths, successes = [], [], []
+    if resume is not None:
+        _restore(resume, loop, rng, env, returns, lengths, successes)
     start = time.perf_counter()
-    for episode in range(cfg.episodes):
+    for episode in range(len(returns), cfg.episodes):
         state, _ = env.reset(seed=cfg.seed if episode == 0 else None)
         param = schedule(episode)
         episode_return, length, success = run_episode(loop, int(state), param)
@@ -307,7 +325,14 @@ def train_tabular(
         successes.append(success)
         if on_episode is not None:
             on_episode(episode, episode_return, length, success, param)
+        if checkpoint is not None and (
+            (checkpoint_every and (episode + 1) % checkpoint_every == 0)
+            or interrupt.requested() is not None
+        ):
+            checkpoint(episode + 1, resume_state(loop, rng, env, returns, lengths, successes))
+        interrupt.check(episode + 1)
     seconds = time.perf_counter() - start
+    env_seeded = cfg.episodes > 0
     return TabularResult(
         Q=np.array(loop.q, dtype=np.float64),
         returns=np.array(returns, dtype=np.float64),
@@ -316,4 +341,53 @@ def train_tabular(
         steps=int(sum(lengths)),
         seconds=seconds,
         config=cfg,
+        resume=resume_state(loop, rng, env, returns, lengths, successes) if env_seeded else {},
     )
+
+
+def resume_state(loop: _Loop, rng: random.Random, env: gym.Env, returns: list[float],
+                 lengths: list[int], successes: list[bool]) -> dict[str, np.ndarray]:
+    """Everything :func:`train_tabular` needs to continue after the episodes done so far, as
+    plain arrays (an ``.npz`` checkpoint): Q (and visit counts), the per-episode records, the
+    exploration RNG (Mersenne Twister words) and the env's RNG (its PCG64 state)."""
+    version, words, gauss = rng.getstate()
+    bits = env.unwrapped.np_random.bit_generator.state
+    state = {
+        "Q": np.array(loop.q, dtype=np.float64),
+        "returns": np.array(returns, dtype=np.float64),
+        "lengths": np.array(lengths, dtype=np.int64),
+        "successes": np.array(successes, dtype=bool),
+        "rng_words": np.array(words, dtype=np.int64),
+        "rng_gauss": np.array([np.nan if gauss is None else gauss]),
+        "env_rng": np.array([bits["state"]["state"], bits["state"]["inc"], bits["has_uint32"],
+                             bits["uinteger"]], dtype=object).astype(str),
+    }
+    if bits["bit_generator"] != "PCG64":
+        raise PavlovError(f"cannot checkpoint an env whose RNG is {bits['bit_generator']}")
+    if loop.counts is not None:
+        state["counts"] = np.array(loop.counts, dtype=np.int64)
+    return state
+
+
+def _restore(state: dict[str, np.ndarray], loop: _Loop, rng: random.Random, env: gym.Env,
+             returns: list, lengths: list, successes: list) -> None:
+    q = np.asarray(state["Q"])
+    if q.shape != (len(loop.q), len(loop.q[0])):
+        raise PavlovError(f"resume state's Q is {q.shape}, this env needs "
+                          f"{(len(loop.q), len(loop.q[0]))}")
+    loop.q[:] = q.tolist()
+    if (loop.counts is None) != ("counts" not in state):
+        raise PavlovError("resume state and config disagree on step_size")
+    if loop.counts is not None:
+        loop.counts[:] = np.asarray(state["counts"]).tolist()
+    returns += state["returns"].tolist()
+    lengths += state["lengths"].tolist()
+    successes += state["successes"].tolist()
+    gauss = float(state["rng_gauss"][0])
+    rng.setstate((3, tuple(int(w) for w in state["rng_words"]),
+                  None if math.isnan(gauss) else gauss))
+    s, inc, has32, uint = (int(x) for x in state["env_rng"])
+    gen = np.random.Generator(np.random.PCG64())
+    gen.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": s, "inc": inc},
+                               "has_uint32": has32, "uinteger": uint}
+    env.unwrapped.np_random = gen

@@ -25,7 +25,6 @@ lengthens the linear lr decay from that step on (the schedule is recomputed for 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from pavlov.llm.trainers.common import (
     set_rng_state,
     trainable_parameters,
 )
-from pavlov.run import distributed
+from pavlov.run import distributed, interrupt
 from pavlov.run.distributed import DataParallel
 
 CHECKPOINTS = "checkpoints"
@@ -156,7 +155,8 @@ def fit(
                 task, optimizer, scheduler, lambda: cpu.training(cfg.cpu, task.model),
                 None if task.evaluate is None else lambda: _evaluate(cfg, task))  # fmt: skip
     task.model.train()
-    done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback)
+    done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback,
+                     resume_log=None if resume is None else resume.get("metric_log"))
     return FitResult(
         steps=done.steps,
         train=done.log.last_train,
@@ -201,12 +201,19 @@ class LoopResult:
 
 
 def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool = True,
-              callback: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
+              callback: Callable[[int, dict[str, float]], None] | None = None,
+              resume_log: dict[str, Any] | None = None) -> LoopResult:
     """Steps ``start + 1 .. loop.total``: log every ``log_every``, evaluate every ``eval_every``
-    and at the end, checkpoint every ``checkpoint_every`` and at the end, write ``model/``."""
+    and at the end, checkpoint every ``checkpoint_every`` and at the end, write ``model/``.
+    ``resume_log``: the checkpoint's partial metric averages. After SIGINT/SIGTERM (one
+    process) the step in progress ends, a checkpoint is saved and
+    :class:`~pavlov.run.interrupt.Interrupted` raised (:mod:`pavlov.run.interrupt`)."""
     from pavlov.run.console import ProgressBar
 
     t0, step, log = time.perf_counter(), start, MetricLog(run, cfg.log_every)
+    if resume_log:
+        log.load_state_dict(resume_log)
+    dp = distributed.current()
     label = loop.key_metric.removeprefix("train/")
     with (
         loop.training(),
@@ -220,16 +227,20 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
             evaluate_now = cfg.eval_every and step % cfg.eval_every == 0 and step < loop.total
             if loop.evaluate is not None and evaluate_now:
                 log.evaluation(step, loop.evaluate())
-            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+            if run is not None and (due or interrupt.requested() is not None):
                 save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer,
-                                        loop.scheduler)  # fmt: skip
+                                        loop.scheduler, log)  # fmt: skip
             if callback is not None:
                 callback(step, record)
+            if dp is None:
+                interrupt.check(step)
     if loop.evaluate is not None:
         log.evaluation(step, loop.evaluate())
     if run is not None:
         if step > start or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
-            save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler)
+            save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler,
+                                    log)
         loop.saver.save(run.dir / "model", True)
     per_step = log.train_seconds / (step - start) if step > start else 0.0
     return LoopResult(step, log, time.perf_counter() - t0, per_step)
@@ -247,6 +258,13 @@ class MetricLog:
         self.last_train: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The steps averaged since the last record (what a checkpoint between records needs)."""
+        return {"sums": dict(self.sums), "n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.n = dict(state["sums"]), int(state["n"])
 
     def add(self, step: int, metrics: dict[str, float], force: bool, seconds: float) -> None:
         self.train_seconds += seconds
@@ -330,17 +348,25 @@ def _evaluate(cfg: TrainConfig, task: Task) -> dict[str, float]:
 
 
 def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer,
-                            scheduler) -> Path:
+                            scheduler, log: MetricLog | None = None) -> Path:
     """``checkpoints/step_<n>/`` (weights + ``trainer_state.pt``), then the ``latest`` pointer.
 
     The weights directory is written atomically by ``task.save`` and the state file with
-    :func:`~pavlov.run.checkpoint.atomic_write`; the pointer is written last, so it only ever
-    names a complete checkpoint. Older step directories beyond ``keep_checkpoints`` are removed.
+    :func:`~pavlov.run.checkpoint.atomic_write`; the pointer is written last, with the run's log
+    cut, so it only ever names a complete checkpoint. Older step directories beyond
+    ``keep_checkpoints`` are removed. ``log``'s partial averages (steps since its last record)
+    are saved too, so a resumed run writes the same records.
     """
     from pavlov.config import config_dict
-    from pavlov.run.checkpoint import atomic_write, atomic_write_text
+    from pavlov.run.checkpoint import (
+        atomic_write,
+        prune_checkpoints,
+        remove_stray_temps,
+        write_latest,
+    )
 
     root = run.dir / CHECKPOINTS
+    remove_stray_temps(root)
     path = root / f"step_{step}"
     task.save(path, False)
     state = {
@@ -350,31 +376,25 @@ def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimi
         "rng": rng_state(),
         "config": config_dict(cfg),
         "task": task.state(),
+        "metric_log": {} if log is None else log.state_dict(),
     }
     atomic_write(path / STATE_FILE, lambda f: torch.save(state, f))
-    atomic_write_text(root / LATEST, path.name + "\n")
+    write_latest(root, path.name, run.cut())  # last: only ever names a whole checkpoint
     run.mark_checkpointed()  # a later failure keeps the run (resumable) instead of deleting it
-    _prune(root, cfg.keep_checkpoints, keep=path.name)
+    prune_checkpoints(root, cfg.keep_checkpoints, protect=path.name)
     return path
-
-
-def _prune(root: Path, keep_n: int, keep: str) -> None:
-    steps = sorted(
-        (p for p in root.glob("step_*") if p.is_dir() and p.name.split("_")[1].isdigit()),
-        key=lambda p: int(p.name.split("_")[1]),
-    )
-    for old in steps[:-keep_n]:
-        if old.name != keep:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_trainer_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint directory that ``run_dir/checkpoints/latest`` names."""
+    from pavlov.run.checkpoint import read_latest
+
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
-    if not pointer.is_file():
+    latest = read_latest(root)
+    if latest is None:
         raise PavlovError(f"no checkpoint to resume in {run_dir} (missing {pointer})")
-    path = root / pointer.read_text().strip()
+    path = root / latest[0]
     if not (path / STATE_FILE).is_file():
         raise PavlovError(f"checkpoint {path} named by {pointer} is incomplete or missing")
     return path
@@ -383,7 +403,11 @@ def latest_trainer_checkpoint(run_dir: str | Path) -> Path:
 def load_resume(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(checkpoint dir, trainer state)`` of a run's latest checkpoint."""
     path = latest_trainer_checkpoint(run_dir)
-    return path, torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        return path, torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or corrupt: zip, pickle and EOF errors differ
+        raise PavlovError(f"checkpoint {path / STATE_FILE} is unreadable (truncated or "
+                          f"corrupt): {type(e).__name__}") from None
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:

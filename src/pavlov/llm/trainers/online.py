@@ -694,7 +694,8 @@ def train_online(
                 scheduler, lambda: cpu.training(cfg.cpu, model, reference, value_head,
                                                 online=True))  # fmt: skip
     model.train()
-    done = run_steps(cfg, loop, step, run=run, quiet=quiet, callback=callback)
+    done = run_steps(cfg, loop, step, run=run, quiet=quiet, callback=callback,
+                     resume_log=None if resume is None else resume[1].get("metric_log"))
     return OnlineResult(
         model=model,
         steps=done.steps,

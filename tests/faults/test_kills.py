@@ -1,0 +1,302 @@
+"""The kill harness: every trainer, killed at random moments and resumed, ends bitwise equal to
+its uninterrupted run.
+
+For each trainer (tabular Q-learning, DQN, PPO, A2C, SFT, reward model, DPO, GRPO, PPO-RLHF, and
+PPO data-parallel over 2 gloo processes) the harness
+
+1. runs ``pavlov ...`` once uninterrupted (the reference) and times it from the moment its run
+   directory exists to its exit;
+2. starts the same command again and SIGKILLs it at a random moment of that window, or at a
+   random ``atomic_write`` (``PAVLOV_KILL_AT_WRITE=n``: after the temporary file is written,
+   before the rename: a kill in the middle of saving a checkpoint or its pointer);
+3. resumes it with ``pavlov ... --resume runs/NAME`` (a run killed before its first checkpoint
+   starts from scratch) and compares: the final parameters and optimizer state (every tensor
+   and array, bitwise) and ``metrics.jsonl`` without its wall-clock fields.
+
+``make test`` runs one random kill and one kill during a write for Q-learning, PPO and SFT;
+``make test-slow`` runs 5 random kills and 2 kills during writes for every trainer
+(``docs/reliability.md`` has the tally and how to rerun it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+WALL_CLOCK = ("time", "charts/SPS")
+"""Record fields that measure wall time; everything else must be identical."""
+TIMEOUT = 240
+
+
+@dataclass
+class Case:
+    start: list[str]
+    """The command (``{runs}`` and ``{name}`` filled in); ``--resume`` continues it."""
+    resume: list[str]
+    """The resume command, ``{run}`` filled in."""
+    kind: str
+    """What the final state is: ``tabular`` (final.npz), ``deep`` (final.pt), ``llm``."""
+    max_write: int
+    """``PAVLOV_KILL_AT_WRITE`` is drawn from ``2 .. max_write`` (writes a run surely makes)."""
+
+
+def deep(algo: str, *args: str) -> Case:
+    return Case(["train", algo, "--env", "CartPole-v1", "--eval-episodes", "3", "-q",
+                 "--runs-dir", "{runs}", "--name", "{name}", *args],
+                ["train", "--resume", "{run}", "-q", "--eval-episodes", "3"], "deep", 8)
+
+
+def llm(command: str, *args: str) -> Case:
+    return Case([command, "--model", "{assets}/tiny", "--runs-dir", "{runs}", "--name", "{name}",
+                 "-q", "-o", "checkpoint_every=2", "-o", "log_every=3", *args],
+                [command, "--resume", "{run}", "-q"], "llm", 6)
+
+
+TINY = ["-o", "batch_size=3", "-o", "learning_rate=1e-3", "-o", "max_length=64"]
+ONLINE = ["--prompts", "{assets}/prompts.jsonl", "--reward", "{assets}/rm", "--max-steps", "8",
+          "-o", "prompts_per_step=2", "-o", "group_size=2", "-o", "max_new_tokens=6",
+          "-o", "learning_rate=1e-3"]
+CASES = {
+    "q-learning": Case(["train", "q-learning", "--env", "FrozenLake-v1", "--episodes", "30000",
+                        "--checkpoint-every", "1500", "--eval-episodes", "10", "-q",
+                        "--runs-dir", "{runs}", "--name", "{name}"],
+                       ["train", "--resume", "{run}", "-q"], "tabular", 20),
+    "dqn": deep("dqn", "--total-steps", "6000", "--checkpoint-every", "600",
+                "-o", "learning_starts=500"),
+    "ppo": deep("ppo", "--total-steps", "24576", "--checkpoint-every", "2048"),
+    "a2c": deep("a2c", "--total-steps", "12000", "--checkpoint-every", "1000"),
+    "ppo-2proc": deep("ppo", "--total-steps", "24576", "--checkpoint-every", "4096",
+                      "--nproc", "2"),
+    "sft": llm("sft", "--data", "{assets}/sft.jsonl", "--max-steps", "12", *TINY),
+    "reward-model": llm("reward-model", "--data", "{assets}/prefs.jsonl", "--max-steps", "12",
+                        *TINY),
+    "dpo": llm("dpo", "--data", "{assets}/prefs.jsonl", "--max-steps", "12", *TINY),
+    "grpo": llm("rl", "--algo", "grpo", *ONLINE),
+    "ppo-rlhf": llm("rl", "--algo", "ppo", *ONLINE),
+}
+QUICK = ["q-learning", "ppo", "sft"]
+
+
+# --------------------------------------------------------------------------------- the harness
+
+
+def pavlov_cmd(args: list[str], **fill: str) -> list[str]:
+    return [sys.executable, "-m", "pavlov", *(a.format(**fill) for a in args)]
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PAVLOV_KILL_AT_WRITE"}
+    return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_to_end(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(args, env=env or env_with(), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> float:
+    """Poll until ``path`` exists (the run directory is made) -> the time it appeared."""
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        if proc.poll() is not None:
+            break
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def reference(case: Case, runs: Path, assets: Path) -> tuple[Path, float]:
+    """The uninterrupted run -> (its directory, seconds from its config.yaml to its exit)."""
+    run = runs / "ref"
+    proc = subprocess.Popen(pavlov_cmd(case.start, runs=str(runs), name="ref",
+                                       assets=str(assets)),
+                            env=env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    t0 = wait_for(run / "config.yaml", proc)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err[-2000:]
+    return run, time.monotonic() - t0
+
+
+def killed_and_resumed(case: Case, runs: Path, assets: Path, name: str, *, at: float | None,
+                       write: int | None) -> Path:
+    """Start the run, SIGKILL it ``at`` seconds after its directory appears (or during its
+    ``write``-th atomic write), resume it to the end -> its directory."""
+    run = runs / name
+    extra = {} if write is None else {"PAVLOV_KILL_AT_WRITE": str(write)}
+    proc = subprocess.Popen(pavlov_cmd(case.start, runs=str(runs), name=name, assets=str(assets)),
+                            env=env_with(**extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    if at is not None:
+        wait_for(run / "config.yaml", proc)
+        time.sleep(at)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: --nproc workers die with it
+    proc.wait(timeout=TIMEOUT)
+    if write is not None:  # (a --nproc launcher exits with an error when rank 0 dies)
+        assert proc.returncode != 0, f"write {write} was never reached"
+    deadline = time.monotonic() + 60
+    while group_alive(proc.pid):  # no orphaned worker left behind
+        assert time.monotonic() < deadline, "a worker outlived its killed run by 60 s"
+        time.sleep(0.1)
+    if proc.returncode == 0:  # not killed (the uninterrupted rerun)
+        return run
+    if not run.exists():  # killed before it made its directory: the user starts it again
+        run_to_end(pavlov_cmd(case.start, runs=str(runs), name=name, assets=str(assets)))
+        return run
+    run_to_end(pavlov_cmd(case.resume, run=str(run)))
+    return run
+
+
+# ------------------------------------------------------------------------------ comparisons
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK and "seconds" not in k
+             and not k.startswith("time/")} for r in rows]
+
+
+def final_state(run: Path, kind: str) -> dict:
+    if kind == "tabular":
+        with np.load(run / "checkpoints" / "final.npz") as f:
+            return {k: f[k] for k in f.files}
+    if kind == "deep":
+        return torch.load(run / "checkpoints" / "final.pt", weights_only=False)
+    from safetensors.torch import load_file
+
+    from pavlov.run.checkpoint import read_latest
+
+    step = read_latest(run / "checkpoints")[0]
+    state = torch.load(run / "checkpoints" / step / "trainer_state.pt", weights_only=False)
+    weights = {f.name: load_file(f) for f in sorted((run / "model").glob("*.safetensors"))}
+    return {"weights": weights, **{k: state[k] for k in ("step", "optimizer", "scheduler",
+                                                         "rng", "task", "metric_log")}}
+
+
+def differences(a, b, path: str = "") -> list[str]:
+    """Paths where two nested states differ (tensors and arrays bitwise, NaN equal to NaN)."""
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
+        # "envs": pickled sub-envs; pickle's bytes are not canonical (its memo follows object
+        # identity), and what they hold is checked by the trajectories the metrics record
+        return [d for k in a if k != "envs" for d in differences(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, list | tuple):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor):
+        same = a.shape == b.shape and a.dtype == b.dtype and torch.equal(
+            a.view(torch.uint8) if a.dim() else a.reshape(1).view(torch.uint8),
+            b.view(torch.uint8) if b.dim() else b.reshape(1).view(torch.uint8))
+        return [] if same else [path]
+    if isinstance(a, np.ndarray):
+        return [] if a.shape == b.shape and a.tobytes() == b.tobytes() else [path]
+    if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
+        return []
+    return [] if a == b else [f"{path}: {a!r:.80} != {b!r:.80}"]
+
+
+def assert_same_run(ref: Path, other: Path, kind: str, what: str) -> None:
+    diff = differences(final_state(ref, kind), final_state(other, kind))
+    assert not diff, f"{what}: final state differs in {len(diff)} places, e.g. {diff[:5]}"
+    m_ref, m_other = metrics(ref), metrics(other)
+    first = next((i for i, (x, y) in enumerate(zip(m_ref, m_other, strict=False)) if x != y),
+                 None)
+    assert m_ref == m_other, (f"{what}: metrics.jsonl differs ({len(m_ref)} vs {len(m_other)} "
+                              f"records; first difference at record {first})")
+    assert not list((other / "checkpoints").glob(".*.tmp")), "a stray temporary file was left"
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """A tiny causal LM, SFT and preference data, prompts and a tiny trained reward model."""
+    from pavlov.llm.models.loading import save_model
+    from pavlov.llm.models.tiny import tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("kill-assets")
+    model, tok = tiny_causal_lm()
+    save_model(model, tok, root / "tiny")
+
+    def jsonl(name: str, rows: list[dict]) -> None:
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    jsonl("sft.jsonl", [{"prompt": f"Review of film {i}:", "completion": " a bold story"}
+                        for i in range(8)])
+    jsonl("prefs.jsonl", [{"prompt": f"Review of film {i}:", "chosen": " great and warm",
+                           "rejected": " dull"} for i in range(8)])
+    jsonl("prompts.jsonl", [{"prompt": f"Review of film {i}:"} for i in range(8)])
+    run_to_end(pavlov_cmd(["reward-model", "--model", str(root / "tiny"), "--data",
+                           str(root / "prefs.jsonl"), "--max-steps", "3", "--runs-dir",
+                           str(root), "--name", "rm", "-q", *TINY]))
+    return root
+
+
+def kill_plan(name: str, n_random: int, n_writes: int, window: float) -> list[dict]:
+    """The kill moments of one trainer, from a generator seeded by its name (reproducible)."""
+    rng = random.Random(name)
+    case = CASES[name]
+    plan = [{"at": rng.uniform(0.02, 0.98) * window, "write": None} for _ in range(n_random)]
+    plan += [{"at": None, "write": rng.randint(2, case.max_write)} for _ in range(n_writes)]
+    return plan
+
+
+def check_trainer(name: str, n_random: int, n_writes: int, tmp_path: Path, assets: Path,
+                  tally: dict | None = None) -> None:
+    case = CASES[name]
+    runs = tmp_path / "runs"
+    ref, window = reference(case, runs, assets)
+    again = killed_and_resumed(case, runs, assets, "again", at=None, write=None)
+    assert_same_run(ref, again, case.kind, "an uninterrupted rerun (determinism)")
+    for i, kill in enumerate(kill_plan(name, n_random, n_writes, window)):
+        what = (f"killed {kill['at']:.2f} s into a {window:.2f} s run" if kill["at"] is not None
+                else f"killed during atomic write #{kill['write']}")
+        run = killed_and_resumed(case, runs, assets, f"kill{i}", **kill)
+        assert_same_run(ref, run, case.kind, what)
+        if tally is not None:
+            tally.setdefault(name, []).append(what)
+
+
+# ---------------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_a_killed_run_resumes_bitwise(name, tmp_path, assets):
+    check_trainer(name, 1, 1, tmp_path, assets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_trainer_survives_five_random_kills_and_two_during_writes(name, tmp_path, assets):
+    tally: dict = {}
+    check_trainer(name, 5, 2, tmp_path, assets, tally)
+    report = os.environ.get("PAVLOV_KILL_REPORT")  # docs/reliability.md's tally
+    if report:
+        with open(report, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"trainer": name, "survived": tally[name]}) + "\n")

@@ -7,6 +7,7 @@ Resolution order (later wins): dataclass defaults, ``--config FILE.yaml``, expli
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise PavlovError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PavlovError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -37,6 +40,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PavlovError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
+
+
+def section(value: Any, name: str) -> dict[str, Any]:
+    """A config file's section of fields (``agent:``, ``trainer:``) as a new dict; absent is
+    empty, anything but a mapping is a ConfigError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of its fields, got {type(value).__name__} "
+                          f"{value!r}")
+    return dict(value)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -76,6 +90,17 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         origin = typing.get_origin(tp)
     if origin in (tuple, list) and isinstance(value, list | tuple):
         return origin(value)  # YAML has lists only; tuple fields get tuples back
+    if origin in (tuple, list) and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a list, got {value!r}")
+    number = isinstance(value, numbers.Real | str) and not isinstance(value, bool)
+    if tp in (int, float) and not number:
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
+    if tp is str and isinstance(value, list | tuple | dict):
+        raise ConfigError(f"{name} must be str, got {value!r}")
+    if tp is bool and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if value not in (0, 1):
+            raise ConfigError(f"{name} must be bool, got {value!r}")
+        return bool(value)
     try:
         if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
             return float(value)

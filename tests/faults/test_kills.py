@@ -300,3 +300,96 @@ def test_every_trainer_survives_five_random_kills_and_two_during_writes(name, tm
     if report:
         with open(report, "a", encoding="utf-8") as f:
             f.write(json.dumps({"trainer": name, "survived": tally[name]}) + "\n")
+
+
+# ------------------------------------------------------------ signals, early kills, full disks
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_sigterm_saves_a_checkpoint_prints_the_resume_command_and_resumes_bitwise(
+        name, tmp_path, assets):
+    case = CASES[name]
+    runs = tmp_path / "runs"
+    ref, _ = reference(case, runs, assets)
+    run = runs / "term"
+    proc = subprocess.Popen(pavlov_cmd(case.start, runs=str(runs), name="term",
+                                       assets=str(assets)),
+                            env=env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for(run / "checkpoints" / "latest", proc)  # mid-training: after its first checkpoint
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGTERM" in last and f"--resume {run}" in last
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    run_to_end(pavlov_cmd(case.resume, run=str(run)))
+    assert_same_run(ref, run, case.kind, "after SIGTERM")
+
+
+@pytest.mark.parametrize("name", ["q-learning", "ppo"])
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(name, tmp_path, assets):
+    case = CASES[name]
+    runs = tmp_path / "runs"
+    ref, _ = reference(case, runs, assets)
+    # write 1 is config.yaml, write 2 the first checkpoint: killed before it is renamed
+    proc = subprocess.run(pavlov_cmd(case.start, runs=str(runs), name="early",
+                                     assets=str(assets)),
+                          env=env_with(PAVLOV_KILL_AT_WRITE="2"), capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    run = runs / "early"
+    assert not (run / "checkpoints" / "latest").exists()
+    out = run_to_end(pavlov_cmd(case.resume, run=str(run)))
+    notes = [line for line in out.stderr.splitlines() if line.startswith("pavlov: note:")]
+    assert len(notes) == 1 and "no checkpoint yet" in notes[0] and "from scratch" in notes[0]
+    assert_same_run(ref, run, case.kind, "killed before its first checkpoint")
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
+        tmp_path, monkeypatch, capsys):
+    import errno
+
+    from pavlov.cli import main
+    from pavlov.run import checkpoint
+    from pavlov.run.rundir import load_run_checkpoint
+
+    real, calls = checkpoint.atomic_write, []
+
+    def failing(path, write):
+        calls.append(Path(path).name)
+        if Path(path).name == "step_0000000600.npz":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", failing)
+    args = ["train", "q-learning", "--env", "FrozenLake-v1", "--episodes", "1000",
+            "--checkpoint-every", "300", "-q", "--runs-dir", str(tmp_path), "--name", "full"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert "could not write checkpoint" in err[0] and "No space left on device" in err[0]
+    assert "Traceback" not in err[0]
+    run = tmp_path / "full"
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert len(load_run_checkpoint(run)["returns"]) == 300  # the previous one, whole
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(run), "-q", "--eval-episodes", "10"])
+    assert exc.value.code == 0
+    assert len(load_run_checkpoint(run)["returns"]) == 1000
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path, capsys):
+    from pavlov.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "ppo", "--env", "CartPole-v1", "--total-steps", "4096", "-o",
+              "n_steps=128", "--checkpoint-every", "512", "--keep-checkpoints", "3", "-q",
+              "--eval-episodes", "2", "--runs-dir", str(tmp_path), "--name", "k"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "k" / "checkpoints").iterdir())
+    # one update is 8 envs x 128 steps: checkpoints at 1024, 2048, 3072, 4096; the first goes
+    assert names == ["final.pt", "latest", "step_0000002048.pt", "step_0000003072.pt",
+                     "step_0000004096.pt"]

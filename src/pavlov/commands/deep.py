@@ -95,6 +95,9 @@ def train_deep_run(
     }
     if resume_from is not None:
         resume_state = resume_checkpoint(resume_from, notice)
+        if resume_state is not None and resume_state.get("algo") != spec.name:
+            raise PavlovError(f"cannot resume {spec.name.upper()} from a "
+                              f"{resume_state.get('algo')!r} state ({resume_from})")
         run = Run.reopen(resume_from, config)
     else:
         resume_state = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pavlov.errors import PavlovError
+from pavlov.errors import ConfigError, PavlovError
 from pavlov.run.plots import plot_runs
 from pavlov.run.rundir import open_run_dir
 
@@ -13,6 +13,9 @@ from pavlov.run.rundir import open_run_dir
 def run_plot(runs: list[Path], opts: dict[str, Any], json_out: bool) -> None:
     from pavlov.run.console import emit_json
 
+    unknown = set(opts) - {"metric", "window", "out"}
+    if unknown:
+        raise ConfigError(f"unknown plot option(s) {', '.join(sorted(unknown))}")
     for r in runs:
         open_run_dir(r)  # clear error for a path that is not a run
     window = int(opts.get("window", 100))

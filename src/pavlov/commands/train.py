@@ -248,6 +248,14 @@ def _worker(opts: dict[str, Any], agent: dict[str, Any], quiet: bool, json_out: 
     run_train(opts, agent, quiet=quiet, json_out=json_out)
 
 
+def check_state_algo(state: Any, algo: str, where: Path) -> None:
+    """PavlovError unless a deep agent's checkpoint ``state`` was written by ``algo`` (tabular
+    checkpoints are arrays, checked when their policy is rebuilt)."""
+    saved = state.get("algo") if isinstance(state, dict) else None
+    if isinstance(saved, str) and saved != algo:
+        raise PavlovError(f"{where} is a {algo} run but its checkpoint holds a {saved!r} state")
+
+
 def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     from pavlov.envs.factory import make_env
     from pavlov.run.console import emit_json
@@ -256,11 +264,16 @@ def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     if unknown:
         raise ConfigError(f"unknown eval option(s) {', '.join(sorted(unknown))}")
     path, config = open_run_dir(run_path)
+    if "algo" not in config or "env" not in config:
+        what = f"a `pavlov {config['command']}` run" if "command" in config else "not a train run"
+        raise PavlovError(f"{path} is {what}: `pavlov eval` reads runs of `pavlov train` "
+                          "(for language models: `pavlov generate --model RUN`)")
     episodes = _positive("episodes", opts.get("episodes", 1000))
     spec = get_algo(config["algo"])
     cfg = build_config(spec.config_cls, config["agent"], where="agent")
-    env = make_env(config["env"], config.get("env_kwargs") or {})
     state = load_run_checkpoint(path)
+    check_state_algo(state, spec.name, path)
+    env = make_env(config["env"], config.get("env_kwargs") or {})
     policy = (spec.mod.load_policy if spec.kind == "deep" else spec.policy)(state, cfg, env)
     s = evaluate_summary(env, policy, episodes, int(opts.get("seed", 0)))
     env.close()

@@ -76,6 +76,8 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwarg
         raise
     except (TypeError, KeyError, ValueError) as e:
         msg = str(e).split(" was raised from the environment creator")[0]
+        if isinstance(e, KeyError):  # str(KeyError) is just the key: say what it is
+            msg = f"no such value {msg}"
         raise PavlovError(f"cannot make {env_id!r} with kwargs {kwargs}: {msg}") from None
 
 

@@ -122,8 +122,12 @@ def save_checkpoint(directory: str | Path, name: str, state: Any,
     if suffix not in _WRITERS:
         raise ValueError(f"checkpoint name must end in one of {sorted(_WRITERS)}, got {name!r}")
     remove_stray_temps(directory)
-    path = atomic_write(directory / name, _WRITERS[suffix](state))
-    write_latest(directory, name, cut)  # last: only ever names a whole file
+    try:
+        path = atomic_write(directory / name, _WRITERS[suffix](state))
+        write_latest(directory, name, cut)  # last: only ever names a whole file
+    except OSError as e:  # disk full, read-only, quota: the previous checkpoint stays whole
+        raise PavlovError(f"could not write checkpoint {directory / name}: "
+                          f"{e.strerror or e}") from None
     if keep > 0:
         prune_checkpoints(directory, keep, protect=name)
     return path
@@ -198,6 +202,8 @@ def load_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if path.is_dir():
         path = latest_checkpoint(path)
+    elif not path.exists() and path.suffix not in _WRITERS:
+        raise PavlovError(f"no checkpoint in {path} (the directory is missing)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:

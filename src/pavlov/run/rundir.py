@@ -214,6 +214,8 @@ def open_run_dir(path: str | Path) -> tuple[Path, dict[str, Any]]:
         config = yaml.safe_load(cfg.read_text())
     except yaml.YAMLError as e:
         raise PavlovError(f"{cfg} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise PavlovError(f"{cfg} is not a pavlov run config (a mapping of fields)")
     return path, config
 
 

@@ -140,7 +140,14 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Mapping]]:
         raise PavlovError(
             f"{path}: reading .parquet needs pyarrow, which is not installed (pip install pyarrow)"
         ) from err
-    for row, record in enumerate(pq.read_table(path).to_pylist(), start=1):
+    import pyarrow as pa
+
+    try:
+        records = pq.read_table(path).to_pylist()
+    except pa.ArrowException as err:  # not Parquet, truncated, or a schema pyarrow cannot read
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PavlovError(f"{path}: not a readable Parquet file ({reason})") from err
+    for row, record in enumerate(records, start=1):
         yield f"{path} row {row}", record
 
 

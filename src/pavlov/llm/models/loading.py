@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from pavlov.errors import PavlovError, check_positive, check_range
@@ -108,7 +109,7 @@ def _from_pretrained(auto_cls, name_or_path: str, **kwargs):
         if _offline():
             raise PavlovError(f"unknown model path {name_or_path} (not a directory, and offline)")
         return _load_pair(auto_cls, name_or_path, **kwargs)  # hub download
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: truncated weights
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PavlovError(f"cannot load a model from {name_or_path}: {reason}") from err
 

@@ -358,6 +358,8 @@ class BatchPlan:
 
 def batch_plan(cfg: TrainConfig, lengths: Sequence[int]) -> BatchPlan:
     """The :class:`BatchPlan` of a run over examples of these lengths (tokens per example)."""
+    if not lengths:
+        raise ConfigError("no training examples: the training data is empty")
     grouped = tuple(int(n) for n in lengths) if cfg.group_by_length else None
     return BatchPlan(len(lengths), cfg.batch_size, cfg.grad_accum_steps, cfg.seed, grouped)
 

@@ -357,17 +357,25 @@ def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimi
     ``keep_checkpoints`` are removed. ``log``'s partial averages (steps since its last record)
     are saved too, so a resumed run writes the same records.
     """
-    from pavlov.config import config_dict
-    from pavlov.run.checkpoint import (
-        atomic_write,
-        prune_checkpoints,
-        remove_stray_temps,
-        write_latest,
-    )
+    from pavlov.run.checkpoint import prune_checkpoints, remove_stray_temps
 
     root = run.dir / CHECKPOINTS
     remove_stray_temps(root)
     path = root / f"step_{step}"
+    try:
+        _write_checkpoint(run, cfg, task, step, optimizer, scheduler, log, root, path)
+    except OSError as e:  # disk full, read-only, quota: the previous checkpoint stays whole
+        raise PavlovError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+    run.mark_checkpointed()  # a later failure keeps the run (resumable) instead of deleting it
+    prune_checkpoints(root, cfg.keep_checkpoints, protect=path.name)
+    return path
+
+
+def _write_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer, scheduler,
+                      log: MetricLog | None, root: Path, path: Path) -> None:
+    from pavlov.config import config_dict
+    from pavlov.run.checkpoint import atomic_write, write_latest
+
     task.save(path, False)
     state = {
         "step": step,
@@ -380,9 +388,6 @@ def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimi
     }
     atomic_write(path / STATE_FILE, lambda f: torch.save(state, f))
     write_latest(root, path.name, run.cut())  # last: only ever names a whole checkpoint
-    run.mark_checkpointed()  # a later failure keeps the run (resumable) instead of deleting it
-    prune_checkpoints(root, cfg.keep_checkpoints, protect=path.name)
-    return path
 
 
 def latest_trainer_checkpoint(run_dir: str | Path) -> Path:
@@ -403,11 +408,33 @@ def latest_trainer_checkpoint(run_dir: str | Path) -> Path:
 def load_resume(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(checkpoint dir, trainer state)`` of a run's latest checkpoint."""
     path = latest_trainer_checkpoint(run_dir)
+    check_weights_readable(path)  # before the run is reopened: a bad checkpoint changes nothing
     try:
         return path, torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or corrupt: zip, pickle and EOF errors differ
         raise PavlovError(f"checkpoint {path / STATE_FILE} is unreadable (truncated or "
                           f"corrupt): {type(e).__name__}") from None
+
+
+def check_weights_readable(directory: Path) -> None:
+    """PavlovError unless every ``*.safetensors`` file in ``directory`` is whole: its header
+    parses and its tensors' byte ranges end exactly at the end of the file (a truncated copy
+    fails here, in microseconds, instead of half-way through loading)."""
+    import json
+    import struct
+
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                      default=0)
+            ok = file.stat().st_size == 8 + n + end
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            ok = False
+        if not ok:
+            raise PavlovError(f"checkpoint weights {file} are unreadable (truncated or corrupt)")
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:

@@ -263,7 +263,7 @@ def kill_plan(name: str, n_random: int, n_writes: int, window: float) -> list[di
     rng = random.Random(name)
     case = CASES[name]
     plan = [{"at": rng.uniform(0.02, 0.98) * window, "write": None} for _ in range(n_random)]
-    plan += [{"at": None, "write": rng.randint(2, case.max_write)} for _ in range(n_writes)]
+    plan += [{"at": None, "write": n} for n in rng.sample(range(2, case.max_write + 1), n_writes)]
     return plan
 
 

@@ -65,3 +65,53 @@ def test_eval_text_game_baselines_on_held_out_games(capsys):
 def test_eval_text_game_bad_input_is_one_line(extra, message, capsys):
     code, out, err = run_cli(["eval", "pavlov/TextGame-v0", *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from pavlov.llm.models.loading import save_model
+    from pavlov.llm.models.tiny import tiny_causal_lm
+
+    model, tok = tiny_causal_lm()
+    model.config.max_position_embeddings = 4096  # rotary: episodes outgrow its nominal 256
+    path = tmp_path_factory.mktemp("agent") / "tiny"
+    save_model(model, tok, path)
+    return path
+
+
+SMALL = ["-o", "rooms=2", "-o", "locks=0", "-o", "objects=1", "-o", "train_games=4",
+         "-o", "max_turns=2", "-o", "warm_start_steps=2", "-o", "max_steps=2",
+         "-o", "eval_games=2", "-o", "checkpoint_every=1", "-o", "precision=fp32"]
+
+
+def test_train_agent_warm_start_rl_and_three_evaluations(tiny_dir, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(["train", "agent", "-o", f"model={tiny_dir}", *SMALL, "--runs-dir",
+                              str(tmp_path), "--name", "a", "-q", "--json"], capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert list(s["results"]) == ["untrained", "warm_start", "rl"] and s["steps"] == 2
+    for r in s["results"].values():
+        assert r["games"] == 2 and 0 <= r["success_low"] <= r["success"] <= r["success_high"] <= 1
+    run = tmp_path / "a"
+    assert (run / "model").is_dir() and (run / "summary.json").is_file()
+    text = (run / "transcripts.md").read_text()
+    assert text.count("## untrained") == 2 and text.count("## rl") == 2 and "Game 1000000" in text
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert "held-out games" in out
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["-o", "nonsense=1"], "unknown agent field 'nonsense'"),
+    (["-o", "algo=ppo"], "takes algo grpo, rloo or reinforce"),
+    (["-o", "eval_games=0"], "eval_games must be a positive integer"),
+    (["--env", "CartPole-v1"], "plays pavlov/TextGame-v0 games"),
+])
+def test_train_agent_bad_input_is_one_line_and_no_run(extra, message, tiny_dir, tmp_path,
+                                                      capsys):
+    code, _, err = run_cli(["train", "agent", "-o", f"model={tiny_dir}", *SMALL, *extra,
+                            "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()

@@ -130,7 +130,8 @@ def train(
         str | None,
         typer.Argument(
             help="q-learning, sarsa, expected-sarsa, model-based, linear-q, "
-            "dqn, reinforce, a2c, ppo, apg (omit with --resume)."
+            "dqn, reinforce, a2c, ppo, apg (omit with --resume); agent: a language model "
+            "learns pavlov/TextGame-v0 (warm start + GRPO)."
         ),
     ] = None,
     env: Annotated[str | None, typer.Option("--env", "-e", help="Gymnasium id.")] = None,

@@ -68,8 +68,8 @@ ONLINE = ["--prompts", "{assets}/prompts.jsonl", "--reward", "{assets}/rm", "--m
           "-o", "prompts_per_step=2", "-o", "group_size=2", "-o", "max_new_tokens=6",
           "-o", "learning_rate=1e-3"]
 CASES = {
-    "q-learning": Case(["train", "q-learning", "--env", "FrozenLake-v1", "--episodes", "30000",
-                        "--checkpoint-every", "1500", "--eval-episodes", "10", "-q",
+    "q-learning": Case(["train", "q-learning", "--env", "FrozenLake-v1", "--episodes", "10000",
+                        "--checkpoint-every", "500", "--eval-episodes", "10", "-q",
                         "--runs-dir", "{runs}", "--name", "{name}"],
                        ["train", "--resume", "{run}", "-q"], "tabular", 20),
     "dqn": deep("dqn", "--total-steps", "6000", "--checkpoint-every", "600",
@@ -258,6 +258,19 @@ def assets(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, assets):
+    """``name -> (reference run, window)``, each trainer's uninterrupted run made once."""
+    cache: dict[str, tuple[Path, float]] = {}
+
+    def get(name: str) -> tuple[Path, float]:
+        if name not in cache:
+            cache[name] = reference(CASES[name], tmp_path_factory.mktemp(f"ref-{name}"), assets)
+        return cache[name]
+
+    return get
+
+
 def kill_plan(name: str, n_random: int, n_writes: int, window: float) -> list[dict]:
     """The kill moments of one trainer, from a generator seeded by its name (reproducible)."""
     rng = random.Random(name)
@@ -268,10 +281,10 @@ def kill_plan(name: str, n_random: int, n_writes: int, window: float) -> list[di
 
 
 def check_trainer(name: str, n_random: int, n_writes: int, tmp_path: Path, assets: Path,
-                  tally: dict | None = None) -> None:
+                  references, tally: dict | None = None) -> None:
     case = CASES[name]
     runs = tmp_path / "runs"
-    ref, window = reference(case, runs, assets)
+    ref, window = references(name)
     again = killed_and_resumed(case, runs, assets, "again", at=None, write=None)
     assert_same_run(ref, again, case.kind, "an uninterrupted rerun (determinism)")
     for i, kill in enumerate(kill_plan(name, n_random, n_writes, window)):
@@ -287,15 +300,16 @@ def check_trainer(name: str, n_random: int, n_writes: int, tmp_path: Path, asset
 
 
 @pytest.mark.parametrize("name", QUICK)
-def test_a_killed_run_resumes_bitwise(name, tmp_path, assets):
-    check_trainer(name, 1, 1, tmp_path, assets)
+def test_a_killed_run_resumes_bitwise(name, tmp_path, assets, references):
+    check_trainer(name, 1, 1, tmp_path, assets, references)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
-def test_every_trainer_survives_five_random_kills_and_two_during_writes(name, tmp_path, assets):
+def test_every_trainer_survives_five_random_kills_and_two_during_writes(name, tmp_path, assets,
+                                                                       references):
     tally: dict = {}
-    check_trainer(name, 5, 2, tmp_path, assets, tally)
+    check_trainer(name, 5, 2, tmp_path, assets, references, tally)
     report = os.environ.get("PAVLOV_KILL_REPORT")  # docs/reliability.md's tally
     if report:
         with open(report, "a", encoding="utf-8") as f:
@@ -307,10 +321,10 @@ def test_every_trainer_survives_five_random_kills_and_two_during_writes(name, tm
 
 @pytest.mark.parametrize("name", QUICK)
 def test_sigterm_saves_a_checkpoint_prints_the_resume_command_and_resumes_bitwise(
-        name, tmp_path, assets):
+        name, tmp_path, assets, references):
     case = CASES[name]
     runs = tmp_path / "runs"
-    ref, _ = reference(case, runs, assets)
+    ref, _ = references(name)
     run = runs / "term"
     proc = subprocess.Popen(pavlov_cmd(case.start, runs=str(runs), name="term",
                                        assets=str(assets)),
@@ -328,10 +342,11 @@ def test_sigterm_saves_a_checkpoint_prints_the_resume_command_and_resumes_bitwis
 
 
 @pytest.mark.parametrize("name", ["q-learning", "ppo"])
-def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(name, tmp_path, assets):
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(name, tmp_path, assets,
+                                                                       references):
     case = CASES[name]
     runs = tmp_path / "runs"
-    ref, _ = reference(case, runs, assets)
+    ref, _ = references(name)
     # write 1 is config.yaml, write 2 the first checkpoint: killed before it is renamed
     proc = subprocess.run(pavlov_cmd(case.start, runs=str(runs), name="early",
                                      assets=str(assets)),

@@ -191,6 +191,11 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
         opts, agent = _resume_opts(opts, agent)
     if not opts.get("algo"):
         raise PavlovError("train needs an algorithm, e.g. `pavlov train q-learning --env ...`")
+    if opts["algo"] == "agent":  # a language model playing text games
+        from pavlov.commands.agent import run_train_agent
+
+        run_train_agent(opts, agent, quiet=quiet, json_out=json_out)
+        return
     if not opts.get("env"):
         raise PavlovError("train needs an environment: --env ENV_ID (see `pavlov envs`)")
     algo, spec = opts["algo"], get_algo(opts["algo"])

@@ -24,6 +24,7 @@ from pavlov.errors import ConfigError, check_choice, check_count
 from pavlov.llm.data.datasets import PromptExample, SFTExample
 from pavlov.llm.generation.episodes import (
     ChatTurns,
+    Episode,
     episodes_rollout,
     first_command,
     play_group,
@@ -141,13 +142,34 @@ def planner_examples(agent: AgentConfig, tokenizer, games: list[int]) -> list[SF
     return out
 
 
+def play_games(model: nn.Module, tokenizer, agent: AgentConfig, games: list[int],
+               sampling: SamplingConfig) -> list[Episode]:
+    """``model`` plays each of ``games`` once (at most ``agent.max_turns`` commands)."""
+    return play_group(model, tokenizer, agent.make_env, games, sampling, agent.max_turns,
+                      agent.show, agent.act)  # fmt: skip
+
+
+def summarize_episodes(episodes: list[Episode]) -> dict[str, float]:
+    """Success rate (Wilson 95%), mean moves and score (normal 95%) of played episodes."""
+    from pavlov.envs.text.baselines import summarize
+
+    return summarize([e.won for e in episodes], [e.turns for e in episodes],
+                     [e.score for e in episodes])  # fmt: skip
+
+
 def evaluate_agent(model: nn.Module, tokenizer, agent: AgentConfig, games: list[int],
                    sampling: SamplingConfig) -> dict[str, float]:  # fmt: skip
     """Success rate (Wilson 95%), mean moves and score (normal 95%) of ``model`` playing each of
     ``games`` once (at most ``agent.max_turns`` commands)."""
-    from pavlov.envs.text.baselines import summarize
+    return summarize_episodes(play_games(model, tokenizer, agent, games, sampling))
 
-    episodes = play_group(model, tokenizer, agent.make_env, games, sampling, agent.max_turns,
-                          agent.show, agent.act)  # fmt: skip
-    return summarize([e.won for e in episodes], [e.turns for e in episodes],
-                     [e.score for e in episodes])  # fmt: skip
+
+def transcript(episode: Episode) -> str:
+    """A played episode as Markdown: the game's text and each command, then the outcome."""
+    lines = [f"Game {episode.game}:", "", "> " + episode.observations[0].replace("\n", "\n> ")]
+    for command, answer in zip(episode.commands, episode.observations[1:], strict=True):
+        lines += ["", f"**{command}**", "", "> " + answer.replace("\n", "\n> ")]
+    outcome = "won" if episode.won else "not won"
+    lines += ["", f"*{outcome}: score {episode.score}/{episode.max_score} in {episode.turns} "
+                  "commands*"]
+    return "\n".join(lines)

@@ -41,6 +41,17 @@ def test_play_a_discrete_env_with_action_numbers_and_quit(capsys, monkeypatch):
     assert json.loads(out.strip().splitlines()[-1])["steps"] == 1
 
 
+def test_play_the_battle_in_words_to_the_end(capsys, monkeypatch):
+    script = "dance\nattack the monster\n" + "move forward\n" * 20  # ends when it ends
+    code, out, err = run_cli(["play", "pavlov/BattleText-v0", "--seed", "0", "--json"], capsys,
+                             script, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["done"] and "A monster guards a treasure." in out
+    assert "Try: use sword, move forward, move back, heal." in out
+    assert summary["return"] in (10.0, -10.0)
+
+
 def test_play_refuses_continuous_actions_in_one_line(capsys, monkeypatch):
     code, out, err = run_cli(["play", "Pendulum-v1"], capsys, "", monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "text or discrete" in err

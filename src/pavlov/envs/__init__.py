@@ -7,6 +7,7 @@ id                          what                                                
 ``pavlov/Grid2x3-v0``       the course's 2x3 grid, :func:`grid2x3`                  100
 ``pavlov/Battle-v0``        :class:`BattleMDP`, the tabletop-battle MDP             50
 ``pavlov/TextGame-v0``      a generated text game (:mod:`pavlov.envs.text`)         50
+``pavlov/BattleText-v0``    the battle MDP in words (:mod:`pavlov.envs.text.battle`)  50
 ==========================  =====================================================  =========
 
 ``gymnasium.make("pavlov/Grid2x3-v0", slip=0.2)`` passes keyword overrides through. Every env
@@ -29,6 +30,7 @@ _SPECS = {
     "pavlov/Battle-v0": ("pavlov.envs.battle:BattleMDP", {}, 50),
     "pavlov/PointMass-v0": ("pavlov.envs.pointmass:PointMassEnv", {}, 50),  # torch dynamics (apg)
     "pavlov/TextGame-v0": ("pavlov.envs.text.env:TextGameEnv", {}, 50),  # text obs and actions
+    "pavlov/BattleText-v0": ("pavlov.envs.text.battle:BattleTextEnv", {}, 50),
 }
 ENV_IDS = tuple(_SPECS)
 

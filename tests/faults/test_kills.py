@@ -408,3 +408,23 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path, capsys):
     # one update is 8 envs x 128 steps: checkpoints at 1024, 2048, 3072, 4096; the first goes
     assert names == ["final.pt", "latest", "step_0000002048.pt", "step_0000003072.pt",
                      "step_0000004096.pt"]
+
+
+def test_a_read_only_file_system_at_the_start_is_one_line_and_no_run(tmp_path, monkeypatch,
+                                                                      capsys):
+    """(As root chmod cannot make a directory read-only, so the write fails by hand here.)"""
+    import errno
+
+    from pavlov.cli import main
+    from pavlov.run import checkpoint
+
+    def read_only(path, write):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(checkpoint, "atomic_write", read_only)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "q-learning", "--env", "FrozenLake-v1", "--episodes", "10", "-q",
+              "--runs-dir", str(tmp_path / "runs"), "--name", "ro"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "Read-only file system" in err[0], err
+    assert list((tmp_path / "runs").iterdir()) == []  # no half-made run directory

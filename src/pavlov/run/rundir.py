@@ -84,12 +84,19 @@ class Run:
             if not overwrite:
                 raise PavlovError(f"run directory {path} already exists (pick another --name)")
             shutil.rmtree(path)
-        path.mkdir(parents=True)
         run = cls(dir=path, config=config, tensorboard=tensorboard)
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        run._metrics = open(path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        if tensorboard:
-            run._tb = ScalarWriter(path)
+        try:
+            path.mkdir(parents=True)
+        except OSError as e:  # read-only, permissions, disk full: nothing was made
+            raise PavlovError(f"cannot create run directory {path}: {e.strerror or e}") from None
+        try:
+            atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            run._metrics = open(path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            if tensorboard:
+                run._tb = ScalarWriter(path)
+        except OSError as e:  # never a half-made run directory
+            run.close(ok=False)
+            raise PavlovError(f"cannot write run directory {path}: {e.strerror or e}") from None
         return run
 
     @classmethod
@@ -123,7 +130,11 @@ class Run:
         clean = {k: float(v) for k, v in metrics.items()}
         record = {"step": int(step), "time": round(time.time() - self._t0, 4)}
         record.update({k: (v if math.isfinite(v) else None) for k, v in clean.items()})
-        self._metrics.write(json.dumps(record) + "\n")
+        try:
+            self._metrics.write(json.dumps(record) + "\n")
+        except OSError as e:  # disk full: the checkpoints so far stay whole and resumable
+            raise PavlovError(f"cannot write {self.dir / 'metrics.jsonl'}: "
+                              f"{e.strerror or e}") from None
         if self._tb is not None:
             self._tb.add_scalars(step, clean)
 
@@ -156,7 +167,11 @@ class Run:
         """Flush everything. A failed run without a checkpoint is removed entirely; one with a
         checkpoint gets ``status`` in ``run.json``."""
         if self._metrics is not None and not self._metrics.closed:
-            self._metrics.close()
+            try:
+                self._metrics.close()
+            except OSError:  # the flush of a failing disk; a failed run reports its own cause
+                if ok:
+                    raise
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -112,6 +112,12 @@ def test_train_agent_warm_start_rl_and_three_evaluations(tiny_dir, tmp_path, cap
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert "held-out games" in out
+    code, out, err = run_cli(["eval", str(run), "--episodes", "3", "--agents", "random,optimal",
+                              "--json"], capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert list(s["agents"]) == ["llm (a)", "random", "optimal"]
+    assert s["agents"]["optimal"]["success"] == 1.0 and s["agents"]["llm (a)"]["games"] == 3
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -237,7 +237,8 @@ def eval_(
     ] = None,
     agents: Annotated[
         str | None,
-        typer.Option(help="Text games: comma-separated baselines (random,tabular,optimal)."),
+        typer.Option(help="Text games and `train agent` runs: comma-separated baselines "
+                     "(random,tabular,optimal)."),
     ] = None,
     env_kwargs: EnvKwargsOpt = None,
     config: ConfigOpt = None,
@@ -254,7 +255,7 @@ def eval_(
                         env_kwargs=parse_env_kwargs(env_kwargs))  # fmt: skip
         run_text_eval(str(run), opts, json_)
         return
-    opts = _options(config, episodes=episodes, seed=seed, gif=gif)
+    opts = _options(config, episodes=episodes, seed=seed, gif=gif, agents=agents)
     run_eval(run, opts, json_)
 
 

@@ -151,3 +151,52 @@ def run_train_agent(opts: dict[str, Any], fields: dict[str, Any], *, quiet: bool
     if json_out:
         emit_json(summary)
     return summary
+
+
+def run_agent_eval(path, config: dict[str, Any], opts: dict[str, Any], json_out: bool
+                   ) -> dict[str, Any]:
+    """``pavlov eval RUN`` of a ``train agent`` run: its ``model/`` plays ``episodes`` held-out
+    games (seeds from ``HELD_OUT + seed``), beside the baselines on the same games; success rate
+    (Wilson 95%), moves and score. The agent has the run's ``max_turns`` commands a game, the
+    baselines 50 moves."""
+    from pavlov.envs.text.baselines import BASELINES, HELD_OUT, evaluate
+    from pavlov.llm.generation.rollout import SamplingConfig
+    from pavlov.llm.models.loading import ensure_pad_token
+    from pavlov.llm.trainers.agent import AgentConfig, evaluate_agent
+    from pavlov.run.console import emit_json, stdout, table
+
+    unknown = set(opts) - {"episodes", "seed", "agents"}
+    if unknown:
+        raise ConfigError(f"unknown eval option(s) for an agent run: {', '.join(sorted(unknown))}")
+    episodes = opts.get("episodes") or 20
+    check_count("episodes", episodes)
+    agents = [a.strip() for a in (opts.get("agents") or "random,tabular,optimal").split(",")]
+    for name in agents:
+        if name not in BASELINES:
+            raise ConfigError(f"unknown agent {name!r}; choose from {', '.join(BASELINES)}")
+    if not (path / "model").is_dir():
+        raise PavlovError(f"{path} has no model/ (the run did not finish): nothing to evaluate")
+    agent = build_config(AgentConfig, config["agent"], where="agent")
+    trainer = config.get("trainer") or {}
+    from pavlov.commands.llm import load_trained_lm
+
+    model, tok = load_trained_lm(str(path / "model"))
+    ensure_pad_token(tok)
+    first = HELD_OUT + int(opts.get("seed") or 0)
+    games = list(range(first, first + episodes))
+    sampling = SamplingConfig(max_new_tokens=int(trainer.get("max_new_tokens", 8)),
+                              temperature=float(trainer.get("temperature", 0.7)),
+                              eos_token_ids=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              seed=int(config.get("seed", 0)) + 1000)  # fmt: skip
+    results = {f"llm ({path.name})": evaluate_agent(model.eval(), tok, agent, games, sampling)}
+    for name in agents:
+        results[name] = evaluate(BASELINES[name], games, agent.game)
+    rows = [[name, f"{r['success']:.0%} [{r['success_low']:.0%}, {r['success_high']:.0%}]",
+             f"{r['moves']:.1f}", f"{r['score']:.2f}"] for name, r in results.items()]
+    stdout.print(table(f"{agent.game}: {episodes} held-out games (seeds {first}..{games[-1]}); "
+                       f"the agent has {agent.max_turns} commands, the baselines 50",
+                       ["agent", "success (95%)", "moves", "score"], rows))
+    summary = {"run": str(path), "games": games, "agents": results}
+    if json_out:
+        emit_json(summary)
+    return summary

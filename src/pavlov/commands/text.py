@@ -79,8 +79,8 @@ def is_text_game(env_id: str) -> bool:
     """Whether ``env_id`` is a registered env with text actions (no run directory needed)."""
     import pavlov.envs  # noqa: F401  registers pavlov/* ids
 
-    spec = gym.registry.get(env_id)
-    return spec is not None and str(spec.entry_point).startswith("pavlov.envs.text")
+    spec = gym.registry.get(env_id)  # the generated games (BattleText has no baselines here)
+    return spec is not None and str(spec.entry_point).startswith("pavlov.envs.text.env:")
 
 
 def run_text_eval(env_id: str, opts: dict[str, Any], json_out: bool) -> dict[str, Any]:

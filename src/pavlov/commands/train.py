@@ -265,10 +265,15 @@ def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     from pavlov.envs.factory import make_env
     from pavlov.run.console import emit_json
 
+    path, config = open_run_dir(run_path)
+    if config.get("command") == "train agent":  # a language model that plays text games
+        from pavlov.commands.agent import run_agent_eval
+
+        run_agent_eval(path, config, opts, json_out)
+        return
     unknown = set(opts) - {"episodes", "seed", "gif"}
     if unknown:
         raise ConfigError(f"unknown eval option(s) {', '.join(sorted(unknown))}")
-    path, config = open_run_dir(run_path)
     if "algo" not in config or "env" not in config:
         what = f"a `pavlov {config['command']}` run" if "command" in config else "not a train run"
         raise PavlovError(f"{path} is {what}: `pavlov eval` reads runs of `pavlov train` "

@@ -122,7 +122,7 @@ def test_train_agent_warm_start_rl_and_three_evaluations(tiny_dir, tmp_path, cap
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["-o", "nonsense=1"], "unknown agent field 'nonsense'"),
-    (["-o", "algo=ppo"], "takes algo grpo, rloo or reinforce"),
+    (["-o", "algo=a2c"], "algo must be one of"),
     (["-o", "eval_games=0"], "eval_games must be a positive integer"),
     (["--env", "CartPole-v1"], "plays pavlov/TextGame-v0 games"),
 ])

@@ -58,6 +58,24 @@ def test_rlhf_rewards_put_the_score_on_the_last_real_token_only():
     assert last_token_index(mask).tolist() == [2, 0]
 
 
+def test_token_gae_over_a_mask_with_holes_steps_over_the_environments_tokens():
+    """A multi-turn episode's agent tokens are the time steps: the last token of a turn
+    bootstraps from the value of the next turn's first token, across the game's answer."""
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 0], [0, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    rewards = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    values = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    adv, ret = token_gae(rewards, values, mask, gamma=0.99, lam=0.9)
+    for b in range(2):
+        idx = mask[b].nonzero().flatten()
+        dense = torch.ones(1, len(idx), dtype=torch.bool)
+        a, r = token_gae(rewards[b, idx][None], values[b, idx][None], dense, 0.99, 0.9)
+        torch.testing.assert_close(adv[b, idx], a[0])
+        torch.testing.assert_close(ret[b, idx], r[0])
+        assert adv[b, ~mask[b]].abs().sum() == 0 and ret[b, ~mask[b]].abs().sum() == 0
+    assert last_token_index(mask).tolist() == [6, 2]
+    assert last_token_index(torch.zeros(1, 3, dtype=torch.bool)).tolist() == [-1]
+
+
 def test_token_gae_is_gae_on_each_response_as_an_episode():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
     rewards = torch.tensor([[0.1, -0.2, 2.0, 7.0], [0.3, 1.0, 5.0, 5.0]])

@@ -102,9 +102,6 @@ def run_train_agent(opts: dict[str, Any], fields: dict[str, Any], *, quiet: bool
     game, rl, own = split_fields({**(parse_env_kwargs(opts.get("env_kwargs")) or {}), **fields})
     agent = build_config(AgentConfig, game, where="agent")
     cfg = build_config(OnlineConfig, {**rl, "seed": seed}, where="agent")
-    if cfg.algo == "ppo":
-        raise ConfigError("train agent takes algo grpo, rloo or reinforce (PPO's token GAE "
-                          "would run across the environment's tokens)")
     check_count("warm_start_steps", own["warm_start_steps"], minimum=0)
     check_count("eval_games", own["eval_games"])
     if not float(own["warm_start_lr"]) > 0:

@@ -38,12 +38,12 @@ __all__ = [
 
 
 def last_token_index(mask: Tensor) -> Tensor:
-    """``(B,)`` column of each row's last true entry in a ``(B, T)`` response mask.
-
-    The mask must be a prefix (true then false), as rollout masks are; a row with no true entry
-    gives -1.
+    """``(B,)`` column of each row's last true entry in a ``(B, T)`` response mask: a prefix
+    (single-turn rollouts) or with holes (a multi-turn episode's agent tokens, the environment's
+    tokens masked out); a row with no true entry gives -1.
     """
-    return mask.long().sum(dim=1) - 1
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask.bool(), cols, -1).amax(dim=1)
 
 
 def apply_missing_eos_penalty(scores: Tensor, eos_reached: Tensor, penalty: float) -> Tensor:
@@ -80,7 +80,7 @@ def rlhf_token_rewards(
         scores: ``(B,)`` reward-model (or reward-function) score of each response.
         logp: ``(B, T)`` log-probs of the sampled tokens under the policy that sampled them.
         ref_logp: ``(B, T)`` log-probs of the same tokens under the frozen reference.
-        mask: ``(B, T)`` response mask (a prefix per row, >= 1 token).
+        mask: ``(B, T)`` response mask (>= 1 token; the score goes on its last true entry).
         kl_coef: ``beta`` >= 0.
         estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
 
@@ -107,14 +107,25 @@ def token_gae(
     token; ``returns = advantages + values`` are the value targets. Entries outside the mask are
     0 (values there are ignored).
 
+    A mask with holes (a multi-turn episode: the environment's answers between the agent's
+    turns are not the agent's actions) is compacted first: the agent's tokens are the time
+    steps, so each one bootstraps from the value of the agent's *next* token, across the
+    environment's text (the answer is part of the transition). A prefix mask is unchanged by it.
+
     Args:
         rewards: ``(B, T)`` per-token rewards (:func:`rlhf_token_rewards`).
         values: ``(B, T)`` value estimates of the state before each token.
-        mask: ``(B, T)`` response mask (a prefix per row).
+        mask: ``(B, T)`` response mask (a prefix per row, or with holes: see above).
         gamma: discount over tokens; RLHF uses 1.
         lam: GAE lambda.
     """
     m = mask.bool()
+    order = torch.sort((~m).to(torch.int8), dim=1, stable=True).indices  # agent tokens first
+    if not torch.equal(order, torch.arange(m.shape[1], device=m.device).expand_as(order)):
+        adv, ret = token_gae(rewards.gather(1, order), values.gather(1, order), m.gather(1, order),
+                             gamma, lam)  # fmt: skip
+        return adv.new_zeros(adv.shape).scatter(1, order, adv), ret.new_zeros(ret.shape).scatter(
+            1, order, ret)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     values = torch.where(m, values, zero)
     rewards = torch.where(m, rewards, zero)

@@ -1,13 +1,15 @@
 """Multi-turn agent RL: a language model learns to play text games with the online trainers
-(GRPO, RLOO, REINFORCE) on whole episodes.
+(GRPO, RLOO, REINFORCE, PPO) on whole episodes.
 
 A step plays ``prompts_per_step`` training games, ``group_size`` episodes each (a GRPO / RLOO
 group is several episodes of the same game), with the whole history as context and one key/value
 cache per episode (:mod:`pavlov.llm.generation.episodes`). The episode's return is the reward of
 every one of its agent tokens' advantage; the loss and the KL to the reference cover the agent's
 own tokens only (the environment's answers and the prompt are context), through the rollout's
-``response_mask``. Training games are seeds ``0 .. train_games - 1``; evaluation uses held-out
-seeds (:data:`pavlov.envs.text.baselines.HELD_OUT` onwards).
+``response_mask``. PPO's value and GAE run over the agent's tokens only, each bootstrapping from
+the value at the agent's next token across the game's answer. Training games are seeds
+``0 .. train_games - 1``; evaluation uses held-out seeds
+(:data:`pavlov.envs.text.baselines.HELD_OUT` onwards).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from pavlov.devices import module_device
 from pavlov.envs.text import GameConfig, TextGameEnv
-from pavlov.errors import ConfigError, check_choice, check_count
+from pavlov.errors import check_choice, check_count
 from pavlov.llm.data.datasets import PromptExample, SFTExample
 from pavlov.llm.generation.episodes import (
     ChatTurns,
@@ -108,10 +110,9 @@ def episode_sampler(agent: AgentConfig, tokenizer, games: list[int]):
 
 def train_agent(cfg: OnlineConfig, agent: AgentConfig, model: nn.Module, tokenizer, *,
                 run=None, quiet: bool = True, callback=None) -> OnlineResult:  # fmt: skip
-    """Train ``model`` to play ``agent``'s games with ``cfg.algo`` (grpo, rloo or reinforce)."""
-    if cfg.algo == "ppo":
-        raise ConfigError("agent training takes algo grpo, rloo or reinforce (PPO's token GAE "
-                          "would run across the environment's tokens)")  # fmt: skip
+    """Train ``model`` to play ``agent``'s games with ``cfg.algo``: GRPO, RLOO, REINFORCE, or
+    PPO (its value and token GAE run over the agent's tokens only, stepping over the game's
+    answers: :func:`pavlov.math.rlhf.token_gae` on a mask with holes)."""
     games = list(range(agent.train_games))
     turns, env = ChatTurns(tokenizer), agent.make_env()
     prompts = [PromptExample(turns.prompt_text(agent.show(*env.reset(options={"game": g}))),

@@ -332,7 +332,9 @@ def train_tabular(
             checkpoint(episode + 1, resume_state(loop, rng, env, returns, lengths, successes))
         interrupt.check(episode + 1)
     seconds = time.perf_counter() - start
-    env_seeded = cfg.episodes > 0
+    final = {}
+    if cfg.episodes > 0 and env.unwrapped.np_random.bit_generator.state["bit_generator"] == "PCG64":
+        final = resume_state(loop, rng, env, returns, lengths, successes)
     return TabularResult(
         Q=np.array(loop.q, dtype=np.float64),
         returns=np.array(returns, dtype=np.float64),
@@ -341,7 +343,7 @@ def train_tabular(
         steps=int(sum(lengths)),
         seconds=seconds,
         config=cfg,
-        resume=resume_state(loop, rng, env, returns, lengths, successes) if env_seeded else {},
+        resume=final,
     )
 
 
@@ -352,6 +354,8 @@ def resume_state(loop: _Loop, rng: random.Random, env: gym.Env, returns: list[fl
     exploration RNG (Mersenne Twister words) and the env's RNG (its PCG64 state)."""
     version, words, gauss = rng.getstate()
     bits = env.unwrapped.np_random.bit_generator.state
+    if bits["bit_generator"] != "PCG64":
+        raise PavlovError(f"cannot checkpoint an env whose RNG is {bits['bit_generator']}")
     state = {
         "Q": np.array(loop.q, dtype=np.float64),
         "returns": np.array(returns, dtype=np.float64),
@@ -362,8 +366,6 @@ def resume_state(loop: _Loop, rng: random.Random, env: gym.Env, returns: list[fl
         "env_rng": np.array([bits["state"]["state"], bits["state"]["inc"], bits["has_uint32"],
                              bits["uinteger"]], dtype=object).astype(str),
     }
-    if bits["bit_generator"] != "PCG64":
-        raise PavlovError(f"cannot checkpoint an env whose RNG is {bits['bit_generator']}")
     if loop.counts is not None:
         state["counts"] = np.array(loop.counts, dtype=np.int64)
     return state

@@ -92,9 +92,11 @@ def reset(run: OnPolicyRun, seed: int, n_envs: int, dp: DataParallel | None) -> 
 def start(run: OnPolicyRun, seed: int, n_envs: int, dp: DataParallel | None,
           resume: dict[str, Any] | None, notice: Callable[[str], None]) -> dict | None:
     """Where the first rollout starts: a resumed run's envs exactly where its checkpoint left
-    them (pickled sub-envs, prepared observations, episode statistics) -> the saved loop state;
-    else envs reset with ``seed`` (:func:`reset`) -> None, with a notice for a resume whose envs
-    could not be saved (async or EzPickle envs, data-parallel runs)."""
+    them (each rank's pickled sub-envs, prepared observations, episode statistics, action-noise
+    RNG) -> the saved loop state; else envs reset with ``seed`` (:func:`reset`) -> None, with a
+    notice for a resume whose envs could not be saved (async or EzPickle envs) or that runs on
+    another number of processes. In a data-parallel run every rank restores or every rank
+    resets."""
     saved = None if resume is None else resume.get("loop")
     c = run.collector
     ranks = None if saved is None else saved.get("ranks")

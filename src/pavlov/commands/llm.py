@@ -19,6 +19,7 @@ from typing import Any
 from pavlov.config import build_config, config_dict, parse_overrides, section
 from pavlov.devices import resolve_device
 from pavlov.errors import ConfigError, PavlovError
+from pavlov.run import interrupt
 
 TOP_KEYS = {"model", "data", "eval_data", "chat_template", "backbone", "name", "runs_dir", "resume",
             "nproc"}
@@ -193,7 +194,8 @@ def run_llm_train(
     kwargs = _trainer_kwargs(command, opts, kind)
     t0 = time.perf_counter()
     run, resume = open_llm_run(command, opts, config, main)
-    with run or contextlib.nullcontext(), resumable(run, command, dp):
+    with (run or contextlib.nullcontext(),
+          interrupt.resumable(run and run.dir, command, enabled=dp is None)):
         result = spec.load("train")(
             cfg, model, tokenizer, train, held_out, run=run, resume=resume,
             quiet=quiet or json_out or not main, **kwargs,
@@ -229,16 +231,6 @@ def join_or_launch(opts: dict[str, Any], worker, *args: Any, device: Any = "cpu"
         distributed.launch(nproc, worker, *args)
         return True, None
     return False, distributed.init(str(device))
-
-
-def resumable(run, command: str, dp) -> contextlib.AbstractContextManager:
-    """SIGINT/SIGTERM save a checkpoint and stop with the ``--resume`` command (one process
-    with a run; :mod:`pavlov.run.interrupt`)."""
-    from pavlov.run import interrupt
-
-    if run is None:
-        return contextlib.nullcontext()
-    return interrupt.resumable(run.dir, command, enabled=dp is None)
 
 
 def open_llm_run(prefix: str, opts: dict[str, Any], config: dict[str, Any], main: bool = True):

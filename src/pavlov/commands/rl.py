@@ -19,6 +19,7 @@ from typing import Any
 from pavlov.config import build_config, config_dict
 from pavlov.devices import resolve_device
 from pavlov.errors import ConfigError, PavlovError
+from pavlov.run import interrupt
 
 RL_KEYS = {"model", "prompts", "reward", "chat_template", "name", "runs_dir", "resume", "nproc"}
 SAVED_KEYS = ("model", "prompts", "reward", "chat_template", "nproc")
@@ -77,7 +78,6 @@ def run_rl(
         load_trained_lm,
         open_llm_run,
         resolve_options,
-        resumable,
     )
     from pavlov.llm.scoring.rewards import resolve_reward
     from pavlov.llm.trainers.online import OnlineConfig, train_online
@@ -108,7 +108,8 @@ def run_rl(
     config.update(reward=saved_reward, trainer=config_dict(cfg))
     t0 = time.perf_counter()
     run, resume = open_llm_run(f"rl-{cfg.algo}", opts, config, main)
-    with run or contextlib.nullcontext(), resumable(run, "rl", dp):
+    with (run or contextlib.nullcontext(),
+          interrupt.resumable(run and run.dir, "rl", enabled=dp is None)):
         result = train_online(cfg, model, tokenizer, prompts, reward, run=run, resume=resume,
                               quiet=quiet or json_out or not main)  # fmt: skip
         if run is None:

@@ -52,12 +52,13 @@ def _handler(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def resumable(run_dir: str | Path, command: str, enabled: bool = True) -> Iterator[None]:
+def resumable(run_dir: str | Path | None, command: str, enabled: bool = True
+              ) -> Iterator[None]:
     """:func:`install` around a run of ``pavlov COMMAND`` in ``run_dir``; an
     :class:`Interrupted` leaving it carries the ``--resume`` command. ``enabled=False`` (a
-    data-parallel worker: every rank would have to stop at the same step) keeps the default
-    handlers."""
-    if not enabled:
+    data-parallel run: every rank would have to stop at the same step) or no ``run_dir`` (a
+    rank that writes nothing) keeps the default handlers."""
+    if not enabled or run_dir is None:
         yield
         return
     with install():

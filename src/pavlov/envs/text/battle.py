@@ -40,6 +40,7 @@ from pavlov.envs.battle import (
     WIN,
     BattleMDP,
 )
+from pavlov.envs.text.env import render_text
 
 GOAL = "A monster guards a treasure. Reach the treasure alive, or run away to live."
 COMMANDS = ("use sword", "move forward", "move back", "heal")
@@ -133,11 +134,7 @@ class BattleTextEnv(gym.Env):
                 "moves": self.moves, "state": self.mdp.s}
 
     def render(self) -> str | None:
-        if self.render_mode == "ansi":
-            return self._last
-        if self.render_mode == "human":
-            print(self._last)
-        return None
+        return render_text(self.render_mode, self._last)
 
 
 __all__ = ["BattleTextEnv", "COMMANDS", "parse_command"]

@@ -90,8 +90,13 @@ class TextGameEnv(gym.Env):
         }
 
     def render(self) -> str | None:
-        if self.render_mode == "ansi":
-            return self._last
-        if self.render_mode == "human":
-            print(self._last)
-        return None
+        return render_text(self.render_mode, self._last)
+
+
+def render_text(mode: str | None, last: str) -> str | None:
+    """A text game's ``render``: the last text for ``"ansi"``, printed for ``"human"``."""
+    if mode == "ansi":
+        return last
+    if mode == "human":
+        print(last)
+    return None

@@ -69,3 +69,25 @@ def test_no_grad_and_bf16_take_the_modules_own_forward():
         expected = model(input_ids=ids).logits
         with lean_blocks(model):
             assert torch.equal(model(input_ids=ids).logits, expected)
+
+
+def test_a_loaded_model_keeps_the_patch_across_train_and_eval(tmp_path):
+    """transformers with the `kernels` package kernelizes a from_pretrained model on every
+    train()/eval() switch, which dropped the patched forwards under the training loop (the demo
+    crashed on exit: 'LlamaRMSNorm' object has no attribute 'forward'): pavlov loads without."""
+    from pavlov.llm.models.loading import load_causal_lm, save_model
+    from pavlov.llm.models.tiny import tiny_causal_lm
+
+    out = save_model(*tiny_causal_lm(arch="llama"), tmp_path / "m")
+    model, _ = load_causal_lm(str(out))
+    assert not getattr(model, "use_kernels", False)
+    norm = model.model.layers[0].input_layernorm
+    with lean_blocks(model):
+        model.eval()
+        model.train()
+        assert "forward" in norm.__dict__
+    assert "forward" not in norm.__dict__
+    # a forward replaced inside the block (by anyone) is left alone on exit, never an error
+    with lean_blocks(model):
+        del norm.forward
+    assert "forward" not in norm.__dict__

@@ -155,7 +155,7 @@ def _llama_rms_norm(module: nn.Module) -> bool:
 def lean_blocks(*models: nn.Module | None, enabled: bool = True) -> Iterator[int]:
     """Within the block, the Llama-style MLPs and RMSNorms of ``models`` save fewer tensors for
     backward (module doc); yields how many modules were patched. Restored on exit."""
-    patched: list[nn.Module] = []
+    patched: list[tuple[nn.Module, types.MethodType]] = []
     try:
         if enabled:
             for model in models:
@@ -163,16 +163,18 @@ def lean_blocks(*models: nn.Module | None, enabled: bool = True) -> Iterator[int
                     if "forward" in module.__dict__:
                         continue
                     if _swiglu_mlp(module):
-                        module.forward = types.MethodType(_mlp_forward, module)
+                        forward = types.MethodType(_mlp_forward, module)
                     elif _llama_rms_norm(module):
-                        module.forward = types.MethodType(_norm_forward, module)
+                        forward = types.MethodType(_norm_forward, module)
                     else:
                         continue
-                    patched.append(module)
+                    module.forward = forward
+                    patched.append((module, forward))
         yield len(patched)
     finally:
-        for module in patched:
-            del module.forward
+        for module, forward in patched:
+            if module.__dict__.get("forward") is forward:  # not replaced meanwhile
+                del module.forward
 
 
 @contextlib.contextmanager

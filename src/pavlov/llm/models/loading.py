@@ -71,6 +71,10 @@ def _load_pair(auto_cls, src: str, **kwargs):
     from transformers import AutoTokenizer
 
     where = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
+    # No hub kernels: with the `kernels` package installed (a dependency of transformers >= 5.2x)
+    # from_pretrained kernelizes by default and re-kernelizes on every train()/eval() switch,
+    # swapping layers' forwards under pavlov's CPU seam and reaching for the hub.
+    kwargs.setdefault("use_kernels", False)
     with _quiet_progress():
         model = auto_cls.from_pretrained(src, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(src, **where)

@@ -197,8 +197,11 @@ def evaluate_policy(
         out = sample(ids, mask, b, temperature, top_p)
         kl = torch.zeros(len(index))
         if reference is not None:
-            draw = out if same_draw else sample(ids, mask, b, kl_temperature, 1.0)
-            logp = policy(draw.sequences, draw.attention_mask, draw.prompt_length)  # (B, T)
+            if same_draw:  # the sampler's log-probs are the policy's at kl_temperature
+                draw, logp = out, out.logprobs  # (B, T), 0 past each response
+            else:
+                draw = sample(ids, mask, b, kl_temperature, 1.0)
+                logp = policy(draw.sequences, draw.attention_mask, draw.prompt_length)
             ref = reference(draw.sequences, draw.attention_mask, draw.prompt_length)
             kl = ((logp - ref) * draw.response_mask).sum(-1).cpu()  # (B,)
         nll = torch.zeros(len(index))

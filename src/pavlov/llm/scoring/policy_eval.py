@@ -148,7 +148,8 @@ def evaluate_policy(
     The completions are sampled as a reader would see them (``temperature``, ``top_p``). KL to
     the reference compares the two models' distributions at ``kl_temperature`` (the training
     sampling's), so it is estimated on samples drawn that way: the same samples when the
-    reader's sampling is that one, else a second draw of each batch (same seeds, no top-p).
+    reader's sampling is that one (the policy's log-probs are then the sampler's own), else a
+    second draw of each batch (same seeds, no top-p) scored by a forward pass.
 
     Args:
         model: the policy (any causal LM, or a peft wrapper of one).

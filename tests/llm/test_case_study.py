@@ -128,6 +128,27 @@ def test_stage_configs_carry_the_shared_fields_and_the_options():
         stage_configs(CaseStudyConfig(rl_options={"ppo_epoch": 2}))
 
 
+def test_the_reward_model_batches_pairs_of_similar_length_unless_told_not_to():
+    assert stage_configs(CaseStudyConfig())["reward_model"].group_by_length
+    off = CaseStudyConfig(rm_options={"group_by_length": False})
+    assert not stage_configs(off)["reward_model"].group_by_length
+
+
+def test_the_demo_config_file_states_the_defaults():
+    """configs/rlhf-movie-reviews.yaml (what `make demo` runs) lists every case-study field
+    with the dataclass default: the file a reader opens is what runs."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).parents[2] / "configs" / "rlhf-movie-reviews.yaml"
+    listed = yaml.safe_load(path.read_text())["case_study"]
+    assert CaseStudyConfig(**listed) == CaseStudyConfig()
+    fields = {f.name for f in dataclasses.fields(CaseStudyConfig)}
+    assert fields - set(listed) <= {"device", "policy"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation pieces
 
@@ -434,3 +455,13 @@ def test_quick_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
     assert after["fluency/nll"] <= before["fluency/nll"] + 0.05
     assert after["kl/ref"] <= KL_BOUND + 1.0
     assert after["reward/mean"] > before["reward/mean"]
+
+
+def test_quick_merges_its_reward_model_options_into_the_configs():
+    from pavlov.commands.rlhf import resolve_config
+
+    opts = {"case_study": {"rm_options": {"weight_decay": 0.1}}}
+    cfg = resolve_config(opts, True, ["rm.warmup_steps=2"])
+    assert cfg.rm_options == {"weight_decay": 0.1, "group_by_length": False, "warmup_steps": 2}
+    assert cfg.rm_steps == 30 and resolve_config(opts, False, []).rm_steps == 140
+    assert not stage_configs(cfg)["reward_model"].group_by_length

@@ -36,7 +36,8 @@ def resolve_config(opts: dict[str, Any], quick: bool, overrides: list[str] | Non
         raise ConfigError("case_study must be a mapping of CaseStudyConfig fields")
     values = dict(section)
     if quick:
-        values.update(QUICK)
+        for key, value in QUICK.items():  # a mapping (rm_options) merges into the config's
+            values[key] = {**(values.get(key) or {}), **value} if isinstance(value, dict) else value
     if opts.get("algo") is not None:
         values["algo"] = opts["algo"]
     for key, value in parse_overrides(overrides).items():

@@ -263,6 +263,25 @@ def test_sft_lora_changes_only_adapters():
     assert_trainable_changed(initial_weights(cfg), out.model)
 
 
+@pytest.mark.parametrize(("cls", "off"), [(SFTConfig, False), (RewardConfig, True),
+                                          (DPOConfig, True)])  # fmt: skip
+def test_dropout_is_off_by_default_except_for_sft(cls, off):
+    """TRL's defaults: the reward model and DPO train without dropout, SFT with the model's
+    (and LoRA's); ``disable_dropout`` overrides either way."""
+    from pavlov.llm.trainers.common import maybe_lora
+
+    def dropouts(cfg):
+        encoder, _ = tiny_encoder()  # BERT: hidden and attention dropout 0.1
+        model = maybe_lora(encoder if not cfg.lora else tiny_causal_lm()[0], cfg)
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    assert cls().disable_dropout is off
+    assert dropouts(cls()) == ({0.0} if off else {0.1})
+    assert dropouts(cls(disable_dropout=not off)) == ({0.1} if off else {0.0})
+    lora = dropouts(cls(lora=True, lora_dropout=0.05))  # LoRA's own dropout follows too
+    assert lora == ({0.0} if off else {0.05})
+
+
 # ---------------------------------------------------------------------------------------------
 # Reward model
 

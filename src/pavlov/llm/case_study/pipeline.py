@@ -231,6 +231,9 @@ def stage_configs(cfg: CaseStudyConfig) -> dict[str, TrainConfig]:
         **common, "lora": True, "lora_r": cfg.sft_lora_r, "learning_rate": cfg.sft_learning_rate,
         "warmup_steps": 5, "batch_size": cfg.sft_batch_size, "max_length": cfg.sft_max_length,
         "packing": True, "max_steps": cfg.sft_steps, "max_eval_examples": 64,
+        # no LoRA dropout: its random masks cost ~8% of a step on the CPU, and 40 steps on
+        # 11,589 snippets do not overfit (docs/benchmarks.md, issue 17)
+        "disable_dropout": True,
     }  # fmt: skip
     rm = {
         **common, "mode": "pairwise", "learning_rate": cfg.rm_learning_rate, "warmup_steps": 5,

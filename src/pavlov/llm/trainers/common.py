@@ -98,6 +98,11 @@ class TrainConfig:
     """LoRA scale numerator: the update is ``(alpha / r) * B @ A``."""
     lora_dropout: float = 0.05
     """Dropout on the adapter input, in [0, 1)."""
+    disable_dropout: bool = True
+    """Set every dropout probability of the model to 0 (LoRA dropout included) before training:
+    TRL's default for reward models and DPO, and what lets a policy gradient's sampler, scorer
+    and update see one policy. SFT keeps the model's dropout unless set (as TRL's SFT does).
+    Dropout's random masks cost ~8-10% of a CPU step."""
     lora_target_modules: tuple[str, ...] = ()
     """Module names to adapt; empty picks by architecture (Llama q/k/v/o_proj, GPT-2 c_attn)."""
     merge_lora: bool = False
@@ -404,21 +409,23 @@ def lora_targets(model: nn.Module, cfg: TrainConfig) -> tuple[str, ...]:
 
 def maybe_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Wrap ``model`` with LoRA adapters when ``cfg.lora`` (a peft model: adapters trainable,
-    base frozen); otherwise make every parameter trainable."""
+    base frozen); otherwise make every parameter trainable. Dropout is then switched off when
+    ``cfg.disable_dropout``."""
     from pavlov.llm.models.loading import LoraSpec, apply_lora, is_peft_model
 
     if not cfg.lora:
         model.requires_grad_(True)
-        return model
-    if is_peft_model(model):
-        return model
-    spec = LoraSpec(
-        r=cfg.lora_r,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        target_modules=lora_targets(model, cfg),
-    )
-    return apply_lora(model, spec)
+    elif not is_peft_model(model):
+        spec = LoraSpec(
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=lora_targets(model, cfg),
+        )
+        model = apply_lora(model, spec)
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    return model
 
 
 def load_adapters(base: nn.Module, path: str | Path) -> nn.Module:

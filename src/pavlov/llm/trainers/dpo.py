@@ -41,7 +41,6 @@ from pavlov.llm.trainers.common import (
     TrainConfig,
     batch_plan,
     check_context,
-    disable_dropout,
     evenly_spaced,
     maybe_lora,
     place,
@@ -69,8 +68,6 @@ class DPOConfig(TrainConfig):
     """Conservative DPO's label-flip probability, in [0, 0.5]; sigmoid loss only."""
     reference: str = "auto"
     """``"precompute"``, ``"live"`` or ``"auto"`` (live with LoRA, precompute without)."""
-    disable_dropout: bool = True
-    """Set all dropout to 0 so that the policy equals the reference at step 0."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -226,8 +223,6 @@ def train_dpo(
     seed_all(cfg.seed)
     model = maybe_lora(model, cfg)
     device = place(model, cfg)
-    if cfg.disable_dropout:
-        disable_dropout(model)
     if resume is not None:
         load_weights(model, resume[0])
     reference, tables = _prepare_reference(

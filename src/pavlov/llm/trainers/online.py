@@ -65,7 +65,6 @@ from pavlov.llm.trainers.common import (
     batch_plan,
     check_context,
     clip_gradients,
-    disable_dropout,
     make_optimizer,
     make_scheduler,
     maybe_lora,
@@ -173,8 +172,6 @@ class OnlineConfig(TrainConfig):
     (:func:`pavlov.math.rlhf.aggregate_token_loss`)."""
     baseline_decay: float = 0.9
     """REINFORCE: the baseline is this moving average of past batch mean rewards."""
-    disable_dropout: bool = True
-    """Set all dropout to 0: sampling, scoring and updating then see the same policy."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -567,8 +564,6 @@ def train_online(
     seed_all(cfg.seed)
     model = maybe_lora(model, cfg)
     device = place(model, cfg)
-    if cfg.disable_dropout:
-        disable_dropout(model)
     lora = is_peft_model(model)
     if reference is None and cfg.beta > 0 and not lora:  # a copy before any update
         on_cpu = next(model.parameters()).device.type == "cpu"

@@ -52,6 +52,9 @@ class SFTConfig(TrainConfig):
     """Peak AdamW learning rate (TRL's SFT default), > 0; ~1e-4 to 2e-4 with LoRA."""
     packing: bool = False
     """Pack whole examples into blocks of ``max_length`` tokens (no padding, fewer forwards)."""
+    disable_dropout: bool = False
+    """Set every dropout probability to 0 (LoRA dropout included); SFT keeps the model's dropout
+    by default, as TRL's SFT does."""
 
 
 @dataclass

@@ -271,8 +271,8 @@ def test_dropout_is_off_by_default_except_for_sft(cls, off):
     from pavlov.llm.trainers.common import maybe_lora
 
     def dropouts(cfg):
-        encoder, _ = tiny_encoder()  # BERT: hidden and attention dropout 0.1
-        model = maybe_lora(encoder if not cfg.lora else tiny_causal_lm()[0], cfg)
+        # BERT: hidden and attention dropout 0.1; the Llama LM has none but LoRA's own
+        model = maybe_lora(tiny_causal_lm()[0] if cfg.lora else tiny_encoder()[0], cfg)
         return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
 
     assert cls().disable_dropout is off

@@ -500,7 +500,11 @@ def pavlov_callback(clock: StepClock, key: str = "train/seconds_per_step", extra
 
 def trl_common(args, out_dir: str, lr: float) -> dict:
     """TrainingArguments shared by every TRL trainer here (fp32, no checkpointing, no I/O)."""
-    return {
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    common = {
         "output_dir": out_dir,
         "max_steps": args.steps,
         "per_device_train_batch_size": args.batch,
@@ -524,6 +528,9 @@ def trl_common(args, out_dir: str, lr: float) -> dict:
         "train_sampling_strategy": "sequential",
         "disable_tqdm": True,
     }
+    if "activation_checkpointing" not in {f.name for f in fields(TrainingArguments)}:
+        del common["activation_checkpointing"]  # transformers < 5.23 has only the old name
+    return common
 
 
 def run_trl(

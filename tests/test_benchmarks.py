@@ -206,3 +206,40 @@ def test_agent_learning_benchmark_smoke():
     assert set(report["results"]) == {"untrained", "warm_start", "rl"}
     assert all(0 <= r["success"] <= 1 for r in report["results"].values())
     assert len(report["rl_curve"]) == 1 and set(report["seconds"]) >= {"sft", "rl"}
+
+
+@pytest.mark.timeout(120)
+def test_gpu_stand_in_unpack_builds_models_the_loaders_find(tmp_path):
+    """benchmarks/gpu_stand_in.py --unpack (what a lent GPU machine runs): random weights in
+    the carried architectures, where pavlov's loaders look for the embedded assets."""
+    from transformers import BertConfig
+
+    from pavlov.llm.models import assets
+    from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    pack = tmp_path / "pack"
+    model, tok = tiny_causal_lm()
+    model.config.save_pretrained(pack / "smollm2")
+    tok.save_pretrained(pack / "smollm2")
+    BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64).save_pretrained(pack / "minilm")
+    tiny_tokenizer().save_pretrained(pack / "minilm")
+    (pack / Path(assets.RT_CSV).name).write_bytes(b"not read here")
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    env = {**__import__("os").environ, "PAVLOV_CACHE": str(cache)}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_stand_in.py"), "--unpack",
+                           str(pack), "--site", str(site)], capture_output=True, text=True,
+                          timeout=100, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    probe = ("from pavlov.llm.models import assets; from pavlov.llm.models.loading import "
+             "load_causal_lm; m, _ = load_causal_lm('smollm2'); print(m.config.hidden_size, "
+             "assets.minilm_dir(), assets.rt_corpus_path())")
+    env["PYTHONPATH"] = str(site)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=100, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    size, minilm, rt = done.stdout.split()
+    assert int(size) == model.config.hidden_size
+    assert Path(minilm) == site / assets.MINILM_PACKAGE / "model"
+    assert (Path(minilm) / "model.safetensors").is_file()
+    assert Path(rt).read_bytes() == b"not read here"

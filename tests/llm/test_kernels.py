@@ -279,3 +279,45 @@ def test_masked_gqa_sdpa_skips_the_key_value_copies_with_the_same_results(monkey
     with masked_gqa_sdpa():
         assert os.environ[GQA_SWITCH] == "1"
     assert os.environ[GQA_SWITCH] == "0"
+
+
+def test_eager_attention_under_bf16_same_scores_and_only_in_the_block():
+    """eager_attention switches SDPA models (a LoRA-wrapped Llama with a padding mask here) to
+    the eager path inside the block and back on exit; under bf16 autocast the log-probs and
+    gradients agree with SDPA's to bf16 round-off. training() asks for it under bf16 only."""
+    from pavlov.llm.cpu import CpuConfig, training
+    from pavlov.llm.cpu.kernels import eager_attention
+    from pavlov.llm.trainers.common import TrainConfig, maybe_lora
+
+    model = maybe_lora(tiny_random_lm("llama", 97, 3), TrainConfig(lora=True, lora_r=4))
+    base = model.get_base_model()
+    assert base.config._attn_implementation == "sdpa"
+    ids = torch.randint(3, 97, (3, 10), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+
+    def run(enabled):
+        model.zero_grad(set_to_none=True)
+        with eager_attention(model, None, enabled=enabled):
+            assert base.config._attn_implementation == ("eager" if enabled else "sdpa")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logp = score_tokens(model, ids, mask, 4).logprobs.float()
+            logp.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logp.detach(), grads
+
+    sdpa_logp, sdpa_grads = run(False)
+    eager_logp, eager_grads = run(True)
+    assert base.config._attn_implementation == "sdpa"
+    assert sdpa_grads.keys() == eager_grads.keys() and sdpa_grads
+    torch.testing.assert_close(eager_logp, sdpa_logp, rtol=0.02, atol=0.05)
+    for name in sdpa_grads:
+        scale = sdpa_grads[name].abs().max()
+        torch.testing.assert_close(eager_grads[name], sdpa_grads[name], rtol=0.05,
+                                   atol=0.05 * float(scale))
+    for bf16, cfg, expect in [(True, CpuConfig(), "eager"), (False, CpuConfig(), "sdpa"),
+                              (True, CpuConfig(eager_attention=False), "sdpa"),
+                              (True, CpuConfig(enabled=False), "sdpa")]:
+        with training(cfg, model, bf16=bf16):
+            assert base.config._attn_implementation == expect
+        assert base.config._attn_implementation == "sdpa"

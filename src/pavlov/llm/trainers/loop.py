@@ -44,6 +44,7 @@ from pavlov.llm.trainers.common import (
     clip_gradients,
     make_optimizer,
     make_scheduler,
+    resolve_precision,
     rng_state,
     set_rng_state,
     trainable_parameters,
@@ -151,8 +152,9 @@ def fit(
         metrics["train/seconds_per_step"] = time.perf_counter() - t_step
         return metrics
 
+    bf16 = resolve_precision(cfg.precision, module_device(task.model)) == "bf16"
     loop = Loop(task.name, f"train/{task.key_metric}", total, one_step, "train/seconds_per_step",
-                task, optimizer, scheduler, lambda: cpu.training(cfg.cpu, task.model),
+                task, optimizer, scheduler, lambda: cpu.training(cfg.cpu, task.model, bf16=bf16),
                 None if task.evaluate is None else lambda: _evaluate(cfg, task))  # fmt: skip
     task.model.train()
     done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback,

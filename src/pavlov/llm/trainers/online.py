@@ -69,7 +69,6 @@ from pavlov.llm.trainers.common import (
     make_scheduler,
     maybe_lora,
     place,
-    resolve_precision,
     seed_all,
     set_rng_state,
 )
@@ -686,10 +685,11 @@ def train_online(
         }
         return record
 
-    bf16 = resolve_precision(cfg.precision, device) == "bf16"
+    # No eager attention here (cpu.eager_attention): with it step 3's KL ended ~1.2 nats higher
+    # at three seeds of the demo, and the step was no faster (docs/benchmarks.md, issue 17).
     loop = Loop(cfg.algo, "reward/mean", cfg.max_steps, one_step, "time/step", saver, optimizer,
                 scheduler, lambda: cpu.training(cfg.cpu, model, reference, value_head,
-                                                online=True, bf16=bf16))  # fmt: skip
+                                                online=True))  # fmt: skip
     model.train()
     done = run_steps(cfg, loop, step, run=run, quiet=quiet, callback=callback,
                      resume_log=None if resume is None else resume[1].get("metric_log"))

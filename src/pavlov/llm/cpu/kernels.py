@@ -250,9 +250,10 @@ def eager_attention(*models: nn.Module | None, enabled: bool = True) -> Iterator
     float32 one at the short sequences here (torch 2.13, 2 AVX-512-BF16 cores, MiniLM
     reward-model step of 16 pairs x 64 tokens: 3.0 vs 0.35 s of attention backward over 12
     steps), so a bf16 step spent a third of its time there; the eager path's bf16 matmuls are
-    fast. Measured: reward-model step 0.68 -> 0.42 s, SmolLM2 SFT step ~5-10% less. In float32
-    SDPA is as fast or faster, so :func:`pavlov.llm.cpu.training` asks for this under bf16
-    only. Same attention, computed another way: outputs agree to bf16 round-off (tested)."""
+    fast. Measured: reward-model step 0.68 -> 0.42 s; the demo's SFT stage (LoRA SmolLM2) 72-82
+    -> 58-61 s. In float32 SDPA is as fast or faster, so the offline trainers ask for this
+    under bf16 only (:class:`pavlov.llm.cpu.CpuConfig` says why the online ones do not). Same
+    attention, computed another way: outputs agree to bf16 round-off (tested)."""
     switched = []
     if enabled:
         for model in models:

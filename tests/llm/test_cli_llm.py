@@ -292,6 +292,71 @@ def test_sft_trains_data_parallel_with_nproc_rank_0_writes_one_run_and_resumes(f
     assert read_latest(run / "checkpoints")[0] == "step_3"
 
 
+FSDP_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 2
+  fsdp_reshard_after_forward: true
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+num_machines: 1
+num_processes: 2
+main_training_function: main
+mixed_precision: 'no'
+use_cpu: false
+"""
+
+
+@pytest.mark.timeout(400)
+def test_accelerate_launch_with_an_fsdp_config_shards_saves_whole_and_resumes(files, tmp_path):
+    """``accelerate launch`` with the user's FSDP accelerate config: the two ranks shard the
+    model (FSDP2), the run's checkpoints and ``model/`` are whole, a ``--resume`` continues
+    sharded, and after 2 steps and a resume to 3 the weights equal a plain data-parallel run's
+    that did the same (same batches, same lr schedule)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
+    common = ["sft", "--model", str(files / "tiny"), "--data", str(files / "sft.jsonl"),
+              "--runs-dir", str(tmp_path / "runs"), *FAST, "-o", "checkpoint_every=1",
+              "--json"]  # fmt: skip
+    launch = [accelerate, "launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+              "--main_process_port", "0", "-m", "pavlov"]  # fmt: skip
+    done = subprocess.run([*launch, *common, "--name", "fsdp", "-o", "max_steps=2"],
+                          capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "fsdp"
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["sharding"] == "fsdp"
+    state = torch.load(run / "checkpoints" / "step_2" / "trainer_state.pt", weights_only=False)
+    assert any(isinstance(k, str) for k in state["optimizer"]["state"])  # gathered, by name
+    done = subprocess.run([sys.executable, "-m", "pavlov", *common, "--name", "plain",
+                           "-o", "max_steps=2", "--nproc", "2", "-o", "sharding=none"],
+                          capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("fsdp", "plain"):  # each resumes as it ran (sharded, or not)
+        done = subprocess.run([sys.executable, "-m", "pavlov", "sft", "--resume",
+                               str(tmp_path / "runs" / name), "--max-steps", "3", "--json"],
+                              capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert read_latest(tmp_path / "runs" / name / "checkpoints")[0] == "step_3"
+    sharded = load_file(run / "model" / "model.safetensors")
+    plain = load_file(tmp_path / "runs" / "plain" / "model" / "model.safetensors")
+    assert sharded.keys() == plain.keys()
+    for name, w in plain.items():
+        torch.testing.assert_close(sharded[name], w, rtol=0, atol=1e-5)
+    first = load_file(files / "tiny" / "model.safetensors")
+    moved = max(float((plain[k] - first[k]).abs().max()) for k in first)
+    assert moved > 1e-3  # three real steps of lr 1e-3
+
+
 def test_a_bad_nproc_is_one_line_and_exit_2(files, tmp_path, capsys):
     code, out, err = run_cli(["sft", "--model", str(files / "tiny"), "--runs-dir",
                               str(tmp_path / "runs"), "--nproc", "0"], capsys)  # fmt: skip
@@ -324,3 +389,11 @@ def test_data_parallel_online_training_says_what_it_supports(files, tmp_path, ca
                             "num_minibatches=2"], capsys)  # fmt: skip
     assert code == 2 and "data-parallel online training takes num_minibatches=1" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_sharded_online_training_is_refused_in_one_line(files, tmp_path, capsys):
+    code, _, err = run_cli(["rl", "--algo", "grpo", "--model", str(files / "tiny"), "--reward",
+                            "vader", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2", "-o",
+                            "sharding=fsdp"], capsys)  # fmt: skip
+    assert code == 2 and "sharded (fsdp) training is for sft, reward-model and dpo" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

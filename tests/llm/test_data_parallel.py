@@ -14,7 +14,14 @@ from pavlov.run import distributed
 TRAINERS = ("sft", "reward", "dpo")
 
 
-def _first_gradients() -> dict[str, dict]:
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP) tensor's whole value (a collective: every rank calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _first_gradients(sharding: str = "auto") -> dict[str, dict]:
     """One optimizer step of SFT, the reward model and DPO on tiny models -> per trainer the
     step's (pre-clip) gradient, flat, its loss and the parameters after the step."""
     from pavlov.llm.trainers import (
@@ -32,12 +39,13 @@ def _first_gradients() -> dict[str, dict]:
     real = loop.clip_gradients
 
     def spy(params, *args, **kwargs):
-        seen.append(torch.cat([p.grad.reshape(-1) for p in params]).clone())
+        seen.append(torch.cat([_whole(p.grad).reshape(-1) for p in params]).clone())
         return real(params, *args, **kwargs)
 
     loop.clip_gradients = spy
     sft, pairs = rt_sft("train")[:12], rt_preferences("train")[:12]
-    shared = dict(max_steps=1, batch_size=3, grad_accum_steps=2, max_length=48, seed=0)
+    shared = dict(max_steps=1, batch_size=3, grad_accum_steps=2, max_length=48, seed=0,
+                  sharding=sharding)  # fmt: skip
     runs = {
         "sft": lambda m, t: train_sft(SFTConfig(**shared), m, t, sft).fit,
         "reward": lambda m, t: train_reward_model(RewardConfig(**shared), m, t, pairs).fit,
@@ -52,7 +60,7 @@ def _first_gradients() -> dict[str, dict]:
             out[name] = {
                 "grad": seen[0],
                 "loss": fit.history[-1]["train/loss"],
-                "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+                "params": torch.cat([_whole(p.detach()).reshape(-1) for p in model.parameters()]),
             }
     finally:
         loop.clip_gradients = real
@@ -60,9 +68,12 @@ def _first_gradients() -> dict[str, dict]:
 
 
 @pytest.mark.timeout(240)
-def test_two_ranks_take_the_one_process_step_on_the_same_global_batch():
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_ranks_take_the_one_process_step_on_the_same_global_batch(sharding):
+    """Plain data parallelism (whole weights on each rank, gradients summed) and FSDP (each
+    rank holds half of the weights, gradients and AdamW moments) both take one process's step."""
     one = _first_gradients()
-    ranks = distributed.launch(2, _first_gradients, all_ranks=True)
+    ranks = distributed.launch(2, _first_gradients, sharding, all_ranks=True)
     for name in TRAINERS:
         a, b = ranks[0][name], ranks[1][name]
         assert torch.equal(a["grad"], b["grad"]) and torch.equal(a["params"], b["params"]), name

@@ -239,6 +239,25 @@ def test_missing_eos_penalty_and_adaptive_kl_show_in_the_records():
     assert hist[2]["kl/coef"] != hist[1]["kl/coef"]
 
 
+def test_the_kl_controller_reads_a_moving_average_with_kl_smoothing():
+    """``kl_smoothing`` s: the controller reads ``ema = s * ema + (1 - s) * kl`` of the batches'
+    KL instead of each batch's own (one batch of 8 reviews swings 1-18 nats in the demo)."""
+    model, tok = tiny_causal_lm()
+    cfg = config("rloo", max_steps=4, beta=0.1, target_kl=0.2, kl_smoothing=0.5, kl_horizon=16,
+                 learning_rate=1e-2)  # fmt: skip
+    hist = train_online(cfg, model, tok, PROMPTS, vowel_share).history
+    ema, coef, raw = None, 0.1, []
+    for rec in hist:
+        assert rec["kl/coef"] == pytest.approx(coef, rel=1e-9)
+        raw.append(adaptive_kl_coef(coef, rec["kl/ref"], 0.2, 16, 16))
+        ema = rec["kl/ref"] if ema is None else 0.5 * ema + 0.5 * rec["kl/ref"]
+        coef = adaptive_kl_coef(coef, ema, 0.2, 16, 16)
+    assert hist[2]["kl/ref"] > 0.1  # the policy moved: the average lags the batch's KL
+    assert hist[3]["kl/coef"] != pytest.approx(raw[2], rel=1e-3)  # what the raw KL would give
+    with pytest.raises(ConfigError, match=r"kl_smoothing must be in \[0, 1\), got 1.0"):
+        config("rloo", target_kl=1.0, kl_smoothing=1.0)
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [

@@ -179,6 +179,10 @@ def run_llm_train(
     opts, trainer = resolve_options(command, opts, flags, overrides)
     cfg = build_config(spec.load("config"), trainer, where="trainer")
     device = resolve_device(cfg.device)  # a GPU that is not there: one line, no run directory
+    from pavlov.llm.trainers.sharding import plan_from_env
+
+    if cfg.sharding == "auto" and plan_from_env() is not None:
+        cfg.sharding = "fsdp"  # the accelerate config's choice, saved: --resume shards too
     for key in ("data", "eval_data"):
         opts[key] = _path(opts.get(key), f"--{key.replace('_', '-')}")
     opts["model"] = _model_ref(opts.get("model"))

@@ -383,7 +383,8 @@ def merge_adapters(model):
         return model.merge_and_unload()
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = False) -> Path:
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = False,
+               weights: dict | None = None) -> Path:
     """Save ``model`` and ``tokenizer`` with ``save_pretrained`` (safetensors), atomically.
 
     A plain model writes ``config.json`` + ``model.safetensors``: reload with
@@ -396,14 +397,19 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = Fa
     Everything is written into a temporary sibling directory renamed to ``out_dir`` at the end:
     a failure leaves no ``out_dir`` (or the previous one untouched). An existing ``out_dir`` is
     replaced. Returns ``Path(out_dir)``.
+
+    ``weights``: the model's whole state dict when the live model holds only a shard of it
+    (:mod:`pavlov.llm.trainers.sharding`, gathered to rank 0); ``merge`` is refused then.
     """
     if getattr(model, "hf_quantizer", None) is not None:
         _drop_gguf_flag(model)
     to_save = model
     if merge and is_peft_model(model):
+        if weights is not None:
+            raise PavlovError("merge_lora with sharding fsdp: save the adapters, merge later")
         with _peft_quiet():
             to_save = copy.deepcopy(model).merge_and_unload()
     with assets.atomic_dir(out_dir) as tmp, _quiet_progress():
-        to_save.save_pretrained(tmp)
+        to_save.save_pretrained(tmp, **({} if weights is None else {"state_dict": weights}))
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)

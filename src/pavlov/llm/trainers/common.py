@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from pavlov.devices import check_device, resolve_device
 from pavlov.errors import (
@@ -37,6 +38,7 @@ from pavlov.errors import (
 )
 from pavlov.llm.cpu import CpuConfig
 from pavlov.llm.cpu.native import l2_norm
+from pavlov.llm.trainers.sharding import SHARDINGS
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": None}
@@ -84,6 +86,11 @@ class TrainConfig:
     cpu: CpuConfig = field(default_factory=CpuConfig)
     """The CPU speed-ups (:class:`pavlov.llm.cpu.CpuConfig`): ``cpu.enabled`` is their one
     switch; ``-o cpu.<field>=...`` sets one. Off on other devices."""
+    sharding: str = "auto"
+    """With several processes: ``"none"`` (every rank holds all weights, gradients and AdamW
+    moments; gradients summed), ``"fsdp"`` (PyTorch FSDP2: each rank holds 1/N of them, ZeRO-3;
+    :mod:`pavlov.llm.trainers.sharding`) or ``"auto"`` (what an ``accelerate launch`` FSDP
+    config asks for, else none). SFT, the reward model and DPO; one process ignores it."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""
@@ -139,6 +146,7 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_device("device", self.device)
         check_choice("precision", self.precision, tuple(PRECISIONS))
+        check_choice("sharding", self.sharding, SHARDINGS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +253,13 @@ def clip_gradients(
     """
     max_norm = max_norm if max_norm > 0 else float("inf")
     grads = [p.grad for p in params if p.grad is not None]
+    if any(isinstance(g, DTensor) for g in grads):  # sharded (FSDP): the norm over all shards
+        norm = torch.nn.utils.get_total_norm(grads, 2.0).full_tensor()
+        coef = min(1.0, max_norm / (float(norm) + 1e-6))
+        if coef < 1.0:
+            for g in grads:
+                g.mul_(coef)
+        return norm
     norm = l2_norm(grads)  # one C pass over all gradients, float64 totals
     if norm is None:
         norm = torch.nn.utils.get_total_norm(grads, 2.0)

@@ -239,7 +239,9 @@ def train_dpo(
         collate=lambda idx: collate_dpo([items[i] for i in idx], idx, pad_id),
         loss=lambda batch: dpo_batch_loss(model, batch, reference, cfg),
         weight=lambda batch: len(batch["index"]),
-        save=lambda path, final: save_model(model, tokenizer, path, merge=final and cfg.merge_lora),
+        save=lambda path, final, weights=None: save_model(
+            model, tokenizer, path, merge=final and cfg.merge_lora, weights=weights
+        ),
         evaluate=(lambda: evaluate_dpo(model, held_out, _lookup(tables["ref_eval"]), cfg))
         if held_out
         else None,

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from pavlov.devices import module_device, to_device
 from pavlov.errors import PavlovError, check_finite
 from pavlov.llm import cpu
+from pavlov.llm.trainers import sharding
 from pavlov.llm.trainers.common import (
     TrainConfig,
     autocast,
@@ -77,9 +78,11 @@ class Task:
     weight: Callable[[Any], float]
     """How many units the micro-batch's mean is over (completion tokens for SFT, pairs or
     examples otherwise): micro-batch losses are weighted by ``weight / total`` of the step."""
-    save: Callable[[Path, bool], None]
-    """``save(directory, final)``: write loadable weights (and tokenizer) into a new directory,
-    atomically; ``final`` is true for the run's ``model/`` (e.g. merge LoRA adapters there)."""
+    save: Callable[..., None]
+    """``save(directory, final, weights=None)``: write loadable weights (and tokenizer) into a
+    new directory, atomically; ``final`` is true for the run's ``model/`` (e.g. merge LoRA
+    adapters there); ``weights``: a sharded model's whole state dict, gathered, to write
+    instead of the live model's."""
     evaluate: Callable[[], dict[str, float]] | None = None
     """Held-out metrics (``eval/...``), called in eval mode under ``torch.no_grad()``."""
     key_metric: str = "loss"
@@ -127,14 +130,20 @@ def fit(
     dp = distributed.current()  # data parallel inside a process group (--nproc, torchrun)
     if dp is not None and not dp.is_main:
         run = None  # rank 0 writes the run: metrics, checkpoints, the final model
+    fsdp = sharding.resolve(cfg.sharding, 1 if dp is None else dp.world_size)
+    if fsdp is not None:  # each rank keeps 1/N of the weights, gradients and AdamW moments
+        sharding.shard(task.model, fsdp)
     plan = batch_plan(cfg, task.lengths)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for _, p in trainable_parameters(task.model)]
     optimizer = make_optimizer(task.model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
     start = 0
-    if resume is not None:
+    if resume is not None and fsdp is not None:
+        sharding.load_optimizer(task.model, optimizer, resume["optimizer"])
+    elif resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
+    if resume is not None:
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         start = int(resume["step"])
@@ -153,9 +162,16 @@ def fit(
         return metrics
 
     bf16 = resolve_precision(cfg.precision, module_device(task.model)) == "bf16"
+
+    def training() -> contextlib.AbstractContextManager:
+        if fsdp is not None:  # the CPU kernels read whole weights; sharded ones are DTensors
+            return contextlib.nullcontext()
+        return cpu.training(cfg.cpu, task.model, bf16=bf16)
+
     loop = Loop(task.name, f"train/{task.key_metric}", total, one_step, "train/seconds_per_step",
-                task, optimizer, scheduler, lambda: cpu.training(cfg.cpu, task.model, bf16=bf16),
-                None if task.evaluate is None else lambda: _evaluate(cfg, task))  # fmt: skip
+                task, optimizer, scheduler, training,
+                None if task.evaluate is None else lambda: _evaluate(cfg, task),
+                sharded=fsdp is not None)  # fmt: skip
     task.model.train()
     done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback,
                      resume_log=None if resume is None else resume.get("metric_log"))
@@ -192,6 +208,9 @@ class Loop:
     """Entered around the steps (not the final evaluation and save): heap policy, kernels."""
     evaluate: Callable[[], dict[str, float]] | None = None
     """Held-out metrics, every ``eval_every`` steps and at the end."""
+    sharded: bool = False
+    """The model is sharded over the ranks (:mod:`~pavlov.llm.trainers.sharding`): every rank
+    takes part in gathering the weights and optimizer state that rank 0 saves."""
 
 
 @dataclass
@@ -230,7 +249,9 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
             if loop.evaluate is not None and evaluate_now:
                 log.evaluation(step, loop.evaluate())
             due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-            if run is not None and (due or interrupt.requested() is not None):
+            if loop.sharded and due:  # the gathering is collective; rank 0 writes
+                _sharded_checkpoint(run, cfg, loop, step, log)
+            elif run is not None and (due or interrupt.requested() is not None):
                 save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer,
                                         loop.scheduler, log)  # fmt: skip
             if callback is not None:
@@ -239,7 +260,11 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
                 interrupt.check(step)
     if loop.evaluate is not None:
         log.evaluation(step, loop.evaluate())
-    if run is not None:
+    if loop.sharded:
+        weights = _sharded_checkpoint(run, cfg, loop, step, log, force=step > start)
+        if run is not None:
+            loop.saver.save(run.dir / "model", True, weights)
+    elif run is not None:
         if step > start or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
             save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler,
                                     log)
@@ -306,25 +331,35 @@ def accumulate_gradients(
     the total weight is the ranks' sum, and the gradients and metrics are summed over the ranks:
     the step's gradient equals one process's on the whole batch.
     """
+    sharded = sharding.is_sharded(task.model)  # FSDP sums (reduce-scatters) in the backward
+    fillers: set[int] = set()
     if dp is not None:  # this rank's share of every micro-batch's examples
-        micro = [idx[dp.rank :: dp.world_size] for idx in micro]
+        shares = [idx[dp.rank :: dp.world_size] for idx in micro]
+        if sharded:  # every rank runs as many forwards (each gathers the weights)
+            fillers = {i for i, idx in enumerate(shares) if not idx and micro[i]}
+            shares = [micro[i][:1] if i in fillers else idx for i, idx in enumerate(shares)]
+        micro = shares
     device = module_device(task.model)
     batches = [to_device(task.collate(idx), device) for idx in micro if len(idx)]
-    weights = [float(task.weight(b)) for b in batches]
+    weights = [0.0 if i in fillers else float(task.weight(b))  # a filler example weighs nothing
+               for i, b in enumerate(batches)]  # fmt: skip
     total = sum(weights)
     if dp is not None:  # the step's loss is a mean over all ranks' units (tokens, pairs)
         total = float(dp.sum_array([total])[0])
     total = total or 1.0
     sums: dict[str, float] = {}
-    for batch, w in zip(batches, weights, strict=True):
+    for i, (batch, w) in enumerate(zip(batches, weights, strict=True)):
         with autocast(cfg.precision, device):
             loss, metrics = task.loss(batch)
         check_finite("the loss", loss.detach(), step, hint=HINT)
+        if sharded:  # exchange gradients in the step's last backward only
+            task.model.set_requires_gradient_sync(i == len(batches) - 1)  # type: ignore[operator]
         (loss * (w / total)).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
     if dp is not None:  # the ranks' parts add up to the step's gradient and metrics
-        dp.sum_grads_(params)
+        if not sharded:
+            dp.sum_grads_(params)
         sums = dp.sum_dict(sums)
     grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in optimizer.step()
     check_finite("the gradient norm", grad_norm, step, hint=HINT)
@@ -349,15 +384,30 @@ def _evaluate(cfg: TrainConfig, task: Task) -> dict[str, float]:
 # Checkpoints
 
 
+def _sharded_checkpoint(run, cfg: TrainConfig, loop: Loop, step: int, log: MetricLog,
+                        force: bool = True) -> dict[str, Tensor]:
+    """Every rank: gather the sharded model's and optimizer's state to rank 0, which writes the
+    checkpoint (when ``force`` or none exists for ``step``) -> the gathered weights (rank 0)."""
+    weights, optim = sharding.full_state(loop.saver.model, loop.optimizer)
+    if run is not None and (force or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir()):
+        save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler, log,
+                                weights=weights, optimizer_state=optim)  # fmt: skip
+    return weights
+
+
 def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer,
-                            scheduler, log: MetricLog | None = None) -> Path:
+                            scheduler, log: MetricLog | None = None, *,
+                            weights: dict[str, Tensor] | None = None,
+                            optimizer_state: dict[str, Any] | None = None) -> Path:
     """``checkpoints/step_<n>/`` (weights + ``trainer_state.pt``), then the ``latest`` pointer.
 
     The weights directory is written atomically by ``task.save`` and the state file with
     :func:`~pavlov.run.checkpoint.atomic_write`; the pointer is written last, with the run's log
     cut, so it only ever names a complete checkpoint. Older step directories beyond
     ``keep_checkpoints`` are removed. ``log``'s partial averages (steps since its last record)
-    are saved too, so a resumed run writes the same records.
+    are saved too, so a resumed run writes the same records. ``weights`` and
+    ``optimizer_state``: a sharded run's whole state, gathered (else the live model's and
+    ``optimizer.state_dict()``).
     """
     from pavlov.run.checkpoint import prune_checkpoints, remove_stray_temps
 
@@ -365,7 +415,8 @@ def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimi
     remove_stray_temps(root)
     path = root / f"step_{step}"
     try:
-        _write_checkpoint(run, cfg, task, step, optimizer, scheduler, log, root, path)
+        _write_checkpoint(run, cfg, task, step, optimizer, scheduler, log, root, path, weights,
+                          optimizer_state)  # fmt: skip
     except OSError as e:  # disk full, read-only, quota: the previous checkpoint stays whole
         raise PavlovError(f"could not write checkpoint {path}: {e.strerror or e}") from None
     run.mark_checkpointed()  # a later failure keeps the run (resumable) instead of deleting it
@@ -374,14 +425,19 @@ def save_trainer_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimi
 
 
 def _write_checkpoint(run, cfg: TrainConfig, task: Task, step: int, optimizer, scheduler,
-                      log: MetricLog | None, root: Path, path: Path) -> None:
+                      log: MetricLog | None, root: Path, path: Path,
+                      weights: dict[str, Tensor] | None = None,
+                      optimizer_state: dict[str, Any] | None = None) -> None:
     from pavlov.config import config_dict
     from pavlov.run.checkpoint import atomic_write, write_latest
 
-    task.save(path, False)
+    if weights is None:
+        task.save(path, False)
+    else:
+        task.save(path, False, weights)
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
         "config": config_dict(cfg),

@@ -243,8 +243,8 @@ def train_reward_model(
         collate=lambda idx: collate([items[i] for i in idx], pad_id),
         loss=lambda batch: LOSSES[cfg.mode](rm, batch),
         weight=_units,
-        save=lambda path, final: save_reward_model(
-            rm, tokenizer, path, meta, merge=final and cfg.merge_lora
+        save=lambda path, final, weights=None: save_reward_model(
+            rm, tokenizer, path, meta, merge=final and cfg.merge_lora, weights=weights
         ),
         evaluate=(lambda: evaluate_reward(rm, held_out, cfg.mode)) if held_out else None,
         key_metric="accuracy",

@@ -133,12 +133,15 @@ def collate_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Te
 
 
 def save_reward_model(
-    rm: RewardModel, tokenizer, out_dir: str | Path, meta: dict, *, merge: bool = False
+    rm: RewardModel, tokenizer, out_dir: str | Path, meta: dict, *, merge: bool = False,
+    weights: dict | None = None,
 ) -> Path:
     """Write ``rm`` (backbone, head, :data:`CONFIG_FILE`) into ``out_dir`` atomically.
 
     ``meta`` holds ``mode``, ``max_length``, ``chat``, ``use_prompt`` and ``base_model`` (where
     a LoRA backbone's base weights load from). ``merge=True`` merges LoRA adapters into a copy.
+    ``weights``: ``rm``'s whole state dict when the live model is sharded (gathered to rank 0,
+    :mod:`pavlov.llm.trainers.sharding`); ``merge`` is refused then.
     """
     import copy
 
@@ -147,12 +150,21 @@ def save_reward_model(
     from pavlov.llm.models.assets import atomic_dir
 
     backbone, lora = rm.backbone, is_peft_model(rm.backbone)
+    backbone_weights, head = None, rm.head.state_dict()
+    if weights is not None:
+        if merge and lora:
+            raise PavlovError("merge_lora with sharding fsdp: save the adapters, merge later")
+        backbone_weights = {k.removeprefix("backbone."): v for k, v in weights.items()
+                            if k.startswith("backbone.")}  # fmt: skip
+        head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
     if merge and lora:
         backbone, lora = copy.deepcopy(backbone).merge_and_unload(), False
-    head = {k: v.detach().float().contiguous() for k, v in rm.head.state_dict().items()}
+    head = {k: v.detach().float().contiguous() for k, v in head.items()}
     config = {"format": FORMAT, "kind": rm.kind, "pooling": rm.pooling, "lora": lora, **meta}
     with atomic_dir(out_dir) as tmp:
-        backbone.save_pretrained(tmp)
+        backbone.save_pretrained(
+            tmp, **({} if backbone_weights is None else {"state_dict": backbone_weights})
+        )
         tokenizer.save_pretrained(tmp)
         save_file(head, str(tmp / HEAD_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -174,7 +174,9 @@ def train_sft(
         collate=lambda idx: collate([items[i] for i in idx]),
         loss=lambda batch: sft_loss(model, batch),
         weight=label_tokens,
-        save=lambda path, final: save_model(model, tokenizer, path, merge=final and cfg.merge_lora),
+        save=lambda path, final, weights=None: save_model(
+            model, tokenizer, path, merge=final and cfg.merge_lora, weights=weights
+        ),
         evaluate=(lambda: evaluate_sft(model, held_out)) if held_out else None,
     )
     out = fit(

@@ -10,6 +10,8 @@ Reported: the median of ``train/seconds_per_step`` over steps 3..N of each side,
 
     python benchmarks/llm_ddp.py                    # SmolLM2, SFT, 8 steps of 8 sequences
     python benchmarks/llm_ddp.py --task dpo
+    python benchmarks/llm_ddp.py --lora             # LoRA r=16: tiny gradients to exchange
+    python benchmarks/llm_ddp.py --sharding fsdp    # the 2 ranks shard the model (FSDP2)
     python benchmarks/llm_ddp.py --smoke            # tiny Llama, 3 steps: the test suite runs this
 """
 
@@ -26,7 +28,8 @@ import torch
 from pavlov.run import distributed
 
 
-def run(task: str, steps: int, batch: int, threads: int, smoke: bool) -> dict:
+def run(task: str, steps: int, batch: int, threads: int, smoke: bool, lora: bool = False,
+        sharding: str = "none") -> dict:
     """One training run (this process's part of it) -> its step seconds."""
     from pavlov.llm.data.rt import rt_preferences, rt_sft
     from pavlov.llm.trainers import DPOConfig, SFTConfig, train_dpo, train_sft
@@ -41,7 +44,7 @@ def run(task: str, steps: int, batch: int, threads: int, smoke: bool) -> dict:
 
         model, tok = load_causal_lm("smollm2", dtype=torch.float32)
     shared = dict(max_steps=steps, batch_size=batch, max_length=128, seed=0, eval_every=0,
-                  learning_rate=2e-5)  # fmt: skip
+                  learning_rate=2e-4 if lora else 2e-5, lora=lora, sharding=sharding)  # fmt: skip
     if task == "sft":
         fit = train_sft(SFTConfig(**shared), model, tok, rt_sft("train")[: steps * batch]).fit
     else:
@@ -58,18 +61,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="global sequences (pairs) a step")
     parser.add_argument("--threads", type=int, default=2, help="of the 1-process side")
+    parser.add_argument("--lora", action="store_true", help="LoRA r=16 instead of all weights")
+    parser.add_argument("--sharding", choices=("none", "fsdp"), default="none",
+                        help="of the 2-process side")
     parser.add_argument("--smoke", action="store_true", help="tiny Llama, 3 steps of 4")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.batch = 3, 4
     t0 = time.perf_counter()
-    one = run(args.task, args.steps, args.batch, args.threads, args.smoke)
+    one = run(args.task, args.steps, args.batch, args.threads, args.smoke, args.lora)
     print(f"1 process, {args.threads} threads: {one}", flush=True)
     two = distributed.launch(2, run, args.task, args.steps, args.batch,
-                             max(1, args.threads // 2), args.smoke)  # fmt: skip
+                             max(1, args.threads // 2), args.smoke, args.lora,
+                             args.sharding)  # fmt: skip
     print(f"2 processes, {max(1, args.threads // 2)} thread(s) each: {two}", flush=True)
     report = {
-        "benchmark": "llm_ddp", "task": args.task, "smoke": args.smoke,
+        "benchmark": "llm_ddp", "task": args.task, "smoke": args.smoke, "lora": args.lora,
+        "sharding": args.sharding,
         "machine": platform.processor() or platform.machine(), "steps": args.steps,
         "batch": args.batch, "one_process": one, "two_processes": two,
         "ratio": round(two["median"] / one["median"], 3),

@@ -143,8 +143,10 @@ def test_shared_prompts_benchmark_smoke():
 
 
 @pytest.mark.timeout(240)
-def test_llm_ddp_benchmark_smoke():
-    report = _run("llm_ddp.py", "--smoke")
+@pytest.mark.parametrize("extra", [(), ("--lora", "--sharding", "fsdp")])
+def test_llm_ddp_benchmark_smoke(extra):
+    report = _run("llm_ddp.py", "--smoke", *extra)
+    assert report["sharding"] == ("fsdp" if extra else "none")
     one, two = report["one_process"], report["two_processes"]
     assert len(one["step_seconds"]) == len(two["step_seconds"]) == 3
     assert one["median"] > 0 and two["median"] > 0

@@ -151,6 +151,59 @@ def test_one_call_c_step_equals_the_per_op_step(arch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def bf16_rounded(model):
+    """A float32 copy of ``model`` (LoRA merged) whose projections and LM head hold their
+    bf16-rounded weights: what the decoder multiplies by with ``bf16=True``."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    if hasattr(ref, "merge_and_unload"):
+        ref = ref.merge_and_unload()
+    with torch.no_grad():
+        for layer in ref.model.layers:
+            for m in (*[getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj",
+                                                              "o_proj")],
+                      layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):  # fmt: skip
+                m.weight.copy_(m.weight.bfloat16().float())
+        head = ref.lm_head.weight.detach().bfloat16().float()
+        ref.lm_head.weight = torch.nn.Parameter(head)  # untied: the embeddings stay float32
+    return ref.eval()
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_bf16_weights_decode_the_bf16_rounded_model(arch, packing):
+    """``bf16=True`` (sampling under bf16 autocast): the C kernels widen bf16 copies of the
+    weights exactly (the rounded model's float32 forward to round-off); oneDNN's packed bf16
+    path (and a long prefill's bf16 GEMM) also rounds the activations, as autocast does (bf16
+    tolerance); the plain path ignores it."""
+    from pavlov.llm.cpu.kernels import onednn_bf16
+
+    if packing == "packed" and not onednn_bf16():
+        pytest.skip("no fast bf16 oneDNN here")
+    model = MODELS[arch]()
+    ids, mask = batch(lengths=(5, 7, 3, 6))  # 28 prompt rows: the row kernel's prefill too
+    B, P = ids.shape
+    extra = torch.randint(3, V, (B, 6), generator=torch.Generator().manual_seed(3))
+    dec = fast_decoder(model, B, P + 6, bf16=True)
+    assert dec.linear.bf16 == (packing != "plain")
+    with torch.no_grad():
+        got = [dec.prefill(ids, mask, position_ids_from_mask(mask))]
+        got += [dec.step(extra[:, t]) for t in range(5)]
+        ref_model = model if packing == "plain" else bf16_rounded(model)
+        full_ids = torch.cat([ids, extra], 1)
+        full_mask = torch.cat([mask, torch.ones_like(extra)], 1)
+        ref = ref_model(input_ids=full_ids, attention_mask=full_mask,
+                        position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    assert (dec.native is not None) == (packing == "native")
+    tol = dict(rtol=2e-2, atol=2e-2) if packing == "packed" else dict(rtol=1e-4, atol=1e-5)
+    for t, logits in enumerate(got):
+        torch.testing.assert_close(logits, ref[:, P - 1 + t], **tol)
+    if packing != "plain":  # the rounding is visible: not the float32 model's logits
+        exact = model(input_ids=full_ids, attention_mask=full_mask,
+                      position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+        assert not torch.allclose(got[-1], exact[:, P + 4], rtol=1e-4, atol=1e-5)
+
+
 def test_the_c_step_is_skipped_for_other_activations():
     model = tiny_random_lm("llama", V, 0)
     model.config.hidden_act = "gelu"
@@ -212,3 +265,23 @@ def test_cache_overflow_is_an_error():
         dec.step(torch.tensor([4, 4]))
         with pytest.raises(ValueError, match="cache is full"):
             dec.step(torch.tensor([4, 4]))
+
+
+@pytest.mark.parametrize("bf16_weights", [True, False])
+def test_generate_under_bf16_autocast_samples_with_bf16_weights_where_bf16_is_fast(
+        bf16_weights, monkeypatch):  # fmt: skip
+    from pavlov.llm.generation import rollout
+
+    seen = []
+    real = rollout.fast_decoder
+    monkeypatch.setattr(rollout, "fast_decoder", lambda *a: seen.append(a[-1]) or real(*a))
+    model = MODELS["llama-lora"]()
+    ids, mask = batch()
+    cfg = SamplingConfig(max_new_tokens=4, seed=1, bf16_weights=bf16_weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, ids, mask, cfg)
+    generate(model, ids, mask, cfg)  # float32 precision: float32 weights, whatever the flag
+    from pavlov.llm.cpu.kernels import onednn_bf16
+
+    assert seen == [bf16_weights and onednn_bf16(), False]
+    assert out.logprobs.dtype == torch.float32 and bool(out.response_mask.all())

@@ -214,10 +214,11 @@ def test_seed_reproducibility(model):
 
 
 def test_fast_decoder_samples_in_float32_under_bf16_autocast(model):
-    """The fast decoder (Llama family) turns bf16 autocast off: the same tokens and log-probs as
-    without autocast; the generic path (GPT-2) keeps the caller's autocast."""
+    """The fast decoder (Llama family) turns bf16 autocast off: with float32 weights
+    (``bf16_weights=False``; with it, see test_decoder) the same tokens and log-probs as without
+    autocast; the generic path (GPT-2) keeps the caller's autocast."""
     ids, mask = prompts()
-    cfg = SamplingConfig(max_new_tokens=12, seed=7)
+    cfg = SamplingConfig(max_new_tokens=12, seed=7, bf16_weights=False)
     plain = generate(model, ids, mask, cfg)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cast = generate(model, ids, mask, cfg)

@@ -18,6 +18,13 @@ the same computation on the model's own weights (no copy) with
   attention over the cache), which removed ~20 ms of per-op dispatch from a ~85 ms step of
   SmolLM2-135M at 8 rows on the 2-core VMs we measured.
 
+Under bf16 autocast on a CPU with fast bf16 the rollout engine asks for bf16 weights
+(``bf16=True``): every projection and the LM head are multiplied by bfloat16 copies (LoRA merged
+first), half the bytes a decode step streams. The C kernels widen each weight to float32 exactly
+(the bf16-rounded model's float32 outputs, tested); oneDNN's packed path above
+:data:`~pavlov.llm.cpu.native.MAX_ROWS` rows and long prefills run bf16 x bf16 GEMMs, as
+autocast does.
+
 It supports the plain decoder-only architectures (``model_type`` llama, mistral, qwen2 — SmolLM2
 is a Llama), bare or with peft LoRA adapters on their linear layers (with the fast kernels the
 updates are merged into a per-call copy of each adapted weight, ``W + scaling * B A``; otherwise
@@ -57,12 +64,13 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 
 
 def fast_decoder(
-    model: nn.Module, batch: int, length: int, record: bool = False
+    model: nn.Module, batch: int, length: int, record: bool = False, bf16: bool = False
 ) -> LlamaDecoder | None:
     """A :class:`LlamaDecoder` for ``model`` with room for ``length`` positions per row, or
     ``None`` when the model is not a supported causal LM (another architecture or adapter type,
     sliding-window attention shorter than ``length``). ``record``: keep a
-    :class:`~pavlov.llm.cpu.tape.DecodeTape` of the call (``decoder.tape``) where it can."""
+    :class:`~pavlov.llm.cpu.tape.DecodeTape` of the call (``decoder.tape``) where it can.
+    ``bf16``: multiply by bfloat16 copies of the (float32) weights (see :class:`_Linears`)."""
     if hasattr(model, "peft_config"):
         configs = getattr(model, "peft_config", {}).values()
         if not all(str(getattr(c, "peft_type", "")).endswith("LORA") for c in configs):
@@ -87,7 +95,7 @@ def fast_decoder(
     for layer in inner.layers:
         if not _plain_layer(layer):
             return None
-    return LlamaDecoder(model, batch, length, record)
+    return LlamaDecoder(model, batch, length, record and not bf16, bf16)
 
 
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -188,8 +196,10 @@ class _Linears:
     ones through oneDNN's GEMM.
     """
 
-    def __init__(self, layers: list[nn.Module], rows: int, kernel: str) -> None:
+    def __init__(self, layers: list[nn.Module], rows: int, kernel: str, bf16: bool = False
+                 ) -> None:  # fmt: skip
         self.kernel = kernel
+        self.bf16 = bf16 and kernel != "plain"
         self.plans = {id(m): _projection(m) for m in layers}
         # With the fast kernels LoRA updates are merged into a copy of the base weight for this
         # call, ``W + scaling * B A`` (out x in): per token, two tiny GEMMs and an add per
@@ -200,7 +210,9 @@ class _Linears:
                 weight = plan.base.weight
                 for a, b, scaling in plan.adapters:
                     weight = torch.addmm(weight, b.weight, a.weight, alpha=scaling)
-                self.weights[key] = weight
+                # bf16 (the caller's bf16 autocast): a rounded copy streams half the bytes per
+                # token; the C kernel widens each weight exactly, oneDNN runs bf16 x bf16
+                self.weights[key] = weight.to(torch.bfloat16) if self.bf16 else weight
         self.packed: dict[int, Tensor] = {}
         if kernel == "packed":
             self.packed = {key: pack_weight(w, rows) for key, w in self.weights.items()}
@@ -217,6 +229,13 @@ class _Linears:
         bias = plan.base.bias
         if self._rows(x):
             return row_linear(x, self.weights[key], bias)
+        if self.bf16 and self.kernel == "packed":
+            y = packed_linear(x.to(torch.bfloat16), self.packed[key]).float()
+            return y if bias is None else y + bias
+        if self.bf16:  # a longer prefill: a bf16 GEMM
+            return F.linear(x.to(torch.bfloat16), self.weights[key]).float() + (
+                0.0 if bias is None else bias
+            )
         if self.kernel == "packed":
             return packed_linear(x, self.packed[key], bias)
         if self.kernel == "native":  # a longer prefill: oneDNN's GEMM where this build has it
@@ -254,7 +273,8 @@ class LlamaDecoder:
     discarded, outputs).
     """
 
-    def __init__(self, model: nn.Module, batch: int, length: int, record: bool = False) -> None:
+    def __init__(self, model: nn.Module, batch: int, length: int, record: bool = False,
+                 bf16: bool = False) -> None:  # fmt: skip
         self.record = record and not hasattr(model, "peft_config") and replayable(model)
         self.tape: DecodeTape | None = None  # with record: the linears' outputs and logits
         if hasattr(model, "get_base_model"):
@@ -270,7 +290,7 @@ class LlamaDecoder:
         linears = [getattr(layer.self_attn, n) for layer in self.layers for n in ATTENTION]
         linears += [getattr(layer.mlp, n) for layer in self.layers for n in MLP]
         linears.append(model.lm_head)
-        self.linear = _Linears(linears, batch, _kernel(model, batch))
+        self.linear = _Linears(linears, batch, _kernel(model, batch), bf16)
         self.filled = 0  # cache columns written so far
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
@@ -410,7 +430,9 @@ class LlamaDecoder:
             entry["n2"] = layer.post_attention_layernorm.weight.detach().contiguous()
             entry["k_cache"], entry["v_cache"] = self.k[i], self.v[i]
             layers.append(entry)
-        if any(t is not None and t.dtype != torch.float32 for e in layers for t in e.values()):
+        weight_slots = {"w" + n for n in "qkvogud"}
+        if any(t is not None and t.dtype != torch.float32 and k not in weight_slots
+               for e in layers for k, t in e.items()):  # fmt: skip
             return None
         return DecodeLayers(layers, self.heads, self.kv_heads, self.head_dim, eps.pop(),
                             float(self.scale), keys, cos, sin)  # fmt: skip

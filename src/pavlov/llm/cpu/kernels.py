@@ -51,6 +51,16 @@ def _dnn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def onednn_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices fast: oneDNN's bf16 kernels need AVX-512
+    (native with AVX-512 BF16 / AMX). Without it (AVX2-only CPUs such as some AMD EPYC VMs)
+    PyTorch falls back to a scalar bf16 GEMM: 1.2 GFLOP/s against 47 in fp32, measured."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def can_pack() -> bool:
     """Whether :func:`pack_weight` is available in this build."""
     return onednn_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")

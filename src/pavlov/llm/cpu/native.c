@@ -236,67 +236,181 @@ double sum_squares(const float *const *x, const int64_t *len, int n, int threads
     return out;
 }
 
+/* Eight bfloat16 weights -> eight floats: a bf16 value is the high half of a float32. */
+static inline __m256 load_bf16(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 /* y[m, n] = sum_k x[m, k] W[n, k] + b[n] for rows m < M (M <= 8) and weight rows n0 <= n < n1.
-   x (M, K) and W (N, K) row-major; y has row stride ldy. Called with a literal M so that the
-   compiler unrolls the row loop and keeps the M accumulators in registers. */
-static inline void block(const float *x, const float *W, const float *b, float *y,
-                         int M, int ldy, int K, int n0, int n1) {
-    int K8 = K & ~7;
-    for (int n = n0; n < n1; n++) {
-        const float *w = W + (int64_t)n * K;
-        __m256 acc[8];
-        for (int m = 0; m < 8; m++) acc[m] = _mm256_setzero_ps();
-        for (int k = 0; k < K8; k += 8) {
-            /* 2 KB ahead in the weight stream (into the next rows): the hardware prefetcher
-               alone left the loads stalling between FMAs (+20-30% at 8 rows with this). */
-            _mm_prefetch((const char *)(w + k + 512), _MM_HINT_T0);
-            __m256 wv = _mm256_loadu_ps(w + k);
-            for (int m = 0; m < M; m++)
-                acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (int64_t)m * K + k), acc[m]);
+   x (M, K) and W (N, K) row-major (W float32, or bfloat16 for the _bf16 variant: half the bytes
+   to stream, each weight widened to float32 exactly, the sums in float32); y has row stride ldy.
+   Called with a literal M so that the compiler unrolls the row loop and keeps the M
+   accumulators in registers. */
+#define BLOCK(NAME, WTYPE, LOAD, VALUE, AHEAD)                                                   \
+static inline void NAME(const float *x, const WTYPE *W, const float *b, float *y,               \
+                        int M, int ldy, int K, int n0, int n1) {                                \
+    int K8 = K & ~7;                                                                            \
+    for (int n = n0; n < n1; n++) {                                                             \
+        const WTYPE *w = W + (int64_t)n * K;                                                    \
+        __m256 acc[8];                                                                          \
+        for (int m = 0; m < 8; m++) acc[m] = _mm256_setzero_ps();                               \
+        for (int k = 0; k < K8; k += 8) {                                                       \
+            /* 2 KB ahead in the weight stream (into the next rows): the hardware prefetcher    \
+               alone left the loads stalling between FMAs (+20-30% at 8 rows with this). */     \
+            _mm_prefetch((const char *)(w + k + AHEAD), _MM_HINT_T0);                           \
+            __m256 wv = LOAD(w + k);                                                            \
+            for (int m = 0; m < M; m++)                                                         \
+                acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (int64_t)m * K + k), acc[m]); \
+        }                                                                                       \
+        for (int m = 0; m < M; m++) {                                                           \
+            float s = hsum(acc[m]) + (b ? b[n] : 0.0f);                                         \
+            for (int k = K8; k < K; k++) s += VALUE(w[k]) * x[(int64_t)m * K + k];              \
+            y[(int64_t)m * ldy + n] = s;                                                        \
+        }                                                                                       \
+    }                                                                                           \
+}
+#define AS_FLOAT(v) (v)
+BLOCK(block, float, _mm256_loadu_ps, AS_FLOAT, 512)
+BLOCK(block_bf16, uint16_t, load_bf16, bf16_value, 1024)
+
+/* The same on AVX-512 (compiled for it, chosen at run time): sixteen weights per load halve
+   the loads per FMA, which bound the AVX2 loop at 8+ rows. */
+#define TARGET512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+TARGET512 static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
+TARGET512 static inline __m512 load16_bf16(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#define BLOCK512(NAME, WTYPE, LOAD, VALUE, AHEAD)                                                \
+TARGET512 static inline void NAME(const float *x, const WTYPE *W, const float *b, float *y,     \
+                                  int M, int ldy, int K, int n0, int n1) {                      \
+    int K16 = K & ~15;                                                                          \
+    for (int n = n0; n < n1; n++) {                                                             \
+        const WTYPE *w = W + (int64_t)n * K;                                                    \
+        __m512 acc[8];                                                                          \
+        for (int m = 0; m < 8; m++) acc[m] = _mm512_setzero_ps();                               \
+        for (int k = 0; k < K16; k += 16) {                                                     \
+            _mm_prefetch((const char *)(w + k + AHEAD), _MM_HINT_T0);                           \
+            __m512 wv = LOAD(w + k);                                                            \
+            for (int m = 0; m < M; m++)                                                         \
+                acc[m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (int64_t)m * K + k), acc[m]); \
+        }                                                                                       \
+        for (int m = 0; m < M; m++) {                                                           \
+            float s = _mm512_reduce_add_ps(acc[m]) + (b ? b[n] : 0.0f);                         \
+            for (int k = K16; k < K; k++) s += VALUE(w[k]) * x[(int64_t)m * K + k];             \
+            y[(int64_t)m * ldy + n] = s;                                                        \
+        }                                                                                       \
+    }                                                                                           \
+}
+BLOCK512(block512, float, load16_f32, AS_FLOAT, 512)
+BLOCK512(block512_bf16, uint16_t, load16_bf16, bf16_value, 1024)
+
+TARGET512 static void rows512(const float *x, const void *W, int wbf16, const float *b, float *y,
+                              int m, int ldy, int K, int n0, int n1) {
+    if (wbf16) {
+        const uint16_t *W16 = (const uint16_t *)W;
+        switch (m) {
+        case 1: block512_bf16(x, W16, b, y, 1, ldy, K, n0, n1); break;
+        case 2: block512_bf16(x, W16, b, y, 2, ldy, K, n0, n1); break;
+        case 3: block512_bf16(x, W16, b, y, 3, ldy, K, n0, n1); break;
+        case 4: block512_bf16(x, W16, b, y, 4, ldy, K, n0, n1); break;
+        case 5: block512_bf16(x, W16, b, y, 5, ldy, K, n0, n1); break;
+        case 6: block512_bf16(x, W16, b, y, 6, ldy, K, n0, n1); break;
+        case 7: block512_bf16(x, W16, b, y, 7, ldy, K, n0, n1); break;
+        default: block512_bf16(x, W16, b, y, 8, ldy, K, n0, n1); break;
         }
-        for (int m = 0; m < M; m++) {
-            float s = hsum(acc[m]) + (b ? b[n] : 0.0f);
-            for (int k = K8; k < K; k++) s += w[k] * x[(int64_t)m * K + k];
-            y[(int64_t)m * ldy + n] = s;
-        }
+        return;
+    }
+    const float *W32 = (const float *)W;
+    switch (m) {
+    case 1: block512(x, W32, b, y, 1, ldy, K, n0, n1); break;
+    case 2: block512(x, W32, b, y, 2, ldy, K, n0, n1); break;
+    case 3: block512(x, W32, b, y, 3, ldy, K, n0, n1); break;
+    case 4: block512(x, W32, b, y, 4, ldy, K, n0, n1); break;
+    case 5: block512(x, W32, b, y, 5, ldy, K, n0, n1); break;
+    case 6: block512(x, W32, b, y, 6, ldy, K, n0, n1); break;
+    case 7: block512(x, W32, b, y, 7, ldy, K, n0, n1); break;
+    default: block512(x, W32, b, y, 8, ldy, K, n0, n1); break;
     }
 }
 
-static void rows(const float *x, const float *W, const float *b, float *y,
+static int use512 = -1; /* -1: not checked yet */
+
+static int has512(void) {
+    if (use512 < 0) {
+        __builtin_cpu_init();
+        use512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                 && __builtin_cpu_supports("avx512vl");
+    }
+    return use512;
+}
+
+/* rows m < M of y for weight rows n0 <= n < n1; wbf16: W holds bfloat16 values. */
+static void rows(const float *x, const void *W, int wbf16, const float *b, float *y,
                  int M, int ldy, int K, int n0, int n1) {
     if (M > 8) {
         /* Blocks of 8 input rows pass in turn over weight rows in chunks of ~32 KB, which
            stay in L2 between the blocks: the weights stream from memory once. */
-        int chunk = 32768 / (K * 4) > 0 ? 32768 / (K * 4) : 1;
+        int bytes = K * (wbf16 ? 2 : 4);
+        int chunk = 32768 / bytes > 0 ? 32768 / bytes : 1;
         for (int c0 = n0; c0 < n1; c0 += chunk) {
             int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
             for (int m0 = 0; m0 < M; m0 += 8)
-                rows(x + (int64_t)m0 * K, W, b, y + (int64_t)m0 * ldy, M - m0 < 8 ? M - m0 : 8,
-                     ldy, K, c0, c1);
+                rows(x + (int64_t)m0 * K, W, wbf16, b, y + (int64_t)m0 * ldy,
+                     M - m0 < 8 ? M - m0 : 8, ldy, K, c0, c1);
         }
         return;
     }
     for (int m0 = 0; m0 < M; m0 += 8) {
         const float *xm = x + (int64_t)m0 * K;
         float *ym = y + (int64_t)m0 * ldy;
-        switch (M - m0 < 8 ? M - m0 : 8) {
-        case 1: block(xm, W, b, ym, 1, ldy, K, n0, n1); break;
-        case 2: block(xm, W, b, ym, 2, ldy, K, n0, n1); break;
-        case 3: block(xm, W, b, ym, 3, ldy, K, n0, n1); break;
-        case 4: block(xm, W, b, ym, 4, ldy, K, n0, n1); break;
-        case 5: block(xm, W, b, ym, 5, ldy, K, n0, n1); break;
-        case 6: block(xm, W, b, ym, 6, ldy, K, n0, n1); break;
-        case 7: block(xm, W, b, ym, 7, ldy, K, n0, n1); break;
-        default: block(xm, W, b, ym, 8, ldy, K, n0, n1); break;
+        int m = M - m0 < 8 ? M - m0 : 8;
+        if (has512()) {
+            rows512(xm, W, wbf16, b, ym, m, ldy, K, n0, n1);
+            continue;
+        }
+        if (wbf16) {
+            const uint16_t *W16 = (const uint16_t *)W;
+            switch (m) {
+            case 1: block_bf16(xm, W16, b, ym, 1, ldy, K, n0, n1); break;
+            case 2: block_bf16(xm, W16, b, ym, 2, ldy, K, n0, n1); break;
+            case 3: block_bf16(xm, W16, b, ym, 3, ldy, K, n0, n1); break;
+            case 4: block_bf16(xm, W16, b, ym, 4, ldy, K, n0, n1); break;
+            case 5: block_bf16(xm, W16, b, ym, 5, ldy, K, n0, n1); break;
+            case 6: block_bf16(xm, W16, b, ym, 6, ldy, K, n0, n1); break;
+            case 7: block_bf16(xm, W16, b, ym, 7, ldy, K, n0, n1); break;
+            default: block_bf16(xm, W16, b, ym, 8, ldy, K, n0, n1); break;
+            }
+            continue;
+        }
+        const float *W32 = (const float *)W;
+        switch (m) {
+        case 1: block(xm, W32, b, ym, 1, ldy, K, n0, n1); break;
+        case 2: block(xm, W32, b, ym, 2, ldy, K, n0, n1); break;
+        case 3: block(xm, W32, b, ym, 3, ldy, K, n0, n1); break;
+        case 4: block(xm, W32, b, ym, 4, ldy, K, n0, n1); break;
+        case 5: block(xm, W32, b, ym, 5, ldy, K, n0, n1); break;
+        case 6: block(xm, W32, b, ym, 6, ldy, K, n0, n1); break;
+        case 7: block(xm, W32, b, ym, 7, ldy, K, n0, n1); break;
+        default: block(xm, W32, b, ym, 8, ldy, K, n0, n1); break;
         }
     }
 }
 
 /* y = x [W_0; W_1; ...]^T + [b_0; b_1; ...]: nw weights (N_j, K) sharing the input x (M, K),
-   outputs side by side in y (M, sum N_j). The stacked weight rows are split evenly over the
-   threads (one parallel region, however many weights: q/k/v or gate/up in one call). */
-void row_linear(const float *x, const float *const *W, const float *const *b, const int *N,
-                int nw, float *y, int M, int K, int threads) {
+   outputs side by side in y (M, sum N_j); wbf16: the weights hold bfloat16 values. The stacked
+   weight rows are split evenly over the threads (one parallel region, however many weights:
+   q/k/v or gate/up in one call). */
+void row_linear(const float *x, const void *const *W, const float *const *b, const int *N,
+                int nw, float *y, int M, int K, int threads, int wbf16) {
     int64_t total = 0;
     for (int j = 0; j < nw; j++) total += N[j];
     #pragma omp parallel for num_threads(threads) schedule(static)
@@ -305,7 +419,7 @@ void row_linear(const float *x, const float *const *W, const float *const *b, co
         for (int j = 0; j < nw; j++) {
             int64_t lo = g0 > start ? g0 : start, hi = g1 < start + N[j] ? g1 : start + N[j];
             if (lo < hi)
-                rows(x, W[j], b[j], y + start, M, (int)total, K, (int)(lo - start),
+                rows(x, W[j], wbf16, b[j], y + start, M, (int)total, K, (int)(lo - start),
                      (int)(hi - start));
             start += N[j];
         }
@@ -331,23 +445,25 @@ static void rmsnorm(const float *x, const float *w, float *y, int B, int E, floa
     }
 }
 
-static void linear1(const float *x, const float *W, const float *b, int N, float *y,
-                    int M, int K, int threads) {
-    const float *Ws[1] = {W}, *bs[1] = {b};
+static void linear1(const float *x, const void *W, const float *b, int N, float *y,
+                    int M, int K, int threads, int wbf16) {
+    const void *Ws[1] = {W};
+    const float *bs[1] = {b};
     int Ns[1] = {N};
-    row_linear(x, Ws, bs, Ns, 1, y, M, K, threads);
+    row_linear(x, Ws, bs, Ns, 1, y, M, K, threads, wbf16);
 }
 
 /* x (B, E) in place. cos/sin: this column's rotary values, row b at cs + b * cs_stride (D).
    keys (B, Lmax): columns row b may attend. work: B * ((H + 2 KV) D + H D + 2 E + 3 I)
    + B * H * Lmax floats. save (may be NULL): one buffer per layer for its linear outputs, row b
    of layer l at save[l] + save_at + b * save_row: q, k, v (before RoPE), o_proj, gate, up and
-   down_proj outputs side by side ((H + 2 KV) D + 2 E + 2 I floats; pavlov.llm.cpu.tape). */
+   down_proj outputs side by side ((H + 2 KV) D + 2 E + 2 I floats; pavlov.llm.cpu.tape).
+   wbf16: the seven projection weights hold bfloat16 values (everything else is float32). */
 void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
                    const float *const *P, float eps, int Lmax, int col, const float *cos,
                    const float *sin, int cs_stride, const unsigned char *keys, float scale,
                    float *work, int threads, float *const *save, int64_t save_at,
-                   int64_t save_row) {
+                   int64_t save_row, int wbf16) {
     int QKV = (H + 2 * KV) * D, half = D / 2, group = H / KV;
     float *h = work, *qkv = h + (int64_t)B * E, *att = qkv + (int64_t)B * QKV;
     float *o = att + (int64_t)B * H * D, *gu = o + (int64_t)B * E, *act = gu + (int64_t)B * 2 * I;
@@ -356,9 +472,10 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
         const float *const *p = P + (int64_t)l * NP;
         float *kc = (float *)p[KC], *vc = (float *)p[VC];
         rmsnorm(x, p[N1], h, B, E, eps);
-        const float *W3[3] = {p[WQ], p[WK], p[WV]}, *b3[3] = {p[BQ], p[BK], p[BV]};
+        const void *W3[3] = {p[WQ], p[WK], p[WV]};
+        const float *b3[3] = {p[BQ], p[BK], p[BV]};
         int N3[3] = {H * D, KV * D, KV * D};
-        row_linear(h, W3, b3, N3, 3, qkv, B, E, threads);
+        row_linear(h, W3, b3, N3, 3, qkv, B, E, threads, wbf16);
         float *sv = save ? save[l] + save_at : NULL;
         if (sv)
             for (int b = 0; b < B; b++)
@@ -403,15 +520,16 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
                 for (int d = 0; d < D; d++) out[d] += w * vj[d];
             }
         }
-        linear1(att, p[WO], p[BO], E, o, B, H * D, threads);
+        linear1(att, p[WO], p[BO], E, o, B, H * D, threads, wbf16);
         if (sv)
             for (int b = 0; b < B; b++)
                 memcpy(sv + b * save_row + QKV, o + (int64_t)b * E, E * sizeof(float));
         for (int64_t i = 0; i < (int64_t)B * E; i++) x[i] += o[i];
         rmsnorm(x, p[N2], h, B, E, eps);
-        const float *W2[2] = {p[WG], p[WU]}, *b2[2] = {p[BG], p[BU]};
+        const void *W2[2] = {p[WG], p[WU]};
+        const float *b2[2] = {p[BG], p[BU]};
         int N2s[2] = {I, I};
-        row_linear(h, W2, b2, N2s, 2, gu, B, E, threads);
+        row_linear(h, W2, b2, N2s, 2, gu, B, E, threads, wbf16);
         if (sv)
             for (int b = 0; b < B; b++)
                 memcpy(sv + b * save_row + QKV + E, gu + (int64_t)b * 2 * I,
@@ -430,7 +548,7 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
             }
             for (; i < I; i++) a[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
-        linear1(act, p[WD], p[BD], E, o, B, I, threads);
+        linear1(act, p[WD], p[BD], E, o, B, I, threads, wbf16);
         if (sv)
             for (int b = 0; b < B; b++)
                 memcpy(sv + b * save_row + QKV + E + 2 * I, o + (int64_t)b * E, E * sizeof(float));

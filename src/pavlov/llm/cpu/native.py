@@ -9,7 +9,10 @@ re-packed for it (the repacking itself costing ~0.3-1 s per batch), while a plai
 same memory runs at 16-19 GB/s. ``row_linear`` below reaches 12-16 GB/s at 8 rows on the
 weights as they are (numbers in docs/benchmarks.md): each weight row is loaded once per 8 floats
 and multiplied into up to 8 accumulators (one per input row), the weight stream is prefetched
-2 KB ahead, and the rows of ``W`` are split evenly over the threads torch uses.
+2 KB ahead, and the rows of ``W`` are split evenly over the threads torch uses. On a CPU with
+AVX-512 the same loop runs on 16-float vectors (chosen at run time, one build): half the loads
+per FMA, which bound the 8-float loop at 8 and more rows. Weights may be bfloat16 (the rollout's
+copies under bf16 precision): half the bytes, each widened to float32 exactly.
 ``decode_layers`` (:class:`DecodeLayers`) runs a whole decode step (norms, RoPE, cache writes,
 attention, residuals around those matmuls) in one call: as ~25 torch ops per layer the same
 work cost ~20 ms of dispatch per token of a 30-layer model, a third of the step.
@@ -116,10 +119,10 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    lib.row_linear.argtypes = [p, p, p, p, i, p, i, i, i]
+    lib.row_linear.argtypes = [p, p, p, p, i, p, i, i, i, i]
     lib.row_linear.restype = None
     lib.decode_layers.argtypes = [p, i, i, i, i, i, i, i, p, f, i, i, p, p, i, p, f, p, i, p,
-                                  ctypes.c_int64, ctypes.c_int64]  # fmt: skip
+                                  ctypes.c_int64, ctypes.c_int64, i]  # fmt: skip
     lib.decode_layers.restype = None
     lib.sample_rows.argtypes = [p, p, i, i, p, p, p, i]
     lib.sample_rows.restype = None
@@ -157,7 +160,9 @@ def row_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     ``x`` ``(..., K)`` with at most about :data:`STREAM_ROWS` rows in all, ``weight`` ``(N, K)``,
     ``bias`` ``(N,)`` or None; returns ``(..., N)``. Falls back to
     :func:`torch.nn.functional.linear` when the kernel is unavailable or the inputs are not
-    plain float32 CPU tensors.
+    plain float32 CPU tensors. ``weight`` may be bfloat16 (all weights of a call alike): the
+    kernel streams half the bytes and widens each weight to float32 exactly, so the result is
+    ``x @ weight.float().T`` to float32 round-off.
     """
     return row_linears(x, [weight], [bias])
 
@@ -171,15 +176,19 @@ def row_linears(
     lib = _library()
     fn = None if lib is None else lib.row_linear
     biases = [None] * len(weights) if biases is None else biases
-    tensors = [x, *weights, *(b for b in biases if b is not None)]
+    bf16 = weights[0].dtype == torch.bfloat16
+    tensors = [x, *(b for b in biases if b is not None)]
     if (
         fn is None
         or not 1 <= len(weights) <= 8
         or any(w.dim() != 2 or w.shape[1] != x.shape[-1] for w in weights)
         or not _float32_cpu(*tensors)
-        or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        or not all(w.device.type == "cpu" and w.dtype == weights[0].dtype for w in weights)
+        or weights[0].dtype not in (torch.float32, torch.bfloat16)
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in [*tensors, *weights]))
     ):
-        outs = [torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases, strict=True)]
+        outs = [torch.nn.functional.linear(x, w.to(x.dtype), b)
+                for w, b in zip(weights, biases, strict=True)]  # fmt: skip
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     K = x.shape[-1]
     x2 = x.reshape(-1, K).contiguous()
@@ -191,7 +200,7 @@ def row_linears(
     if M and sum(sizes):
         fn(x2.data_ptr(), _POINTERS[n](*[w.data_ptr() for w in ws]),
            _POINTERS[n](*[None if b is None else b.data_ptr() for b in bs]), _INTS[n](*sizes), n,
-           y.data_ptr(), M, K, torch.get_num_threads())  # fmt: skip
+           y.data_ptr(), M, K, torch.get_num_threads(), int(bf16))  # fmt: skip
     return y.reshape(*x.shape[:-1], sum(sizes))
 
 
@@ -305,6 +314,7 @@ LAYER_SLOTS = ("wq", "wk", "wv", "wo", "wg", "wu", "wd", "bq", "bk", "bv", "bo",
 """The tensors of one layer that :class:`DecodeLayers` reads, in the C function's order: the
 seven projection weights ``(out, in)``, their biases (None allowed), the two RMSNorm weights and
 the layer's ``(B, kv_heads, length, head_dim)`` key and value caches."""
+WEIGHT_SLOTS = LAYER_SLOTS[:7]
 
 
 class DecodeLayers:
@@ -317,9 +327,10 @@ class DecodeLayers:
     (SiLU MLP, RMSNorm, half-split RoPE, GQA), to float32 round-off (tested).
 
     ``layers``: one dict per layer with the keys of :data:`LAYER_SLOTS` (float32, contiguous,
-    on the CPU; they must outlive this object's use, which keeps references). ``keys`` ``(B,
-    length)`` bool: the columns each row may attend; ``cos``/``sin`` ``(B, length, head_dim)``
-    rotary tables by column.
+    on the CPU; they must outlive this object's use, which keeps references; the seven
+    projection weights may instead all be bfloat16: half the bytes streamed per token, each
+    widened to float32 exactly). ``keys`` ``(B, length)`` bool: the columns each row may attend;
+    ``cos``/``sin`` ``(B, length, head_dim)`` rotary tables by column.
     """
 
     def __init__(self, layers: list[dict[str, Tensor | None]], heads: int, kv_heads: int,
@@ -337,12 +348,14 @@ class DecodeLayers:
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         kept = [self.cos, self.sin]
         pointers = []
+        self.bf16 = first["wq"].dtype == torch.bfloat16
         for layer in layers:
             for slot in LAYER_SLOTS:
                 t = layer[slot]
-                if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"
+                dtype = torch.bfloat16 if self.bf16 and slot in WEIGHT_SLOTS else torch.float32
+                if t is not None and (t.dtype != dtype or t.device.type != "cpu"
                                       or not t.is_contiguous()):  # fmt: skip
-                    raise ValueError(f"{slot} must be a contiguous float32 CPU tensor")
+                    raise ValueError(f"{slot} must be a contiguous {dtype} CPU tensor")
                 pointers.append(None if t is None else t.data_ptr())
                 kept.append(t)
         self._kept = kept
@@ -379,4 +392,5 @@ class DecodeLayers:
                  D, self.inter, self._table, self.eps, self.length, col,
                  self.cos.data_ptr() + at, self.sin.data_ptr() + at, self.length * D,
                  self.keys.data_ptr(), self.scale, self._work.data_ptr(),
-                 torch.get_num_threads(), pointers, first * width, stride * width)  # fmt: skip
+                 torch.get_num_threads(), pointers, first * width, stride * width,
+                 int(self.bf16))  # fmt: skip

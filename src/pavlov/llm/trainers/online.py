@@ -605,7 +605,7 @@ def train_online(
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, eos_token_ids=tokenizer.eos_token_id, pad_token_id=pad_id,
-        fast=cfg.cpu.enabled,
+        fast=cfg.cpu.enabled, bf16_weights=cfg.cpu.on("bf16_sampling"),
     )  # fmt: skip
     def one_step(i: int) -> dict[str, float]:
         """Step ``i + 1``: generate, score, reference, old policy, advantages, update."""

@@ -19,8 +19,9 @@ the same computation on the model's own weights (no copy) with
   SmolLM2-135M at 8 rows on the 2-core VMs we measured.
 
 Under bf16 autocast on a CPU with fast bf16 the rollout engine asks for bf16 weights
-(``bf16=True``): every projection and the LM head are multiplied by bfloat16 copies (LoRA merged
-first), half the bytes a decode step streams. The C kernels widen each weight to float32 exactly
+(``bf16=True``): the projections without LoRA adapters and the LM head are multiplied by
+bfloat16 copies, half the bytes a decode step streams (an adapted projection keeps its float32
+``W + s B A``: rounding it to bf16 would lose most of the update). The C kernels widen each weight to float32 exactly
 (the bf16-rounded model's float32 outputs, tested); oneDNN's packed path above
 :data:`~pavlov.llm.cpu.native.MAX_ROWS` rows and long prefills run bf16 x bf16 GEMMs, as
 autocast does.
@@ -211,8 +212,11 @@ class _Linears:
                 for a, b, scaling in plan.adapters:
                     weight = torch.addmm(weight, b.weight, a.weight, alpha=scaling)
                 # bf16 (the caller's bf16 autocast): a rounded copy streams half the bytes per
-                # token; the C kernel widens each weight exactly, oneDNN runs bf16 x bf16
-                self.weights[key] = weight.to(torch.bfloat16) if self.bf16 else weight
+                # token; the C kernel widens each weight exactly, oneDNN runs bf16 x bf16. Not
+                # for a LoRA-adapted weight: bf16's 8-bit mantissa would round most of the
+                # update away (``W + s B A`` differs from ``W`` by far less than 2^-8 W)
+                low = self.bf16 and not plan.adapters
+                self.weights[key] = weight.to(torch.bfloat16) if low else weight
         self.packed: dict[int, Tensor] = {}
         if kernel == "packed":
             self.packed = {key: pack_weight(w, rows) for key, w in self.weights.items()}
@@ -229,10 +233,12 @@ class _Linears:
         bias = plan.base.bias
         if self._rows(x):
             return row_linear(x, self.weights[key], bias)
-        if self.bf16 and self.kernel == "packed":
+        low = self.weights.get(key)
+        low = low is not None and low.dtype == torch.bfloat16
+        if low and self.kernel == "packed":
             y = packed_linear(x.to(torch.bfloat16), self.packed[key]).float()
             return y if bias is None else y + bias
-        if self.bf16:  # a longer prefill: a bf16 GEMM
+        if low:  # a longer prefill: a bf16 GEMM
             return F.linear(x.to(torch.bfloat16), self.weights[key]).float() + (
                 0.0 if bias is None else bias
             )
@@ -431,6 +437,9 @@ class LlamaDecoder:
             entry["k_cache"], entry["v_cache"] = self.k[i], self.v[i]
             layers.append(entry)
         weight_slots = {"w" + n for n in "qkvogud"}
+        for slot in weight_slots:  # the C step takes one dtype per projection for all layers
+            if len({e[slot].dtype for e in layers}) > 1:
+                return None
         if any(t is not None and t.dtype != torch.float32 and k not in weight_slots
                for e in layers for k, t in e.items()):  # fmt: skip
             return None

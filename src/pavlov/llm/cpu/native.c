@@ -406,11 +406,11 @@ static void rows(const float *x, const void *W, int wbf16, const float *b, float
 }
 
 /* y = x [W_0; W_1; ...]^T + [b_0; b_1; ...]: nw weights (N_j, K) sharing the input x (M, K),
-   outputs side by side in y (M, sum N_j); wbf16: the weights hold bfloat16 values. The stacked
+   outputs side by side in y (M, sum N_j); bit j of bf16: W_j holds bfloat16 values. The stacked
    weight rows are split evenly over the threads (one parallel region, however many weights:
    q/k/v or gate/up in one call). */
 void row_linear(const float *x, const void *const *W, const float *const *b, const int *N,
-                int nw, float *y, int M, int K, int threads, int wbf16) {
+                int nw, float *y, int M, int K, int threads, int bf16) {
     int64_t total = 0;
     for (int j = 0; j < nw; j++) total += N[j];
     #pragma omp parallel for num_threads(threads) schedule(static)
@@ -419,8 +419,8 @@ void row_linear(const float *x, const void *const *W, const float *const *b, con
         for (int j = 0; j < nw; j++) {
             int64_t lo = g0 > start ? g0 : start, hi = g1 < start + N[j] ? g1 : start + N[j];
             if (lo < hi)
-                rows(x, W[j], wbf16, b[j], y + start, M, (int)total, K, (int)(lo - start),
-                     (int)(hi - start));
+                rows(x, W[j], (bf16 >> j) & 1, b[j], y + start, M, (int)total, K,
+                     (int)(lo - start), (int)(hi - start));
             start += N[j];
         }
     }
@@ -458,12 +458,13 @@ static void linear1(const float *x, const void *W, const float *b, int N, float 
    + B * H * Lmax floats. save (may be NULL): one buffer per layer for its linear outputs, row b
    of layer l at save[l] + save_at + b * save_row: q, k, v (before RoPE), o_proj, gate, up and
    down_proj outputs side by side ((H + 2 KV) D + 2 E + 2 I floats; pavlov.llm.cpu.tape).
-   wbf16: the seven projection weights hold bfloat16 values (everything else is float32). */
+   Bit s of wmask (s = WQ .. WD): that projection's weights hold bfloat16 values in every layer
+   (everything else is float32). */
 void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
                    const float *const *P, float eps, int Lmax, int col, const float *cos,
                    const float *sin, int cs_stride, const unsigned char *keys, float scale,
                    float *work, int threads, float *const *save, int64_t save_at,
-                   int64_t save_row, int wbf16) {
+                   int64_t save_row, int wmask) {
     int QKV = (H + 2 * KV) * D, half = D / 2, group = H / KV;
     float *h = work, *qkv = h + (int64_t)B * E, *att = qkv + (int64_t)B * QKV;
     float *o = att + (int64_t)B * H * D, *gu = o + (int64_t)B * E, *act = gu + (int64_t)B * 2 * I;
@@ -475,7 +476,7 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
         const void *W3[3] = {p[WQ], p[WK], p[WV]};
         const float *b3[3] = {p[BQ], p[BK], p[BV]};
         int N3[3] = {H * D, KV * D, KV * D};
-        row_linear(h, W3, b3, N3, 3, qkv, B, E, threads, wbf16);
+        row_linear(h, W3, b3, N3, 3, qkv, B, E, threads, wmask & 7);
         float *sv = save ? save[l] + save_at : NULL;
         if (sv)
             for (int b = 0; b < B; b++)
@@ -520,7 +521,7 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
                 for (int d = 0; d < D; d++) out[d] += w * vj[d];
             }
         }
-        linear1(att, p[WO], p[BO], E, o, B, H * D, threads, wbf16);
+        linear1(att, p[WO], p[BO], E, o, B, H * D, threads, (wmask >> WO) & 1);
         if (sv)
             for (int b = 0; b < B; b++)
                 memcpy(sv + b * save_row + QKV, o + (int64_t)b * E, E * sizeof(float));
@@ -529,7 +530,7 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
         const void *W2[2] = {p[WG], p[WU]};
         const float *b2[2] = {p[BG], p[BU]};
         int N2s[2] = {I, I};
-        row_linear(h, W2, b2, N2s, 2, gu, B, E, threads, wbf16);
+        row_linear(h, W2, b2, N2s, 2, gu, B, E, threads, (wmask >> WG) & 3);
         if (sv)
             for (int b = 0; b < B; b++)
                 memcpy(sv + b * save_row + QKV + E, gu + (int64_t)b * 2 * I,
@@ -548,7 +549,7 @@ void decode_layers(float *x, int B, int E, int L, int H, int KV, int D, int I,
             }
             for (; i < I; i++) a[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
-        linear1(act, p[WD], p[BD], E, o, B, I, threads, wbf16);
+        linear1(act, p[WD], p[BD], E, o, B, I, threads, (wmask >> WD) & 1);
         if (sv)
             for (int b = 0; b < B; b++)
                 memcpy(sv + b * save_row + QKV + E + 2 * I, o + (int64_t)b * E, E * sizeof(float));

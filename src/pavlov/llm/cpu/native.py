@@ -160,9 +160,9 @@ def row_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     ``x`` ``(..., K)`` with at most about :data:`STREAM_ROWS` rows in all, ``weight`` ``(N, K)``,
     ``bias`` ``(N,)`` or None; returns ``(..., N)``. Falls back to
     :func:`torch.nn.functional.linear` when the kernel is unavailable or the inputs are not
-    plain float32 CPU tensors. ``weight`` may be bfloat16 (all weights of a call alike): the
-    kernel streams half the bytes and widens each weight to float32 exactly, so the result is
-    ``x @ weight.float().T`` to float32 round-off.
+    plain float32 CPU tensors. ``weight`` may be bfloat16: the kernel streams half the bytes and
+    widens each weight to float32 exactly, so the result is ``x @ weight.float().T`` to float32
+    round-off.
     """
     return row_linears(x, [weight], [bias])
 
@@ -176,15 +176,15 @@ def row_linears(
     lib = _library()
     fn = None if lib is None else lib.row_linear
     biases = [None] * len(weights) if biases is None else biases
-    bf16 = weights[0].dtype == torch.bfloat16
+    bf16 = sum(1 << j for j, w in enumerate(weights) if w.dtype == torch.bfloat16)  # bit j: W_j
     tensors = [x, *(b for b in biases if b is not None)]
     if (
         fn is None
         or not 1 <= len(weights) <= 8
         or any(w.dim() != 2 or w.shape[1] != x.shape[-1] for w in weights)
         or not _float32_cpu(*tensors)
-        or not all(w.device.type == "cpu" and w.dtype == weights[0].dtype for w in weights)
-        or weights[0].dtype not in (torch.float32, torch.bfloat16)
+        or not all(w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
+                   for w in weights)  # fmt: skip
         or (torch.is_grad_enabled() and any(t.requires_grad for t in [*tensors, *weights]))
     ):
         outs = [torch.nn.functional.linear(x, w.to(x.dtype), b)
@@ -200,7 +200,7 @@ def row_linears(
     if M and sum(sizes):
         fn(x2.data_ptr(), _POINTERS[n](*[w.data_ptr() for w in ws]),
            _POINTERS[n](*[None if b is None else b.data_ptr() for b in bs]), _INTS[n](*sizes), n,
-           y.data_ptr(), M, K, torch.get_num_threads(), int(bf16))  # fmt: skip
+           y.data_ptr(), M, K, torch.get_num_threads(), bf16)  # fmt: skip
     return y.reshape(*x.shape[:-1], sum(sizes))
 
 
@@ -327,8 +327,8 @@ class DecodeLayers:
     (SiLU MLP, RMSNorm, half-split RoPE, GQA), to float32 round-off (tested).
 
     ``layers``: one dict per layer with the keys of :data:`LAYER_SLOTS` (float32, contiguous,
-    on the CPU; they must outlive this object's use, which keeps references; the seven
-    projection weights may instead all be bfloat16: half the bytes streamed per token, each
+    on the CPU; they must outlive this object's use, which keeps references; a projection's
+    weights may instead be bfloat16 in every layer: half the bytes streamed per token, each
     widened to float32 exactly). ``keys`` ``(B, length)`` bool: the columns each row may attend;
     ``cos``/``sin`` ``(B, length, head_dim)`` rotary tables by column.
     """
@@ -348,11 +348,12 @@ class DecodeLayers:
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         kept = [self.cos, self.sin]
         pointers = []
-        self.bf16 = first["wq"].dtype == torch.bfloat16
+        bf16 = {s for s in WEIGHT_SLOTS if first[s].dtype == torch.bfloat16}
+        self.mask = sum(1 << i for i, s in enumerate(WEIGHT_SLOTS) if s in bf16)  # the C wmask
         for layer in layers:
             for slot in LAYER_SLOTS:
                 t = layer[slot]
-                dtype = torch.bfloat16 if self.bf16 and slot in WEIGHT_SLOTS else torch.float32
+                dtype = torch.bfloat16 if slot in bf16 else torch.float32
                 if t is not None and (t.dtype != dtype or t.device.type != "cpu"
                                       or not t.is_contiguous()):  # fmt: skip
                     raise ValueError(f"{slot} must be a contiguous {dtype} CPU tensor")
@@ -393,4 +394,4 @@ class DecodeLayers:
                  self.cos.data_ptr() + at, self.sin.data_ptr() + at, self.length * D,
                  self.keys.data_ptr(), self.scale, self._work.data_ptr(),
                  torch.get_num_threads(), pointers, first * width, stride * width,
-                 int(self.bf16))  # fmt: skip
+                 self.mask)  # fmt: skip

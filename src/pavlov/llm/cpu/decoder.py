@@ -21,8 +21,9 @@ the same computation on the model's own weights (no copy) with
 Under bf16 autocast on a CPU with fast bf16 the rollout engine asks for bf16 weights
 (``bf16=True``): the projections without LoRA adapters and the LM head are multiplied by
 bfloat16 copies, half the bytes a decode step streams (an adapted projection keeps its float32
-``W + s B A``: rounding it to bf16 would lose most of the update). The C kernels widen each weight to float32 exactly
-(the bf16-rounded model's float32 outputs, tested); oneDNN's packed path above
+``W + s B A``: rounding it to bf16 would lose most of the update). The C kernels widen each
+weight to float32 exactly (the bf16-rounded model's float32 outputs, tested); oneDNN's packed
+path above
 :data:`~pavlov.llm.cpu.native.MAX_ROWS` rows and long prefills run bf16 x bf16 GEMMs, as
 autocast does.
 

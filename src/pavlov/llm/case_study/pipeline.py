@@ -157,6 +157,9 @@ class CaseStudyConfig:
     RLOO (KL in the reward); 0, and always for GRPO (KL in the loss): ``beta`` fixed."""
     kl_horizon: int = 100
     """Reviews over which the adaptive controller makes a full 20% correction of ``beta``."""
+    kl_smoothing: float = 0.8
+    """The controller reads a moving average of the batches' KL, ``ema = s ema + (1 - s) kl``
+    (one batch of 8 reviews swings 1-18 nats); 0: each batch's own KL."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1
@@ -269,6 +272,7 @@ def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
         "learning_rate": cfg.rl_learning_rate, "beta": cfg.beta, "lora": True,
         "lora_r": cfg.rl_lora_r, "n_epochs": cfg.rl_epochs,
         "num_minibatches": cfg.rl_minibatches, "kl_horizon": cfg.kl_horizon,
+        "kl_smoothing": cfg.kl_smoothing,
         # GRPO's KL sits in the loss, where no controller applies: beta stays fixed there
         "target_kl": 0.0 if cfg.algo == "grpo" else cfg.target_kl,
     }  # fmt: skip

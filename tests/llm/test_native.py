@@ -20,19 +20,29 @@ def test_the_kernel_builds_on_x86_linux_with_a_compiler():
     assert row_kernel_available()
 
 
+@pytest.fixture(params=["avx512", "avx2"])
+def loops(request):
+    """Both the AVX-512 loops (where the CPU has them) and the 8-float AVX2 ones."""
+    native.use_avx512(request.param == "avx512")
+    yield request.param
+    native.use_avx512(True)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 16, 24, 32])
 @pytest.mark.parametrize(("n", "k"), [(64, 32), (37, 576), (96, 13), (1, 8)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_equals_f_linear(rows, n, k, bias):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_equals_f_linear(rows, n, k, bias, dtype, loops):
+    """float32 weights, or bfloat16 ones (widened exactly: ``F.linear`` on ``w.float()``)."""
     if not row_kernel_available():
         pytest.skip("native row kernel unavailable here")
     g = torch.Generator().manual_seed(rows * 1000 + n + k)
     x = torch.randn(rows, k, generator=g)
-    w = torch.randn(n, k, generator=g)
+    w = torch.randn(n, k, generator=g).to(dtype)
     b = torch.randn(n, generator=g) if bias else None
     got = row_linear(x, w, b)
     assert got.shape == (rows, n)
-    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got, F.linear(x, w.float(), b), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("rows", [1, 8, 11])
@@ -225,3 +235,17 @@ def test_l2_norm_is_the_exact_total_norm():
     assert native.l2_norm([]) == 0
     assert native.l2_norm([torch.ones(4, dtype=torch.float64)]) is None
     assert native.l2_norm([torch.ones(4, 2).t()]) is None
+
+
+def test_weights_of_mixed_dtypes_in_one_call(loops):
+    """A LoRA-adapted q (float32, ``W + s B A``) beside bf16 k and v: each weight is read as
+    its own dtype."""
+    if not row_kernel_available():
+        pytest.skip("native row kernel unavailable here")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 40, generator=g)
+    ws = [torch.randn(48, 40, generator=g), torch.randn(16, 40, generator=g).bfloat16(),
+          torch.randn(16, 40, generator=g).bfloat16()]  # fmt: skip
+    got = row_linears(x, ws)
+    expected = torch.cat([F.linear(x, w.float()) for w in ws], dim=-1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)

@@ -281,6 +281,20 @@ static inline void NAME(const float *x, const WTYPE *W, const float *b, float *y
 BLOCK(block, float, _mm256_loadu_ps, AS_FLOAT, 512)
 BLOCK(block_bf16, uint16_t, load_bf16, bf16_value, 1024)
 
+/* FN(x, W, b, y, m, ...) with m a literal 1..8 (the row loop unrolled and its accumulators in
+   registers): one switch for every block variant. */
+#define BY_ROWS(FN, X, W, B, Y, M, LDY, K, N0, N1)                                              \
+    switch (M) {                                                                                \
+    case 1: FN(X, W, B, Y, 1, LDY, K, N0, N1); break;                                           \
+    case 2: FN(X, W, B, Y, 2, LDY, K, N0, N1); break;                                           \
+    case 3: FN(X, W, B, Y, 3, LDY, K, N0, N1); break;                                           \
+    case 4: FN(X, W, B, Y, 4, LDY, K, N0, N1); break;                                           \
+    case 5: FN(X, W, B, Y, 5, LDY, K, N0, N1); break;                                           \
+    case 6: FN(X, W, B, Y, 6, LDY, K, N0, N1); break;                                           \
+    case 7: FN(X, W, B, Y, 7, LDY, K, N0, N1); break;                                           \
+    default: FN(X, W, B, Y, 8, LDY, K, N0, N1); break;                                          \
+    }
+
 /* The same on AVX-512 (compiled for it, chosen at run time): sixteen weights per load halve
    the loads per FMA, which bound the AVX2 loop at 8+ rows. */
 #define TARGET512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
@@ -315,31 +329,10 @@ BLOCK512(block512_bf16, uint16_t, load16_bf16, bf16_value, 1024)
 
 TARGET512 static void rows512(const float *x, const void *W, int wbf16, const float *b, float *y,
                               int m, int ldy, int K, int n0, int n1) {
-    if (wbf16) {
-        const uint16_t *W16 = (const uint16_t *)W;
-        switch (m) {
-        case 1: block512_bf16(x, W16, b, y, 1, ldy, K, n0, n1); break;
-        case 2: block512_bf16(x, W16, b, y, 2, ldy, K, n0, n1); break;
-        case 3: block512_bf16(x, W16, b, y, 3, ldy, K, n0, n1); break;
-        case 4: block512_bf16(x, W16, b, y, 4, ldy, K, n0, n1); break;
-        case 5: block512_bf16(x, W16, b, y, 5, ldy, K, n0, n1); break;
-        case 6: block512_bf16(x, W16, b, y, 6, ldy, K, n0, n1); break;
-        case 7: block512_bf16(x, W16, b, y, 7, ldy, K, n0, n1); break;
-        default: block512_bf16(x, W16, b, y, 8, ldy, K, n0, n1); break;
-        }
-        return;
-    }
-    const float *W32 = (const float *)W;
-    switch (m) {
-    case 1: block512(x, W32, b, y, 1, ldy, K, n0, n1); break;
-    case 2: block512(x, W32, b, y, 2, ldy, K, n0, n1); break;
-    case 3: block512(x, W32, b, y, 3, ldy, K, n0, n1); break;
-    case 4: block512(x, W32, b, y, 4, ldy, K, n0, n1); break;
-    case 5: block512(x, W32, b, y, 5, ldy, K, n0, n1); break;
-    case 6: block512(x, W32, b, y, 6, ldy, K, n0, n1); break;
-    case 7: block512(x, W32, b, y, 7, ldy, K, n0, n1); break;
-    default: block512(x, W32, b, y, 8, ldy, K, n0, n1); break;
-    }
+    if (wbf16)
+        BY_ROWS(block512_bf16, x, (const uint16_t *)W, b, y, m, ldy, K, n0, n1)
+    else
+        BY_ROWS(block512, x, (const float *)W, b, y, m, ldy, K, n0, n1)
 }
 
 static int use512 = -1; /* -1: not checked yet */
@@ -351,6 +344,13 @@ static int has512(void) {
                  && __builtin_cpu_supports("avx512vl");
     }
     return use512;
+}
+
+/* on = 0: the 8-float loops even where AVX-512 is there (tests run both); on = 1: AVX-512
+   where the CPU has it. */
+void native_use_avx512(int on) {
+    use512 = -1;
+    use512 = on && has512();
 }
 
 /* rows m < M of y for weight rows n0 <= n < n1; wbf16: W holds bfloat16 values. */
@@ -377,31 +377,10 @@ static void rows(const float *x, const void *W, int wbf16, const float *b, float
             rows512(xm, W, wbf16, b, ym, m, ldy, K, n0, n1);
             continue;
         }
-        if (wbf16) {
-            const uint16_t *W16 = (const uint16_t *)W;
-            switch (m) {
-            case 1: block_bf16(xm, W16, b, ym, 1, ldy, K, n0, n1); break;
-            case 2: block_bf16(xm, W16, b, ym, 2, ldy, K, n0, n1); break;
-            case 3: block_bf16(xm, W16, b, ym, 3, ldy, K, n0, n1); break;
-            case 4: block_bf16(xm, W16, b, ym, 4, ldy, K, n0, n1); break;
-            case 5: block_bf16(xm, W16, b, ym, 5, ldy, K, n0, n1); break;
-            case 6: block_bf16(xm, W16, b, ym, 6, ldy, K, n0, n1); break;
-            case 7: block_bf16(xm, W16, b, ym, 7, ldy, K, n0, n1); break;
-            default: block_bf16(xm, W16, b, ym, 8, ldy, K, n0, n1); break;
-            }
-            continue;
-        }
-        const float *W32 = (const float *)W;
-        switch (m) {
-        case 1: block(xm, W32, b, ym, 1, ldy, K, n0, n1); break;
-        case 2: block(xm, W32, b, ym, 2, ldy, K, n0, n1); break;
-        case 3: block(xm, W32, b, ym, 3, ldy, K, n0, n1); break;
-        case 4: block(xm, W32, b, ym, 4, ldy, K, n0, n1); break;
-        case 5: block(xm, W32, b, ym, 5, ldy, K, n0, n1); break;
-        case 6: block(xm, W32, b, ym, 6, ldy, K, n0, n1); break;
-        case 7: block(xm, W32, b, ym, 7, ldy, K, n0, n1); break;
-        default: block(xm, W32, b, ym, 8, ldy, K, n0, n1); break;
-        }
+        if (wbf16)
+            BY_ROWS(block_bf16, xm, (const uint16_t *)W, b, ym, m, ldy, K, n0, n1)
+        else
+            BY_ROWS(block, xm, (const float *)W, b, ym, m, ldy, K, n0, n1)
     }
 }
 

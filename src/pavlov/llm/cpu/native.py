@@ -124,6 +124,8 @@ def _library() -> ctypes.CDLL | None:
     lib.decode_layers.argtypes = [p, i, i, i, i, i, i, i, p, f, i, i, p, p, i, p, f, p, i, p,
                                   ctypes.c_int64, ctypes.c_int64, i]  # fmt: skip
     lib.decode_layers.restype = None
+    lib.native_use_avx512.argtypes = [i]
+    lib.native_use_avx512.restype = None
     lib.sample_rows.argtypes = [p, p, i, i, p, p, p, i]
     lib.sample_rows.restype = None
     lib.swiglu_backward.argtypes = [p, p, p, p, p, p, ctypes.c_int64, i]
@@ -147,6 +149,14 @@ def _float32_cpu(*tensors: Tensor, contiguous: bool = False) -> bool:
         and (t.is_contiguous() or not contiguous)
         for t in tensors
     )
+
+
+def use_avx512(on: bool) -> None:
+    """Let the row kernels use AVX-512 where the CPU has it (the default), or keep to their
+    AVX2 loops (``on=False``: tests run both paths on an AVX-512 machine)."""
+    lib = _library()
+    if lib is not None:
+        lib.native_use_avx512(int(on))
 
 
 def row_kernel_available() -> bool:

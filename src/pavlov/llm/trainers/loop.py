@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.devices import module_device, to_device
-from pavlov.errors import PavlovError, check_finite
+from pavlov.errors import ConfigError, PavlovError, check_finite
 from pavlov.llm import cpu
 from pavlov.llm.trainers import sharding
 from pavlov.llm.trainers.common import (
@@ -131,6 +131,8 @@ def fit(
     if dp is not None and not dp.is_main:
         run = None  # rank 0 writes the run: metrics, checkpoints, the final model
     fsdp = sharding.resolve(cfg.sharding, 1 if dp is None else dp.world_size)
+    if fsdp is not None and cfg.merge_lora:  # before any step, not at the final save
+        raise ConfigError("merge_lora with sharding fsdp: save the adapters, merge later")
     if fsdp is not None:  # each rank keeps 1/N of the weights, gradients and AdamW moments
         sharding.shard(task.model, fsdp)
     plan = batch_plan(cfg, task.lengths)

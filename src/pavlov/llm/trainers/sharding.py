@@ -22,9 +22,8 @@ sharded, from rank 0's copy of the optimizer state.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,15 +166,6 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: di
 
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=options)
-
-
-@contextlib.contextmanager
-def no_sync_until_last(model: nn.Module, last: bool) -> Iterator[None]:
-    """Gradient accumulation: reduce-scatter only in the step's last backward (earlier ones
-    accumulate unsharded gradients locally), as DDP's ``no_sync``."""
-    if is_sharded(model):
-        model.set_requires_gradient_sync(last)  # type: ignore[operator]
-    yield
 
 
 __all__ = [

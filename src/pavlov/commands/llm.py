@@ -179,10 +179,13 @@ def run_llm_train(
     opts, trainer = resolve_options(command, opts, flags, overrides)
     cfg = build_config(spec.load("config"), trainer, where="trainer")
     device = resolve_device(cfg.device)  # a GPU that is not there: one line, no run directory
-    from pavlov.llm.trainers.sharding import plan_from_env
+    from pavlov.llm.trainers.sharding import DeepSpeedPlan, plan_from_env
 
-    if cfg.sharding == "auto" and plan_from_env() is not None:
-        cfg.sharding = "fsdp"  # the accelerate config's choice, saved: --resume shards too
+    plan = plan_from_env() if cfg.sharding == "auto" else None
+    if isinstance(plan, DeepSpeedPlan):  # the accelerate config's choice, saved: --resume too
+        cfg.sharding, cfg.zero_stage = "deepspeed", plan.stage
+    elif plan is not None:
+        cfg.sharding = "fsdp"
     for key in ("data", "eval_data"):
         opts[key] = _path(opts.get(key), f"--{key.replace('_', '-')}")
     opts["model"] = _model_ref(opts.get("model"))
@@ -194,6 +197,8 @@ def run_llm_train(
     model, tokenizer, kind = load_backbone(command, opts)
     train, held_out = load_data(command, opts, getattr(cfg, "mode", ""), tokenizer)
     config = {"command": command, **{k: opts.get(k) for k in SAVED_KEYS}}
+    if dp is not None and config["nproc"] is None and _one_node():
+        config["nproc"] = dp.world_size  # launched by accelerate / torchrun: --resume alike
     config.update(backbone=kind, trainer=config_dict(cfg))
     kwargs = _trainer_kwargs(command, opts, kind)
     t0 = time.perf_counter()
@@ -213,6 +218,13 @@ def run_llm_train(
     if json_out:
         emit_json(summary)
     return summary
+
+
+def _one_node() -> bool:
+    """All ranks on this machine (torchrun's ``LOCAL_WORLD_SIZE`` equals ``WORLD_SIZE``)."""
+    import os
+
+    return os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE")
 
 
 def _worker(command: str, opts: dict[str, Any], flags: dict[str, Any],

@@ -137,12 +137,16 @@ def sequence_logprob(
 
 def plain_lm_head(model: nn.Module) -> nn.Module | None:
     """The output projection when logits are exactly ``head(final hidden state)``; None for
-    models that post-process logits (e.g. Gemma's soft-capping) or hide their head."""
+    models that post-process logits (e.g. Gemma's soft-capping) or hide their head, and where
+    DeepSpeed ZeRO-3 partitions the head's weight (gathered only inside the model's forward, so
+    the model computes the logits itself)."""
     config = getattr(model, "config", None)
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return head if isinstance(head, nn.Linear) else None
+    if not isinstance(head, nn.Linear) or hasattr(head.weight, "ds_id"):
+        return None
+    return head
 
 
 # --- internals --------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from pavlov.errors import (
 from pavlov.llm.cpu import CpuConfig
 from pavlov.llm.cpu.kernels import onednn_bf16
 from pavlov.llm.cpu.native import l2_norm
-from pavlov.llm.trainers.sharding import SHARDINGS
+from pavlov.llm.trainers.sharding import SHARDINGS, ZERO_STAGES
 from pavlov.run.seeding import rng_state, seed_all, set_rng_state  # noqa: F401  re-exported
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": None}
@@ -90,8 +90,13 @@ class TrainConfig:
     sharding: str = "auto"
     """With several processes: ``"none"`` (every rank holds all weights, gradients and AdamW
     moments; gradients summed), ``"fsdp"`` (PyTorch FSDP2: each rank holds 1/N of them, ZeRO-3;
-    :mod:`pavlov.llm.trainers.sharding`) or ``"auto"`` (what an ``accelerate launch`` FSDP
-    config asks for, else none). SFT, the reward model and DPO; one process ignores it."""
+    :mod:`pavlov.llm.trainers.sharding`), ``"deepspeed"`` (DeepSpeed's engine at ZeRO stage
+    ``zero_stage``; DeepSpeed installed separately) or ``"auto"`` (what an ``accelerate launch``
+    FSDP or DeepSpeed config asks for, else none). SFT, the reward model and DPO; one process
+    ignores it."""
+    zero_stage: int = 3
+    """ZeRO stage of ``sharding: deepspeed``: 1 partitions the AdamW moments over the ranks, 2
+    also the gradients, 3 also the weights (an accelerate DeepSpeed config's stage wins)."""
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within runs of 32 micro-batches):
     much less padding, ~1.5x faster on short, variable-length data; batches are less random."""
@@ -148,6 +153,7 @@ class TrainConfig:
         check_device("device", self.device)
         check_choice("precision", self.precision, tuple(PRECISIONS))
         check_choice("sharding", self.sharding, SHARDINGS)
+        check_choice("zero_stage", self.zero_stage, ZERO_STAGES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,18 +130,25 @@ def fit(
     dp = distributed.current()  # data parallel inside a process group (--nproc, torchrun)
     if dp is not None and not dp.is_main:
         run = None  # rank 0 writes the run: metrics, checkpoints, the final model
-    fsdp = sharding.resolve(cfg.sharding, 1 if dp is None else dp.world_size)
-    if fsdp is not None and cfg.merge_lora:  # before any step, not at the final save
-        raise ConfigError("merge_lora with sharding fsdp: save the adapters, merge later")
-    if fsdp is not None:  # each rank keeps 1/N of the weights, gradients and AdamW moments
-        sharding.shard(task.model, fsdp)
+    shards = sharding.resolve(cfg.sharding, 1 if dp is None else dp.world_size,
+                              zero_stage=cfg.zero_stage)  # fmt: skip
+    if shards is not None and cfg.merge_lora:  # before any step, not at the final save
+        raise ConfigError(f"merge_lora with sharding {_kind(shards)}: save the adapters, merge "
+                          "later")
+    if isinstance(shards, sharding.FsdpPlan):  # each rank keeps 1/N of the weights, ...
+        sharding.shard(task.model, shards)
     plan = batch_plan(cfg, task.lengths)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for _, p in trainable_parameters(task.model)]
     optimizer = make_optimizer(task.model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
+    engine = None  # DeepSpeed's: it reduces, clips and steps the optimizer (ZeRO partitions)
+    if isinstance(shards, sharding.DeepSpeedPlan):
+        engine = sharding.deepspeed_engine(task.model, optimizer, shards, cfg.max_grad_norm)
     start = 0
-    if resume is not None and fsdp is not None:
+    if resume is not None and engine is not None:
+        sharding.deepspeed_load_optimizer(engine, resume["optimizer"])
+    elif resume is not None and shards is not None:
         sharding.load_optimizer(task.model, optimizer, resume["optimizer"])
     elif resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -154,8 +161,14 @@ def fit(
         t_step = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         metrics = accumulate_gradients(cfg, task, plan.step(step), params, step + 1, optimizer,
-                                       dp)
-        optimizer.step()
+                                       dp, engine)
+        if engine is not None:  # reduce (ZeRO-1), clip and step inside the engine
+            norm = sharding.deepspeed_step(engine)
+            if norm is not None:
+                metrics["train/grad_norm"] = norm
+                check_finite("the gradient norm", torch.tensor(norm), step + 1, hint=HINT)
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         metrics["train/learning_rate"] = lr
@@ -166,14 +179,14 @@ def fit(
     bf16 = resolve_precision(cfg.precision, module_device(task.model)) == "bf16"
 
     def training() -> contextlib.AbstractContextManager:
-        if fsdp is not None:  # the CPU kernels read whole weights; sharded ones are DTensors
+        if shards is not None:  # the CPU kernels read whole weights, not shards
             return contextlib.nullcontext()
         return cpu.training(cfg.cpu, task.model, bf16=bf16)
 
     loop = Loop(task.name, f"train/{task.key_metric}", total, one_step, "train/seconds_per_step",
                 task, optimizer, scheduler, training,
                 None if task.evaluate is None else lambda: _evaluate(cfg, task),
-                sharded=fsdp is not None)  # fmt: skip
+                sharded=shards is not None, engine=engine)  # fmt: skip
     task.model.train()
     done = run_steps(cfg, loop, start, run=run, quiet=quiet, callback=callback,
                      resume_log=None if resume is None else resume.get("metric_log"))
@@ -213,6 +226,8 @@ class Loop:
     sharded: bool = False
     """The model is sharded over the ranks (:mod:`~pavlov.llm.trainers.sharding`): every rank
     takes part in gathering the weights and optimizer state that rank 0 saves."""
+    engine: Any = None
+    """DeepSpeed's engine when it holds the shards (its own state gathering)."""
 
 
 @dataclass
@@ -324,6 +339,7 @@ def accumulate_gradients(
     step: int,
     optimizer: torch.optim.Optimizer | None = None,
     dp: DataParallel | None = None,
+    engine: Any = None,
 ) -> dict[str, float]:
     """Forward/backward over the micro-batches of one step; return weighted-mean metrics.
 
@@ -333,11 +349,12 @@ def accumulate_gradients(
     the total weight is the ranks' sum, and the gradients and metrics are summed over the ranks:
     the step's gradient equals one process's on the whole batch.
     """
-    sharded = sharding.is_sharded(task.model)  # FSDP sums (reduce-scatters) in the backward
+    # FSDP and DeepSpeed sum (reduce-scatter) in the backward
+    sharded = engine is not None or sharding.is_sharded(task.model)
     fillers: set[int] = set()
     if dp is not None:  # this rank's share of every micro-batch's examples
         shares = [idx[dp.rank :: dp.world_size] for idx in micro]
-        if sharded:  # every rank runs as many forwards (each gathers the weights)
+        if sharded:  # every rank runs as many forwards and backwards (collectives in each)
             fillers = {i for i, idx in enumerate(shares) if not idx and micro[i]}
             shares = [micro[i][:1] if i in fillers else idx for i, idx in enumerate(shares)]
         micro = shares
@@ -354,20 +371,30 @@ def accumulate_gradients(
         with autocast(cfg.precision, device):
             loss, metrics = task.loss(batch)
         check_finite("the loss", loss.detach(), step, hint=HINT)
-        if sharded:  # exchange gradients in the step's last backward only
-            task.model.set_requires_gradient_sync(i == len(batches) - 1)  # type: ignore[operator]
-        (loss * (w / total)).backward()
+        last = i == len(batches) - 1
+        if engine is not None:
+            sharding.deepspeed_backward(engine, loss * (w / total), last)
+        else:
+            if sharded:  # exchange gradients in the step's last backward only
+                task.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            (loss * (w / total)).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * w / total
     if dp is not None:  # the ranks' parts add up to the step's gradient and metrics
         if not sharded:
             dp.sum_grads_(params)
         sums = dp.sum_dict(sums)
+    if engine is not None:  # the engine clips in its step
+        return {f"train/{k}": v for k, v in sums.items()}
     grad_norm = clip_gradients(params, cfg.max_grad_norm, optimizer)  # scaled in optimizer.step()
     check_finite("the gradient norm", grad_norm, step, hint=HINT)
     out = {f"train/{k}": v for k, v in sums.items()}
     out["train/grad_norm"] = float(grad_norm)
     return out
+
+
+def _kind(shards) -> str:
+    return "deepspeed" if isinstance(shards, sharding.DeepSpeedPlan) else "fsdp"
 
 
 def _evaluate(cfg: TrainConfig, task: Task) -> dict[str, float]:
@@ -390,7 +417,10 @@ def _sharded_checkpoint(run, cfg: TrainConfig, loop: Loop, step: int, log: Metri
                         force: bool = True) -> dict[str, Tensor]:
     """Every rank: gather the sharded model's and optimizer's state to rank 0, which writes the
     checkpoint (when ``force`` or none exists for ``step``) -> the gathered weights (rank 0)."""
-    weights, optim = sharding.full_state(loop.saver.model, loop.optimizer)
+    if loop.engine is not None:
+        weights, optim = sharding.deepspeed_state(loop.engine)
+    else:
+        weights, optim = sharding.full_state(loop.saver.model, loop.optimizer)
     if run is not None and (force or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir()):
         save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler, log,
                                 weights=weights, optimizer_state=optim)  # fmt: skip

@@ -406,14 +406,14 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = Fa
     to_save = model
     if merge and is_peft_model(model):
         if weights is not None:
-            raise PavlovError("merge_lora with sharding fsdp: save the adapters, merge later")
+            raise PavlovError("merge_lora with a sharded model: save the adapters, merge later")
         with _peft_quiet():
             to_save = copy.deepcopy(model).merge_and_unload()
     if weights is not None:  # a tied weight once, under its first name, as a plain save does
         first: dict[int, str] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            if first.setdefault(id(p), name) != name:
-                weights = {k: v for k, v in weights.items() if k != name}
+        tied = {name for name, p in model.named_parameters(remove_duplicate=False)
+                if first.setdefault(id(p), name) != name}  # fmt: skip
+        weights = {k: v for k, v in weights.items() if k not in tied}
     with assets.atomic_dir(out_dir) as tmp, _quiet_progress():
         to_save.save_pretrained(tmp, **({} if weights is None else {"state_dict": weights}))
         tokenizer.save_pretrained(tmp)

@@ -725,8 +725,7 @@ def check_data_parallel(cfg: OnlineConfig, world_size: int) -> None:
                           "for now")
     if resolve_sharding(cfg.sharding, world_size) is not None:
         raise ConfigError("sharded (fsdp, deepspeed) training is for sft, reward-model and dpo; "
-                          "online "
-                          "training runs plain data-parallel (sharding: none)")
+                          "online training runs plain data-parallel (sharding: none)")
     if cfg.prompts_per_step % world_size:
         raise ConfigError(f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the "
                           f"number of processes ({world_size})")

@@ -153,7 +153,7 @@ def save_reward_model(
     backbone_weights, head = None, rm.head.state_dict()
     if weights is not None:
         if merge and lora:
-            raise PavlovError("merge_lora with sharding fsdp: save the adapters, merge later")
+            raise PavlovError("merge_lora with a sharded model: save the adapters, merge later")
         backbone_weights = {k.removeprefix("backbone."): v for k, v in weights.items()
                             if k.startswith("backbone.")}  # fmt: skip
         head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}

@@ -103,7 +103,7 @@ def test_update_equals_autograd_with_clip_grad_norm_and_torch_adam():
     for _ in range(3):
         x, y = torch.randn(32, 3, generator=g), 5 * torch.randn(32, generator=g)
         a = torch.randint(0, 2, (32,), generator=g)
-        learner.update(x, a, y, step=0)
+        learner.update(x, a[:, None], y[:, None], step=0)
         opt.zero_grad()
         huber(ref(x).gather(1, a[:, None]).squeeze(1) - y).mean().backward()
         assert torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.1) > 0.1  # clipping active

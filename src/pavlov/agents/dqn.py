@@ -31,6 +31,7 @@ the (fixed) target net for up to 16 minibatches at once; actions come from a Num
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -67,7 +68,14 @@ from pavlov.agents.common import (
 )
 from pavlov.agents.fastmlp import FlatAdam, MLPGrad, NumpyQ, flatten_parameters
 from pavlov.agents.replay import ReplayBuffer
-from pavlov.errors import ConfigError, PavlovError, check_finite, check_positive, check_range
+from pavlov.errors import (
+    ConfigError,
+    NonFiniteError,
+    PavlovError,
+    check_finite,
+    check_positive,
+    check_range,
+)
 from pavlov.math.value import double_q_target, huber, polyak_update, td_target
 
 ACTION_SPACES = (gym.spaces.Discrete,)
@@ -214,6 +222,7 @@ class Learner:
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.target_flat, _ = flatten_parameters(self.target, with_grad=False)
         self.grad = MLPGrad(self.q, cfg.activation)
+        self.target_grad = MLPGrad(self.target, cfg.activation)  # its forward: in-place activations
         self.opt = FlatAdam(self.flat, cfg.learning_rate)
         # greedy actions: NumPy on views of the live weights (CPU), else a torch forward
         self.act = (NumpyQ(self.q, cfg.activation, obs_space) if self.device.type == "cpu"
@@ -233,7 +242,9 @@ class Learner:
         """``n_updates`` gradient steps -> (mean loss, mean Q(s, a)).
 
         The target net does not change during a phase (it is updated between env steps), so
-        the minibatches of several steps are sampled and target-evaluated together.
+        the minibatches of several steps are sampled and target-evaluated together, and the
+        per-step loss values are computed once per chunk from the kept TD errors (only the
+        gradient is needed step by step).
         """
         cfg, size = self.cfg, self.cfg.batch_size
         total_loss = total_q = 0.0
@@ -246,35 +257,54 @@ class Learner:
                 b = type(b)(*(t.to(self.device) for t in b))
                 x, next_x = x.to(self.device), next_x.to(self.device)
             with torch.no_grad():
-                next_q_target = self.target(next_x)  # (k * B, A)
+                next_q_target = self.target_grad.forward(next_x)[-1]  # (k * B, A)
                 ys = None if cfg.double_q else td_target(
-                    b.rewards, next_q_target.max(-1).values, b.terminated, cfg.gamma)
-            for i in range(k):
-                rows = slice(i * size, (i + 1) * size)
+                    b.rewards, next_q_target.max(-1).values, b.terminated, cfg.gamma
+                ).unsqueeze(1)  # (k * B, 1)
+            index = b.actions.unsqueeze(1)  # (k * B, 1)
+            scaled_onehot = torch.zeros_like(next_q_target).scatter_(1, index, 1.0 / size)
+            tds, qs = [], []
+            for r in (slice(i * size, (i + 1) * size) for i in range(k)):
                 if ys is None:  # double DQN: the online net, which moves every step, picks a'
-                    y = double_q_target(b.rewards[rows], self.grad.forward(next_x[rows])[-1],
-                                        next_q_target[rows], b.terminated[rows], cfg.gamma)
-                loss, mean_q = self.update(
-                    x[rows], b.actions[rows], y if ys is None else ys[rows], step)
-                total_loss += loss
-                total_q += mean_q
+                    y = double_q_target(b.rewards[r], self.grad.forward(next_x[r])[-1],
+                                        next_q_target[r], b.terminated[r], cfg.gamma)
+                td, q_sa = self.update(x[r], index[r], y.unsqueeze(1) if ys is None else ys[r],
+                                       step, scaled_onehot[r])
+                tds.append(td)
+                qs.append(q_sa)
+            loss = self.loss.value(torch.stack(tds)).mean((1, 2))  # (k,) each step's loss
+            check_finite("losses/td_loss", loss, step, unit="env step")
+            total_loss += float(loss.sum())
+            total_q += float(torch.stack(qs).mean((1, 2)).sum())
         return total_loss / n_updates, total_q / n_updates
 
-    def update(self, x: Tensor, actions: Tensor, y: Tensor, step: int) -> tuple[float, float]:
-        """One step on ``mean(loss(Q(s, a) - y))``: x (B, obs_dim), actions (B,), y (B,)."""
+    def update(self, x: Tensor, actions: Tensor, y: Tensor, step: int,
+               scaled_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One step on ``mean(loss(Q(s, a) - y))``: x (B, obs_dim), actions (B, 1) int64, y
+        (B, 1); ``scaled_onehot`` (B, A) is ``one_hot(actions) / B`` where the caller made it
+        for several steps at once -> ``(td, Q(s, a))``, both (B, 1), for the loss value.
+
+        Raises :class:`NonFiniteError` before the optimizer step if the gradient is not finite
+        (the loss values are checked per training phase, from the returned TD errors).
+        """
+        if scaled_onehot is None:
+            scaled_onehot = torch.zeros(len(x), self.grad.weights[-1].shape[0],
+                                        device=x.device).scatter_(1, actions, 1.0 / len(x))
         hs = self.grad.forward(x)
-        q_sa = hs[-1].gather(1, actions.unsqueeze(1)).squeeze(1)  # (B,)
+        q_sa = hs[-1].gather(1, actions)
         td = q_sa - y
-        loss = self.loss.value(td).mean()
-        check_finite("losses/td_loss", loss, step, unit="env step")
-        grad_q = torch.zeros_like(hs[-1]).scatter_(  # d loss / d Q, (B, A)
-            1, actions.unsqueeze(1), (self.loss.grad(td) / len(td)).unsqueeze(1))
-        self.grad.backward(hs, grad_q)
+        self.grad.backward(hs, scaled_onehot * self.loss.grad(td))  # d loss / d Q, (B, A)
         # torch.nn.utils.clip_grad_norm_'s rule, on the one flat gradient
-        scale = self.cfg.max_grad_norm / (self.flat_grad.norm() + 1e-6)
-        self.flat_grad.mul_(scale.clamp_(max=1.0))
+        norm = float(self.flat_grad.norm())
+        if not math.isfinite(norm):
+            check_finite("losses/td_loss", self.loss.value(td), step, unit="env step")
+            raise NonFiniteError(f"the TD-loss gradient is not finite at env step {step}; "
+                                 "stopped before the optimizer step (no NaN weights written)")
+        scale = self.cfg.max_grad_norm / (norm + 1e-6)
+        if scale < 1.0:
+            self.flat_grad.mul_(scale)
         self.opt.step(self.flat_grad)
-        return loss.item(), q_sa.mean().item()
+        return td, q_sa
 
     def state_dict(self) -> dict[str, Any]:
         return {  # copies: a checkpoint must not change as training goes on

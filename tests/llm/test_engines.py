@@ -1,6 +1,8 @@
 """Rollout engines behind one interface: the Hugging Face ``generate`` engine gives what the
 pavlov engine gives — log-probs of the sampled tokens under the sampling distribution, masks
-ending at the first EOS — and trains GRPO; vLLM is refused in one line."""
+ending at the first EOS — and trains GRPO. vLLM (GPU only) is refused in one line where it is
+not installed; what it loads (the policy's effective weights) and how its samples become a
+rollout are checked here on CPU."""
 
 from __future__ import annotations
 
@@ -66,7 +68,76 @@ def test_grpo_trains_with_the_hf_engine_and_vllm_is_refused():
                        lambda p, c: [float(len(x)) for x in c])  # fmt: skip
     assert out.steps == 2 and all(r["response/length"] > 0 for r in out.history)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
-    with pytest.raises(ConfigError, match="vllm engine is not part of this build"):
-        OnlineConfig(engine="vllm")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:  # here (no GPU build): one line naming the package
+        with pytest.raises(ConfigError, match="engine 'vllm' needs the vllm package"):
+            OnlineConfig(engine="vllm")
     with pytest.raises(ConfigError, match="engine"):
         OnlineConfig(engine="nope")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("lora", [True, False])
+def test_sampler_weights_are_the_policy_after_an_update(arch, lora):
+    """What a separate sampler (the vLLM engine) loads after an optimizer step: a plain copy of
+    the untrained model given those weights computes the trained policy's logits (LoRA merged out
+    of place, the live adapters untouched), and the later syncs' subset suffices."""
+    import copy
+
+    from pavlov.llm.models.loading import LoraSpec, apply_lora, sampler_weights
+
+    model, tok = tiny_causal_lm(arch=arch)
+    sampler = copy.deepcopy(model)  # the sampler's copy: the weights it started from
+    if lora:
+        targets = ("c_attn",) if arch == "gpt2" else ("q_proj", "v_proj")
+        model = apply_lora(model, LoraSpec(r=4, dropout=0.0, target_modules=targets))
+    ids, mask = _prompts(tok)
+    model.train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+    loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        assert not torch.allclose(expected, sampler(input_ids=ids, attention_mask=mask).logits)
+        names = set(sampler.state_dict())
+        for changed_only in (True, False):
+            weights = dict(sampler_weights(model, changed_only=changed_only))
+            assert set(weights) <= names, set(weights) - names
+            if not changed_only:  # every parameter the plain model holds (tied ones once)
+                assert set(weights) == {n for n, _ in sampler.named_parameters()}
+            fresh = copy.deepcopy(sampler)
+            fresh.load_state_dict(weights, strict=False)
+            torch.testing.assert_close(fresh(input_ids=ids, attention_mask=mask).logits,
+                                       expected, atol=1e-5, rtol=1e-5)
+    for k, v in model.state_dict().items():  # nothing merged in place
+        assert torch.equal(v, before[k]), k
+
+
+def test_samples_given_as_token_lists_make_the_engines_rollout():
+    """The vLLM engine's last stage (token ids and log-probs per row -> Rollout) rebuilds the
+    pavlov engine's rollout from its own samples: same sequences, masks, log-probs, EOS flags."""
+    from pavlov.llm.generation.vllm_engine import rollout_from_samples
+
+    model, tok = tiny_causal_lm()
+    ids, mask = _prompts(tok)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, eos_token_ids=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, seed=3)  # fmt: skip
+    r = ENGINES["pavlov"](model, ids, mask, cfg)
+    P = ids.shape[1]
+    samples = [(row[P:][m].tolist(), lp[m].tolist())
+               for row, m, lp in zip(r.sequences, r.response_mask, r.logprobs, strict=True)]
+    again = rollout_from_samples(ids, mask, samples, cfg)
+    for name in ("sequences", "attention_mask", "response_mask", "logprobs", "response_lengths",
+                 "eos_reached"):
+        assert torch.equal(getattr(again, name), getattr(r, name)), name
+    # tokens after an EOS are not part of the response; a row is cut at max_new_tokens
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    cut = rollout_from_samples(ids[:2], mask[:2], [([5, eos, 7], [-1.0, -2.0, -3.0]),
+                                                   (list(range(5, 20)), [-0.5] * 15)], cfg)
+    assert cut.response_mask.sum(1).tolist() == [2, 12]
+    assert cut.eos_reached.tolist() == [True, False]
+    assert cut.sequences[0, P:].tolist() == [5, eos] + [pad] * 10
+    assert cut.logprobs[0].tolist() == [-1.0, -2.0] + [0.0] * 10

@@ -24,7 +24,8 @@ Speed (CPU, one thread): the nets are small and updates many (~17k for CartPole)
 overhead rivals the matmuls. The update is written out by hand (:class:`MLPGrad`, checked
 against autograd) on parameters flattened into one vector, so clipping, Adam
 (:class:`FlatAdam`) and target updates are one op each; a training phase samples and evaluates
-the (fixed) target net for up to 16 minibatches at once; actions come from a NumPy forward
+the (fixed) target net for up to 16 minibatches at once, and computes their 16 loss values at
+once after the steps (a step needs only the gradient); actions come from a NumPy forward
 (:class:`NumpyQ`) and ε-random draws from Python's ``random``.
 """
 

@@ -10,10 +10,12 @@ sampling temperature and before top-k / top-p truncation). The trainers take one
   fast path (the C decode step) and the rollout tape for the update's replay;
 * ``"hf"``: Hugging Face ``model.generate`` (any architecture, any device), the log-probs taken
   from the logits it returns (``output_logits``), so they are the same quantity;
-* ``"vllm"``: not in this build (an optional extra for GPUs, not yet written): asking for it is
-  an error naming what is missing.
+* ``"vllm"``: a vLLM engine colocated on the trainer's GPU, the policy's weights (LoRA merged
+  out of place) pushed in before each generation
+  (:mod:`pavlov.llm.generation.vllm_engine`; the ``vllm`` extra, CUDA only, not run in this
+  project: no GPU with vLLM reaches it).
 
-Both engines sample the same distribution with their own random streams: with the same seed
+The engines sample the same distribution with their own random streams: with the same seed
 they give different samples, each reproducible.
 """
 
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from pavlov.errors import ConfigError
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, _eval_mode, _finish, generate
+from pavlov.llm.generation.vllm_engine import vllm_generate
 
 Engine = Callable[..., Rollout]
 
@@ -66,10 +69,5 @@ def hf_generate(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor | N
                    responses.shape[1], ~is_eos.any(1))  # fmt: skip
 
 
-def _vllm(*args, **kwargs) -> Rollout:
-    raise ConfigError("the vllm engine is not part of this build (GPU only, not yet written); "
-                      "use engine='pavlov' or 'hf'")
-
-
-ENGINES: dict[str, Engine] = {"pavlov": generate, "hf": hf_generate, "vllm": _vllm}
+ENGINES: dict[str, Engine] = {"pavlov": generate, "hf": hf_generate, "vllm": vllm_generate}
 """Engine name -> the function (``OnlineConfig.engine``)."""

@@ -418,3 +418,44 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge: bool = Fa
         to_save.save_pretrained(tmp, **({} if weights is None else {"state_dict": weights}))
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
+
+
+def sampler_weights(model, changed_only: bool = False) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` pairs of ``model``'s effective weights under the plain model's
+    checkpoint names: what a separate sampler (vLLM) loads to generate from the policy as
+    trained. The live model is not modified.
+
+    For a peft model each LoRA-wrapped linear yields ``W + sum_a scaling_a B_a A_a`` (peft's
+    ``get_delta_weight``, computed out of place: no merge / unmerge round trip drifts the base
+    weights) as ``<module>.weight``; ``modules_to_save`` copies yield under the original name;
+    adapter matrices are never yielded. ``changed_only``: only what training can have changed
+    (LoRA-wrapped layers and ``modules_to_save`` of a peft model; everything of a plain one),
+    for the syncs after the first full one.
+    """
+    if not is_peft_model(model):
+        for name, p in model.named_parameters():
+            yield name, p.detach()
+        return
+    base = model.get_base_model()
+    seen: set[str] = set()
+    for module_name, module in base.named_modules():
+        base_layer = getattr(module, "base_layer", None)
+        if base_layer is not None and hasattr(module, "get_delta_weight"):
+            weight = base_layer.weight.detach()
+            if not module.merged and not module.disable_adapters:
+                for adapter in module.active_adapters:
+                    if adapter in getattr(module, "lora_A", {}):
+                        weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            yield f"{module_name}.weight", weight
+            seen.add(f"{module_name}.base_layer.weight")
+            if getattr(base_layer, "bias", None) is not None and not changed_only:
+                yield f"{module_name}.bias", base_layer.bias.detach()
+            seen.add(f"{module_name}.base_layer.bias")
+    for name, p in base.named_parameters():
+        if name in seen or ".lora_" in name or ".original_module." in name:
+            continue
+        if ".modules_to_save." in name:  # "<m>.modules_to_save.<adapter>.<param>" -> "<m>.<param>"
+            head, _, rest = name.partition(".modules_to_save.")
+            yield f"{head}.{rest.partition('.')[2]}", p.detach()
+        elif not changed_only:
+            yield name, p.detach()

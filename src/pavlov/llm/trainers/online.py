@@ -57,6 +57,7 @@ from pavlov.llm.cpu.offload import loaded, offload_copy
 from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts
 from pavlov.llm.generation.engines import ENGINES
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, left_pad
+from pavlov.llm.generation.vllm_engine import check_vllm
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, save_model
 from pavlov.llm.scoring.logprobs import score_tokens
 from pavlov.llm.trainers.common import (
@@ -126,7 +127,8 @@ class OnlineConfig(TrainConfig):
     engine: str = "pavlov"
     """Rollout engine (:data:`pavlov.llm.generation.engines.ENGINES`): ``"pavlov"`` (our
     KV-cache loop with the CPU fast path and the replay tape) or ``"hf"`` (``model.generate``,
-    any architecture or device); ``"vllm"`` is not in this build."""
+    any architecture or device) or ``"vllm"`` (a colocated vLLM engine on the GPU, weights
+    pushed before each generation; the ``vllm`` extra, not run in this project)."""
     n_epochs: int = 1
     """Passes over each batch (TRL's ``num_ppo_epochs`` / ``num_iterations``)."""
     num_minibatches: int = 1
@@ -182,7 +184,7 @@ class OnlineConfig(TrainConfig):
         super().__post_init__()
         check_choice("algo", self.algo, ALGOS)
         if self.engine == "vllm":
-            ENGINES["vllm"]()  # the one line saying it is not in this build
+            check_vllm()  # one line where the package is missing
         check_choice("engine", self.engine, ENGINES)
         check_count("max_steps", self.max_steps)
         for name in ("prompts_per_step", "max_new_tokens", "n_epochs", "num_minibatches"):

@@ -92,7 +92,7 @@ def test_heap_compaction_is_opt_in():
         assert not applied
 
 
-def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
+def test_training_reuses_the_heap_unless_compaction_is_asked_for(monkeypatch):
     import sys
 
     from pavlov.llm.cpu import CpuConfig, heap, training
@@ -108,19 +108,17 @@ def test_online_runs_reuse_the_heap_unless_compaction_is_asked_for(monkeypatch):
         assert not applied
     calls = []
     monkeypatch.setattr(heap, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
-    for cfg, online, first in [
-        (CpuConfig(), True, (heap.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
-        (CpuConfig(compact_heap=True), True, (heap.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
-        (CpuConfig(compact_heap=True), False, (heap.M_MMAP_THRESHOLD, 64 * 1024)),
+    for cfg, first in [
+        (CpuConfig(), (heap.M_MMAP_THRESHOLD, 1 << 30)),  # reuse: big blocks from the heap
+        (CpuConfig(compact_heap=True), (heap.M_MMAP_THRESHOLD, 64 * 1024)),  # compact wins
     ]:
         calls.clear()
-        with training(cfg, model, online=online):
+        with training(cfg, model):
             assert calls[0] == first
-    for cfg, online in [(CpuConfig(reuse_heap=False), True), (CpuConfig(), False),
-                        (CpuConfig(enabled=False, compact_heap=True), True)]:
+    for cfg in [CpuConfig(reuse_heap=False), CpuConfig(enabled=False, compact_heap=True)]:
         calls.clear()
-        with training(cfg, model, online=online):
-            assert not calls  # no heap policy: offline by default, or switched off
+        with training(cfg, model):
+            assert not calls  # no heap policy: switched off
 
 
 def test_precision_auto_picks_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):

@@ -1,6 +1,6 @@
 """glibc heap policies while training (Linux; a no-op elsewhere): :func:`compact_heap` returns
-freed blocks to the OS (least memory), :func:`reuse_heap` keeps them for the next step (fastest
-for online RL). Which one a run gets is the trainers' choice (``compact_heap`` / ``reuse_heap``
+freed blocks to the OS (least memory), :func:`reuse_heap` keeps them for the next step (fastest:
+the default). Which one a run gets is the trainers' choice (``compact_heap`` / ``reuse_heap``
 config fields)."""
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def reuse_heap(enabled: bool = True, limit: int = 1 << 30) -> Iterator[bool]:
     to keep freed memory there (no ``mmap`` per large tensor, no trimming); yields whether that
     was applied (False off glibc or when not ``enabled``).
 
-    Why: an online RL step allocates and frees the same large tensors every step (the tied
-    LM head's 113 MB gradient, (R, V) softmax buffers, activations). glibc maps each block
+    Why: a training step allocates and frees the same large tensors every step (the tied LM
+    head's 113 MB gradient, (R, V) softmax buffers, activations). glibc maps each block
     above 32 MiB afresh and returns the heap's top beyond 64 MiB on ``free``, so every step
     page-faults them in again: 185K minor faults (~720 MB) a step of the fp32 GRPO benchmark,
     ~0 with this; its step went from 7.3 to 6.6 s, peak RSS up 50 MB (2.76 -> 2.81 GB). On exit

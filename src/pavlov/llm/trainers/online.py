@@ -700,8 +700,7 @@ def train_online(
     # No eager attention here (cpu.eager_attention): with it step 3's KL ended ~1.2 nats higher
     # at three seeds of the demo, and the step was no faster (docs/benchmarks.md, issue 17).
     loop = Loop(cfg.algo, "reward/mean", cfg.max_steps, one_step, "time/step", saver, optimizer,
-                scheduler, lambda: cpu.training(cfg.cpu, model, reference, value_head,
-                                                online=True))  # fmt: skip
+                scheduler, lambda: cpu.training(cfg.cpu, model, reference, value_head))
     model.train()
     done = run_steps(cfg, loop, step, run=run, quiet=quiet, callback=callback,
                      resume_log=None if resume is None else resume[1].get("metric_log"))

@@ -141,3 +141,16 @@ def test_samples_given_as_token_lists_make_the_engines_rollout():
     assert cut.eos_reached.tolist() == [True, False]
     assert cut.sequences[0, P:].tolist() == [5, eos] + [pad] * 10
     assert cut.logprobs[0].tolist() == [-1.0, -2.0] + [0.0] * 10
+
+
+def test_vllm_options_come_from_the_config_and_are_checked():
+    from pavlov.llm.generation import vllm_engine
+
+    with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
+        OnlineConfig(vllm_gpu_memory_utilization=1.5)
+    saved = vllm_engine._OPTIONS
+    try:
+        vllm_engine.configure_vllm(vllm_engine.VLLMOptions(gpu_memory_utilization=0.5))
+        assert vllm_engine._OPTIONS.gpu_memory_utilization == 0.5  # what the engine starts with
+    finally:
+        vllm_engine.configure_vllm(saved)

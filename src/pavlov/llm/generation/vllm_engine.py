@@ -8,7 +8,8 @@ What it does, in the order of a call (the engine contract of
    ``config.json`` only, ``load_format="dummy"`` (no checkpoint is read) and no tokenizer
    (prompts go in as token ids, responses come back as token ids). It runs in-process
    (``distributed_executor_backend="external_launcher"``), so its model is reachable for
-   weight loading; ``gpu_memory_utilization`` (:class:`VLLMOptions`) is its share of the GPU.
+   weight loading; ``gpu_memory_utilization`` (:class:`VLLMOptions`, set from
+   ``OnlineConfig.vllm_gpu_memory_utilization``) is its share of the GPU.
 2. Every call first pushes the policy's effective weights
    (:func:`~pavlov.llm.models.loading.sampler_weights`): all of them on the first call, then
    only what training changes (a LoRA policy: each adapted linear with its update ``B A``
@@ -49,7 +50,8 @@ from pavlov.errors import ConfigError
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, _finish
 from pavlov.llm.models.loading import sampler_weights
 
-__all__ = ["VLLMEngine", "VLLMOptions", "check_vllm", "rollout_from_samples", "vllm_generate"]
+__all__ = ["VLLMEngine", "VLLMOptions", "check_vllm", "configure_vllm", "rollout_from_samples",
+           "vllm_generate"]
 
 
 @dataclass(frozen=True)
@@ -231,13 +233,26 @@ def _free_port() -> int:
 
 
 _ENGINE: VLLMEngine | None = None
+_OPTIONS = VLLMOptions()
+
+
+def configure_vllm(options: VLLMOptions) -> None:
+    """The options this process's vLLM engine starts with (``OnlineConfig`` sets them); one
+    line (:class:`ConfigError`) if the engine already runs with other ones."""
+    global _OPTIONS
+    if _ENGINE is not None and _ENGINE.llm is not None and _ENGINE.options != options:
+        raise ConfigError("the vllm engine of this process already runs with other options "
+                          f"({_ENGINE.options}); one engine per process")
+    _OPTIONS = options
+    if _ENGINE is not None and _ENGINE.llm is None:
+        _ENGINE.options = options
 
 
 def vllm_generate(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor | None,
                   cfg: SamplingConfig | None = None, record: bool = False) -> Rollout:
     """The engine function of ``engine='vllm'``: this process's :class:`VLLMEngine` (started
-    with the default :class:`VLLMOptions` on the first call; ``record`` is ignored)."""
+    with the :func:`configure_vllm` options on the first call; ``record`` is ignored)."""
     global _ENGINE
     if _ENGINE is None:
-        _ENGINE = VLLMEngine()
+        _ENGINE = VLLMEngine(_OPTIONS)
     return _ENGINE(model, prompt_ids, attention_mask, cfg, record)

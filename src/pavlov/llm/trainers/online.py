@@ -57,7 +57,7 @@ from pavlov.llm.cpu.offload import loaded, offload_copy
 from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts
 from pavlov.llm.generation.engines import ENGINES
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, left_pad
-from pavlov.llm.generation.vllm_engine import check_vllm
+from pavlov.llm.generation.vllm_engine import VLLMOptions, check_vllm, configure_vllm
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, save_model
 from pavlov.llm.scoring.logprobs import score_tokens
 from pavlov.llm.trainers.common import (
@@ -129,6 +129,9 @@ class OnlineConfig(TrainConfig):
     KV-cache loop with the CPU fast path and the replay tape) or ``"hf"`` (``model.generate``,
     any architecture or device) or ``"vllm"`` (a colocated vLLM engine on the GPU, weights
     pushed before each generation; the ``vllm`` extra, not run in this project)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """``engine="vllm"``: the share of the GPU's memory vLLM takes for its weights and KV cache
+    (TRL's colocated default); the trainer keeps the rest. In (0, 1]."""
     n_epochs: int = 1
     """Passes over each batch (TRL's ``num_ppo_epochs`` / ``num_iterations``)."""
     num_minibatches: int = 1
@@ -202,6 +205,7 @@ class OnlineConfig(TrainConfig):
             )
         check_range("temperature", self.temperature, 1e-6, math.inf)
         check_range("top_p", self.top_p, 1e-6, 1.0)
+        check_range("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 1e-6, 1.0)
         check_count("top_k", self.top_k, minimum=0)
         check_range("clip_range", self.clip_range, 1e-6, math.inf)
         for name in ("clip_range_high", "beta", "target_kl", "vf_coef", "clip_range_vf"):
@@ -604,6 +608,8 @@ def train_online(
             value_head.load_state_dict(saved["task"]["value_head"])
     params = [p for p in trainable.parameters() if p.requires_grad]
     saver = _Saver(model, tokenizer, value_head, state, cfg)
+    if cfg.engine == "vllm":  # one engine per process, started on the first generation
+        configure_vllm(VLLMOptions(gpu_memory_utilization=cfg.vllm_gpu_memory_utilization))
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, eos_token_ids=tokenizer.eos_token_id, pad_token_id=pad_id,

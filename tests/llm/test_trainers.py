@@ -308,6 +308,42 @@ def test_reward_model_changes_every_parameter_and_reloads(kind, tmp_path):
     assert scorer(prompts, replies) == pytest.approx(expected.tolist(), abs=1e-5)
 
 
+@pytest.mark.parametrize(("kind", "pooling"), [("encoder", "cls"), ("encoder", "max"),
+                                               ("causal", "mean"), ("causal", "max")])
+def test_reward_model_poolings_read_real_tokens_and_reload(kind, pooling, tmp_path):
+    from pavlov.llm.trainers.reward_model import collate_rows, encode
+
+    backbone, tok = tiny_causal_lm() if kind == "causal" else tiny_encoder()
+    cfg = RewardConfig(batch_size=4, max_length=64, pooling=pooling, **FAST)
+    with Run.create(tmp_path, "rm", {}) as run:
+        out = train_reward_model(cfg, backbone, tok, PREFS, kind=kind, run=run)
+    rm = out.model.eval()
+    assert rm.pooling == pooling
+    prompts, replies = [p.prompt for p in PREFS], [p.chosen for p in PREFS]
+    rows = encode(tok, kind, prompts, replies, 64)
+    ids, mask = collate_rows(rows, tok.pad_token_id)
+    with torch.no_grad():
+        batched = rm(ids, mask)
+        alone = [rm(*collate_rows([r], tok.pad_token_id)) for r in rows]  # no padding at all
+        hidden = rm.body()(input_ids=ids[:1], attention_mask=mask[:1]).last_hidden_state[0]
+        n = int(mask[0].sum())
+        want = {"cls": hidden[0], "max": hidden[:n].amax(0), "mean": hidden[:n].mean(0)}[pooling]
+        head = float(rm.head(want))
+    assert batched.tolist() == pytest.approx(torch.cat(alone).tolist(), abs=1e-5)
+    assert head == pytest.approx(float(batched[0]), abs=1e-5)
+    assert load_reward_model(tmp_path / "rm" / "model")(prompts, replies) == pytest.approx(
+        batched.tolist(), abs=1e-5
+    )  # the pooling is saved with the model
+
+
+def test_reward_model_refuses_a_pooling_its_kind_lacks():
+    backbone, tok = tiny_causal_lm()
+    with pytest.raises(ConfigError, match="pooling: 'cls' does not apply to a causal"):
+        train_reward_model(RewardConfig(pooling="cls", **FAST), backbone, tok, PREFS)
+    with pytest.raises(ConfigError, match="pooling"):
+        RewardConfig(pooling="attention")
+
+
 def test_reward_model_lora_and_pointwise_round_trip(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -42,6 +42,7 @@ from pavlov.llm.trainers.common import (
 )
 from pavlov.llm.trainers.loop import FitResult, Task, fit, load_weights
 from pavlov.llm.trainers.reward_model import (
+    POOLINGS,
     RewardModel,
     collate_rows,
     encode,
@@ -52,6 +53,7 @@ from pavlov.llm.trainers.reward_model import (
 from pavlov.math.preference import bradley_terry_loss
 
 MODES = ("pairwise", "pointwise")
+POOLING_CHOICES = ("auto", "last", "mean", "max", "cls")
 
 
 @dataclass
@@ -64,9 +66,17 @@ class RewardConfig(TrainConfig):
     """``"pairwise"``: Bradley-Terry on (prompt, chosen, rejected); ``"pointwise"``: binary
     cross-entropy on (text, label 0/1)."""
 
+    pooling: str = "auto"
+    """How the backbone's hidden states become one vector for the head: ``"auto"`` (the
+    kind's own: the last real token of a causal LM, the mean over an encoder's tokens),
+    ``"mean"``, ``"max"``, or ``"cls"`` (an encoder's first token). A mean scores the density
+    of sentiment, so naming the film or its plot lowers the reward; ``"cls"`` does not
+    (docs/benchmarks.md, issue 17)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("mode", self.mode, MODES)
+        check_choice("pooling", self.pooling, POOLING_CHOICES)
 
 
 @dataclass
@@ -206,6 +216,8 @@ def train_reward_model(
     """
     if cfg.lora and kind != "causal":
         raise ConfigError("lora: LoRA reward models need a causal backbone; encoders train fully")
+    if cfg.pooling != "auto" and cfg.pooling not in POOLINGS.get(kind, ()):
+        raise ConfigError(f"pooling: {cfg.pooling!r} does not apply to a {kind} reward model")
     if kind == "causal":
         check_context(backbone, cfg.max_length)
     pad_id = ensure_pad_token(tokenizer)
@@ -223,7 +235,8 @@ def train_reward_model(
         chunked = sorted_chunks(range(len(subset)), lengths, cfg.eval_batch_size)
         held_out = [collate([subset[i] for i in idx], pad_id) for idx in chunked]
     seed_all(cfg.seed)
-    rm = RewardModel(maybe_lora(backbone, cfg), kind, bias=cfg.mode == "pointwise")
+    rm = RewardModel(maybe_lora(backbone, cfg), kind, bias=cfg.mode == "pointwise",
+                     pooling=cfg.pooling)  # fmt: skip
     held_out = to_device(held_out, place(rm, cfg))
     freeze_unused(rm)
     if resume is not None:

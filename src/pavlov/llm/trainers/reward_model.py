@@ -5,6 +5,12 @@
 * ``kind="encoder"`` (e.g. the embedded all-MiniLM-L6-v2): the mean of the last hidden states
   over real tokens (its sentence-embedding pooling, without the L2 norm) -> ``Linear(H, 1)``.
 
+Other poolings (``pooling``, :data:`POOLINGS`): ``"cls"`` (an encoder's first token, BERT's
+classification read-out) and ``"max"`` (the largest value of each feature over real tokens).
+A mean rewards a *density* of sentiment: every neutral token (the film's title, a plot word)
+dilutes the praise, so an RL policy learns to drop them for strings of adjectives; the first
+token's attention, or a max, is not diluted that way (docs/benchmarks.md, issue 17).
+
 The text scored is ``prompt + completion`` for both kinds (a causal backbone tokenizes them
 separately and appends eos, exactly as :func:`pavlov.llm.data.datasets.tokenize_sft` does). A model
 trained pointwise on bare texts (``use_prompt=False``) scores the completion alone.
@@ -37,17 +43,27 @@ from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, pad_right
 FORMAT = "pavlov-reward-model"
 CONFIG_FILE = "reward_config.json"
 HEAD_FILE = "reward_head.safetensors"
-KINDS = {"causal": "last", "encoder": "mean"}  # kind -> pooling
+KINDS = {"causal": "last", "encoder": "mean"}  # kind -> its default pooling
+POOLINGS = {"causal": ("last", "mean", "max"), "encoder": ("mean", "cls", "max")}
+"""The poolings each kind allows (a decoder's first token has seen nothing but itself)."""
 
 
 class RewardModel(nn.Module):
     """``r(x) = w . pool(h(x)) [+ b]``: backbone, pooling, linear head; ``(B, T) -> (B,)``."""
 
-    def __init__(self, backbone: nn.Module, kind: str, bias: bool = False) -> None:
+    def __init__(
+        self, backbone: nn.Module, kind: str, bias: bool = False, pooling: str = "auto"
+    ) -> None:
         super().__init__()
         if kind not in KINDS:
             raise PavlovError(f"reward model kind must be one of {sorted(KINDS)}, got {kind!r}")
-        self.backbone, self.kind, self.pooling = backbone, kind, KINDS[kind]
+        pooling = KINDS[kind] if pooling == "auto" else pooling
+        if pooling not in POOLINGS[kind]:
+            raise PavlovError(
+                f"pooling {pooling!r} does not apply to a {kind} reward model "
+                f"(one of {', '.join(POOLINGS[kind])}, or auto)"
+            )
+        self.backbone, self.kind, self.pooling = backbone, kind, pooling
         self.head = nn.Linear(backbone.config.hidden_size, 1, bias=bias)  # GPT-2: n_embd alias
         nn.init.normal_(self.head.weight, std=0.02)  # transformers' initializer_range
         if bias:
@@ -68,6 +84,11 @@ class RewardModel(nn.Module):
         if self.pooling == "last":
             last = (mask.sum(-1) - 1).clamp(min=0)  # (B,)
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        elif self.pooling == "cls":
+            pooled = hidden[:, 0]  # (B, H): [CLS], attending to every real token
+        elif self.pooling == "max":
+            pad = mask.unsqueeze(-1) == 0  # (B, T, 1)
+            pooled = hidden.masked_fill(pad, torch.finfo(hidden.dtype).min).amax(1)  # (B, H)
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
@@ -246,6 +267,7 @@ def load_reward_model(
     ``device`` as a trainer's ``device`` field (``"auto"``, ``"cuda"``, ...)."""
     config = read_reward_config(path)
     backbone, tokenizer = _load_backbone(config, dtype)
-    rm = RewardModel(backbone, config["kind"], bias=config.get("mode") == "pointwise")
+    rm = RewardModel(backbone, config["kind"], bias=config.get("mode") == "pointwise",
+                     pooling=config.get("pooling", "auto"))  # fmt: skip
     load_head(rm, config["path"])
     return RewardScorer(rm.to(resolve_device(device)), tokenizer, config, batch_size)

@@ -69,6 +69,7 @@ def tiny_assets() -> CaseStudyAssets:
         preferences=_prefs,
         prompts=_prompts,
         topics=lambda split: {"Review of Film 1:": frozenset({"great", "dull"})},
+        loglines=lambda split: {"Review of Film 1:": "A dog learns to sing."},
     )
 
 
@@ -301,6 +302,31 @@ def test_chat_prompts_train_the_policy_and_the_reward_model_reads_the_plain_ones
     score = forms.scorer(lambda p, c: seen.extend(p) or [0.0] * len(p))
     score([chat.prompt, "other"], ["a", "b"])
     assert seen == ["Review of Film 1:", "other"]
+
+
+def test_synopsis_prompts_name_the_plot_and_the_reward_model_reads_the_plain_ones(tmp_path):
+    from pavlov.llm.case_study.pipeline import PromptForms
+    from pavlov.llm.data.rt import rt_logline, rt_movies, rt_synopsis
+
+    forms = PromptForms.synopsis({"Review of Film 1:": "A dog learns to sing."})
+    assert forms.prompt("Review of Film 1:").prompt == "Review of Film 1 (A dog learns to sing.):"
+    assert forms.prompt("Review of Film 2:") == "Review of Film 2:"  # no synopsis: plain
+    ex = forms.sft(_sft("train")[1])
+    assert (ex.prompt, ex.completion, ex.chat) == ("Review of Film 1 (A dog learns to sing.):",
+                                                   " dull", False)  # fmt: skip
+    pair = forms.preference(_prefs("train")[1])
+    assert pair.chosen == " great, funny" and pair.prompt == ex.prompt and not pair.chat
+    seen = []
+    forms.scorer(lambda p, c: seen.extend(p) or [0.0] * len(p))([ex.prompt, "x"], ["a", "b"])
+    assert seen == ["Review of Film 1:", "x"]
+    # the corpus' lines: one sentence (initials do not end it), at most 24 words
+    movie = next(m for m in rt_movies("test") if "Joe R. Lansdale" in rt_synopsis(m))
+    line = rt_logline(movie)
+    assert "Joe R. Lansdale, Bubba Ho-tep" in line and len(line.split()) == 25  # 24 + "..."
+    assert rt_logline("no-such-movie") == ""
+
+    s = run_tiny(tmp_path, prompt_style="synopsis")
+    _check_outputs(s, tmp_path / "runs" / "cs")
 
 
 def test_chat_case_study_runs_end_to_end(tmp_path):

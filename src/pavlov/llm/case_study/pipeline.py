@@ -45,7 +45,7 @@ from pavlov.llm.trainers.common import PRECISIONS, TrainConfig
 
 ALGOS = ("ppo", "grpo", "rloo", "dpo")
 RM_BACKBONES = ("encoder", "causal")
-PROMPT_STYLES = ("chat", "plain")
+PROMPT_STYLES = ("chat", "plain", "synopsis")
 CRITIC_SYSTEM = "You are a film critic."
 CRITIC_REQUEST = "Review of the movie {title}."
 """The chat prompt (``prompt_style="chat"``): a system turn and a user turn rendered with the
@@ -101,7 +101,10 @@ class CaseStudyConfig:
     SFT model's reviews read as reviews of the film, but step 3 ended no more positive and the
     prompt's 28 tokens against 7 cost ~1 minute: docs/benchmarks.md, issue 17). The reward
     model and the on-topic check always read the plain form. A policy without a chat template
-    gets the plain form."""
+    gets the plain form. ``"synopsis"``: ``"Review of <Title> (<the synopsis' first sentence,
+    <= 24 words>):"`` for the movies the corpus has a plot synopsis of (141 of 463 training
+    movies, 15 of the 45 held-out ones), the plain form for the others: step 1 and step 3 then
+    see what the movie is about (docs/benchmarks.md, issue 17)."""
     # --- step 1: SFT
     sft_steps: int = 40
     """SFT optimizer steps (packed blocks of ``sft_max_length`` tokens, ~2-3 snippets each)."""
@@ -314,6 +317,13 @@ def _rt_topics(split: str) -> dict[str, frozenset[str]]:
     return {rt_prompt(m): rt_topic_words(m) for m in rt_movies(split)}
 
 
+def _rt_loglines(split: str) -> dict[str, str]:
+    from pavlov.llm.data.rt import rt_logline, rt_movies, rt_prompt
+
+    lines = {rt_prompt(m): rt_logline(m) for m in rt_movies(split)}
+    return {prompt: line for prompt, line in lines.items() if line}
+
+
 def _rt_sft(split: str) -> list:
     from pavlov.llm.data.rt import rt_sft
 
@@ -343,6 +353,9 @@ class CaseStudyAssets:
     topics: Callable[[str], dict[str, frozenset[str]]] = _rt_topics
     """``split -> {prompt: topic words}`` for the on-topic share (a prompt without an entry:
     the words of its label)."""
+    loglines: Callable[[str], dict[str, str]] = _rt_loglines
+    """``split -> {prompt: one line of the movie's synopsis}`` (``prompt_style="synopsis"``; a
+    prompt without an entry stays plain)."""
 
 
 @dataclass
@@ -350,11 +363,20 @@ class PromptForms:
     """The policy's form of each plain ``"Review of <Title>:"`` prompt (``prompt_style``)."""
 
     policy: dict[str, PromptExample]
-    """plain prompt -> the prompt the policy reads (chat-rendered)."""
+    """plain prompt -> the prompt the policy reads (chat-rendered, or with a synopsis line)."""
     plain: dict[str, str]
     """The policy's prompt text -> the plain prompt (what the reward model reads)."""
     reply_end: str
     """What the chat template writes after a reply (appended to the SFT targets)."""
+    rendered: bool = True
+    """The policy's prompts are chat-rendered (replies stripped, ``reply_end`` appended)."""
+
+    @classmethod
+    def synopsis(cls, loglines: dict[str, str]) -> PromptForms:
+        """``"Review of <Title>:"`` -> ``"Review of <Title> (<line>):"`` where a line exists."""
+        policy = {plain: PromptExample(f"{plain.removesuffix(':')} ({line}):", source=plain)
+                  for plain, line in loglines.items()}  # fmt: skip
+        return cls(policy, {p.prompt: plain for plain, p in policy.items()}, "", rendered=False)
 
     @classmethod
     def chat(cls, tokenizer, labelled: list[tuple[str, str]]) -> PromptForms:
@@ -371,17 +393,21 @@ class PromptForms:
     def prompt(self, plain: str) -> PromptExample | str:
         return self.policy.get(plain, plain)
 
+    def _reply(self, text: str) -> str:
+        return text.strip() + self.reply_end if self.rendered else text
+
     def sft(self, ex: SFTExample) -> SFTExample:
         if ex.prompt not in self.policy:
             return ex
-        reply = ex.completion.strip() + self.reply_end
-        return SFTExample(self.policy[ex.prompt].prompt, reply, True, ex.source)
+        prompt, reply = self.policy[ex.prompt].prompt, self._reply(ex.completion)
+        return SFTExample(prompt, reply, self.rendered, ex.source)
 
     def preference(self, ex: PreferenceExample) -> PreferenceExample:
         if ex.prompt not in self.policy:
             return ex
-        chosen, rejected = (x.strip() + self.reply_end for x in (ex.chosen, ex.rejected))
-        return PreferenceExample(self.policy[ex.prompt].prompt, chosen, rejected, True, ex.source)
+        chosen, rejected = self._reply(ex.chosen), self._reply(ex.rejected)
+        prompt = self.policy[ex.prompt].prompt
+        return PreferenceExample(prompt, chosen, rejected, self.rendered, ex.source)
 
     def scorer(self, score):
         """``score(plain prompts, completions)`` as a scorer of the policy's prompts."""
@@ -410,7 +436,7 @@ class _Inputs:
     fluency_model: Any
     """The untouched base model (no adapters, never trained): the fluency NLL's judge."""
     forms: PromptForms | None
-    """The chat forms of the prompts (None: the policy reads the plain prompts)."""
+    """The policy's forms of the prompts (None: the policy reads the plain prompts)."""
 
 
 def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
@@ -431,6 +457,8 @@ def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
     forms = None
     if cfg.prompt_style == "chat" and getattr(tokenizer, "chat_template", None):
         forms = PromptForms.chat(tokenizer, [*train, *held_out])
+    elif cfg.prompt_style == "synopsis":
+        forms = PromptForms.synopsis({**assets.loglines("train"), **assets.loglines("test")})
     sft_train, sft_test = assets.sft_data("train"), assets.sft_data("test")
     if forms is not None:
         sft_train, sft_test = [forms.sft(x) for x in sft_train], [forms.sft(x) for x in sft_test]

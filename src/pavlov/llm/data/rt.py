@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -110,6 +111,22 @@ def rt_synopsis(movie: str) -> str:
     """The movie's plot synopsis (the corpus' "plot" row; 156 of the 508 reviewed movies have
     one), or ``""``."""
     return _synopses().get(movie, "")
+
+
+LOGLINE_WORDS = 24
+"""The longest synopsis line put into a prompt, in words."""
+
+
+def rt_logline(movie: str, max_words: int = LOGLINE_WORDS) -> str:
+    """The synopsis' first sentence, cut to ``max_words`` words (``""`` without a synopsis):
+    what ``prompt_style="synopsis"`` puts into the prompt, ``"Review of <Title> (<line>):"``."""
+    text = " ".join(rt_synopsis(movie).split())
+    if not text:
+        return ""
+    # a sentence ends at . ! or ? before a capital, unless an initial ("Joe R. Lansdale")
+    first = re.split(r"(?<![A-Z][.!?])(?<=[.!?])\s+(?=[A-Z\"'])", text, maxsplit=1)[0]
+    cut = first.split()
+    return " ".join(cut[:max_words]).rstrip(",;:") + (" ..." if len(cut) > max_words else "")
 
 
 @functools.lru_cache(maxsize=1)

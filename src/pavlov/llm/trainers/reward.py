@@ -42,12 +42,12 @@ from pavlov.llm.trainers.common import (
 )
 from pavlov.llm.trainers.loop import FitResult, Task, fit, load_weights
 from pavlov.llm.trainers.reward_model import (
-    POOLINGS,
     RewardModel,
     collate_rows,
     encode,
     freeze_unused,
     load_head,
+    resolve_pooling,
     save_reward_model,
 )
 from pavlov.math.preference import bradley_terry_loss
@@ -216,8 +216,7 @@ def train_reward_model(
     """
     if cfg.lora and kind != "causal":
         raise ConfigError("lora: LoRA reward models need a causal backbone; encoders train fully")
-    if cfg.pooling != "auto" and cfg.pooling not in POOLINGS.get(kind, ()):
-        raise ConfigError(f"pooling: {cfg.pooling!r} does not apply to a {kind} reward model")
+    resolve_pooling(kind, cfg.pooling)  # a pooling the kind lacks: one line, before any work
     if kind == "causal":
         check_context(backbone, cfg.max_length)
     pad_id = ensure_pad_token(tokenizer)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.devices import module_device, resolve_device
-from pavlov.errors import PavlovError
+from pavlov.errors import ConfigError, PavlovError
 from pavlov.llm.data.datasets import SFTExample, tokenize_sft
 from pavlov.llm.models.loading import ensure_pad_token, is_peft_model, pad_right
 
@@ -48,6 +48,20 @@ POOLINGS = {"causal": ("last", "mean", "max"), "encoder": ("mean", "cls", "max")
 """The poolings each kind allows (a decoder's first token has seen nothing but itself)."""
 
 
+def resolve_pooling(kind: str, pooling: str) -> str:
+    """The pooling ``pooling`` means for a ``kind`` backbone (``"auto"``: the kind's own);
+    :class:`ConfigError` naming it where the kind does not allow it."""
+    if kind not in KINDS:
+        raise PavlovError(f"reward model kind must be one of {sorted(KINDS)}, got {kind!r}")
+    pooling = KINDS[kind] if pooling == "auto" else pooling
+    if pooling not in POOLINGS[kind]:
+        raise ConfigError(
+            f"pooling: {pooling!r} does not apply to a {kind} reward model "
+            f"(one of {', '.join(POOLINGS[kind])}, or auto)"
+        )
+    return pooling
+
+
 class RewardModel(nn.Module):
     """``r(x) = w . pool(h(x)) [+ b]``: backbone, pooling, linear head; ``(B, T) -> (B,)``."""
 
@@ -55,15 +69,7 @@ class RewardModel(nn.Module):
         self, backbone: nn.Module, kind: str, bias: bool = False, pooling: str = "auto"
     ) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise PavlovError(f"reward model kind must be one of {sorted(KINDS)}, got {kind!r}")
-        pooling = KINDS[kind] if pooling == "auto" else pooling
-        if pooling not in POOLINGS[kind]:
-            raise PavlovError(
-                f"pooling {pooling!r} does not apply to a {kind} reward model "
-                f"(one of {', '.join(POOLINGS[kind])}, or auto)"
-            )
-        self.backbone, self.kind, self.pooling = backbone, kind, pooling
+        self.backbone, self.kind, self.pooling = backbone, kind, resolve_pooling(kind, pooling)
         self.head = nn.Linear(backbone.config.hidden_size, 1, bias=bias)  # GPT-2: n_embd alias
         nn.init.normal_(self.head.weight, std=0.02)  # transformers' initializer_range
         if bias:

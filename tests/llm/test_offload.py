@@ -87,6 +87,23 @@ def test_tied_weights_stay_tied_and_one_block_is_mapped_at_a_time(tmp_path):
     assert mapped() == [False, False] and state.mapped == -1
 
 
+def test_blocks_are_read_where_the_file_cannot_be_mapped(tmp_path, monkeypatch):
+    import mmap
+
+    model = MODELS["qwen2"]()
+    ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(3))
+    expected = logits(model, ids)
+    copy = offload_copy(model, tmp_path)
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(19, "No such device")  # ENODEV: what mmap says on such a file system
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    with loaded(copy):
+        assert torch.equal(logits(copy, ids), expected)
+        assert copy._pavlov_offload.mapped == len(copy.model.layers) - 1
+
+
 def test_offloaded_copy_refuses_gradients(tmp_path):
     copy = offload_copy(MODELS["qwen2"](), tmp_path)
     with loaded(copy), pytest.raises(RuntimeError, match="without gradients"):

@@ -155,8 +155,12 @@ def _map(fd: int, slots: list[_Slot]) -> None:
         return
     start = min(s.offset for s in slots) // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
     end = max(s.offset + s.nbytes for s in slots)
-    region = mmap.mmap(fd, end - start, flags=mmap.MAP_PRIVATE,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)  # fmt: skip
+    try:
+        region = mmap.mmap(fd, end - start, flags=mmap.MAP_PRIVATE,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)  # fmt: skip
+    except OSError:  # a file system that cannot map files: read the bytes instead
+        _read(fd, slots)
+        return
     data = torch.frombuffer(region, dtype=torch.uint8)
     for slot in slots:  # aligned offsets, so the dtype view is valid
         at = slot.offset - start

@@ -180,7 +180,8 @@ def _read(fd: int, slots: list[_Slot]) -> None:
         slot.param.data = raw.view(slot.dtype).view(slot.shape)
 
 
-def _unmap(slots: list[_Slot]) -> None:
+def _release(slots: list[_Slot]) -> None:
+    """Drop the slots' weights (a mapping goes with the last parameter that views it)."""
     for slot in slots:
         slot.param.data = slot.param.data.new_empty(0)
 
@@ -209,7 +210,7 @@ def loaded(module: nn.Module | None) -> Iterator[None]:
     finally:
         for hook in hooks:
             hook.remove()
-        _unmap(state.other_slots + [s for slots in state.block_slots for s in slots])
+        _release(state.other_slots + [s for slots in state.block_slots for s in slots])
         state.depth, state.mapped = 0, -1
 
 
@@ -220,7 +221,7 @@ def _mapper(state: OffloadedWeights, index: int):
         if torch.is_grad_enabled():
             raise RuntimeError("an offloaded module runs only without gradients (torch.no_grad)")
         if state.mapped >= 0:
-            _unmap(state.block_slots[state.mapped])
+            _release(state.block_slots[state.mapped])
         _map(state.fd, state.block_slots[index])
         state.mapped = index
 

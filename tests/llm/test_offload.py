@@ -136,3 +136,25 @@ def test_blocks_sharing_weights_are_loaded_whole(tmp_path):
     assert copy._pavlov_offload.blocks == []  # mapped whole: a block's unmap would drop the other's
     with loaded(copy):
         assert torch.equal(logits(copy, ids), expected)
+
+
+def test_an_offloaded_reference_shares_prompts_as_the_policy_does(tmp_path):
+    """Repeated long prompts (GRPO groups, a text game's history) run once through a shared
+    key/value cache for the policy; the offloaded copy takes the same path, so the two give the
+    same log-probs bit for bit and the KL before any update is exactly 0. (Run through every
+    row, round-off differed by ~5e-7 on an AMX CPU: enough for Adam to move a policy whose
+    rewards were all equal.)"""
+    from pavlov.llm.scoring.logprobs import score_tokens
+
+    model, _ = tiny_causal_lm()
+    gen = torch.Generator().manual_seed(4)
+    prompts = torch.randint(3, 500, (1, 190), generator=gen).repeat(2, 1)  # one prompt, 2 rows
+    ids = torch.cat([prompts, torch.randint(3, 500, (2, 250), generator=gen)], 1)  # (2, 440)
+    mask = torch.ones_like(ids)
+    mask[:, :2] = 0  # left-padded
+    response = 190  # the responses start after the shared prompt
+    copy = offload_copy(model, tmp_path)
+    with torch.no_grad():
+        expected = score_tokens(model, ids, mask, response).logprobs
+        with loaded(copy):
+            assert torch.equal(score_tokens(copy, ids, mask, response).logprobs, expected)

@@ -27,7 +27,8 @@ completions per prompt) can run that prompt once (``share_prompts``, on the fuse
 * cached: a first forward over the distinct prompts returns their key/value cache, which is
   copied to every row of the prompt, and a second forward runs the responses against it; used
   when packing does not pay and at least :data:`SHARE_MIN_ROWS` prompt rows are saved (the
-  second call streams the weights again; never for an offloaded model).
+  second call streams the weights again; an offloaded model maps its blocks again, which costs
+  page-table work, not a copy).
 
 Either way gradients reach the prompt positions through their keys and values, so values and
 gradients equal the full forward's to float32 round-off while the prompt columns are computed
@@ -49,7 +50,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pavlov.llm.cpu.offload import is_offloaded
 from pavlov.llm.cpu.tape import DecodeTape, replaying
 from pavlov.llm.generation.rollout import position_ids_from_mask
 from pavlov.llm.models.loading import distinct_rows
@@ -306,16 +306,17 @@ def _prompt_states(
     replay: tuple[DecodeTape, Tensor] | None = None,
 ) -> Tensor | None:  # fmt: skip
     """The responses' final hidden states with each repeated prompt run once: packed into one
-    forward when that pays, else through a shared key/value cache (not for an offloaded model,
-    whose second call would read its weights again); None when no prompt repeats or neither
-    pays."""
+    forward when that pays, else through a shared key/value cache; None when no prompt
+    repeats or neither pays. An offloaded reference takes the same path as the policy it was
+    copied from, so that both compute the same function the same way (KL exactly 0 before any
+    update)."""
     groups = _prompt_groups(ids, mask, start)
     if groups is None:
         return None
     states = _packed_prompt_states(model, ids, mask, positions, start, groups, replay)
     if states is None and replay is not None:
         return None  # the plain forward replays; the cache path would not
-    if states is None and not is_offloaded(model):
+    if states is None:
         states = _shared_prompt_states(model, ids, mask, positions, start, groups)
     return states
 
@@ -386,8 +387,7 @@ def score_tokens(
     log-probs, its entropy (a metric: ``entropy_grad=False`` computes it on detached logits,
     so no ``(B, T, V)`` softmax is kept for backward) and a value head's input from one forward.
     ``share_prompts``: run a prompt that several rows repeat once (module docstring: packed, or
-    through a shared cache, which an offloaded model never takes: its second call would read
-    its weights again); ``False`` always runs every row.
+    through a shared cache); ``False`` always runs every row.
     ``replay``: the :class:`~pavlov.llm.cpu.tape.DecodeTape` of the ``generate(..., record=True)``
     call that sampled these sequences with ``model``'s current weights: the forward then takes
     its linear outputs and logits from it instead of computing them (same values to float32

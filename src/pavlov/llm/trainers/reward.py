@@ -42,6 +42,7 @@ from pavlov.llm.trainers.common import (
 )
 from pavlov.llm.trainers.loop import FitResult, Task, fit, load_weights
 from pavlov.llm.trainers.reward_model import (
+    POOLINGS,
     RewardModel,
     collate_rows,
     encode,
@@ -53,7 +54,8 @@ from pavlov.llm.trainers.reward_model import (
 from pavlov.math.preference import bradley_terry_loss
 
 MODES = ("pairwise", "pointwise")
-POOLING_CHOICES = ("auto", "last", "mean", "max", "cls")
+POOLING_CHOICES = ("auto", *dict.fromkeys(p for ps in POOLINGS.values() for p in ps))
+"""What ``pooling`` accepts: ``auto`` or a pooling some backbone kind allows."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pavlov.cli import main
-from pavlov.run.checkpoint import read_latest
+from pavlov.run.checkpoint import load_checkpoint, read_latest
 
 
 def run_cli(args, capsys):
@@ -50,16 +50,33 @@ def test_ppo_run_checkpoints_resume_eval_gif(tmp_path, capsys):
     assert s["env_steps"] == 1024 and s["episodes"] == 3
     d = runs / "p"
     ckpts = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
-    assert ckpts == ["final.pt", "step_0000000512.pt", "step_0000001024.pt"]
+    assert ckpts == ["best.pt", "final.pt", "step_0000000512.pt", "step_0000001024.pt"]
     assert read_latest(d / "checkpoints")[0] == "final.pt"
     assert [e[0] for e in s["evals"]] == [512, 1024]
+    # the best model: the state of the first evaluation with the highest return
+    first_best = max(s["evals"], key=lambda e: e[1])
+    assert [s["best"]["env_step"], s["best"]["eval_return"]] == first_best
+    best = load_checkpoint(d / "checkpoints" / "best.pt")
+    assert best["best"] == {"env_step": first_best[0], "eval_return": first_best[1]}
 
     code, out, err = run_cli(
         ["train", "--resume", str(d), "--total-steps", "2048", "--eval-episodes", "2", "--json"],
         capsys,
     )
     assert code == 0, err
-    assert last_json(out)["env_steps"] == 2048
+    resumed = last_json(out)
+    assert resumed["env_steps"] == 2048
+    # the resumed run keeps the earlier best unless one of its own evaluations beats it
+    everything = s["evals"] + [e for e in resumed["evals"] if e[0] > 1024]
+    top = max(e[1] for e in everything)
+    assert resumed["best"]["eval_return"] == top
+    assert resumed["best"]["env_step"] == next(st for st, r in everything if r == top)
+
+    code, out, _ = run_cli(["eval", str(d), "--checkpoint", "best", "--episodes", "2", "--json"],
+                           capsys)
+    assert code == 0 and last_json(out)["episodes"] == 2
+    code, _, err = run_cli(["eval", str(d), "--checkpoint", "worst"], capsys)
+    assert code == 2 and "checkpoint" in err and err.count("\n") == 1
 
     gif = tmp_path / "ep.gif"
     code, out, _ = run_cli(["eval", str(d), "--episodes", "2", "--gif", str(gif), "--json"], capsys)

@@ -240,6 +240,11 @@ def eval_(
         typer.Option(help="Text games and `train agent` runs: comma-separated baselines "
                      "(random,tabular,optimal)."),
     ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="Deep agents: `latest` (default) or `best`, the state of the run's "
+                     "best evaluation during training (`--evaluate-every`)."),
+    ] = None,
     env_kwargs: EnvKwargsOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -255,7 +260,8 @@ def eval_(
                         env_kwargs=parse_env_kwargs(env_kwargs))  # fmt: skip
         run_text_eval(str(run), opts, json_)
         return
-    opts = _options(config, episodes=episodes, seed=seed, gif=gif, agents=agents)
+    opts = _options(config, episodes=episodes, seed=seed, gif=gif, agents=agents,
+                    checkpoint=checkpoint)  # fmt: skip
     run_eval(run, opts, json_)
 
 

@@ -22,6 +22,7 @@ from pavlov.agents.common import seed_all
 from pavlov.agents.normalize import RunningMeanStd
 from pavlov.errors import PavlovError
 from pavlov.run import distributed
+from pavlov.run.checkpoint import load_checkpoint
 
 CFG = ppo.Config(total_steps=4096, n_envs=4, n_steps=64, batch_size=64, n_epochs=2,
                  hidden_sizes=[16, 16], seed=0)
@@ -165,12 +166,18 @@ def test_a_dead_worker_ends_the_run_with_one_line_naming_rank_and_cause(how, cau
 def test_cli_nproc_trains_and_rank_0_writes_the_run(tmp_path):
     cmd = [sys.executable, "-m", "pavlov", "train", "ppo", "--env", "CartPole-v1", "--nproc",
            "2", "--total-steps", "4096", "--eval-episodes", "2", "--runs-dir", str(tmp_path),
-           "--name", "dd", "-q", "--json", "-o", "n_steps=64", "-o", "n_envs=4"]
+           "--evaluate-every", "2048", "--name", "dd", "-q", "--json", "-o", "n_steps=64",
+           "-o", "n_envs=4"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count('"env_steps": 4096') == 1  # rank 0 alone prints the summary
     run = tmp_path / "dd"
     assert (run / "checkpoints").is_dir() and "nproc: 2" in (run / "config.yaml").read_text()
+    # the best model's state holds every rank's envs (gathered at the evaluation)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["best"]["env_step"] == summary["best"]["env_step"] in (2048, 4096)
+    assert len(best["loop"]["ranks"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dd"]
     bad = subprocess.run([*cmd[:-4], "-o", "batch_size=0"], capture_output=True, text=True,
                          timeout=180)

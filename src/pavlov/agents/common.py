@@ -63,6 +63,14 @@ class Hooks:
     """Episodes per evaluation during training."""
     stop: Callable[[int, dict[str, float]], bool] = lambda step, metrics: False
     """``stop(env_step, eval_metrics) -> True`` ends training after an evaluation."""
+    save_best: Callable[[int, float, dict[str, Any]], None] | None = None
+    """``save_best(env_step, mean_return, state)`` after each evaluation whose mean return beats
+    every earlier one (and ``best_return``): the state to keep as the best model (SB3's
+    ``EvalCallback(best_model_save_path=...)``). A greedy policy's return swings between
+    evaluations (DQN on MountainCar: -106 at 110k env steps, -148 at 120k), so the last state is
+    not always the one to deploy."""
+    best_return: float = -math.inf
+    """The best evaluation before this call (a resumed run's): only a higher one is saved."""
     notice: Callable[[str], None] = _noop
     """``notice(line)``: something the user should know (e.g. a resume that is not exact)."""
 
@@ -265,6 +273,7 @@ class TrainClock:
         self.evals: list[tuple[int, float]] = []
         self._t0 = time.perf_counter()
         self._paused = 0.0
+        self.best = hooks.best_return
         self.next_eval = self._next(hooks.evaluate_every)
         self.next_ckpt = self._next(hooks.checkpoint_every if hooks.checkpoint else 0)
 
@@ -299,21 +308,26 @@ class TrainClock:
         keep the same ``evaluate_every``), and its stop decision reaches every rank.
         """
         t = time.perf_counter()
-        stop = evaluated = False
+        stop = evaluated = best = False
         if self.next_eval is not None and self.steps >= self.next_eval:
             evaluated = True
             ret = float(evaluate())
             self.evals.append((self.steps, ret))
             self.hooks.log(self.steps, {"eval/mean_return": ret})
             stop = bool(self.hooks.stop(self.steps, {"eval/mean_return": ret}))
+            best = ret > self.best
             self.next_eval = self._next(self.hooks.evaluate_every)
+        if dp is not None and evaluated:  # every rank keeps the evaluation schedule
+            stop, best = dp.broadcast_flags(stop, best)
+        if best:
+            self.best = ret  # rank 0's; the other ranks only join the state's gather below
+            if self.hooks.save_best is not None:
+                self.hooks.save_best(self.steps, ret, state())
         saved = False
         if self.next_ckpt is not None and self.steps >= self.next_ckpt:
             self.hooks.checkpoint(self.steps, state())
             self.next_ckpt = self._next(self.hooks.checkpoint_every)
             saved = True
-        if dp is not None and evaluated:  # every rank keeps the evaluation schedule
-            stop = dp.broadcast_flag(stop)
         self._paused += time.perf_counter() - t
         if dp is None and self.hooks.checkpoint is not None and not saved:
             interrupt.check(self.steps, lambda: self.hooks.checkpoint(self.steps, state()))

@@ -159,9 +159,11 @@ def loop(run: OnPolicyRun, counters: Counters, total_steps: int, hooks: Hooks,
                 or every[3] * dp.world_size != every[2] ** 2):
             raise PavlovError("every rank must get the same hooks.evaluate_every and "
                               "hooks.checkpoint_every")
-    clock = TrainClock(hooks if main else Hooks(
+    clock = TrainClock(hooks if main else Hooks(  # joins rank 0's state gathers, writes nothing
         evaluate_every=hooks.evaluate_every, checkpoint_every=hooks.checkpoint_every,
-        checkpoint=lambda step, state: None), counters.env_steps)
+        checkpoint=lambda step, state: None,
+        save_best=None if hooks.save_best is None else lambda step, ret, state: None,
+    ), counters.env_steps)
     evaluate = run.evaluate if main else (lambda: float("nan"))
     recent: list[float] = []
     pending = np.zeros(3)  # episodes since the last log (all ranks): count, sum return, length

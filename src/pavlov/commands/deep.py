@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,25 @@ from pavlov.run.rundir import resume_checkpoint
 
 DATA_PARALLEL = ("ppo", "a2c")
 """Deep agents that run data-parallel (``--nproc N`` or torchrun)."""
+BEST = "best.pt"
+"""The checkpoint of a run's best evaluation so far (with ``--evaluate-every``): the whole
+resumable state plus ``best = {env_step, eval_return}``."""
+
+
+def _join_best(step: int, ret: float, state: dict[str, Any]) -> None:
+    """A data-parallel worker's part in saving the best model: its share of ``state`` (gathered
+    to rank 0, which writes it)."""
+
+
+def _best_record(run: Run) -> dict[str, Any] | None:
+    """``{env_step, eval_return}`` of a resumed run's best checkpoint, if it has one."""
+    from pavlov.run.checkpoint import load_checkpoint
+
+    path = run.checkpoints / BEST
+    if not path.is_file():
+        return None
+    best = load_checkpoint(path).get("best")
+    return dict(best) if isinstance(best, dict) else None
 
 
 def deep_config(spec: DeepAlgo, env_id: str, agent: dict[str, Any], seed: int,
@@ -79,7 +99,8 @@ def train_deep_run(
         resume_state = resume_checkpoint(resume_from) if resume_from is not None else None
         mod.train(env_id, cfg, env_kwargs=env_kwargs, resume=resume_state,
                   hooks=Hooks(evaluate_every=evaluate_every, checkpoint_every=checkpoint_every,
-                              checkpoint=lambda step, state: None))  # rank 0's schedule
+                              checkpoint=lambda step, state: None,
+                              save_best=_join_best if evaluate_every else None))  # rank 0's
         env.close()
         return None
     config = {
@@ -104,7 +125,13 @@ def train_deep_run(
         run = Run.create(
             runs_dir, name or default_run_name(spec.name, env_id), config, overwrite=overwrite
         )
+    best = _best_record(run) if resume_state is not None else None
     recent: deque[float] = deque(maxlen=20)
+
+    def save_best(step: int, ret: float, state: dict[str, Any]) -> None:
+        nonlocal best
+        best = {"env_step": int(step), "eval_return": float(ret)}
+        run.save(BEST, {**state, "best": best}, keep_checkpoints)
 
     def log(step: int, metrics: dict[str, float]) -> None:
         run.log(step, metrics)
@@ -126,6 +153,8 @@ def train_deep_run(
                                                     keep_checkpoints),
             checkpoint_every=checkpoint_every,
             evaluate_every=evaluate_every,
+            save_best=save_best if evaluate_every else None,
+            best_return=-math.inf if best is None else best["eval_return"],
             notice=notice,
         )
         with interrupt.resumable(run.dir, "train", enabled=dp is None):
@@ -142,6 +171,8 @@ def train_deep_run(
             train_seconds=round(out.seconds, 3),
             evals=[[int(s), float(r)] for s, r in out.evals],
         )
+        if best is not None:  # `pavlov eval RUN --checkpoint best` evaluates it
+            summary["best"] = {**best, "checkpoint": str(run.checkpoints / BEST)}
         run.write_summary(summary)
     for metric in ("charts/episode_return", "eval/mean_return"):
         with contextlib.suppress(PavlovError):  # a run without evaluations has no eval curve

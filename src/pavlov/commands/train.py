@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pavlov.algos import get_algo
-from pavlov.commands.deep import DATA_PARALLEL, deep_config, train_deep_run
+from pavlov.commands.deep import BEST, DATA_PARALLEL, deep_config, train_deep_run
 from pavlov.config import build_config, config_dict
-from pavlov.errors import ConfigError, PavlovError
+from pavlov.errors import ConfigError, PavlovError, check_choice
 from pavlov.evaluation import evaluate_summary, format_success
 from pavlov.run import Run, default_run_name, distributed, interrupt, open_run_dir
 from pavlov.run.console import ProgressBar, notice, stdout, table
@@ -231,6 +231,10 @@ def run_train(opts: dict[str, Any], agent: dict[str, Any], *, quiet: bool, json_
         f"({s['train_seconds']:.1f} s) -> {s['run']}",
         s,
     )
+    if "best" in s and not json_out:
+        b = s["best"]
+        stdout.print(f"best evaluation during training: {b['eval_return']:.4f} at "
+                     f"{b['env_step']} env steps -> `pavlov eval {s['run']} --checkpoint best`")
     if json_out:
         emit_json(s)
 
@@ -261,6 +265,20 @@ def check_state_algo(state: Any, algo: str, where: Path) -> None:
         raise PavlovError(f"{where} is a {algo} run but its checkpoint holds a {saved!r} state")
 
 
+def _eval_checkpoint(path: Path, spec: Any, which: str) -> Any:
+    """The state ``pavlov eval --checkpoint`` asks for: ``latest`` or a deep run's ``best``."""
+    check_choice("checkpoint", which, ("latest", "best"))
+    if which == "latest":
+        return load_run_checkpoint(path)
+    from pavlov.run.checkpoint import load_checkpoint
+
+    best = path / "checkpoints" / BEST
+    if spec.kind != "deep" or not best.is_file():
+        raise PavlovError(f"{path} has no best checkpoint (deep agents trained with "
+                          "--evaluate-every keep one)")
+    return load_checkpoint(best)
+
+
 def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     from pavlov.envs.factory import make_env
     from pavlov.run.console import emit_json
@@ -271,7 +289,7 @@ def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
 
         run_agent_eval(path, config, opts, json_out)
         return
-    unknown = set(opts) - {"episodes", "seed", "gif"}
+    unknown = set(opts) - {"episodes", "seed", "gif", "checkpoint"}
     if unknown:
         raise ConfigError(f"unknown eval option(s) {', '.join(sorted(unknown))}")
     if "algo" not in config or "env" not in config:
@@ -281,7 +299,7 @@ def run_eval(run_path: Path, opts: dict[str, Any], json_out: bool) -> None:
     episodes = _positive("episodes", opts.get("episodes", 1000))
     spec = get_algo(config["algo"])
     cfg = build_config(spec.config_cls, config["agent"], where="agent")
-    state = load_run_checkpoint(path)
+    state = _eval_checkpoint(path, spec, str(opts.get("checkpoint") or "latest"))
     check_state_algo(state, spec.name, path)
     env = make_env(config["env"], config.get("env_kwargs") or {})
     policy = (spec.mod.load_policy if spec.kind == "deep" else spec.policy)(state, cfg, env)

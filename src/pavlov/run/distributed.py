@@ -118,11 +118,13 @@ class DataParallel:
     def broadcast_(self, t: torch.Tensor, src: int = 0) -> None:
         dist.broadcast(t, src)
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's ``flag`` on every rank (e.g. an evaluation's stop decision)."""
-        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.device)
+    def broadcast_flags(self, *flags: bool) -> tuple[bool, ...]:
+        """Rank 0's ``flags`` on every rank, in one collective (e.g. an evaluation's stop and
+        best-model decisions)."""
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], dtype=torch.float64,
+                         device=self.device)  # fmt: skip
         dist.broadcast(t, 0)
-        return bool(t.item())
+        return tuple(bool(x) for x in t.tolist())
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's picklable ``obj``, in rank order, on every rank (checkpoints of

@@ -70,6 +70,7 @@ def tiny_assets() -> CaseStudyAssets:
         prompts=_prompts,
         topics=lambda split: {"Review of Film 1:": frozenset({"great", "dull"})},
         loglines=lambda split: {"Review of Film 1:": "A dog learns to sing."},
+        load_sentence_encoder=tiny_encoder,
     )
 
 
@@ -351,6 +352,41 @@ def test_ppo_case_study_logs_the_judge_on_training_rollouts(tmp_path):
     records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "judge/train_mean" in r] == [1, 2]
     assert all(r["reward/mean"] is not None for r in records if "reward/mean" in r)
+
+
+@pytest.mark.parametrize("style", ["plain", "synopsis"])
+def test_the_relevance_term_joins_the_reward_and_is_logged_per_term(style, tmp_path):
+    from pavlov.llm.case_study import pipeline
+
+    s = run_tiny(tmp_path, relevance_weight=2.0, prompt_style=style)
+    run = tmp_path / "runs" / "cs"
+    _check_outputs(s, run)
+    records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in records if "reward/relevance" in r)
+    assert -1 <= step["reward/relevance"] <= 1
+    assert step["reward/mean"] == pytest.approx(  # the weighted sum the trainer got
+        step["reward/reward_model"] + 2.0 * step["reward/relevance"], abs=1e-5)
+    assert pipeline._load_inputs(CaseStudyConfig(**TINY), tiny_assets()).relevance is None
+
+
+def test_the_relevance_term_compares_a_review_with_its_films_title_and_synopsis(monkeypatch):
+    from pavlov.llm.case_study import pipeline
+    from pavlov.llm.scoring import rewards
+
+    refs = {}
+
+    def fake(references, encoder, tokenizer):
+        refs.update(references)
+        return rewards.NamedReward(lambda p, c: [len(refs[x]) for x in p], "relevance")
+
+    monkeypatch.setattr(rewards, "relevance_reward", fake)
+    inputs = pipeline._load_inputs(CaseStudyConfig(**TINY, relevance_weight=1.0,
+                                                   prompt_style="synopsis"), tiny_assets())
+    assert refs["Review of Film 1:"] == "Film 1. A dog learns to sing."  # a synopsis line
+    assert refs["Review of Film 2:"] == "Film 2"  # none: the title alone
+    assert set(refs) == {f"Review of Film {i}:" for i in range(8)}  # train and held-out films
+    policy_prompt = inputs.forms.prompt("Review of Film 1:").prompt  # read as the plain one
+    assert inputs.relevance([policy_prompt], ["x"]) == [len("Film 1. A dog learns to sing.")]
 
 
 def test_a_causal_reward_model_scores_the_policy(tmp_path):

@@ -16,6 +16,7 @@ from pavlov.llm.scoring.rewards import (
     RewardError,
     WeightedSum,
     compute_rewards,
+    relevance_reward,
     resolve_reward,
     reward_model_fn,
     reward_name,
@@ -246,3 +247,27 @@ def test_a_saved_reward_model_resolves_to_a_named_reward(saved_rm):
     assert resolve_reward(scorer).name == "my_rm"
     assert reward_model_fn(scorer, name="judge").name == "judge"
     assert reward_model_fn(length).name == "reward_model"  # no saved path to name it after
+
+
+# ---------------------------------------------------------------------------------------------
+# Relevance (the embedded MiniLM sentence encoder)
+
+
+def test_relevance_ranks_reviews_by_how_much_they_are_about_the_film():
+    catch = "Review of Catch Me If You Can:"
+    term = relevance_reward({
+        catch: "Catch Me If You Can. An FBI agent tracks down and catches a young con artist who "
+               "successfully impersonated an airline pilot, doctor, assistant attorney general",
+        "Review of Alien:": "Alien. A commercial spaceship crew meets a deadly creature.",
+    })  # fmt: skip
+    reviews = ["A wonderful film about a con artist who impersonates a pilot.",
+               "Catch Me If You Can is a wonderful film.", "A wonderful film.",
+               "A great addition to any holiday decor."]  # fmt: skip
+    rewards, metrics = compute_rewards(term, [catch] * 4, reviews)
+    assert rewards[0] > rewards[1] > rewards[2] > rewards[3]  # plot > title > generic > other
+    assert rewards[0] > 0.6 and abs(rewards[3]) < 0.1 and set(metrics) == {"reward/relevance"}
+    same, _ = compute_rewards(term, ["Review of Alien:"],
+                              ["Alien. A commercial spaceship crew meets a deadly creature."])
+    assert same[0] == pytest.approx(1.0, abs=1e-5)  # its own reference
+    with pytest.raises(RewardError, match="no reference text for prompt 'Review of Up:'"):
+        compute_rewards(term, ["Review of Up:"], ["A fine film."])

@@ -165,6 +165,12 @@ class CaseStudyConfig:
     kl_smoothing: float = 0.8
     """The controller reads a moving average of the batches' KL, ``ema = s ema + (1 - s) kl``
     (one batch of 8 reviews swings 1-18 nats); 0: each batch's own KL."""
+    relevance_weight: float = 0.0
+    """Weight of a relevance term in step 3's reward (PPO/GRPO/RLOO), >= 0: the cosine between
+    the review's and the film's sentence embeddings (its title and the first line of its
+    synopsis; :func:`pavlov.llm.scoring.rewards.relevance_reward`, the embedded MiniLM, not the
+    reward model's fine-tuned one), so that praise pays more when it is about the film asked
+    about. 0: the reward model alone."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1
@@ -208,7 +214,7 @@ class CaseStudyConfig:
         check_count("group_size", self.group_size, minimum=0)
         for name in POSITIVES:
             check_positive(name, getattr(self, name))
-        for name in ("beta", "target_kl"):
+        for name in ("beta", "target_kl", "relevance_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.eval_top_p <= 1:
@@ -311,6 +317,12 @@ def _load_reward_backbone(kind: str, policy: str):
     return _load_policy(policy)
 
 
+def _load_sentence_encoder():
+    from pavlov.llm.models.loading import load_encoder
+
+    return load_encoder(None)
+
+
 def _rt_topics(split: str) -> dict[str, frozenset[str]]:
     from pavlov.llm.data.rt import rt_movies, rt_prompt, rt_topic_words
 
@@ -355,7 +367,9 @@ class CaseStudyAssets:
     the words of its label)."""
     loglines: Callable[[str], dict[str, str]] = _rt_loglines
     """``split -> {prompt: one line of the movie's synopsis}`` (``prompt_style="synopsis"``; a
-    prompt without an entry stays plain)."""
+    prompt without an entry stays plain; ``relevance_weight``: what a review is compared to)."""
+    load_sentence_encoder: Callable[[], tuple[Any, Any]] = _load_sentence_encoder
+    """``() -> (encoder, tokenizer)`` of the relevance term (``relevance_weight`` > 0)."""
 
 
 @dataclass
@@ -437,6 +451,8 @@ class _Inputs:
     """The untouched base model (no adapters, never trained): the fluency NLL's judge."""
     forms: PromptForms | None
     """The policy's forms of the prompts (None: the policy reads the plain prompts)."""
+    relevance: Any = None
+    """Step 3's relevance term on the policy's prompts (``relevance_weight`` > 0), else None."""
 
 
 def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
@@ -463,14 +479,29 @@ def _load_inputs(cfg: CaseStudyConfig, assets: CaseStudyAssets) -> _Inputs:
     if forms is not None:
         sft_train, sft_test = [forms.sft(x) for x in sft_train], [forms.sft(x) for x in sft_test]
     as_policy = forms.prompt if forms is not None else (lambda plain: plain)
+    relevance = None
+    if cfg.relevance_weight and cfg.algo != "dpo":
+        relevance = _relevance(assets, [*train, *held_out], forms)
     return _Inputs(
         policy, tokenizer, backbone, rm_tokenizer, sft_train, sft_test,
         assets.preferences("train"), assets.preferences("test"),
         [as_policy(p) for _, p in train], [t for t, _ in chosen],
         [as_policy(p) for _, p in chosen],
         [topics.get(p) or frozenset(w for w in words(t) if len(w) >= 3) for t, p in chosen],
-        fluency_model, forms,
+        fluency_model, forms, relevance,
     )  # fmt: skip
+
+
+def _relevance(assets: CaseStudyAssets, labelled: list[tuple[str, str]], forms):
+    """The relevance term: each review against "<Title>. <first line of its synopsis>" (the
+    title alone for a film without one), keyed by the policy's prompts."""
+    from pavlov.llm.scoring.rewards import NamedReward, relevance_reward
+
+    lines = {**assets.loglines("train"), **assets.loglines("test")}
+    references = {plain: f"{title}. {lines[plain]}" if plain in lines else title
+                  for title, plain in labelled}  # fmt: skip
+    term = relevance_reward(references, *assets.load_sentence_encoder())
+    return term if forms is None else NamedReward(forms.scorer(term), "relevance")
 
 
 # ---------------------------------------------------------------------------------------------

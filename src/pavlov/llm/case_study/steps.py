@@ -93,7 +93,8 @@ def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
         if cfg.algo == "dpo":
             policy, info, history = _dpo(rl_cfg, sft_model, inputs, sub, quiet)
         else:
-            policy, info, history = _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet)
+            policy, info, history = _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet,
+                                               cfg.relevance_weight)  # fmt: skip
     policy.eval()
     options = {
         "precision": cfg.precision, "chunk_size": cfg.eval_batch_size,
@@ -138,11 +139,15 @@ class JudgeTap:
         return sum(scores) / len(scores) if scores else None
 
 
-def _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
-    from pavlov.llm.scoring.rewards import vader_reward
+def _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet: bool, relevance_weight: float):
+    from pavlov.llm.scoring.rewards import vader_reward, weighted_sum
     from pavlov.llm.trainers.online import train_online
 
     tap = JudgeTap(scorer, vader_reward())
+    reward = tap
+    if relevance_weight:  # logged per term: reward/reward_model, reward/relevance
+        reward = weighted_sum({"reward_model": (tap, 1.0),
+                               "relevance": (inputs.relevance, relevance_weight)})  # fmt: skip
     judged: dict[int, float] = {}
 
     def callback(step: int, record: dict) -> None:
@@ -153,7 +158,7 @@ def _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
 
     t0 = time.perf_counter()
     out = train_online(rl_cfg, sft_model, inputs.tokenizer, prompts=inputs.rl_prompts,
-                       reward=tap, run=sub, quiet=quiet, callback=callback)  # fmt: skip
+                       reward=reward, run=sub, quiet=quiet, callback=callback)  # fmt: skip
     seconds = time.perf_counter() - t0
     history = [dict(r) for r in out.history]
     for record in history:

@@ -8,6 +8,8 @@ strings. This module provides
   held-out judge of the sentiment case study);
 * :func:`reward_model_fn`: a saved pavlov reward model
   (:func:`~pavlov.llm.trainers.reward_model.load_reward_model`) as a named reward function;
+* :func:`relevance_reward`: how much each completion is about its prompt's reference text (the
+  cosine of their all-MiniLM-L6-v2 sentence embeddings, in ``[-1, 1]``);
 * :func:`weighted_sum`: ``sum_i w_i * f_i``, remembering each term's values of its last call;
 * :func:`resolve_reward`: what a user passes (a callable, ``"vader"``, a reward-model
   directory, a list or ``{spec: weight}`` dict of those) -> one reward function;
@@ -40,6 +42,7 @@ __all__ = [
     "compute_rewards",
     "resolve_reward",
     "reward_model_fn",
+    "relevance_reward",
     "reward_name",
     "vader_reward",
     "weighted_sum",
@@ -105,6 +108,52 @@ def vader_reward(field: str = "compound") -> NamedReward:
         return [analyzer.polarity_scores(text)[field] for text in completions]
 
     return NamedReward(vader, "vader" if field == "compound" else f"vader_{field}")
+
+
+def relevance_reward(
+    references: Mapping[str, str], encoder: Any = None, tokenizer: Any = None,
+) -> NamedReward:
+    """How much each completion is about what its prompt asks about: the cosine between the
+    sentence embeddings of the completion and of ``references[prompt]``, in ``[-1, 1]``.
+
+    A preference-trained reward model rewards what its pairs differ in (in the case study:
+    sentiment) and nothing else, so a policy can drift to praise that would fit any film. Adding
+    this term (:func:`weighted_sum`) pays for staying on the subject, as multi-objective RLHF
+    adds one reward per goal (Llama 2's helpfulness and safety models; Touvron et al. 2023).
+    With the embedded all-MiniLM-L6-v2 (mean-pooled, L2-normed: :func:`pavlov.llm.models.
+    loading.embed`), against "Catch Me If You Can. An FBI agent tracks down ... a young con
+    artist ...": "A wonderful film about a con artist who impersonates a pilot." 0.66, "Catch
+    Me If You Can is a wonderful film." 0.52, "A wonderful film." 0.25, "A great addition to
+    any holiday decor." -0.01.
+
+    Args:
+        references: prompt -> the text its completions should be about (embedded once each).
+        encoder, tokenizer: a sentence encoder (``AutoModel``) and its tokenizer; default the
+            embedded all-MiniLM-L6-v2 (:func:`pavlov.llm.models.loading.load_encoder`).
+
+    Named ``"relevance"``. A prompt without a reference raises :class:`RewardError`.
+    """
+    from pavlov.llm.models.loading import embed, load_encoder
+
+    if encoder is None:
+        encoder, tokenizer = load_encoder(None)
+    encoder.eval().requires_grad_(False)
+    cache: dict[str, Tensor] = {}
+
+    def relevance(prompts: list[str], completions: list[str]) -> list[float]:
+        missing = sorted({p for p in prompts if p not in cache})
+        unknown = [p for p in missing if p not in references]
+        if unknown:
+            raise RewardError(f"relevance: no reference text for prompt {unknown[0]!r}")
+        with torch.inference_mode():
+            if missing:
+                cache.update(zip(missing, embed(encoder, tokenizer,
+                                                [references[p] for p in missing]), strict=True))
+            e = embed(encoder, tokenizer, completions)  # (B, H), unit rows
+            refs = torch.stack([cache[p] for p in prompts])  # (B, H)
+            return (e * refs).sum(-1).clamp(-1.0, 1.0).tolist()
+
+    return NamedReward(relevance, "relevance")
 
 
 def reward_model_fn(

@@ -138,6 +138,10 @@ def test_adaptive_kl_and_missing_eos_penalty():
     assert adaptive_kl_coef(0.1, kl=5.4, target=6.0, horizon=100, n_steps=10) == pytest.approx(
         0.1 * (1 - 0.1 * 0.1)
     )
+    # a floor: the leash relaxes no further than beta_min, and tightens freely above it
+    assert adaptive_kl_coef(0.1, kl=0.0, target=6.0, horizon=100, n_steps=10, minimum=0.1) == 0.1
+    assert adaptive_kl_coef(0.1, kl=12.0, target=6.0, horizon=100, n_steps=10,
+                            minimum=0.1) == pytest.approx(0.102)  # fmt: skip
     out = apply_missing_eos_penalty(torch.tensor([1.0, 2.0]), torch.tensor([True, False]), 3.0)
     assert out.tolist() == [1.0, -1.0]
 
@@ -256,6 +260,16 @@ def test_the_kl_controller_reads_a_moving_average_with_kl_smoothing():
     assert hist[3]["kl/coef"] != pytest.approx(raw[2], rel=1e-3)  # what the raw KL would give
     with pytest.raises(ConfigError, match=r"kl_smoothing must be in \[0, 1\), got 1.0"):
         config("rloo", target_kl=1.0, kl_smoothing=1.0)
+
+
+def test_beta_min_keeps_the_controller_from_relaxing_the_leash_below_it():
+    model, tok = tiny_causal_lm()
+    cfg = config("rloo", max_steps=3, beta=0.1, target_kl=1e3, beta_min=0.08, kl_horizon=16,
+                 learning_rate=1e-2)  # fmt: skip
+    coefs = [r["kl/coef"] for r in train_online(cfg, model, tok, PROMPTS, vowel_share).history]
+    assert coefs == pytest.approx([0.1, 0.1 * 0.8, 0.08])  # 0.064 without the floor
+    with pytest.raises(ConfigError, match="beta_min"):
+        config("rloo", target_kl=1.0, beta_min=-0.1)
 
 
 @pytest.mark.parametrize(

@@ -140,12 +140,13 @@ def token_gae(
     return adv, torch.where(m, adv + values, zero)
 
 
-def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int,
+                     minimum: float = 0.0) -> float:
     """The adaptive KL controller of Ziegler et al. 2019 (arXiv:1909.08593, sec. 2.2).
 
-    ``coef * (1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon)``: the coefficient grows
-    while the measured KL is above the target and shrinks while below, by at most 20% per
-    ``horizon`` samples.
+    ``max(minimum, coef * (1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon))``: the
+    coefficient grows while the measured KL is above the target and shrinks while below, by at
+    most 20% per ``horizon`` samples, never below ``minimum``.
 
     Args:
         coef: the current ``beta``.
@@ -153,9 +154,10 @@ def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_step
         target: the KL wanted, > 0.
         horizon: samples over which a full 20% correction applies.
         n_steps: samples in this batch (responses).
+        minimum: the floor (0: Ziegler et al.'s controller).
     """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
-    return coef * (1.0 + error * n_steps / horizon)
+    return max(minimum, coef * (1.0 + error * n_steps / horizon))
 
 
 def _token_mean(x: Tensor, mask: Tensor) -> Tensor:

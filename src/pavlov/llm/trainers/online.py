@@ -152,6 +152,11 @@ class OnlineConfig(TrainConfig):
     target_kl: float = 0.0
     """Adaptive KL control (Ziegler et al. 2019) towards this KL per response, nats; 0: fixed
     ``beta``. Only with the KL in the reward."""
+    beta_min: float = 0.0
+    """Floor of the adaptive ``beta`` (``target_kl`` > 0), >= 0: the controller may tighten the
+    leash above ``beta`` and relax it again, but not below this. 0: Ziegler et al.'s controller,
+    which starts relaxing it at the first step, while the policy still equals its reference
+    and the KL is 0 by construction."""
     kl_horizon: int = 10000
     """Responses over which the adaptive controller makes a full 20% correction."""
     kl_smoothing: float = 0.0
@@ -208,7 +213,8 @@ class OnlineConfig(TrainConfig):
         check_range("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 1e-6, 1.0)
         check_count("top_k", self.top_k, minimum=0)
         check_range("clip_range", self.clip_range, 1e-6, math.inf)
-        for name in ("clip_range_high", "beta", "target_kl", "vf_coef", "clip_range_vf"):
+        for name in ("clip_range_high", "beta", "beta_min", "target_kl", "vf_coef",
+                     "clip_range_vf"):
             check_range(name, getattr(self, name), 0.0, math.inf)
         for name in ("ent_coef", "missing_eos_penalty"):
             check_range(name, getattr(self, name), 0.0, math.inf)
@@ -680,7 +686,8 @@ def train_online(
             kl, ema, s = metrics["kl/ref"], state["kl_ema"], cfg.kl_smoothing
             state["kl_ema"] = kl if ema is None else s * ema + (1.0 - s) * kl
             state["kl_coef"] = adaptive_kl_coef(
-                kl_coef, state["kl_ema"], cfg.target_kl, cfg.kl_horizon, cfg.batch_responses
+                kl_coef, state["kl_ema"], cfg.target_kl, cfg.kl_horizon, cfg.batch_responses,
+                cfg.beta_min,
             )
         mean_score = float(scores.mean())
         if dp is not None:

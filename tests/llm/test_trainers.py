@@ -453,6 +453,30 @@ def test_resume_continues_and_matches_an_uninterrupted_run(trainer, tmp_path):
     assert read_latest(tmp_path / "r" / "checkpoints")[0] == "step_4"
 
 
+def test_the_last_checkpoint_is_written_once(tmp_path, monkeypatch):
+    """A checkpoint that ``latest`` names is never rewritten: a kill while its weights were
+    replaced and before its state file was written left ``latest`` naming an incomplete one
+    (the kill harness found it)."""
+    from pavlov.llm.trainers import loop
+
+    written = []
+    save = loop.save_trainer_checkpoint
+
+    def counting(run, cfg, task, step, *args, **kwargs):
+        written.append(step)
+        return save(run, cfg, task, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_trainer_checkpoint", counting)
+    for max_steps in (4, 3):  # the last step is a checkpoint step / is not
+        model, tok = tiny_causal_lm()
+        cfg = SFTConfig(batch_size=2, max_steps=max_steps, checkpoint_every=2,
+                        learning_rate=1e-2)  # fmt: skip
+        with Run.create(tmp_path, f"r{max_steps}", {}) as run:
+            train_sft(cfg, model, tok, SFT_DATA, run=run)
+        assert read_latest(tmp_path / f"r{max_steps}" / "checkpoints")[0] == f"step_{max_steps}"
+    assert written == [2, 4, 2, 3]
+
+
 def test_nan_guard_stops_before_the_step_and_saves_no_nan(tmp_path):
     model, tok = tiny_causal_lm()
     calls = {"n": 0}

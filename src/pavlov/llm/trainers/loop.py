@@ -257,6 +257,7 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
         loop.training(),
         ProgressBar(loop.total - step, loop.name, label, enabled=not quiet) as bar,
     ):
+        saved = None  # the step whose checkpoint the loop wrote last
         while step < loop.total:
             record = loop.step(step)
             step += 1
@@ -268,21 +269,26 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
             due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             if loop.sharded and due:  # the gathering is collective; rank 0 writes
                 _sharded_checkpoint(run, cfg, loop, step, log)
+                saved = step
             elif run is not None and (due or interrupt.requested() is not None):
                 save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer,
                                         loop.scheduler, log)  # fmt: skip
+                saved = step
             if callback is not None:
                 callback(step, record)
             if dp is None:
                 interrupt.check(step)
     if loop.evaluate is not None:
         log.evaluation(step, loop.evaluate())
+    # The last step's checkpoint, unless the loop has just written it: writing it again would
+    # replace a checkpoint that `latest` names, and a kill in between would leave it incomplete.
+    fresh = step > start and saved != step
     if loop.sharded:
-        weights = _sharded_checkpoint(run, cfg, loop, step, log, force=step > start)
+        weights = _sharded_checkpoint(run, cfg, loop, step, log, force=fresh)
         if run is not None:
             loop.saver.save(run.dir / "model", True, weights)
     elif run is not None:
-        if step > start or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
+        if fresh or not (run.dir / CHECKPOINTS / f"step_{step}").is_dir():
             save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer, loop.scheduler,
                                     log)
         loop.saver.save(run.dir / "model", True)

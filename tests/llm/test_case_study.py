@@ -94,6 +94,8 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("rl_learning_rate", 0.0),
         ("beta", -0.1),
         ("target_kl", -1.0),
+        ("beta_min", -0.1),
+        ("relevance_weight", -1.0),
         ("eval_top_p", 0.0),
         ("prompt_style", "instruct"),
         ("rl_options", "n_epochs=2"),
@@ -123,6 +125,7 @@ def test_stage_configs_carry_the_shared_fields_and_the_options():
     assert stages["rl"].algo == "rloo" and stages["rl"].n_epochs == 2 and stages["rl"].lora
     assert (stages["rl"].temperature, stages["rl"].target_kl, stages["rl"].kl_horizon) == (
         0.7, 4.0, 100)  # fmt: skip
+    assert stage_configs(CaseStudyConfig(beta_min=0.1))["rl"].beta_min == 0.1
     grpo = stage_configs(CaseStudyConfig(algo="grpo"))["rl"]
     assert grpo.kl_place == "loss" and grpo.target_kl == 0.0  # no controller for a loss KL
     assert type(stage_configs(CaseStudyConfig(algo="dpo"))["rl"]).__name__ == "DPOConfig"

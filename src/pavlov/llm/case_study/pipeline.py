@@ -162,6 +162,10 @@ class CaseStudyConfig:
     RLOO (KL in the reward); 0, and always for GRPO (KL in the loss): ``beta`` fixed."""
     kl_horizon: int = 100
     """Reviews over which the adaptive controller makes a full 20% correction of ``beta``."""
+    beta_min: float = 0.0
+    """Floor of the adaptive ``beta``, >= 0: the controller tightens the leash freely but
+    relaxes it no further than this (0: Ziegler et al.'s controller, which relaxes it from the
+    first step, while the KL is still ~0 by construction)."""
     kl_smoothing: float = 0.8
     """The controller reads a moving average of the batches' KL, ``ema = s ema + (1 - s) kl``
     (one batch of 8 reviews swings 1-18 nats); 0: each batch's own KL."""
@@ -214,7 +218,7 @@ class CaseStudyConfig:
         check_count("group_size", self.group_size, minimum=0)
         for name in POSITIVES:
             check_positive(name, getattr(self, name))
-        for name in ("beta", "target_kl", "relevance_weight"):
+        for name in ("beta", "target_kl", "beta_min", "relevance_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.eval_top_p <= 1:
@@ -283,7 +287,7 @@ def _rl_config(cfg: CaseStudyConfig, common: dict[str, Any]) -> TrainConfig:
         "learning_rate": cfg.rl_learning_rate, "beta": cfg.beta, "lora": True,
         "lora_r": cfg.rl_lora_r, "n_epochs": cfg.rl_epochs,
         "num_minibatches": cfg.rl_minibatches, "kl_horizon": cfg.kl_horizon,
-        "kl_smoothing": cfg.kl_smoothing,
+        "kl_smoothing": cfg.kl_smoothing, "beta_min": cfg.beta_min,
         # GRPO's KL sits in the loss, where no controller applies: beta stays fixed there
         "target_kl": 0.0 if cfg.algo == "grpo" else cfg.target_kl,
     }  # fmt: skip

@@ -75,9 +75,11 @@ CASES = {
     "dqn": deep("dqn", "--total-steps", "6000", "--checkpoint-every", "600",
                 "-o", "learning_starts=500"),
     "ppo": deep("ppo", "--total-steps", "24576", "--checkpoint-every", "2048"),
-    "a2c": deep("a2c", "--total-steps", "12000", "--checkpoint-every", "1000"),
+    # with evaluations: best.pt is written between the step checkpoints (and may be `latest`)
+    "a2c": deep("a2c", "--total-steps", "12000", "--checkpoint-every", "1000",
+                "--evaluate-every", "1500"),
     "ppo-2proc": deep("ppo", "--total-steps", "24576", "--checkpoint-every", "4096",
-                      "--nproc", "2"),
+                      "--evaluate-every", "6144", "--nproc", "2"),
     "sft": llm("sft", "--data", "{assets}/sft.jsonl", "--max-steps", "12", *TINY),
     "reward-model": llm("reward-model", "--data", "{assets}/prefs.jsonl", "--max-steps", "12",
                         *TINY),
@@ -223,6 +225,11 @@ def differences(a, b, path: str = "") -> list[str]:
 def assert_same_run(ref: Path, other: Path, kind: str, what: str) -> None:
     diff = differences(final_state(ref, kind), final_state(other, kind))
     assert not diff, f"{what}: final state differs in {len(diff)} places, e.g. {diff[:5]}"
+    best = ref / "checkpoints" / "best.pt"  # the best evaluation's state, where evaluated
+    if best.exists():
+        diff = differences(*(torch.load(r / "checkpoints" / "best.pt", weights_only=False)
+                             for r in (ref, other)))  # fmt: skip
+        assert not diff, f"{what}: best.pt differs in {len(diff)} places, e.g. {diff[:5]}"
     m_ref, m_other = metrics(ref), metrics(other)
     first = next((i for i, (x, y) in enumerate(zip(m_ref, m_other, strict=False)) if x != y),
                  None)

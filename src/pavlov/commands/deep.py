@@ -25,11 +25,6 @@ BEST = "best.pt"
 resumable state plus ``best = {env_step, eval_return}``."""
 
 
-def _join_best(step: int, ret: float, state: dict[str, Any]) -> None:
-    """A data-parallel worker's part in saving the best model: its share of ``state`` (gathered
-    to rank 0, which writes it)."""
-
-
 def _best_record(run: Run) -> dict[str, Any] | None:
     """``{env_step, eval_return}`` of a resumed run's best checkpoint, if it has one."""
     from pavlov.run.checkpoint import load_checkpoint
@@ -99,8 +94,9 @@ def train_deep_run(
         resume_state = resume_checkpoint(resume_from) if resume_from is not None else None
         mod.train(env_id, cfg, env_kwargs=env_kwargs, resume=resume_state,
                   hooks=Hooks(evaluate_every=evaluate_every, checkpoint_every=checkpoint_every,
-                              checkpoint=lambda step, state: None,
-                              save_best=_join_best if evaluate_every else None))  # rank 0's
+                              checkpoint=lambda step, state: None,  # joins rank 0's gather
+                              save_best=(lambda step, ret, state: None) if evaluate_every
+                              else None))  # fmt: skip
         env.close()
         return None
     config = {

@@ -369,7 +369,8 @@ def test_the_relevance_term_joins_the_reward_and_is_logged_per_term(style, tmp_p
     assert -1 <= step["reward/relevance"] <= 1
     assert step["reward/mean"] == pytest.approx(  # the weighted sum the trainer got
         step["reward/reward_model"] + 2.0 * step["reward/relevance"], abs=1e-5)
-    assert pipeline._load_inputs(CaseStudyConfig(**TINY), tiny_assets()).relevance is None
+    no_term = CaseStudyConfig(**TINY, relevance_weight=0.0)  # the default is 1: switched off
+    assert pipeline._load_inputs(no_term, tiny_assets()).relevance is None
 
 
 def test_the_relevance_term_compares_a_review_with_its_films_title_and_synopsis(monkeypatch):
@@ -512,12 +513,13 @@ def test_quick_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nrlhf --quick: {s['seconds']}, before {before}, after {after}")
     assert s["reward_model"]["accuracy"] >= 0.75
-    # Issue 17 asks for +25 points; --quick measured +33 (bf16, AVX-512) but +19 in fp32, where
-    # its RL trajectory differs: +15 is what holds on both kinds today (docs/benchmarks.md).
+    # Issue 17 asks for +25 points; --quick measured +25 (bf16, Intel AVX-512, reviews read at
+    # top-p 0.9), +18 to +33 at top-p 1 on the AMD kinds, +19 in fp32 on AVX2, where its RL
+    # trajectory differs: +15 is what holds on every kind measured (docs/benchmarks.md).
     assert after["judge/positive_fraction"] >= before["judge/positive_fraction"] + 0.15
-    # The guards with the slack of one run's spread: in 5 runs of these defaults and --quick the
-    # NLL moved -0.12..+0.07 and KL ended 2.5-6.3 nats; the exact goals are in s["goals"].
-    assert after["fluency/nll"] <= before["fluency/nll"] + 0.05
+    # The guards with the slack of the runs' spread: in 6 runs of --quick the NLL moved
+    # -0.12..+0.07 and KL ended 2.5-6.3 nats; the exact goals are in s["goals"].
+    assert after["fluency/nll"] <= before["fluency/nll"] + 0.1
     assert after["kl/ref"] <= KL_BOUND + 1.0
     assert after["reward/mean"] > before["reward/mean"]
 

@@ -168,8 +168,8 @@ class CaseStudyConfig:
     """Floor of the adaptive ``beta``, >= 0: the controller tightens the leash freely but
     relaxes it no further than this. 0: Ziegler et al.'s controller, which relaxes it from the
     first step, while the KL is still ~0 by construction (beta fell to 0.05-0.07 in every run,
-    and the 10-18 nat excursions started there); with the floor at the starting beta, KL ended
-    at 4.2-4.8 nats at five seeds of five (docs/benchmarks.md, issue 17)."""
+    and the 10-18 nat excursions started there); with the floor at the starting beta (and the
+    relevance term), KL ended at 3.5-5.1 nats at five seeds of five (docs/benchmarks.md)."""
     kl_smoothing: float = 0.8
     """The controller reads a moving average of the batches' KL, ``ema = s ema + (1 - s) kl``
     (one batch of 8 reviews swings 1-18 nats); 0: each batch's own KL."""

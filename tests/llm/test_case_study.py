@@ -532,3 +532,12 @@ def test_quick_merges_its_reward_model_options_into_the_configs():
     assert cfg.rm_options == {"weight_decay": 0.1, "group_by_length": False, "warmup_steps": 2}
     assert cfg.rm_steps == 30 and resolve_config(opts, False, []).rm_steps == 140
     assert not stage_configs(cfg)["reward_model"].group_by_length
+
+
+def test_sample_cells_show_line_breaks_and_escape_pipes():
+    from pavlov.llm.case_study.report import markdown_table
+
+    table = markdown_table(["movie", "review"], [["Up", "\n\nUp:\nUp  |  fine"], ["Heat", "  "]])
+    rows = table.splitlines()[2:]
+    assert rows[0] == "| Up | ⏎⏎Up:⏎Up \\| fine |"
+    assert rows[1] == "| Heat | (empty) |"

@@ -513,9 +513,10 @@ def test_quick_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nrlhf --quick: {s['seconds']}, before {before}, after {after}")
     assert s["reward_model"]["accuracy"] >= 0.75
-    # Issue 17 asks for +25 points; --quick measured +25 (bf16, Intel AVX-512, reviews read at
-    # top-p 0.9), +18 to +33 at top-p 1 on the AMD kinds, +19 in fp32 on AVX2, where its RL
-    # trajectory differs: +15 is what holds on every kind measured (docs/benchmarks.md).
+    # Issue 17 asks for +25 points; --quick measured +40 (bf16, Intel AVX-512, reviews read at
+    # top-p 0.9, SFT at 4e-4) but +20 with -o precision=fp32 on the same machine, +18 to +33
+    # at top-p 1 on the AMD kinds, +19 in fp32 on AVX2: the fp32 trajectory differs, and +15
+    # is what holds on every kind and precision measured (docs/benchmarks.md).
     assert after["judge/positive_fraction"] >= before["judge/positive_fraction"] + 0.15
     # The guards with the slack of the runs' spread: in 6 runs of --quick the NLL moved
     # -0.12..+0.07 and KL ended 2.5-6.3 nats; the exact goals are in s["goals"].

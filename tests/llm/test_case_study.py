@@ -369,7 +369,7 @@ def test_the_relevance_term_joins_the_reward_and_is_logged_per_term(style, tmp_p
     assert -1 <= step["reward/relevance"] <= 1
     assert step["reward/mean"] == pytest.approx(  # the weighted sum the trainer got
         step["reward/reward_model"] + 2.0 * step["reward/relevance"], abs=1e-5)
-    no_term = CaseStudyConfig(**TINY, relevance_weight=0.0)  # the default is 1: switched off
+    no_term = CaseStudyConfig(**TINY, relevance_weight=0.0)  # the default is 2: switched off
     assert pipeline._load_inputs(no_term, tiny_assets()).relevance is None
 
 

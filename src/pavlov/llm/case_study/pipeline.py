@@ -114,9 +114,9 @@ class CaseStudyConfig:
     sft_learning_rate: float = 4e-4
     """SFT peak learning rate (LoRA), > 0. 4e-4 instead of 2e-4: after 40 steps at 2e-4 the SFT
     model put 42-47% of its first token (at temperature 0.7) on a newline, more than the base
-    model's 29% though no snippet starts with one, and half its reviews opened with a blank
-    line followed by lists, headings or the title repeated; at 4e-4 (or 80 steps at 2e-4) 3-4%,
-    and its held-out loss 4.015 -> 3.873 (docs/benchmarks.md, issue 17)."""
+    model's 29% though no snippet starts with one, and what followed a blank line (lists,
+    headings, the title repeated) was most of what stayed negative; at 4e-4 (or 80 steps at
+    2e-4) 3-4%, and its held-out loss 4.015 -> 3.873 (docs/benchmarks.md, issue 17)."""
     sft_batch_size: int = 8
     """Packed blocks per SFT step."""
     sft_max_length: int = 64

@@ -96,8 +96,7 @@ def _cell(text: str, limit: int = 200) -> str:
     """One table cell: spaces collapsed, but each line break shown as ``⏎`` (a review that
     opens with a blank line, or runs into a list, must look like one: collapsed, they hid that
     the SFT model put 42-47% of a review's first token on a newline; docs/benchmarks.md, 17)."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    text = "⏎".join(" ".join(line.split()) for line in lines).strip()
+    text = "⏎".join(" ".join(line.split()) for line in text.splitlines()).strip()
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text.replace("|", "\\|") or "(empty)"

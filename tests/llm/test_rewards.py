@@ -16,6 +16,7 @@ from pavlov.llm.scoring.rewards import (
     RewardError,
     WeightedSum,
     compute_rewards,
+    fluency_reward,
     relevance_reward,
     resolve_reward,
     reward_model_fn,
@@ -266,8 +267,36 @@ def test_relevance_ranks_reviews_by_how_much_they_are_about_the_film():
     rewards, metrics = compute_rewards(term, [catch] * 4, reviews)
     assert rewards[0] > rewards[1] > rewards[2] > rewards[3]  # plot > title > generic > other
     assert rewards[0] > 0.6 and abs(rewards[3]) < 0.1 and set(metrics) == {"reward/relevance"}
-    same, _ = compute_rewards(term, ["Review of Alien:"],
-                              ["Alien. A commercial spaceship crew meets a deadly creature."])
+    same, _ = compute_rewards(
+        term, ["Review of Alien:"], ["Alien. A commercial spaceship crew meets a deadly creature."]
+    )
     assert same[0] == pytest.approx(1.0, abs=1e-5)  # its own reference
     with pytest.raises(RewardError, match="no reference text for prompt 'Review of Up:'"):
         compute_rewards(term, ["Review of Up:"], ["A fine film."])
+
+
+# ---------------------------------------------------------------------------------------------
+# Fluency (a frozen causal LM)
+
+
+def test_fluency_is_the_mean_log_likelihood_of_each_completion_given_its_prompt():
+    from pavlov.llm.models.tiny import tiny_causal_lm
+
+    model, tok = tiny_causal_lm(seed=3)
+    term = fluency_reward(model, tok, batch_size=2, empty=-99.0)  # 4 rows: two batches
+    prompts = ["Review of Up:", "Review of a long film title:", "Say:", "Review of Up:"]
+    replies = [" great fun", " dull", "", " a warm and funny tale"]
+    rewards, metrics = compute_rewards(term, prompts, replies)
+    assert set(metrics) == {"reward/fluency"} and term.name == "fluency"
+    for i, (p, c) in enumerate(zip(prompts, replies, strict=True)):
+        if not c:
+            assert rewards[i] == -99.0  # nothing to average: the floor
+            continue
+        x = tok(p)["input_ids"]
+        y = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():  # one unpadded row: log p(y_t | x, y_<t), averaged over y
+            logp = model(torch.tensor([x + y])).logits[0].float().log_softmax(-1)
+        expected = np.mean([logp[len(x) + t - 1, y[t]].item() for t in range(len(y))])
+        assert rewards[i].item() == pytest.approx(expected, abs=1e-4)
+    assert -math.log(512) - 3 < rewards[0] < 0  # about log(1/V) under a random tiny model
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training

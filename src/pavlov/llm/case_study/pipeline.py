@@ -190,6 +190,14 @@ class CaseStudyConfig:
     drifted into generic praise that names none. 2 (with the SFT step's 4e-4 and ``beta_min``
     0.15): the on-topic share rose at three seeds of three, where 1 lost it at two. 0: the
     reward model alone."""
+    fluency_weight: float = 0.0
+    """Weight of a fluency term in step 3's reward (PPO/GRPO/RLOO), >= 0: the review's mean
+    per-token log-likelihood under the untouched base model given its prompt
+    (:func:`pavlov.llm.scoring.rewards.fluency_reward`; the negative of the evaluation's
+    fluency NLL, so with it on that guard is a target, not a check). 0 (the default): off. At
+    0.75-1 the NLL fell below the SFT model's at every seed measured, but the term spends the
+    KL leash and the reward model's share of the advantage: 12-15 goals of 18 at seeds 0-2
+    against the defaults' 15, positivity under 90% at one or two seeds (docs/benchmarks.md)."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1
@@ -236,7 +244,7 @@ class CaseStudyConfig:
         check_count("group_size", self.group_size, minimum=0)
         for name in POSITIVES:
             check_positive(name, getattr(self, name))
-        for name in ("beta", "target_kl", "beta_min", "relevance_weight"):
+        for name in ("beta", "target_kl", "beta_min", "relevance_weight", "fluency_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.eval_top_p <= 1:

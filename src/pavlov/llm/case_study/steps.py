@@ -93,8 +93,8 @@ def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
         if cfg.algo == "dpo":
             policy, info, history = _dpo(rl_cfg, sft_model, inputs, sub, quiet)
         else:
-            policy, info, history = _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet,
-                                               cfg.relevance_weight)  # fmt: skip
+            policy, info, history = _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub,
+                                               quiet)  # fmt: skip
     policy.eval()
     options = {
         "precision": cfg.precision, "chunk_size": cfg.eval_batch_size,
@@ -139,15 +139,24 @@ class JudgeTap:
         return sum(scores) / len(scores) if scores else None
 
 
-def _online_rl(rl_cfg, sft_model, inputs, scorer, sub, quiet: bool, relevance_weight: float):
-    from pavlov.llm.scoring.rewards import vader_reward, weighted_sum
+def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
+    from pavlov.llm.scoring.rewards import fluency_reward, vader_reward, weighted_sum
     from pavlov.llm.trainers.online import train_online
 
     tap = JudgeTap(scorer, vader_reward())
-    reward = tap
-    if relevance_weight:  # logged per term: reward/reward_model, reward/relevance
-        reward = weighted_sum({"reward_model": (tap, 1.0),
-                               "relevance": (inputs.relevance, relevance_weight)})  # fmt: skip
+    terms = {"reward_model": (tap, 1.0)}
+    if cfg.relevance_weight:
+        terms["relevance"] = (inputs.relevance, cfg.relevance_weight)
+    if cfg.fluency_weight:  # the frozen base model, on the policy's own prompts
+        fluency = fluency_reward(
+            inputs.fluency_model,
+            inputs.tokenizer,
+            precision=cfg.precision,
+            batch_size=cfg.eval_batch_size,
+        )
+        terms["fluency"] = (fluency, cfg.fluency_weight)
+    # logged per term: reward/reward_model, reward/relevance, reward/fluency
+    reward = weighted_sum(terms) if len(terms) > 1 else tap
     judged: dict[int, float] = {}
 
     def callback(step: int, record: dict) -> None:

@@ -213,7 +213,8 @@ def test_reader_sampling_kl_at_the_training_temperature_and_base_model_fluency()
     # the reader's reviews are other draws; KL is estimated on the training-temperature draws
     assert [s.completion for s in reader.samples] != [s.completion for s in plain.samples]
     # (there from a forward pass, here from the sampler's own log-probs: equal to round-off)
-    assert [s.kl for s in reader.samples] == pytest.approx([s.kl for s in plain.samples], abs=1e-5)
+    assert [s.kl for s in reader.samples] == pytest.approx([s.kl for s in plain.samples],
+                                                          abs=1e-5)
     # fluency: a model giving the k-th response token log-prob -(k + 1) costs a review of n text
     # tokens n (n + 1) / 2; the EOS does not count
     columns = lambda seq, mask, start: -torch.arange(1.0, seq.shape[1] - start + 1).expand(
@@ -368,8 +369,7 @@ def test_the_relevance_term_joins_the_reward_and_is_logged_per_term(style, tmp_p
     step = next(r for r in records if "reward/relevance" in r)
     assert -1 <= step["reward/relevance"] <= 1
     assert step["reward/mean"] == pytest.approx(  # the weighted sum the trainer got
-        step["reward/reward_model"] + 2.0 * step["reward/relevance"], abs=1e-5
-    )
+        step["reward/reward_model"] + 2.0 * step["reward/relevance"], abs=1e-5)
     no_term = CaseStudyConfig(**TINY, relevance_weight=0.0)  # the default is 2: switched off
     assert pipeline._load_inputs(no_term, tiny_assets()).relevance is None
 
@@ -397,9 +397,8 @@ def test_the_relevance_term_compares_a_review_with_its_films_title_and_synopsis(
         return rewards.NamedReward(lambda p, c: [len(refs[x]) for x in p], "relevance")
 
     monkeypatch.setattr(rewards, "relevance_reward", fake)
-    inputs = pipeline._load_inputs(
-        CaseStudyConfig(**TINY, relevance_weight=1.0, prompt_style="synopsis"), tiny_assets()
-    )
+    inputs = pipeline._load_inputs(CaseStudyConfig(**TINY, relevance_weight=1.0,
+                                                   prompt_style="synopsis"), tiny_assets())
     assert refs["Review of Film 1:"] == "Film 1. A dog learns to sing."  # a synopsis line
     assert refs["Review of Film 2:"] == "Film 2"  # none: the title alone
     assert set(refs) == {f"Review of Film {i}:" for i in range(8)}  # train and held-out films

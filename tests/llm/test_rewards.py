@@ -267,9 +267,8 @@ def test_relevance_ranks_reviews_by_how_much_they_are_about_the_film():
     rewards, metrics = compute_rewards(term, [catch] * 4, reviews)
     assert rewards[0] > rewards[1] > rewards[2] > rewards[3]  # plot > title > generic > other
     assert rewards[0] > 0.6 and abs(rewards[3]) < 0.1 and set(metrics) == {"reward/relevance"}
-    same, _ = compute_rewards(
-        term, ["Review of Alien:"], ["Alien. A commercial spaceship crew meets a deadly creature."]
-    )
+    same, _ = compute_rewards(term, ["Review of Alien:"],
+                              ["Alien. A commercial spaceship crew meets a deadly creature."])
     assert same[0] == pytest.approx(1.0, abs=1e-5)  # its own reference
     with pytest.raises(RewardError, match="no reference text for prompt 'Review of Up:'"):
         compute_rewards(term, ["Review of Up:"], ["A fine film."])

@@ -114,9 +114,7 @@ def vader_reward(field: str = "compound") -> NamedReward:
 
 
 def relevance_reward(
-    references: Mapping[str, str],
-    encoder: Any = None,
-    tokenizer: Any = None,
+    references: Mapping[str, str], encoder: Any = None, tokenizer: Any = None,
 ) -> NamedReward:
     """How much each completion is about what its prompt asks about: the cosine between the
     sentence embeddings of the completion and of ``references[prompt]``, in ``[-1, 1]``.
@@ -152,13 +150,8 @@ def relevance_reward(
             raise RewardError(f"relevance: no reference text for prompt {unknown[0]!r}")
         with torch.inference_mode():
             if missing:
-                cache.update(
-                    zip(
-                        missing,
-                        embed(encoder, tokenizer, [references[p] for p in missing]),
-                        strict=True,
-                    )
-                )
+                cache.update(zip(missing, embed(encoder, tokenizer,
+                                                [references[p] for p in missing]), strict=True))
             e = embed(encoder, tokenizer, completions)  # (B, H), unit rows
             refs = torch.stack([cache[p] for p in prompts])  # (B, H)
             return (e * refs).sum(-1).clamp(-1.0, 1.0).tolist()
@@ -198,6 +191,7 @@ def fluency_reward(
     Named ``"fluency"``.
     """
     from pavlov.devices import module_device
+    from pavlov.llm.models.loading import pad_right
     from pavlov.llm.scoring.logprobs import sequence_logprob
     from pavlov.llm.trainers.common import autocast
 
@@ -213,14 +207,9 @@ def fluency_reward(
             pairs = [(tokenizer(prompts[i])["input_ids"],
                       tokenizer(completions[i], add_special_tokens=False)["input_ids"])
                      for i in chunk]  # fmt: skip
-            L = max(len(p) + len(c) for p, c in pairs)
-            ids = torch.full((len(chunk), L), pad, dtype=torch.long)
-            attn = torch.zeros((len(chunk), L), dtype=torch.long)
-            resp = torch.zeros((len(chunk), L), dtype=torch.bool)
-            for r, (p, c) in enumerate(pairs):  # right-padded: prompt, completion, pads
-                ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-                attn[r, : len(p) + len(c)] = 1
-                resp[r, len(p) : len(p) + len(c)] = True
+            # right-padded prompt+completion rows and their completion mask (as DPO's batches)
+            ids, attn, _ = pad_right([p + c for p, c in pairs], pad)
+            resp = pad_right([[0] * len(p) + [1] * len(c) for p, c in pairs], 0)[0].bool()
             with torch.inference_mode(), autocast(precision, device):
                 mean = sequence_logprob(model, ids.to(device), attn.to(device), resp.to(device),
                                         average=True)  # fmt: skip

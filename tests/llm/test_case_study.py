@@ -97,6 +97,7 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("beta_min", -0.1),
         ("relevance_weight", -1.0),
         ("fluency_weight", -1.0),
+        ("fluency_hinge", True),  # without a weight: nothing to hinge
         ("eval_top_p", 0.0),
         ("prompt_style", "instruct"),
         ("rl_options", "n_epochs=2"),
@@ -385,6 +386,24 @@ def test_the_fluency_term_joins_the_reward_and_is_logged_per_term(tmp_path):
         step["reward/reward_model"] + 0.5 * step["reward/fluency"], abs=1e-5
     )
 
+
+def test_the_fluency_hinge_pays_only_below_the_sft_models_own_level(tmp_path):
+    def first_step(hinge: bool) -> tuple[dict, dict]:
+        s = run_tiny(tmp_path / str(hinge), relevance_weight=0.0, fluency_weight=0.5,
+                     fluency_hinge=hinge)  # fmt: skip
+        run = tmp_path / str(hinge) / "runs" / "cs"
+        _check_outputs(s, run)
+        records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+        return next(r for r in records if "reward/fluency" in r), records[0]
+
+    plain, _ = first_step(False)
+    hinged, head = first_step(True)
+    floor = head["reward/fluency_floor"]  # the SFT model's own mean, logged before step 1
+    assert floor < 0
+    # Step 1 samples the same reviews f_i in both runs (the floor's reviews have their own seed
+    # stream); each pays min(0, f_i - floor), which lies in (f_i, min(0, f_i - floor)].
+    assert plain["reward/fluency"] < hinged["reward/fluency"] <= min(
+        0.0, plain["reward/fluency"] - floor) + 1e-5
 
 def test_the_relevance_term_compares_a_review_with_its_films_title_and_synopsis(monkeypatch):
     from pavlov.llm.case_study import pipeline

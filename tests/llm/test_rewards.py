@@ -289,7 +289,7 @@ def test_fluency_is_the_mean_log_likelihood_of_each_completion_given_its_prompt(
     assert set(metrics) == {"reward/fluency"} and term.name == "fluency"
     for i, (p, c) in enumerate(zip(prompts, replies, strict=True)):
         if not c:
-            assert rewards[i] == -99.0  # nothing to average: the floor
+            assert rewards[i] == -99.0  # nothing to average: `empty`
             continue
         x = tok(p)["input_ids"]
         y = tok(c, add_special_tokens=False)["input_ids"]
@@ -299,3 +299,10 @@ def test_fluency_is_the_mean_log_likelihood_of_each_completion_given_its_prompt(
         assert rewards[i].item() == pytest.approx(expected, abs=1e-4)
     assert -math.log(512) - 3 < rewards[0] < 0  # about log(1/V) under a random tiny model
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    # With a floor only the shortfall below it pays (a hinge): 0 at or above it.
+    floor = float(np.median(rewards.numpy()))
+    hinged = fluency_reward(model, tok, batch_size=2, empty=-99.0, floor=floor)
+    got, _ = compute_rewards(hinged, prompts, replies)
+    expected = [min(0.0, float(r) - floor) for r in rewards]
+    assert got.tolist() == pytest.approx(expected, abs=1e-4)  # float32 rewards
+    assert sum(g == 0 for g in got.tolist()) >= 2 and min(got.tolist()) < 0

@@ -198,6 +198,12 @@ class CaseStudyConfig:
     0.75-1 the NLL fell below the SFT model's at every seed measured, but the term spends the
     KL leash and the reward model's share of the advantage: 12-15 goals of 18 at seeds 0-2
     against the defaults' 15, positivity under 90% at one or two seeds (docs/benchmarks.md)."""
+    fluency_hinge: bool = False
+    """With ``fluency_weight`` > 0: pay only a review's shortfall below the SFT model's own
+    fluency, ``w x min(0, f - f_SFT)``, where ``f_SFT`` is the mean score of 64 SFT reviews
+    sampled on training prompts before step 3 (:func:`pavlov.llm.case_study.steps.
+    fluency_level`, logged as ``reward/fluency_floor``). False: ``w x f``, which keeps pulling
+    towards text the base model finds likely."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1
@@ -247,6 +253,8 @@ class CaseStudyConfig:
         for name in ("beta", "target_kl", "beta_min", "relevance_weight", "fluency_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.fluency_hinge and not self.fluency_weight:
+            raise ConfigError("fluency_hinge needs fluency_weight > 0")
         if not 0 < self.eval_top_p <= 1:
             raise ConfigError(f"eval_top_p must be in (0, 1], got {self.eval_top_p!r}")
         for name in ("sft_options", "rm_options", "rl_options"):

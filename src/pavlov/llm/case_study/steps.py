@@ -147,13 +147,16 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
     terms = {"reward_model": (tap, 1.0)}
     if cfg.relevance_weight:
         terms["relevance"] = (inputs.relevance, cfg.relevance_weight)
+    info_extra = {}
     if cfg.fluency_weight:  # the frozen base model, on the policy's own prompts
-        fluency = fluency_reward(
-            inputs.fluency_model,
-            inputs.tokenizer,
-            precision=cfg.precision,
-            batch_size=cfg.eval_batch_size,
-        )
+        options = {"precision": cfg.precision, "batch_size": cfg.eval_batch_size}
+        fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, **options)
+        if cfg.fluency_hinge:
+            floor = fluency_level(cfg, sft_model, inputs, fluency)
+            fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor,
+                                     **options)  # fmt: skip
+            info_extra["fluency_floor"] = round(floor, 4)
+            sub.log(0, {"reward/fluency_floor": floor})
         terms["fluency"] = (fluency, cfg.fluency_weight)
     # logged per term: reward/reward_model, reward/relevance, reward/fluency
     reward = weighted_sum(terms) if len(terms) > 1 else tap
@@ -178,5 +181,33 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
         "steps": out.steps,
         "seconds": round(seconds, 2),
         "metrics": {k: v for k, v in last.items() if k != "step"},
+        **info_extra,
     }
     return out.model, info, history
+
+
+FLUENCY_REVIEWS = 64
+"""Reviews of the SFT model that set the fluency hinge's floor (two batches of 32)."""
+
+
+def fluency_level(cfg, model, inputs, fluency) -> float:
+    """The SFT model's own fluency before step 3, the floor of ``fluency_hinge``: the mean
+    ``fluency`` score (mean log-prob per token under the base model) of ``FLUENCY_REVIEWS``
+    reviews it samples as step 3 will (training prompts, ``temperature``, no nucleus; its own
+    seed stream), empty reviews left out. Training prompts only: the held-out movies stay
+    unseen until the evaluation."""
+    from pavlov.llm.scoring.policy_eval import evaluate_policy
+    from pavlov.llm.trainers.common import evenly_spaced
+
+    prompts = evenly_spaced(inputs.rl_prompts, FLUENCY_REVIEWS)
+    out = evaluate_policy(
+        model, inputs.tokenizer, prompts, reward=fluency,
+        judge=lambda p, c: [0.0] * len(c), samples_per_prompt=1,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0,
+        kl_temperature=cfg.temperature, seed=cfg.seed + 2000, batch_size=cfg.eval_batch_size,
+        precision=cfg.precision,
+    )  # fmt: skip
+    scores = [s.reward for s in out.samples if s.completion]
+    if not scores:
+        raise RuntimeError("fluency_hinge: every review of the SFT model was empty")
+    return sum(scores) / len(scores)

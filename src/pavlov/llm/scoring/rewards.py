@@ -166,10 +166,13 @@ def fluency_reward(
     precision: str = "fp32",
     batch_size: int = 32,
     empty: float = -10.0,
+    floor: float | None = None,
 ) -> NamedReward:
     """How natural each completion reads to a fixed language model: the mean log-probability
-    per token of the completion given its prompt, ``(1/T) sum_t log p(y_t | x, y_<t)``, in nats
-    (<= 0; SmolLM2-135M gives the case study's reviews about -2.7).
+    per token of the completion given its prompt, ``f = (1/T) sum_t log p(y_t | x, y_<t)``, in
+    nats (<= 0; SmolLM2-135M gives the case study's reviews about -2.7); with a ``floor``, only
+    the shortfall below it, ``min(0, f - floor)`` (a hinge: text at least that natural earns
+    the same 0, so the term stops pulling towards bland, likely text once it is reached).
 
     Reward models and KL penalties to a fine-tuned reference leave the policy free to drift to
     text the pretrained model finds odd (stacked adjectives, clipped sentences); this term pays
@@ -185,8 +188,11 @@ def fluency_reward(
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`~pavlov.llm.trainers.common.
             autocast` on the model's device).
         batch_size: sequences per forward pass.
-        empty: the score of an empty completion (no token to average; far below any text so
-            that stopping at once never pays).
+        empty: the score ``f`` of an empty completion (no token to average; far below any text
+            so that stopping at once never pays).
+        floor: None: the score is ``f``; a level in nats (e.g. the mean ``f`` of the model
+            being fine-tuned, before it is: :func:`pavlov.llm.case_study.steps.fluency_level`):
+            the score is ``min(0, f - floor)``.
 
     Named ``"fluency"``.
     """
@@ -215,7 +221,7 @@ def fluency_reward(
                                         average=True)  # fmt: skip
             for r, i in enumerate(chunk):
                 out[i] = float(mean[r]) if pairs[r][1] else float(empty)
-        return out
+        return out if floor is None else [min(0.0, f - floor) for f in out]
 
     return NamedReward(fluency, "fluency")
 

@@ -405,6 +405,7 @@ def test_the_fluency_hinge_pays_only_below_the_sft_models_own_level(tmp_path):
     assert plain["reward/fluency"] < hinged["reward/fluency"] <= min(
         0.0, plain["reward/fluency"] - floor) + 1e-5
 
+
 def test_the_relevance_term_compares_a_review_with_its_films_title_and_synopsis(monkeypatch):
     from pavlov.llm.case_study import pipeline
     from pavlov.llm.scoring import rewards

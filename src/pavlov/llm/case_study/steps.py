@@ -147,16 +147,14 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
     terms = {"reward_model": (tap, 1.0)}
     if cfg.relevance_weight:
         terms["relevance"] = (inputs.relevance, cfg.relevance_weight)
-    info_extra = {}
+    floor = None
     if cfg.fluency_weight:  # the frozen base model, on the policy's own prompts
         options = {"precision": cfg.precision, "batch_size": cfg.eval_batch_size}
-        fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, **options)
         if cfg.fluency_hinge:
-            floor = fluency_level(cfg, sft_model, inputs, fluency)
-            fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor,
-                                     **options)  # fmt: skip
-            info_extra["fluency_floor"] = round(floor, 4)
+            plain = fluency_reward(inputs.fluency_model, inputs.tokenizer, **options)
+            floor = fluency_level(cfg, sft_model, inputs, plain)
             sub.log(0, {"reward/fluency_floor": floor})
+        fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor, **options)
         terms["fluency"] = (fluency, cfg.fluency_weight)
     # logged per term: reward/reward_model, reward/relevance, reward/fluency
     reward = weighted_sum(terms) if len(terms) > 1 else tap
@@ -181,7 +179,7 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
         "steps": out.steps,
         "seconds": round(seconds, 2),
         "metrics": {k: v for k, v in last.items() if k != "step"},
-        **info_extra,
+        **({} if floor is None else {"fluency_floor": round(floor, 4)}),
     }
     return out.model, info, history
 

@@ -8,7 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from pavlov.devices import check_device, module_device, resolve_device, to_device
+import pavlov.agents.dqn as dqn
+from pavlov.agents.common import Hooks
+from pavlov.devices import (
+    _flushing,
+    check_device,
+    flush_denormals,
+    module_device,
+    resolve_device,
+    to_device,
+)
 from pavlov.errors import ConfigError
 from pavlov.llm.trainers.common import resolve_precision
 
@@ -97,3 +106,39 @@ def test_llm_trainer_configs_check_the_device():
         SFTConfig(device="gpu")
     stages = stage_configs(CaseStudyConfig(device="cpu"))
     assert {s.device for s in stages.values()} == {"cpu"}
+
+
+def _subnormal_kept() -> bool:
+    return float(torch.tensor([1e-39]) * 2.0) != 0.0
+
+
+@pytest.mark.skipif(not _subnormal_kept() or not torch.set_flush_denormal(False),
+                    reason="this CPU has no flush-to-zero mode torch can set")
+def test_flush_denormals_zeroes_subnormals_in_its_block_and_restores_the_mode():
+    assert _subnormal_kept() and not _flushing()
+    with flush_denormals():
+        assert not _subnormal_kept() and _flushing()
+        with flush_denormals():  # nested: the inner block leaves the outer's mode on
+            assert _flushing()
+        assert _flushing()
+    assert _subnormal_kept()
+    torch.set_flush_denormal(True)  # a mode the caller set stays set
+    try:
+        with flush_denormals():
+            assert _flushing()
+        assert _flushing()
+    finally:
+        torch.set_flush_denormal(False)
+    with pytest.raises(RuntimeError), flush_denormals():  # restored after an error too
+        raise RuntimeError
+    assert _subnormal_kept()
+
+
+@pytest.mark.skipif(not _subnormal_kept(), reason="this CPU has no flush-to-zero mode")
+def test_deep_agents_train_with_subnormals_flushed():
+    seen = []
+    cfg = dqn.Config(total_steps=300, learning_starts=100, train_freq=100, gradient_steps=2,
+                     hidden_sizes=(8,), buffer_size=300)
+    dqn.train("CartPole-v1", cfg, hooks=Hooks(log=lambda step, metrics: seen.append(_flushing())))
+    assert seen and all(seen)
+    assert not _flushing()

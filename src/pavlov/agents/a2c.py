@@ -55,6 +55,7 @@ from pavlov.agents.common import (
 from pavlov.agents.distributions import HEADS, ActorCritic
 from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.rollout import Collector, RolloutBuffer
+from pavlov.devices import flush_denormals
 from pavlov.errors import (
     ConfigError,
     PavlovError,
@@ -221,6 +222,7 @@ def _make_model(obs_space: gym.Space, act_space: gym.Space, cfg: Config
     return head, model
 
 
+@flush_denormals()
 def train(
     env_id: str,
     cfg: Config,

@@ -47,6 +47,7 @@ from pavlov.agents.common import (
     seed_all,
     set_rng_state,
 )
+from pavlov.devices import flush_denormals
 from pavlov.errors import PavlovError, check_choice, check_count, check_finite, check_positive
 
 ACTION_SPACES = (gym.spaces.Box,)
@@ -141,6 +142,7 @@ def _differentiable_env(env_id: str, env_kwargs: dict[str, Any] | None):
         env.close()
 
 
+@flush_denormals()
 def train(
     env_id: str,
     cfg: Config,

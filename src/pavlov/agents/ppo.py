@@ -58,6 +58,7 @@ from pavlov.agents.fastmlp import flatten_parameters
 from pavlov.agents.normalize import RewardScaler, RunningMeanStd
 from pavlov.agents.ppo_fast import ClosedFormGrad, _whiten_minibatches, supported
 from pavlov.agents.rollout import Collector, RolloutBuffer, collect_rollout
+from pavlov.devices import flush_denormals
 from pavlov.errors import (
     ConfigError,
     PavlovError,
@@ -441,6 +442,7 @@ def _load(agent: _Agent, state: dict[str, Any], np_rng: np.random.Generator) -> 
     np_rng.bit_generator.state = state["np_rng"]
 
 
+@flush_denormals()
 def train(
     env_id: str,
     cfg: Config,

@@ -61,6 +61,7 @@ from pavlov.agents.common import (
     set_rng_state,
 )
 from pavlov.agents.distributions import HEADS, ActorCritic, NumpyActorCritic
+from pavlov.devices import flush_denormals
 from pavlov.errors import (
     PavlovError,
     check_choice,
@@ -256,6 +257,7 @@ def _require_time_limit(env_id: str, env_kwargs: dict[str, Any] | None) -> None:
                           "(register it with max_episode_steps)")
 
 
+@flush_denormals()
 def train(
     env_id: str,
     cfg: Config,

@@ -97,7 +97,8 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("beta_min", -0.1),
         ("relevance_weight", -1.0),
         ("fluency_weight", -1.0),
-        ("fluency_hinge", True),  # without a weight: nothing to hinge
+        ("fluency_surprise", -1.0),
+        ("fluency_hinge", True),  # with the default surprise threshold: alternatives
         ("eval_top_p", 0.0),
         ("prompt_style", "instruct"),
         ("rl_options", "n_epochs=2"),
@@ -106,6 +107,14 @@ def run_tiny(tmp_path, **overrides) -> dict:
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         CaseStudyConfig(**{field: value})
+
+
+def test_the_fluency_hinge_needs_a_weight_and_no_surprise_threshold():
+    with pytest.raises(ConfigError, match="^fluency_hinge needs fluency_weight > 0"):
+        CaseStudyConfig(fluency_hinge=True, fluency_weight=0.0, fluency_surprise=0.0)
+    with pytest.raises(ConfigError, match="^fluency_hinge and fluency_surprise are alternatives"):
+        CaseStudyConfig(fluency_hinge=True)
+    CaseStudyConfig(fluency_hinge=True, fluency_surprise=0.0)
 
 
 def test_group_defaults_keep_eight_completions_per_step():
@@ -369,28 +378,40 @@ def test_the_relevance_term_joins_the_reward_and_is_logged_per_term(style, tmp_p
     records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "reward/relevance" in r)
     assert -1 <= step["reward/relevance"] <= 1
-    assert step["reward/mean"] == pytest.approx(  # the weighted sum the trainer got
-        step["reward/reward_model"] + 2.0 * step["reward/relevance"], abs=1e-5)
+    assert step["reward/mean"] == pytest.approx(  # the weighted sum the trainer got (the
+        step["reward/reward_model"] + 2.0 * step["reward/relevance"]  # default fluency term too)
+        + CaseStudyConfig().fluency_weight * step["reward/fluency"], abs=1e-5)
     no_term = CaseStudyConfig(**TINY, relevance_weight=0.0)  # the default is 2: switched off
     assert pipeline._load_inputs(no_term, tiny_assets()).relevance is None
 
 
 def test_the_fluency_term_joins_the_reward_and_is_logged_per_term(tmp_path):
-    s = run_tiny(tmp_path, relevance_weight=0.0, fluency_weight=0.5)
-    run = tmp_path / "runs" / "cs"
-    _check_outputs(s, run)
-    records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
-    step = next(r for r in records if "reward/fluency" in r)
-    assert step["reward/fluency"] < 0 and "reward/relevance" not in step  # a log-likelihood
-    assert step["reward/mean"] == pytest.approx(
-        step["reward/reward_model"] + 0.5 * step["reward/fluency"], abs=1e-5
+    def first_step(surprise: float) -> dict:
+        s = run_tiny(tmp_path / str(surprise), relevance_weight=0.0, fluency_weight=0.5,
+                     fluency_surprise=surprise)  # fmt: skip
+        run = tmp_path / str(surprise) / "runs" / "cs"
+        _check_outputs(s, run)
+        records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+        return next(r for r in records if "reward/fluency" in r)
+
+    plain = first_step(0.0)
+    assert plain["reward/fluency"] < 0 and "reward/relevance" not in plain  # a log-likelihood
+    assert plain["reward/mean"] == pytest.approx(
+        plain["reward/reward_model"] + 0.5 * plain["reward/fluency"], abs=1e-5
     )
+    # The default: only each token's surprisal beyond 6 nats pays. Step 1 samples the same
+    # reviews in both runs; a review's -(1/T) sum max(0, n_t - 6) lies in [f + 6, 0] for its
+    # plain f = -(1/T) sum n_t (the tiny random model: n_t near log 512 = 6.2, f near -6.2;
+    # an empty review scores -10 either way).
+    sharp = first_step(CaseStudyConfig().fluency_surprise)
+    assert CaseStudyConfig().fluency_surprise == 6.0
+    assert plain["reward/fluency"] + 1.0 < sharp["reward/fluency"] <= 0.0
 
 
 def test_the_fluency_hinge_pays_only_below_the_sft_models_own_level(tmp_path):
     def first_step(hinge: bool) -> tuple[dict, dict]:
         s = run_tiny(tmp_path / str(hinge), relevance_weight=0.0, fluency_weight=0.5,
-                     fluency_hinge=hinge)  # fmt: skip
+                     fluency_surprise=0.0, fluency_hinge=hinge)  # fmt: skip
         run = tmp_path / str(hinge) / "runs" / "cs"
         _check_outputs(s, run)
         records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]

@@ -306,3 +306,26 @@ def test_fluency_is_the_mean_log_likelihood_of_each_completion_given_its_prompt(
     expected = [min(0.0, float(r) - floor) for r in rewards]
     assert got.tolist() == pytest.approx(expected, abs=1e-4)  # float32 rewards
     assert sum(g == 0 for g in got.tolist()) >= 2 and min(got.tolist()) < 0
+    # With a surprise threshold tau only each token's surprisal beyond tau pays, averaged.
+    tau = 6.3  # between the tiny model's token surprisals (about log 512 = 6.24, +-)
+    sharp = fluency_reward(model, tok, batch_size=2, empty=-99.0, surprise=tau)
+    got, _ = compute_rewards(sharp, prompts, replies)
+    for i, (p, c) in enumerate(zip(prompts, replies, strict=True)):
+        if not c:
+            assert got[i] == -99.0
+            continue
+        x, y = tok(p)["input_ids"], tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(torch.tensor([x + y])).logits[0].float().log_softmax(-1)
+        nats = [-logp[len(x) + t - 1, y[t]].item() for t in range(len(y))]
+        assert got[i].item() == pytest.approx(-np.mean([max(0.0, n - tau) for n in nats]),
+                                              abs=1e-4)  # fmt: skip
+        assert rewards[i] < got[i] < 0  # only the excess: above the plain mean, below 0
+    # a threshold above every token's surprisal (all are < 6.5 nats here): nothing pays
+    lax, _ = compute_rewards(fluency_reward(model, tok, batch_size=2, empty=-99.0, surprise=6.5),
+                             prompts, replies)  # fmt: skip
+    assert lax.tolist() == [0.0, 0.0, -99.0, 0.0]
+    with pytest.raises(ValueError, match="alternatives"):
+        fluency_reward(model, tok, floor=-3.0, surprise=6.0)
+    with pytest.raises(ValueError, match="surprise must be > 0"):
+        fluency_reward(model, tok, surprise=0.0)

@@ -154,7 +154,8 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
             plain = fluency_reward(inputs.fluency_model, inputs.tokenizer, **options)
             floor = fluency_level(cfg, sft_model, inputs, plain)
             sub.log(0, {"reward/fluency_floor": floor})
-        fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor, **options)
+        fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor,
+                                 surprise=cfg.fluency_surprise or None, **options)
         terms["fluency"] = (fluency, cfg.fluency_weight)
     # logged per term: reward/reward_model, reward/relevance, reward/fluency
     reward = weighted_sum(terms) if len(terms) > 1 else tap

@@ -167,12 +167,18 @@ def fluency_reward(
     batch_size: int = 32,
     empty: float = -10.0,
     floor: float | None = None,
+    surprise: float | None = None,
 ) -> NamedReward:
     """How natural each completion reads to a fixed language model: the mean log-probability
     per token of the completion given its prompt, ``f = (1/T) sum_t log p(y_t | x, y_<t)``, in
     nats (<= 0; SmolLM2-135M gives the case study's reviews about -2.7); with a ``floor``, only
     the shortfall below it, ``min(0, f - floor)`` (a hinge: text at least that natural earns
-    the same 0, so the term stops pulling towards bland, likely text once it is reached).
+    the same 0, so the term stops pulling towards bland, likely text once it is reached); with
+    ``surprise`` (tau, nats), only each token's surprisal beyond tau,
+    ``-(1/T) sum_t max(0, -log p(y_t | x, y_<t) - tau)``: a token the model finds plausible
+    costs nothing, a very unlikely one (a praise word where the model expects none, a broken
+    word) costs what it exceeds tau by, so the term charges for the outliers without pulling
+    the whole text towards the model's own phrasing.
 
     Reward models and KL penalties to a fine-tuned reference leave the policy free to drift to
     text the pretrained model finds odd (stacked adjectives, clipped sentences); this term pays
@@ -193,14 +199,20 @@ def fluency_reward(
         floor: None: the score is ``f``; a level in nats (e.g. the mean ``f`` of the model
             being fine-tuned, before it is: :func:`pavlov.llm.case_study.steps.fluency_level`):
             the score is ``min(0, f - floor)``.
+        surprise: None, or tau > 0 in nats: the score is the mean excess surprisal above
+            (not with ``floor``).
 
     Named ``"fluency"``.
     """
     from pavlov.devices import module_device
     from pavlov.llm.models.loading import pad_right
-    from pavlov.llm.scoring.logprobs import sequence_logprob
+    from pavlov.llm.scoring.logprobs import sequence_logprob, token_logprobs
     from pavlov.llm.trainers.common import autocast
 
+    if floor is not None and surprise is not None:
+        raise ValueError("fluency_reward: floor and surprise are alternatives; give one")
+    if surprise is not None and not surprise > 0:
+        raise ValueError(f"fluency_reward: surprise must be > 0 nats, got {surprise!r}")
     model.eval().requires_grad_(False)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -216,9 +228,15 @@ def fluency_reward(
             # right-padded prompt+completion rows and their completion mask (as DPO's batches)
             ids, attn, _ = pad_right([p + c for p, c in pairs], pad)
             resp = pad_right([[0] * len(p) + [1] * len(c) for p, c in pairs], 0)[0].bool()
+            ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
             with torch.inference_mode(), autocast(precision, device):
-                mean = sequence_logprob(model, ids.to(device), attn.to(device), resp.to(device),
-                                        average=True)  # fmt: skip
+                if surprise is None:
+                    mean = sequence_logprob(model, ids, attn, resp, average=True)  # (b,)
+                else:  # (b, T) log-probs, 0 outside the completion: no excess there
+                    logp = token_logprobs(model, ids, attn, resp).float()
+                    excess = (-logp - surprise).clamp_(min=0.0).sum(-1)  # (b,)
+                    mean = -excess / torch.tensor([max(len(c), 1) for _, c in pairs],
+                                                  device=device)  # fmt: skip
             for r, i in enumerate(chunk):
                 out[i] = float(mean[r]) if pairs[r][1] else float(empty)
         return out if floor is None else [min(0.0, f - floor) for f in out]

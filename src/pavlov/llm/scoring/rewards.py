@@ -199,8 +199,8 @@ def fluency_reward(
         floor: None: the score is ``f``; a level in nats (e.g. the mean ``f`` of the model
             being fine-tuned, before it is: :func:`pavlov.llm.case_study.steps.fluency_level`):
             the score is ``min(0, f - floor)``.
-        surprise: None, or tau > 0 in nats: the score is the mean excess surprisal above
-            (not with ``floor``).
+        surprise: None, or tau > 0 in nats: the score is minus the mean, over the
+            completion's tokens, of each token's surprisal beyond tau (not with ``floor``).
 
     Named ``"fluency"``.
     """

@@ -200,8 +200,8 @@ class CaseStudyConfig:
     14 nats), and those tokens carried the whole NLL rise of step 3's reviews; this term charges
     for them and lets the rest of the review be. Weight 3: the NLL guard held at four seeds of
     five (without the term: one), seed 0 met all six goals, 27 of 30 goals in all against 24
-    in bf16; one fp32 draw (seed 0) kept the NLL and lost positivity, 4 of 6 against 5
-    (docs/benchmarks.md, issue 17, session 8). 0: off."""
+    in bf16; in fp32 14 of 18 at seeds 0-2, the NLL held at all three (docs/benchmarks.md,
+    issue 17, session 8). 0: off."""
     fluency_surprise: float = 6.0
     """With ``fluency_weight`` > 0: the fluency term counts only each token's surprisal beyond
     this many nats (``-(1/T) sum_t max(0, -log p_base(y_t) - tau)``), > 0; 0: the plain mean

@@ -485,7 +485,8 @@ def rlhf(
         typer.Option(help="Step 3: rloo (default) | ppo | grpo (against the reward model) | dpo."),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Shorter training (smoke tests); the same evaluation.")
+        bool,
+        typer.Option("--quick", help="Half the step-3 steps (a smoke run); the rest as the demo."),
     ] = False,
     override: Annotated[
         list[str] | None,

@@ -1,9 +1,10 @@
 """`pavlov rlhf` / :mod:`pavlov.llm.case_study.pipeline`: the pipeline on tiny random models
-(fast), and the shortened demo on the embedded assets (slow)."""
+(fast), and the demo on the embedded assets (slow)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,7 +155,6 @@ def test_the_demo_config_file_states_the_defaults():
     """configs/rlhf-movie-reviews.yaml (what `make demo` runs) lists every case-study field
     with the dataclass default: the file a reader opens is what runs."""
     import dataclasses
-    from pathlib import Path
 
     import yaml
 
@@ -552,41 +552,46 @@ def test_cli_runs_the_case_study_with_injected_assets(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.slow
-def test_quick_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
-    """`pavlov rlhf --quick` (SmolLM2 + LoRA, MiniLM reward model, step 3 against it) on the
-    held-out movies: the share of positive reviews (held-out judge, VADER) rises by >= 15 points
-    while the reviews stay about as fluent under the untouched base model and KL stays near its
-    leash."""
+def test_the_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
+    """`make demo`'s run (SmolLM2 + LoRA, MiniLM reward model, 80 RLOO steps against it) on the
+    held-out movies: the share of positive reviews (held-out judge, VADER) rises by >= 25 points
+    while the reviews stay as fluent under the untouched base model and KL stays under its
+    bound (issue 17's acceptance)."""
     from pavlov.llm.case_study.report import KL_BOUND
 
-    args = ["rlhf", "--quick", "--runs-dir", str(tmp_path), "--name", "quick", "--json"]
+    config = Path(__file__).parents[2] / "configs" / "rlhf-movie-reviews.yaml"
+    args = ["rlhf", "--config", str(config), "--runs-dir", str(tmp_path), "--name", "demo",
+            "--json"]  # fmt: skip
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     s = json.loads(out.strip().splitlines()[-1])
     before, after = s["before"], s["after"]
     with capsys.disabled():
-        print(f"\nrlhf --quick: {s['seconds']}, before {before}, after {after}")
+        print(f"\nrlhf demo: {s['seconds']}, before {before}, after {after}")
     assert s["reward_model"]["accuracy"] >= 0.75
-    # Issue 17 asks for +25 points; --quick measured +40 (bf16, Intel AVX-512, reviews read at
-    # top-p 0.9, SFT at 4e-4) but +20 with -o precision=fp32 on the same machine, +18 to +33
-    # at top-p 1 on the AMD kinds, +19 in fp32 on AVX2: the fp32 trajectory differs, and +15
-    # is what holds on every kind and precision measured (docs/benchmarks.md).
-    assert after["judge/positive_fraction"] >= before["judge/positive_fraction"] + 0.15
-    # The guards with the slack of the runs' spread: in 6 runs of --quick the NLL moved
-    # -0.12..+0.07 and KL ended 2.5-6.3 nats; the exact goals are in s["goals"].
-    assert after["fluency/nll"] <= before["fluency/nll"] + 0.1
-    assert after["kl/ref"] <= KL_BOUND + 1.0
+    # Seed 0 measured +37 points (Intel AMX, bf16), +33 (Intel, fp32), +37 (AMD AVX-512, bf16);
+    # NLL -0.06 / -0.10 / -0.07 against the SFT model's; KL 5.2 / 4.0 / 3.7 (docs/benchmarks.md).
+    # It runs the demo, not --quick: 40 step-3 steps stop near the run's mid-way KL peak, where
+    # KL and the NLL are a draw (--quick's runs: KL 4.1-6.0, NLL -0.02..+0.09 against the SFT
+    # model's; other --quick settings up to KL 11).
+    assert after["judge/positive_fraction"] >= before["judge/positive_fraction"] + 0.25
+    assert after["fluency/nll"] <= before["fluency/nll"] + 0.05  # the guard, a draw's slack
+    assert after["kl/ref"] <= KL_BOUND
     assert after["reward/mean"] > before["reward/mean"]
 
 
-def test_quick_merges_its_reward_model_options_into_the_configs():
+def test_quick_halves_step_3_and_keeps_the_rest_of_the_config():
     from pavlov.commands.rlhf import resolve_config
 
-    opts = {"case_study": {"rm_options": {"weight_decay": 0.1}}}
+    opts = {"case_study": {"rm_options": {"weight_decay": 0.1}, "rl_steps": 200, "seed": 4}}
     cfg = resolve_config(opts, True, ["rm.warmup_steps=2"])
-    assert cfg.rm_options == {"weight_decay": 0.1, "group_by_length": False, "warmup_steps": 2}
-    assert cfg.rm_steps == 30 and resolve_config(opts, False, []).rm_steps == 140
-    assert not stage_configs(cfg)["reward_model"].group_by_length
+    assert (cfg.rl_steps, cfg.beta_min, cfg.seed) == (40, 0.22, 4)  # --quick wins over the file
+    assert cfg.rm_options == {"weight_decay": 0.1, "warmup_steps": 2}
+    full = resolve_config(opts, False, [])
+    assert (full.rl_steps, full.beta_min) == (200, CaseStudyConfig().beta_min)
+    assert resolve_config({}, True, ["rl_steps=10"]).rl_steps == 10  # -o wins over --quick
+    demo = CaseStudyConfig()
+    assert (cfg.sft_steps, cfg.rm_steps) == (demo.sft_steps, demo.rm_steps)
 
 
 def test_sample_cells_show_line_breaks_and_escape_pipes():

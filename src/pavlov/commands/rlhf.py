@@ -36,8 +36,7 @@ def resolve_config(opts: dict[str, Any], quick: bool, overrides: list[str] | Non
         raise ConfigError("case_study must be a mapping of CaseStudyConfig fields")
     values = dict(section)
     if quick:
-        for key, value in QUICK.items():  # a mapping (rm_options) merges into the config's
-            values[key] = {**(values.get(key) or {}), **value} if isinstance(value, dict) else value
+        values.update(QUICK)
     if opts.get("algo") is not None:
         values["algo"] = opts["algo"]
     for key, value in parse_overrides(overrides).items():

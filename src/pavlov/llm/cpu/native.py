@@ -6,10 +6,11 @@ every weight matrix of the model, so a decode step is a pass over all the weight
 SmolLM2-135M in float32) with only ``2 B`` FLOPs per weight. On the 2-core AMD EPYC VMs we
 measured, that pass ran at 4-8 GB/s through MKL and 6-9 GB/s through oneDNN on weights
 re-packed for it (the repacking itself costing ~0.3-1 s per batch), while a plain read of the
-same memory runs at 16-19 GB/s. ``row_linear`` below reaches 12-16 GB/s at 8 rows on the
-weights as they are (numbers in docs/benchmarks.md): each weight row is loaded once per 8 floats
-and multiplied into up to 8 accumulators (one per input row), the weight stream is prefetched
-2 KB ahead, and the rows of ``W`` are split evenly over the threads torch uses. On a CPU with
+same memory runs at 16-19 GB/s a core. ``row_linear`` below reaches 21-25 GB/s at 8 rows on
+2 cores, on the weights as they are (numbers in docs/benchmarks.md): each weight row is loaded
+once per 8 floats and multiplied into up to 8 accumulators (one per input row), the weight
+stream is prefetched 2 KB ahead into L1 and 8 KB ahead into L2 (with the first alone: 14-18
+GB/s), and the rows of ``W`` are split evenly over the threads torch uses. On a CPU with
 AVX-512 the same loop runs on 16-float vectors (chosen at run time, one build): half the loads
 per FMA, which bound the 8-float loop at 8 and more rows. Weights may be bfloat16 (the rollout's
 copies under bf16 precision): half the bytes, each widened to float32 exactly.

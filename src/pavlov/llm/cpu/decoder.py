@@ -191,8 +191,8 @@ class _Linears:
     reached ~4-8 GB/s on the 2-core CPUs we measured, oneDNN on a weight reordered for that row
     count ~6-9 GB/s (plus the reorder: one read and write of all weights per
     :func:`~pavlov.llm.generation.rollout.generate` call), the C kernel of
-    :mod:`pavlov.llm.cpu.native` 11-12
-    GB/s with no reorder (numbers in docs/benchmarks.md). ``kernel`` is one of
+    :mod:`pavlov.llm.cpu.native` 11-12 GB/s with no reorder (19-25 GB/s at 8 rows on 2 AMD EPYC
+    cores since it also prefetches into L2; numbers in docs/benchmarks.md). ``kernel`` is one of
     :func:`_kernel`'s answers; with ``"native"``, a prefill of up to
     :data:`~pavlov.llm.cpu.native.STREAM_ROWS` rows in all runs through the row kernel too, longer
     ones through oneDNN's GEMM.

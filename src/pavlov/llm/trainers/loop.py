@@ -351,7 +351,8 @@ def accumulate_gradients(
 
     Each micro-batch mean loss is scaled by ``weight / total weight`` before backward, so the
     accumulated gradient is that of the mean over the whole step (per token for SFT). With
-    ``dp`` (data parallel) each rank takes every ``world_size``-th example of each micro-batch,
+    ``dp`` (data parallel) each rank takes its token-balanced share of each micro-batch
+    (:meth:`~pavlov.run.distributed.DataParallel.share`),
     the total weight is the ranks' sum, and the gradients and metrics are summed over the ranks:
     the step's gradient equals one process's on the whole batch.
     """
@@ -359,7 +360,7 @@ def accumulate_gradients(
     sharded = engine is not None or sharding.is_sharded(task.model)
     fillers: set[int] = set()
     if dp is not None:  # this rank's share of every micro-batch's examples
-        shares = [idx[dp.rank :: dp.world_size] for idx in micro]
+        shares = [dp.share(idx, task.lengths) for idx in micro]
         if sharded:  # every rank runs as many forwards and backwards (collectives in each)
             fillers = {i for i, idx in enumerate(shares) if not idx and micro[i]}
             shares = [micro[i][:1] if i in fillers else idx for i, idx in enumerate(shares)]

@@ -212,6 +212,31 @@ def test_bf16_weights_decode_the_bf16_rounded_model(arch, packing):
         assert not torch.allclose(got[-1], exact[:, P + 4], rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_copies_are_reused_until_the_weight_changes(packing):
+    """A second decoder on unchanged weights takes the first one's bf16 copies (no rounding
+    anew per call); an in-place update of a weight (an optimizer step) gives a fresh copy, and
+    the decode follows the new weights."""
+    if packing == "plain":
+        pytest.skip("the plain path keeps float32 weights")
+    model = tiny_random_lm("llama", V, 0).eval()
+    ids, mask = batch(lengths=(5, 7))
+    B, P = ids.shape
+    first = fast_decoder(model, B, P + 2, bf16=True)
+    second = fast_decoder(model, B, P + 2, bf16=True)
+    up = model.model.layers[0].mlp.up_proj
+    assert second.linear.weights[id(up)] is first.linear.weights[id(up)]
+    with torch.no_grad():
+        before = second.prefill(ids, mask, position_ids_from_mask(mask))
+        up.weight.mul_(2.0)  # in place, as AdamW steps: the version counter moves
+    third = fast_decoder(model, B, P + 2, bf16=True)
+    copy = third.linear.weights[id(up)]
+    assert copy is not first.linear.weights[id(up)]
+    assert torch.equal(copy, up.weight.detach().bfloat16())
+    with torch.no_grad():
+        after = third.prefill(ids, mask, position_ids_from_mask(mask))
+    assert not torch.allclose(before, after)
+
+
 def test_the_c_step_is_skipped_for_other_activations():
     model = tiny_random_lm("llama", V, 0)
     model.config.hidden_act = "gelu"

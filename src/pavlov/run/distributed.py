@@ -85,22 +85,17 @@ class DataParallel:
         mine = set(order[cuts[self.rank] : cuts[self.rank + 1]])
         return [i for k, i in enumerate(indices) if k in mine]
 
-    def sum_tensors_(self, tensors: list[torch.Tensor], bucket: int = 1 << 22) -> None:
-        """In place: each tensor's sum over the ranks, through flat buckets of up to ``bucket``
-        elements (one all-reduce per bucket, as DDP's buckets; a model's gradients). Large
-        buffers are bandwidth-bound, where gloo's ring all-reduce is the fast collective:
+    def sum_grads_(self, params: list[torch.Tensor], bucket: int = 1 << 22) -> None:
+        """Every parameter's gradient summed over the ranks, through flat buckets of up to
+        ``bucket`` elements (one all-reduce each, as DDP's buckets; a parameter without a
+        gradient gets zeros first, so every rank sends the same buckets).
+
+        Large buffers are bandwidth-bound, where gloo's ring all-reduce is the fast collective:
         SmolLM2-135M's gradients on 2 ranks in ~0.4 s, against 2.4 s through :meth:`sum_`'s
         all-gather (measured on a 2-core VM). The ring reduces each element once and passes the
-        result on, so every rank gets the same bytes (tested)."""
-        for group, flat in self._summed_buckets(tensors, bucket):
-            for g, part in zip(group, _views(flat, group), strict=True):
-                g.copy_(part)
-
-    def sum_grads_(self, params: list[torch.Tensor], bucket: int = 1 << 22) -> None:
-        """Every parameter's gradient summed over the ranks (a parameter without one gets zeros
-        first, so every rank sends the same buckets). The summed buckets become the gradients
-        (each ``.grad`` a view of its bucket) rather than being copied back: one pass over
-        the model's gradients less (~0.05 s a step for SmolLM2-135M on one core)."""
+        result on, so every rank gets the same bytes (tested). The summed buckets become the
+        gradients (each ``.grad`` a view of its bucket) rather than being copied back: one pass
+        over the model's gradients less (~0.05 s a step for SmolLM2-135M on one core)."""
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

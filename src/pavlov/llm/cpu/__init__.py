@@ -68,12 +68,12 @@ class CpuConfig:
 
     bf16_sampling: bool = True
     """Online trainers under bf16 autocast on a CPU with fast bf16 (AVX-512 BF16): the rollout's
-    decode multiplies by bfloat16 copies of the weights (made once per batch; LoRA-adapted
-    projections stay float32, whose update bf16 would round away): half the bytes streamed per
-    token (:class:`pavlov.llm.generation.rollout.SamplingConfig`'s ``bf16_weights``; SmolLM2 with
-    LoRA, 8 rows x 24 tokens: 0.82 -> 0.60 s). The samples come from the policy as the bf16
-    update rounds it; every log-prob the update uses is its own forward's. float32 precision is
-    unaffected."""
+    decode multiplies by bfloat16 copies of the weights (made once, kept while a weight is
+    unchanged; LoRA-adapted projections stay float32, whose update bf16 would round away): half
+    the bytes streamed per token (:class:`pavlov.llm.generation.rollout.SamplingConfig`'s
+    ``bf16_weights``; SmolLM2 with LoRA, 8 rows x 24 tokens: 0.82 -> 0.60 s). The samples come
+    from the policy as the bf16 update rounds it; every log-prob the update uses is its own
+    forward's. float32 precision is unaffected."""
     eager_attention: bool = True
     """Offline trainers (SFT, reward model, DPO) under bf16 autocast: attention through
     Transformers' eager path (batched matmuls, a float32 softmax) instead of PyTorch's SDPA

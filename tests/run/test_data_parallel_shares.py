@@ -32,10 +32,18 @@ def test_the_cuts_minimise_the_largest_padded_run_as_an_exhaustive_search_does()
 def test_the_rank_with_the_longest_examples_takes_fewer_of_them():
     # 8 padded SFT sequences on 2 ranks: every other one would pad to 58 and to 46 tokens
     # (4 x 58 = 232 against 184); balanced, rank 0 takes 3 x 58 = 174 and rank 1 5 x 30 = 150
-    indices = [10, 11, 12, 13, 14, 15, 16, 17]
-    lengths = {10: 30, 11: 58, 12: 21, 13: 46, 14: 40, 15: 18, 16: 29, 17: 28}
+    indices = [0, 1, 2, 3, 4, 5, 6, 7]
+    lengths = [30, 58, 21, 46, 40, 18, 29, 28]
     shares = [DataParallel(rank, 2).share(indices, lengths) for rank in (0, 1)]
-    assert shares == [[11, 13, 14], [10, 12, 15, 16, 17]]
+    assert shares == [[1, 3, 4], [0, 2, 5, 6, 7]]
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(8, 2), (7, 2), (7, 3), (2, 4)])
+def test_equal_lengths_give_equal_counts(n, world_size):
+    shares = [DataParallel(r, world_size).share(list(range(n)), [16] * n)
+              for r in range(world_size)]  # fmt: skip
+    sizes = [len(s) for s in shares]
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
@@ -48,6 +56,3 @@ def test_the_shares_split_the_batch_exactly_once_in_its_own_order(world_size):
         assert sorted(i for share in shares for i in share) == sorted(indices)
         for share in shares:  # a share keeps the batch's order
             assert share == [i for i in indices if i in share]
-        if len(set(lengths[i] for i in indices)) == 1:  # equal lengths: equal counts (+-1)
-            sizes = [len(s) for s in shares]
-            assert max(sizes) - min(sizes) <= 1

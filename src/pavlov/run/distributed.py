@@ -193,21 +193,27 @@ def _balanced_cuts(longest: list[int], parts: int) -> list[int]:
     ``parts`` consecutive runs minimising the largest ``(c_{r+1} - c_r) * longest[c_r]``.
 
     A bisection on that largest cost ``C``: for a given ``C`` the greedy cut (each run as long
-    as ``C`` allows) needs the fewest runs, since a run starting later starts no longer."""
+    as ``C`` allows) needs the fewest runs, since a run starting later starts no longer. At the
+    smallest ``C``, runs are then held to an even share of the items left where that still
+    covers them all (7 equal examples on 3 ranks: 3, 2, 2 rather than 3, 3, 1)."""
+    n = len(longest)
 
-    def greedy(limit: int) -> list[int]:
+    def greedy(limit: int, even: bool = False) -> list[int]:
         cuts = [0]
-        for _ in range(parts):
-            i = cuts[-1]
-            take = len(longest) - i if i == len(longest) or longest[i] == 0 else limit // longest[i]
-            cuts.append(min(len(longest), i + take))
+        for r in range(parts):
+            i = cuts[-1]  # a run of empty examples costs nothing: it takes the rest
+            take = limit // longest[i] if i < n and longest[i] > 0 else n - i
+            if even:
+                take = min(take, -(-(n - i) // (parts - r)))
+            cuts.append(min(n, i + take))
         return cuts
 
-    low, high = 0, len(longest) * (longest[0] if longest else 0)
+    low, high = 0, n * (longest[0] if longest else 0)
     while low < high:  # the smallest limit whose greedy cut covers every item
         mid = (low + high) // 2
-        low, high = (low, mid) if greedy(mid)[-1] == len(longest) else (mid + 1, high)
-    return greedy(low)
+        low, high = (low, mid) if greedy(mid)[-1] == n else (mid + 1, high)
+    cuts = greedy(low, even=True)
+    return cuts if cuts[-1] == n else greedy(low)
 
 
 def _wait(work: Any) -> None:

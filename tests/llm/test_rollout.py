@@ -140,6 +140,40 @@ def test_sample_next_native_and_torch_paths_draw_the_same_tokens(monkeypatch):
     torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=1e-5)
 
 
+def test_top_p_candidates_draw_what_the_whole_ranking_draws(monkeypatch):
+    """Top-p ranks 256 or 4,096 candidates where they hold a row's nucleus, the whole
+    vocabulary where not: the same tokens as ranking every logit, for sharp rows, flat rows
+    (nucleus > 4,096 tokens) and bf16-rounded logits full of ties."""
+    import pavlov.llm.generation.rollout as rollout
+
+    g = torch.Generator().manual_seed(0)
+    V = 20_000
+    scale = torch.tensor([8.0] * 40 + [3.0] * 20 + [0.05] * 4).repeat_interleave(4)[:, None]
+    logits = (torch.randn(256, V, generator=g) * scale).bfloat16().float()
+    cfg = SamplingConfig(top_p=0.9)
+    fast = sample_next(logits, cfg, torch.Generator().manual_seed(1))
+    seen = []
+    real = rollout._ranked
+    monkeypatch.setattr(rollout, "_ranked", lambda z, k: seen.append((len(z), k)) or real(z, k))
+    again = sample_next(logits, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(fast[0], again[0])
+    assert [k for _, k in seen] == [256, 4096, V]  # all three widths were needed
+    assert seen[0][0] == 256 and seen[-1][0] < seen[1][0] < 256
+    monkeypatch.setattr(rollout, "NUCLEUS_WIDTHS", ())
+    whole = sample_next(logits, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(fast[0], whole[0])
+    torch.testing.assert_close(fast[1], whole[1], rtol=0, atol=0)
+
+
+def test_top_p_ranks_ties_by_token_id():
+    """Equal logits are ranked by token id, whatever the sort's order among equals: the nucleus
+    of ``[1, 1, 1, 0]`` at top-p 0.5 is its first two tokens, each drawn half the time."""
+    logits = torch.tensor([[1.0, 1.0, 1.0, -30.0]]).expand(20_000, 4)
+    tokens, _ = sample_next(logits, SamplingConfig(top_p=0.5), torch.Generator().manual_seed(2))
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.5, 0.0, 0.0]), atol=0.015, rtol=0)
+
+
 # --- engine vs a full forward -----------------------------------------------------------------
 
 

@@ -169,7 +169,7 @@ PACK_SCORE_BYTES = 256 * 2**20
 
 # ``logits_to_keep`` as an empty index tensor: the LM head runs on no position (the fused path
 # projects the hidden states itself; ``1`` would still project B rows, ~20 ms on SmolLM2).
-_NO_LOGITS = torch.zeros(0, dtype=torch.long)
+NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 
 def _prompt_groups(ids: Tensor, mask: Tensor, start: int) -> tuple[Tensor, Tensor] | None:
@@ -262,7 +262,7 @@ def _packed_prompt_states(
     with replayed:
         out = model(
             input_ids=pack(ids), attention_mask=allowed[:, None], position_ids=pack(positions),
-            use_cache=False, logits_to_keep=_NO_LOGITS, output_hidden_states=True,
+            use_cache=False, logits_to_keep=NO_LOGITS, output_hidden_states=True,
         )  # fmt: skip
     states = out.hidden_states[-1]  # (U, width, H)
     # response column j of row b is predicted by the prompt's last column (j = 0) or by the
@@ -286,7 +286,7 @@ def _shared_prompt_states(
     name = cache_argument(model)
     head = model(
         input_ids=ids[one, :start], attention_mask=mask[one, :start],
-        position_ids=positions[one, :start], use_cache=True, logits_to_keep=_NO_LOGITS,
+        position_ids=positions[one, :start], use_cache=True, logits_to_keep=NO_LOGITS,
         output_hidden_states=True,
     )  # fmt: skip
     cache = getattr(head, name, None)
@@ -295,7 +295,7 @@ def _shared_prompt_states(
     cache.batch_select_indices(inverse)  # (U, ...) -> (B, ...): differentiable gather
     tail = model(
         input_ids=ids[:, start:], attention_mask=mask, position_ids=positions[:, start:],
-        use_cache=True, logits_to_keep=_NO_LOGITS, output_hidden_states=True, **{name: cache},
+        use_cache=True, logits_to_keep=NO_LOGITS, output_hidden_states=True, **{name: cache},
     )  # fmt: skip
     last = head.hidden_states[-1][:, -1:][inverse]  # (B, 1, H): predicts the first response token
     return torch.cat([last, tail.hidden_states[-1][:, : L - start - 1]], dim=1)
@@ -453,7 +453,7 @@ def _score(
                     attention_mask=attention_mask[rows],
                     position_ids=positions[rows],
                     use_cache=False,
-                    logits_to_keep=_NO_LOGITS if head is not None else n + 1,
+                    logits_to_keep=NO_LOGITS if head is not None else n + 1,
                     output_hidden_states=with_hidden or head is not None,
                 )
             # The final layer's output (after the final norm) at the positions predicting the

@@ -31,7 +31,7 @@ from pavlov.llm.data.datasets import (
     pack_sequences,
     tokenize_sft,
 )
-from pavlov.llm.scoring.logprobs import plain_lm_head
+from pavlov.llm.scoring.logprobs import NO_LOGITS, plain_lm_head
 from pavlov.llm.trainers.common import (
     TrainConfig,
     check_context,
@@ -90,7 +90,8 @@ def sft_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
         # Project only the K labelled positions onto the vocabulary (not prompts or padding):
         # the LM head is ~20% of SmolLM2's FLOPs per position, and a (B, T, V) logits tensor
         # and its gradient are never built. The final hidden state is the head's input.
-        out = model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+        out = model(**inputs, use_cache=False, logits_to_keep=NO_LOGITS,
+                    output_hidden_states=True)  # fmt: skip
         logits = head(out.hidden_states[-1][:, :-1][keep])  # (K, V)
     nll = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
     loss = nll / keep.sum().clamp(min=1)

@@ -196,7 +196,8 @@ def sample_next(
 NUCLEUS_WIDTHS = (256, 4096)
 """Candidate counts tried in turn for a row's top-p nucleus, before the whole ranked
 vocabulary: ranking 256 of SmolLM2's 49,152 logits (``topk``) costs ~1/20 of sorting them all,
-and at temperature 1 and top-p 0.9 a nucleus almost always holds fewer tokens."""
+and a peaked next-token distribution's top-p 0.9 nucleus holds far fewer tokens (a flat one
+falls through to the next width)."""
 
 
 def _sample_truncated(

@@ -151,12 +151,10 @@ def test_top_p_candidates_draw_what_the_whole_ranking_draws(monkeypatch):
     scale = torch.tensor([8.0] * 40 + [3.0] * 20 + [0.05] * 4).repeat_interleave(4)[:, None]
     logits = (torch.randn(256, V, generator=g) * scale).bfloat16().float()
     cfg = SamplingConfig(top_p=0.9)
-    fast = sample_next(logits, cfg, torch.Generator().manual_seed(1))
-    seen = []
+    seen = []  # (rows, width) of each ranking
     real = rollout._ranked
     monkeypatch.setattr(rollout, "_ranked", lambda z, k: seen.append((len(z), k)) or real(z, k))
-    again = sample_next(logits, cfg, torch.Generator().manual_seed(1))
-    assert torch.equal(fast[0], again[0])
+    fast = sample_next(logits, cfg, torch.Generator().manual_seed(1))
     assert [k for _, k in seen] == [256, 4096, V]  # all three widths were needed
     assert seen[0][0] == 256 and seen[-1][0] < seen[1][0] < 256
     monkeypatch.setattr(rollout, "NUCLEUS_WIDTHS", ())

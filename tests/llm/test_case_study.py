@@ -188,6 +188,22 @@ def test_evaluation_is_seeded_and_a_policy_has_zero_kl_to_itself():
     assert 1 <= first.metrics["response/length"] <= 5
 
 
+def test_kl_on_a_second_draw_at_the_kl_temperature_is_zero_for_the_policy_itself():
+    # The reader's draw is truncated (top-p) at another temperature, so KL is estimated on a
+    # second, untruncated draw at kl_temperature from that draw's own sampler log-probs; a
+    # reference at another temperature than kl_temperature must show up as KL > 0.
+    model, tok = tiny_causal_lm()
+    args = dict(reward=lambda p, c: [0.0] * len(c), samples_per_prompt=3, max_new_tokens=6,
+                temperature=0.5, top_p=0.8, kl_temperature=0.9)  # fmt: skip
+    prompts = ["Review of Up:", "Review of Heat:"]
+    same = evaluate_policy(model, tok, prompts, reference=module_logprobs(model, temperature=0.9),
+                           **args)  # fmt: skip
+    assert same.metrics["kl/ref"] == pytest.approx(0.0, abs=1e-5)
+    other = evaluate_policy(model, tok, prompts, reference=module_logprobs(model, temperature=0.5),
+                            **args)  # fmt: skip
+    assert abs(other.metrics["kl/ref"]) > 1e-3
+
+
 def test_kl_to_a_different_reference_is_positive_on_average():
     model, tok = tiny_causal_lm(seed=0)
     other, _ = tiny_causal_lm(seed=1)

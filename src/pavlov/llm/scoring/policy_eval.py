@@ -9,9 +9,9 @@ with a flat judge score.
 KL to the reference is the k1 estimate on the policy's own samples: for each sample the sum over
 its response tokens of ``log pi(y_t | .) - log pi_ref(y_t | .)``, averaged over samples (an
 unbiased estimate of ``KL(pi || pi_ref)`` between the sequence distributions; Schulman 2020,
-"Approximating KL divergence"). Both log-probs are recomputed with
-:func:`pavlov.llm.scoring.logprobs.token_logprobs` under the same precision, so a policy equal to
-its reference scores exactly 0.
+"Approximating KL divergence"). The policy's log-probs are the sampler's own (taken before any
+top-p truncation, at the KL temperature), the reference's a forward pass under the same
+precision, so a policy equal to its reference scores 0 to round-off (tested).
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def evaluate_policy(
     The completions are sampled as a reader would see them (``temperature``, ``top_p``). KL to
     the reference compares the two models' distributions at ``kl_temperature`` (the training
     sampling's), so it is estimated on samples drawn that way: the same samples when the
-    reader's sampling is that one (the policy's log-probs are then the sampler's own), else a
-    second draw of each batch (same seeds, no top-p) scored by a forward pass.
+    reader's sampling is that one, else on a second draw of each batch (same seeds, no top-p).
+    Either way the policy's log-probs are the sampler's own and only the reference runs a forward.
 
     Args:
         model: the policy (any causal LM, or a peft wrapper of one).
@@ -177,9 +177,6 @@ def evaluate_policy(
     labels = list(labels) if labels is not None else list(prompts)
     order = [i for _ in range(samples_per_prompt) for i in range(len(prompts))]
     eos = tokenizer.eos_token_id
-    policy = module_logprobs(
-        model, precision=precision, chunk_size=batch_size, temperature=kl_temperature
-    )
     same_draw = temperature == kl_temperature and top_p == 1.0
     device = module_device(model)
 
@@ -198,13 +195,11 @@ def evaluate_policy(
         out = sample(ids, mask, b, temperature, top_p)
         kl = torch.zeros(len(index))
         if reference is not None:
-            if same_draw:  # the sampler's log-probs are the policy's at kl_temperature
-                draw, logp = out, out.logprobs  # (B, T), 0 past each response
-            else:
-                draw = sample(ids, mask, b, kl_temperature, 1.0)
-                logp = policy(draw.sequences, draw.attention_mask, draw.prompt_length)
+            # The sampler's log-probs are the policy's at kl_temperature: (B, T), 0 past each
+            # response (a forward of the policy would recompute them, ~7 s of the demo).
+            draw = out if same_draw else sample(ids, mask, b, kl_temperature, 1.0)
             ref = reference(draw.sequences, draw.attention_mask, draw.prompt_length)
-            kl = ((logp - ref) * draw.response_mask).sum(-1).cpu()  # (B,)
+            kl = ((draw.logprobs - ref) * draw.response_mask).sum(-1).cpu()  # (B,)
         nll = torch.zeros(len(index))
         text_tokens = (out.response_lengths - out.eos_reached.long()).cpu()  # (B,) EOS excluded
         if fluency is not None:

@@ -9,9 +9,9 @@ with a flat judge score.
 KL to the reference is the k1 estimate on the policy's own samples: for each sample the sum over
 its response tokens of ``log pi(y_t | .) - log pi_ref(y_t | .)``, averaged over samples (an
 unbiased estimate of ``KL(pi || pi_ref)`` between the sequence distributions; Schulman 2020,
-"Approximating KL divergence"). The policy's log-probs are the sampler's own (taken before any
-top-p truncation, at the KL temperature), the reference's a forward pass under the same
-precision, so a policy equal to its reference scores 0 to round-off (tested).
+"Approximating KL divergence"). The policy's log-probs are the sampler's own, of a draw at the
+KL temperature without top-p; the reference's come from a forward pass under the same precision,
+so a policy equal to its reference scores 0 to round-off (tested).
 """
 
 from __future__ import annotations

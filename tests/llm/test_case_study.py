@@ -449,12 +449,13 @@ def test_the_relevance_term_compares_a_review_with_its_films_title_and_synopsis(
 
     refs = {}
 
-    def fake(references, encoder, tokenizer):
+    def fake(references, encoder, tokenizer, cap):
+        assert cap == 0.5
         refs.update(references)
         return rewards.NamedReward(lambda p, c: [len(refs[x]) for x in p], "relevance")
 
     monkeypatch.setattr(rewards, "relevance_reward", fake)
-    inputs = pipeline._load_inputs(CaseStudyConfig(**TINY, relevance_weight=1.0,
+    inputs = pipeline._load_inputs(CaseStudyConfig(**TINY, relevance_weight=1.0, relevance_cap=0.5,
                                                    prompt_style="synopsis"), tiny_assets())
     assert refs["Review of Film 1:"] == "Film 1. A dog learns to sing."  # a synopsis line
     assert refs["Review of Film 2:"] == "Film 2"  # none: the title alone

@@ -254,11 +254,14 @@ def test_a_saved_reward_model_resolves_to_a_named_reward(saved_rm):
 # Relevance (the embedded MiniLM sentence encoder)
 
 
+CATCH = ("Catch Me If You Can. An FBI agent tracks down and catches a young con artist who "
+         "successfully impersonated an airline pilot, doctor, assistant attorney general")
+
+
 def test_relevance_ranks_reviews_by_how_much_they_are_about_the_film():
     catch = "Review of Catch Me If You Can:"
     term = relevance_reward({
-        catch: "Catch Me If You Can. An FBI agent tracks down and catches a young con artist who "
-               "successfully impersonated an airline pilot, doctor, assistant attorney general",
+        catch: CATCH,
         "Review of Alien:": "Alien. A commercial spaceship crew meets a deadly creature.",
     })  # fmt: skip
     reviews = ["A wonderful film about a con artist who impersonates a pilot.",
@@ -272,6 +275,10 @@ def test_relevance_ranks_reviews_by_how_much_they_are_about_the_film():
     assert same[0] == pytest.approx(1.0, abs=1e-5)  # its own reference
     with pytest.raises(RewardError, match="no reference text for prompt 'Review of Up:'"):
         compute_rewards(term, ["Review of Up:"], ["A fine film."])
+    # Capped at 0.4: the plot and title reviews earn the cap, the others their own cosine.
+    capped, _ = compute_rewards(relevance_reward({catch: CATCH}, cap=0.4), [catch] * 4, reviews)
+    assert capped[:2].tolist() == pytest.approx([0.4, 0.4])
+    assert capped[2:].tolist() == pytest.approx(rewards[2:].tolist(), abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

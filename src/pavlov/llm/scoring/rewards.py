@@ -114,7 +114,8 @@ def vader_reward(field: str = "compound") -> NamedReward:
 
 
 def relevance_reward(
-    references: Mapping[str, str], encoder: Any = None, tokenizer: Any = None,
+    references: Mapping[str, str], encoder: Any = None, tokenizer: Any = None, *,
+    cap: float = 1.0,
 ) -> NamedReward:
     """How much each completion is about what its prompt asks about: the cosine between the
     sentence embeddings of the completion and of ``references[prompt]``, in ``[-1, 1]``.
@@ -133,6 +134,9 @@ def relevance_reward(
         references: prompt -> the text its completions should be about (embedded once each).
         encoder, tokenizer: a sentence encoder (``AutoModel``) and its tokenizer; default the
             embedded all-MiniLM-L6-v2 (:func:`pavlov.llm.models.loading.load_encoder`).
+        cap: pay the cosine up to this value, ``min(cos, cap)``; 1: uncapped. A cap below
+            what naming the film and its plot earns (~0.5-0.7 above) pays for being about the
+            film without paying more for retelling its synopsis than for praising it.
 
     Named ``"relevance"``. A prompt without a reference raises :class:`RewardError`.
     """
@@ -154,7 +158,7 @@ def relevance_reward(
                                                 [references[p] for p in missing]), strict=True))
             e = embed(encoder, tokenizer, completions)  # (B, H), unit rows
             refs = torch.stack([cache[p] for p in prompts])  # (B, H)
-            return (e * refs).sum(-1).clamp(-1.0, 1.0).tolist()
+            return (e * refs).sum(-1).clamp(-1.0, cap).tolist()
 
     return NamedReward(relevance, "relevance")
 

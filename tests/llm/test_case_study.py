@@ -97,6 +97,8 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("target_kl", -1.0),
         ("beta_min", -0.1),
         ("relevance_weight", -1.0),
+        ("relevance_cap", 0.0),
+        ("relevance_cap", 1.5),
         ("fluency_weight", -1.0),
         ("fluency_surprise", -1.0),
         ("fluency_hinge", True),  # with the default surprise threshold: alternatives

@@ -158,7 +158,8 @@ def relevance_reward(
                                                 [references[p] for p in missing]), strict=True))
             e = embed(encoder, tokenizer, completions)  # (B, H), unit rows
             refs = torch.stack([cache[p] for p in prompts])  # (B, H)
-            return (e * refs).sum(-1).clamp(-1.0, cap).tolist()
+            cos = (e * refs).sum(-1).clamp(-1.0, 1.0).tolist()
+            return [min(c, cap) for c in cos]  # the cap exactly, not its float32 rounding
 
     return NamedReward(relevance, "relevance")
 

@@ -138,7 +138,7 @@ def test_stage_configs_carry_the_shared_fields_and_the_options():
     assert stages["sft"].lora and stages["sft"].packing and stages["sft"].warmup_steps == 0
     assert stages["rl"].algo == "rloo" and stages["rl"].n_epochs == 2 and stages["rl"].lora
     assert (stages["rl"].temperature, stages["rl"].target_kl, stages["rl"].kl_horizon) == (
-        0.7, 4.0, 100)  # fmt: skip
+        0.7, 3.5, 100)  # fmt: skip
     assert stage_configs(CaseStudyConfig(beta_min=0.1))["rl"].beta_min == 0.1
     grpo = stage_configs(CaseStudyConfig(algo="grpo"))["rl"]
     assert grpo.kl_place == "loss" and grpo.target_kl == 0.0  # no controller for a loss KL

@@ -189,10 +189,10 @@ class CaseStudyConfig:
     """With ``relevance_weight`` > 0: the relevance term pays the cosine up to this value, in
     (0, 1] (``min(cos, cap)``; 1: uncapped). Naming the film earns ~0.5, retelling its synopsis
     ~0.65, generic praise ~0.25: 0.4 pays for a review being about the film, not for retelling
-    more of its plot than it praises. 0.4 against 1 (AMD AVX-512, bf16, seeds 0-2, 3
-    evaluation draws each): share positive 94.6 / 92.0 / 91.3% on average against 85.3 / 93.5 /
-    89.8%, every goal met in every draw, at a price in KL (4.9-6.0 against 4.0-4.5) and
-    distinct-2 (0.70-0.78x against 0.81-0.88x; docs/benchmarks.md, sessions 13-14)."""
+    more of its plot than it praises. With ``target_kl`` 3.5 (AMD AVX-512, bf16, seeds 0-2, 3
+    evaluation draws each): share positive 90.4 / 91.5 / 92.6% on average, where 1 (uncapped,
+    ``target_kl`` 4) read 85.3 / 93.5 / 89.8%, for less diversity (distinct-2 0.69-0.82x
+    against 0.81-0.87x; docs/benchmarks.md, sessions 13-14)."""
     fluency_weight: float = 3.0
     """Weight of a fluency term in step 3's reward (PPO/GRPO/RLOO), >= 0: by default
     (``fluency_surprise`` 6) minus the mean of each review token's surprisal under the

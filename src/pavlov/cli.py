@@ -499,6 +499,10 @@ def rlhf(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Run name (default rlhf-ALGO-time).")] = None,
     runs_dir: RunsDirOpt = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue runs/NAME (killed or stopped) from its last checkpoint."),
+    ] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
@@ -508,7 +512,7 @@ def rlhf(
     movies by the reward model and a held-out judge (VADER); what `make demo` runs."""
     from pavlov.commands.rlhf import run_rlhf
 
-    opts = _options(config, algo=algo, name=name, runs_dir=runs_dir)
+    opts = _options(config, algo=algo, name=name, runs_dir=runs_dir, resume=resume)
     if device is not None:  # a case-study field: the flag is -o device=...
         override = [*(override or []), f"device={device}"]
     run_rlhf(opts, override, quick=quick, quiet=quiet, json_out=json_)

@@ -503,6 +503,158 @@ def test_an_existing_run_dir_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Resume after a kill
+
+
+RESUMABLE = {**TINY, "sft_steps": 3, "rm_steps": 3, "rl_steps": 3, "checkpoint_every": 1}
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL: raised inside a step, with the run's cleanup switched off."""
+
+
+def _kill_in(stage, monkeypatch):
+    """Make ``stage`` die at its step 2 (after step 1's checkpoint), or the evaluation after
+    step 3, leaving the directory as a killed process would (no cleanup, no ``run.json``)."""
+    import pavlov.llm.trainers as trainers
+    import pavlov.llm.trainers.online as online
+    from pavlov.llm.case_study import steps
+    from pavlov.run import Run
+
+    def dying(train, module, name):
+        def wrapped(*args, **kwargs):
+            inner = kwargs.get("callback")
+
+            def callback(step, record):
+                if inner is not None:
+                    inner(step, record)
+                if step == 2:
+                    raise Killed
+
+            return train(*args, **{**kwargs, "callback": callback})
+
+        monkeypatch.setattr(module, name, wrapped)
+
+    if stage == "sft":
+        dying(trainers.train_sft, trainers, "train_sft")
+    elif stage == "reward_model":
+        dying(trainers.train_reward_model, trainers, "train_reward_model")
+    elif stage == "rl":
+        dying(online.train_online, online, "train_online")
+    else:
+        real = steps.evaluate
+
+        def evaluate(cfg, model, inputs, scorer, reference):
+            if reference is not None:
+                raise Killed
+            return real(cfg, model, inputs, scorer, reference)
+
+        monkeypatch.setattr(steps, "evaluate", evaluate)
+    close = Run.close
+    monkeypatch.setattr(Run, "close", lambda self, ok=True, status="failed": close(self))
+
+
+def _watch_steps(monkeypatch) -> dict[str, list[int]]:
+    """``{step name: [optimizer steps taken]}`` of what the trainers do from now on."""
+    import pavlov.llm.trainers as trainers
+    import pavlov.llm.trainers.online as online
+
+    seen: dict[str, list[int]] = {}
+    for name, module, attr in [("sft", trainers, "train_sft"),
+                               ("reward_model", trainers, "train_reward_model"),
+                               ("rl", online, "train_online")]:  # fmt: skip
+        def wrapped(*args, _train=getattr(module, attr), _name=name, **kwargs):
+            inner = kwargs.get("callback")
+
+            def callback(step, record):
+                seen.setdefault(_name, []).append(step)
+                if inner is not None:
+                    inner(step, record)
+
+            return _train(*args, **{**kwargs, "callback": callback})
+
+        monkeypatch.setattr(module, attr, wrapped)
+    return seen
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))  # the reward model: encoder and head
+    assert files
+    return {f"{f.name}/{k}": v for f in files for k, v in load_file(f).items()}
+
+
+def _records(path: Path) -> list[dict]:
+    """The logged records without their wall-clock fields."""
+    timed = ("time", "seconds")
+    return [{k: v for k, v in json.loads(line).items() if not any(t in k for t in timed)}
+            for line in path.read_text().splitlines()]  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward_model", "rl", "eval_after"])
+def test_a_run_killed_in_any_step_resumes_to_the_uninterrupted_result(stage, tmp_path,
+                                                                       monkeypatch):
+    """Killed at step 2 of a step (its step-1 checkpoint on disk), or in the evaluation after
+    step 3, then resumed: the before/after figures, the final weights of every step and the
+    step logs equal an uninterrupted run's, bitwise; the finished steps are not trained again."""
+    cfg = CaseStudyConfig(**RESUMABLE)
+    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
+    run = tmp_path / "b" / "cs"
+    with monkeypatch.context() as m:
+        _kill_in(stage, m)
+        with pytest.raises(Killed):
+            run_case_study(cfg, run, assets=tiny_assets())
+    assert run.is_dir() and not (run / "summary.json").exists()
+    order = ["sft", "reward_model", "rl"]
+    done = order[: order.index(stage)] if stage in order else order
+    assert [s for s in order if (run / s / "stage.json").is_file()] == done
+
+    trained = _watch_steps(monkeypatch)
+    s = run_case_study(cfg, run, assets=tiny_assets(), resume=True)
+    after = order[order.index(stage) + 1 :] if stage in order else []
+    assert trained == {**({stage: [2, 3]} if stage in order else {}),
+                       **{later: [1, 2, 3] for later in after}}  # fmt: skip
+    assert s["before"] == full["before"] and s["after"] == full["after"]
+    assert s["stages"]["rl"]["steps"] == 3 and s["stages"]["sft"]["steps"] == 3
+    for sub in ("sft", "reward_model", "rl"):
+        a, b = _weights(tmp_path / "a" / "cs" / sub / "model"), _weights(run / sub / "model")
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
+        assert _records(run / sub / "metrics.jsonl") == _records(
+            tmp_path / "a" / "cs" / sub / "metrics.jsonl")
+    logged = [r["step"] for r in _records(run / "rl" / "metrics.jsonl")
+              if "judge/train_mean" in r]  # fmt: skip
+    assert logged == [1, 2, 3]  # the killed step's judge record was not lost with it
+    assert not (run / "run.json").exists() and (run / "summary.json").is_file()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_that_step_again(tmp_path,
+                                                                          monkeypatch):
+    cfg = CaseStudyConfig(**{**RESUMABLE, "checkpoint_every": 0})
+    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
+    run = tmp_path / "b" / "cs"
+    with monkeypatch.context() as m:
+        _kill_in("rl", m)
+        with pytest.raises(Killed):
+            run_case_study(cfg, run, assets=tiny_assets())
+    assert not (run / "rl" / "checkpoints" / "latest").exists()
+    s = run_case_study(cfg, run, assets=tiny_assets(), resume=True)
+    assert s["after"] == full["after"]
+
+
+def test_resume_refuses_a_finished_run_and_a_directory_that_is_no_run(tmp_path):
+    cfg = CaseStudyConfig(**TINY)
+    run_case_study(cfg, tmp_path / "cs", assets=tiny_assets())
+    with pytest.raises(PavlovError, match="has finished"):
+        run_case_study(cfg, tmp_path / "cs", assets=tiny_assets(), resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PavlovError, match="not a pavlov run directory"):
+        run_case_study(cfg, tmp_path / "empty", assets=tiny_assets(), resume=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -564,6 +716,36 @@ def test_cli_runs_the_case_study_with_injected_assets(tmp_path, capsys, monkeypa
     assert set(s["goals"]) >= {"judge/positive_fraction", "fluency/nll", "kl/ref"}
     saved = (tmp_path / "runs" / "r" / "config.yaml").read_text()
     assert "beta: 0.2" in saved and "algo: dpo" in saved
+
+
+def test_cli_resume_continues_a_stopped_run_with_its_saved_settings(tmp_path, capsys,
+                                                                    monkeypatch):
+    """`pavlov rlhf --resume runs/NAME` after a failure in step 3: the run finishes with the
+    settings it started with (here a config file and overrides); other options are refused."""
+    import pavlov.llm.case_study.pipeline as cs
+
+    monkeypatch.setattr(cs, "CaseStudyAssets", tiny_assets)
+    config = tmp_path / "rlhf.yaml"
+    config.write_text("case_study:\n" + "".join(f"  {k}: {v}\n" for k, v in RESUMABLE.items()))
+    run = tmp_path / "runs" / "r"
+    args = ["rlhf", "--config", str(config), "-o", "rl.beta=0.2", "--runs-dir",
+            str(tmp_path / "runs"), "--name", "r", "-q"]  # fmt: skip
+    with monkeypatch.context() as m:
+        _kill_in("rl", m)
+        with pytest.raises(Killed):
+            main(args)
+    capsys.readouterr()
+    code, out, err = run_cli(["rlhf", "--resume", str(run), "-o", "rl_steps=9"], capsys)
+    assert code == 2 and "drop -o" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(["rlhf", "--resume", str(run), "--json"], capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["stages"]["rl"]["steps"] == 3
+    assert "beta: 0.2" in (run / "config.yaml").read_text()
+    code, out, err = run_cli(["rlhf", "--resume", str(run)], capsys)
+    assert code == 2 and "has finished" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(["rlhf", "--resume", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not a pavlov run directory" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pavlov.config import build_config, parse_overrides
 from pavlov.errors import ConfigError
 
 TOP_KEYS = {"name", "runs_dir", "case_study"}
+"""Top-level keys of an rlhf config file (``resume``, a flag, continues a run instead)."""
 STAGE_PREFIXES = {"sft": "sft_options", "rm": "rm_options", "rl": "rl_options"}
 
 
@@ -25,7 +26,7 @@ def resolve_config(opts: dict[str, Any], quick: bool, overrides: list[str] | Non
     """The :class:`CaseStudyConfig` of a command line (``opts``: the config file + flags)."""
     from pavlov.llm.case_study.pipeline import QUICK, CaseStudyConfig
 
-    unknown = set(opts) - TOP_KEYS - {"algo"}
+    unknown = set(opts) - TOP_KEYS - {"algo", "resume"}
     if unknown:
         raise ConfigError(
             f"unknown rlhf option(s) {', '.join(sorted(unknown))}; valid: "
@@ -51,6 +52,25 @@ def resolve_config(opts: dict[str, Any], quick: bool, overrides: list[str] | Non
     return build_config(CaseStudyConfig, values, where="case_study")
 
 
+def resumed_config(opts: dict[str, Any], quick: bool, overrides: list[str] | None):
+    """``(run dir, its saved CaseStudyConfig)`` for ``--resume RUN``, which takes no other
+    setting: a run continues exactly as it started."""
+    from pavlov.llm.case_study.pipeline import CaseStudyConfig, check_resumable
+    from pavlov.run.rundir import open_run_dir
+
+    given = sorted(k for k in opts if k != "resume" and opts[k] is not None)
+    given += ["--quick"] * quick + ["-o"] * bool(overrides)
+    if given:
+        raise ConfigError(f"--resume continues a run with its own settings; drop "
+                          f"{', '.join(given)}")
+    run_dir = Path(opts["resume"])
+    check_resumable(run_dir)
+    _, saved = open_run_dir(run_dir)
+    if saved.get("command") != "rlhf" or not isinstance(saved.get("case_study"), dict):
+        raise ConfigError(f"--resume {run_dir} is not a pavlov rlhf run")
+    return run_dir, build_config(CaseStudyConfig, saved["case_study"], where="case_study")
+
+
 def run_rlhf(
     opts: dict[str, Any],
     overrides: list[str] | None,
@@ -62,13 +82,18 @@ def run_rlhf(
 ) -> dict[str, Any]:
     """Validate, run the case study, print the before/after table; ``--json``: the summary."""
     from pavlov.llm.case_study.pipeline import run_case_study
-    from pavlov.run import default_run_name
+    from pavlov.run import default_run_name, interrupt
     from pavlov.run.console import emit_json
 
-    cfg = resolve_config(opts, quick, overrides)
-    name = opts.get("name") or default_run_name("rlhf", cfg.algo)
-    run_dir = Path(opts.get("runs_dir") or "runs") / name
-    summary = run_case_study(cfg, run_dir, quiet=quiet or json_out, assets=assets)
+    if opts.get("resume"):
+        run_dir, cfg = resumed_config(opts, quick, overrides)
+    else:
+        cfg = resolve_config(opts, quick, overrides)
+        name = opts.get("name") or default_run_name("rlhf", cfg.algo)
+        run_dir = Path(opts.get("runs_dir") or "runs") / name
+    with interrupt.resumable(run_dir, "rlhf"):
+        summary = run_case_study(cfg, run_dir, quiet=quiet or json_out, assets=assets,
+                                 resume=bool(opts.get("resume")))  # fmt: skip
     print_summary(summary)
     if json_out:
         emit_json(summary)

@@ -106,6 +106,7 @@ class Run:
         TensorBoard event file, and record the (possibly extended) config."""
         path = Path(path)
         rewind_logs(path)
+        (path / "run.json").unlink(missing_ok=True)  # running again: no stale failed status
         run = cls(dir=path, config=config, tensorboard=tensorboard,
                   _checkpointed=read_latest(path / "checkpoints") is not None)
         atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))

@@ -240,6 +240,12 @@ class CaseStudyConfig:
     reader's chat interface cuts (Holtzman et al. 2020), for the SFT model and the tuned one
     alike; the KL is then measured on a second draw at ``temperature``, the distribution step 3
     trains (so the evaluation after step 3 samples twice)."""
+    # --- runs
+    checkpoint_every: int = 50
+    """Optimizer steps between the checkpoints of each step's trainer (SFT, reward model, step
+    3), >= 0; 0: one at each step's end only. ``pavlov rlhf --resume RUN`` continues a killed
+    or interrupted run from the last one, bitwise as if it had not stopped (finished steps are
+    loaded, not trained again)."""
     # --- pass-through
     sft_options: dict[str, Any] = field(default_factory=dict)
     """Further :class:`~pavlov.llm.trainers.SFTConfig` fields (CLI: ``-o sft.FIELD=VALUE``)."""
@@ -259,6 +265,7 @@ class CaseStudyConfig:
         check_count("seed", self.seed, minimum=0)
         check_count("prompts_per_step", self.prompts_per_step, minimum=0)
         check_count("group_size", self.group_size, minimum=0)
+        check_count("checkpoint_every", self.checkpoint_every, minimum=0)
         for name in POSITIVES:
             check_positive(name, getattr(self, name))
         for name in ("beta", "target_kl", "beta_min", "relevance_weight", "fluency_weight",
@@ -295,7 +302,7 @@ def stage_configs(cfg: CaseStudyConfig) -> dict[str, TrainConfig]:
     from pavlov.llm.trainers import RewardConfig, SFTConfig
 
     common = {"seed": cfg.seed, "precision": cfg.precision, "device": cfg.device,
-              "checkpoint_every": 0}  # fmt: skip
+              "checkpoint_every": cfg.checkpoint_every}  # fmt: skip
     sft = {
         **common, "lora": True, "lora_r": cfg.sft_lora_r, "learning_rate": cfg.sft_learning_rate,
         "warmup_steps": 5, "batch_size": cfg.sft_batch_size, "max_length": cfg.sft_max_length,
@@ -569,18 +576,26 @@ def run_case_study(
     *,
     quiet: bool = True,
     assets: CaseStudyAssets | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run SFT, the reward model and step 3, evaluate before/after, write the report.
 
     Everything that can be checked (configs of every stage, the assets, the run name) is checked
     before ``run_dir`` is created. A failure before the SFT step completes leaves no directory;
-    a later one keeps the finished steps (``run.json``: failed).
+    a later one, or an interruption (SIGINT/SIGTERM: the step's trainer saves a checkpoint),
+    keeps what is done (``run.json``: failed / interrupted).
+
+    ``resume``: continue the killed, failed or interrupted run in ``run_dir`` (``cfg`` is its
+    saved config): a finished step (its ``stage.json``) is loaded, an unfinished one continues
+    from its trainer's latest checkpoint (or starts again, if it stopped before its first), and
+    both evaluations run again; the results equal those of an uninterrupted run, bitwise.
 
     Args:
         cfg: the settings.
-        run_dir: the run directory to create (must not exist).
+        run_dir: the run directory to create (must not exist), or with ``resume`` to continue.
         quiet: no progress bars or stage lines.
         assets: model and data loaders (default: the embedded SmolLM2, MiniLM, Rotten Tomatoes).
+        resume: continue ``run_dir`` instead of creating it.
 
     Returns:
         The summary also written to ``run_dir/summary.json``.
@@ -588,13 +603,16 @@ def run_case_study(
     from pavlov.llm.case_study import report, steps
     from pavlov.llm.models.loading import _quiet_progress  # no "Writing model shards" bars
     from pavlov.run import Run
+    from pavlov.run.interrupt import Interrupted
     from pavlov.run.rundir import check_run_name
 
     run_dir = Path(run_dir)
     stages = stage_configs(cfg)
     resolve_device(cfg.device)  # a GPU that is not there: one line, no run directory
     check_run_name(run_dir.name)
-    if run_dir.exists():
+    if resume:
+        check_resumable(run_dir)
+    elif run_dir.exists():
         raise PavlovError(f"run directory {run_dir} already exists (pick another --name)")
     clock = _Clock(quiet)
     inputs = _load_inputs(cfg, assets or CaseStudyAssets())
@@ -604,13 +622,22 @@ def run_case_study(
         "case_study": config_dict(cfg),
         "stages": {k: config_dict(v) for k, v in stages.items()},
     }
-    with Run.create(run_dir.parent, run_dir.name, config) as run, _quiet_progress():
+    opened = (Run.reopen(run_dir, config) if resume
+              else Run.create(run_dir.parent, run_dir.name, config))  # fmt: skip
+    with opened as run, _quiet_progress():
+        if resume:  # what is done stays, whatever happens next
+            run.mark_checkpointed()
         clock.say(f"step 1/3: SFT, {cfg.sft_steps} steps")
-        sft_model, sft_info = steps.sft(stages["sft"], inputs, run, quiet)
+        try:
+            sft_model, sft_info = steps.sft(stages["sft"], inputs, run, quiet, resume)
+        except Interrupted:  # its trainer saved a checkpoint: keep the run, resumable
+            run.mark_checkpointed()
+            raise
         run.mark_checkpointed()  # a finished step is worth keeping if a later one fails
         clock.lap("sft")
         clock.say(f"step 2/3: reward model ({cfg.rm_backbone}), {cfg.rm_steps} steps")
-        scorer, rm_info = steps.reward_model(cfg, stages["reward_model"], inputs, run, quiet)
+        scorer, rm_info = steps.reward_model(cfg, stages["reward_model"], inputs, run, quiet,
+                                             resume)  # fmt: skip
         clock.lap("reward_model")
         clock.say("evaluating the SFT policy on held-out movies")
         before = steps.evaluate(cfg, sft_model, inputs, scorer, reference=None)
@@ -618,7 +645,7 @@ def run_case_study(
         clock.lap("eval_before")
         clock.say(f"step 3/3: {cfg.algo}, {cfg.rl_steps} steps")
         policy, reference, rl_info, history = steps.step3(
-            cfg, stages["rl"], sft_model, inputs, scorer, run, quiet
+            cfg, stages["rl"], sft_model, inputs, scorer, run, quiet, resume
         )
         clock.lap("rl")
         clock.say(f"evaluating the {cfg.algo} policy on held-out movies")
@@ -642,6 +669,15 @@ def run_case_study(
         }
         run.write_summary(summary)
     return summary
+
+
+def check_resumable(run_dir: Path) -> None:
+    """PavlovError unless ``run_dir`` is a case-study run that has not finished."""
+    if not (run_dir / "config.yaml").is_file():
+        raise PavlovError(f"--resume {run_dir}: not a pavlov run directory (no config.yaml)")
+    if (run_dir / "summary.json").is_file():
+        raise PavlovError(f"--resume {run_dir}: the run has finished (summary.json); "
+                          "nothing to resume")
 
 
 class _Clock:

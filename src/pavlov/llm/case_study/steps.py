@@ -1,13 +1,25 @@
 """The steps of the case study (:mod:`pavlov.llm.case_study.pipeline`): SFT, the reward model, step
-3 (online RL or DPO) and the held-out evaluation, each writing its own sub-run."""
+3 (online RL or DPO) and the held-out evaluation, each writing its own sub-run.
+
+A step that finishes writes ``stage.json`` (its summary) into its sub-run, last. With ``resume``
+(``pavlov rlhf --resume``) a finished step is loaded from its ``model/`` instead of trained, and
+an unfinished one continues from its trainer's latest checkpoint (:func:`_stage`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import shutil
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pavlov.config import config_dict
+
+STAGE_FILE = "stage.json"
+"""Written into a step's sub-run once the step is done: its info (steps, seconds, metrics)."""
 
 
 def _info(fit) -> dict[str, Any]:
@@ -18,45 +30,89 @@ def _info(fit) -> dict[str, Any]:
     }
 
 
-def sft(sft_cfg, inputs, run, quiet: bool):
+def finished(run, name: str, resume: bool) -> dict[str, Any] | None:
+    """The info of step ``name`` if this is a resumed run and that step is done, else None."""
+    path = run.dir / name / STAGE_FILE
+    return json.loads(path.read_text()) if resume and path.is_file() else None
+
+
+@contextlib.contextmanager
+def _stage(run, name: str, config: dict[str, Any], resume: bool) -> Iterator[tuple[Any, Any]]:
+    """``(sub-run, trainer resume point or None)`` of an unfinished step: in a resumed run,
+    reopened at its latest checkpoint; else created (a step killed before its first checkpoint
+    starts again from scratch)."""
+    from pavlov.llm.trainers.loop import load_resume
+    from pavlov.run import Run
+    from pavlov.run.checkpoint import read_latest
+
+    path = run.dir / name
+    if resume and read_latest(path / "checkpoints") is not None:
+        point = load_resume(path)
+        with Run.reopen(path, config) as sub:
+            yield sub, point
+        return
+    if path.exists():
+        shutil.rmtree(path)
+    with Run.create(run.dir, name, config) as sub:
+        yield sub, None
+
+
+def _done(sub_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Mark a step finished (``stage.json``, atomically): a resumed run loads it from now on."""
+    from pavlov.run.checkpoint import atomic_write_text
+
+    atomic_write_text(sub_dir / STAGE_FILE, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def sft(sft_cfg, inputs, run, quiet: bool, resume: bool = False):
     """Step 1; returns the SFT model with its adapters merged (the step-3 start and reference)."""
     from pavlov.llm.models.loading import merge_adapters
     from pavlov.llm.trainers import train_sft
-    from pavlov.run import Run
+    from pavlov.llm.trainers.common import load_adapters
 
-    with Run.create(run.dir, "sft", {"command": "sft", "trainer": config_dict(sft_cfg)}) as sub:
+    info = finished(run, "sft", resume)
+    if info is not None:  # the saved adapters on the same base: the same merged weights
+        model = load_adapters(inputs.policy, run.dir / "sft" / "model")
+        inputs.policy = None
+        return merge_adapters(model).eval(), info
+    config = {"command": "sft", "trainer": config_dict(sft_cfg)}
+    with _stage(run, "sft", config, resume) as (sub, point):
         out = train_sft(sft_cfg, inputs.policy, inputs.tokenizer, inputs.sft_train,
-                        inputs.sft_test, run=sub, quiet=quiet)  # fmt: skip
+                        inputs.sft_test, run=sub, resume=point, quiet=quiet)  # fmt: skip
     inputs.policy = None  # the merged model below replaces it
-    return merge_adapters(out.model).eval(), _info(out.fit)
+    return merge_adapters(out.model).eval(), _done(sub.dir, _info(out.fit))
 
 
-def reward_model(cfg, rm_cfg, inputs, run, quiet: bool):
+def reward_model(cfg, rm_cfg, inputs, run, quiet: bool, resume: bool = False):
     """Step 2; returns the saved model reloaded as a scorer (bf16 autocast when asked)."""
     from pavlov.devices import module_device
     from pavlov.llm.scoring.rewards import reward_model_fn
     from pavlov.llm.trainers import load_reward_model, train_reward_model
     from pavlov.llm.trainers.common import autocast
-    from pavlov.run import Run
 
-    rm_run = {"command": "reward-model", "backbone": cfg.rm_backbone,
-              "trainer": config_dict(rm_cfg)}  # fmt: skip
-    with Run.create(run.dir, "reward_model", rm_run) as sub:
-        out = train_reward_model(
-            rm_cfg, inputs.rm_backbone, inputs.rm_tokenizer, inputs.pref_train, inputs.pref_test,
-            kind=cfg.rm_backbone, base_model=cfg.policy if cfg.rm_backbone == "causal" else None,
-            run=sub, quiet=quiet,
-        )  # fmt: skip
+    info = finished(run, "reward_model", resume)
+    if info is None:
+        rm_run = {"command": "reward-model", "backbone": cfg.rm_backbone,
+                  "trainer": config_dict(rm_cfg)}  # fmt: skip
+        with _stage(run, "reward_model", rm_run, resume) as (sub, point):
+            out = train_reward_model(
+                rm_cfg, inputs.rm_backbone, inputs.rm_tokenizer, inputs.pref_train,
+                inputs.pref_test, kind=cfg.rm_backbone,
+                base_model=cfg.policy if cfg.rm_backbone == "causal" else None,
+                run=sub, resume=point, quiet=quiet,
+            )  # fmt: skip
+        info = _info(out.fit)
+        info["accuracy"] = out.fit.eval.get("eval/accuracy")
+        _done(sub.dir, info)
     inputs.rm_backbone = None
-    scorer = load_reward_model(sub.dir / "model", batch_size=cfg.eval_batch_size,
+    scorer = load_reward_model(run.dir / "reward_model" / "model", batch_size=cfg.eval_batch_size,
                                device=cfg.device)  # fmt: skip
 
     def score(prompts, completions) -> list[float]:
         with autocast(cfg.precision, module_device(scorer.model)):
             return scorer(prompts, completions)
 
-    info = _info(out.fit)
-    info["accuracy"] = out.fit.eval.get("eval/accuracy")
     if inputs.forms is not None:  # the policy reads chat prompts; the reward model the plain ones
         score = inputs.forms.scorer(score)
     return reward_model_fn(score, name="reward_model"), info
@@ -79,22 +135,30 @@ def evaluate(cfg, model, inputs, scorer, reference):
     )  # fmt: skip
 
 
-def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
-    """Step 3 from the merged SFT model: ``(policy, reference log-prob fn, info, history)``."""
+def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool, resume: bool = False):
+    """Step 3 from the merged SFT model: ``(policy, reference log-prob fn, info, history)``;
+    ``history``: the step's logged records (``rl/metrics.jsonl``), one per step."""
     from pavlov.llm.models.loading import is_peft_model
     from pavlov.llm.scoring.policy_eval import module_logprobs
-    from pavlov.run import Run
 
     # Without LoRA the step-3 trainer changes the SFT weights themselves: keep a copy to score
     # the reference with. With LoRA the reference is the base under the adapters (no copy).
     frozen = None if rl_cfg.lora else copy.deepcopy(sft_model).requires_grad_(False)
-    sub_config = {"command": cfg.algo, "trainer": config_dict(rl_cfg)}
-    with Run.create(run.dir, "rl", sub_config) as sub:
-        if cfg.algo == "dpo":
-            policy, info, history = _dpo(rl_cfg, sft_model, inputs, sub, quiet)
-        else:
-            policy, info, history = _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub,
-                                               quiet)  # fmt: skip
+    info = finished(run, "rl", resume)
+    if info is not None:
+        policy = _load_policy(sft_model, run.dir / "rl" / "model")
+    else:
+        sub_config = {"command": cfg.algo, "trainer": config_dict(rl_cfg)}
+        with _stage(run, "rl", sub_config, resume) as (sub, point):
+            if cfg.algo == "dpo":
+                policy, info = _dpo(rl_cfg, sft_model, inputs, sub, point, quiet)
+            else:
+                policy, info = _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, point,
+                                          quiet)  # fmt: skip
+        if "metrics" not in info:  # the logs are whole now that the sub-run is closed
+            last = logged_history(sub.dir)[-1]
+            info["metrics"] = {k: v for k, v in last.items() if k != "step"}
+        _done(sub.dir, info)
     policy.eval()
     options = {
         "precision": cfg.precision, "chunk_size": cfg.eval_batch_size,
@@ -104,10 +168,36 @@ def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool):
         reference = module_logprobs(policy, base=True, **options)
     else:
         reference = module_logprobs(frozen if frozen is not None else sft_model, **options)
-    return policy, reference, info, history
+    return policy, reference, info, logged_history(run.dir / "rl")
 
 
-def _dpo(dpo_cfg, sft_model, inputs, sub, quiet: bool):
+def _load_policy(sft_model, path: Path):
+    """A finished step 3's policy: its adapters on the SFT model, or its whole weights."""
+    from pavlov.llm.trainers.common import load_adapters
+    from pavlov.llm.trainers.loop import load_weights
+
+    if (path / "adapter_config.json").is_file():
+        return load_adapters(sft_model, path)
+    load_weights(sft_model, path)
+    return sft_model
+
+
+def logged_history(sub_dir: Path) -> list[dict[str, float]]:
+    """A sub-run's ``metrics.jsonl`` as one record per step (records of one step merged, e.g. a
+    step's training metrics and its ``judge/train_mean``; wall-clock ``time`` left out), in
+    step order: the curves of the report, the same for a resumed run as for an uninterrupted
+    one."""
+    from pavlov.run.rundir import read_metrics
+
+    merged: dict[int, dict[str, float]] = {}
+    for record in read_metrics(sub_dir):
+        step = int(record["step"])
+        row = merged.setdefault(step, {"step": step})
+        row.update({k: v for k, v in record.items() if k not in ("step", "time")})
+    return [merged[k] for k in sorted(merged)]
+
+
+def _dpo(dpo_cfg, sft_model, inputs, sub, point, quiet: bool):
     from pavlov.llm.trainers import train_dpo
 
     # No held-out pairs here: the case study's own evaluation follows (and DPO's would cost
@@ -115,8 +205,9 @@ def _dpo(dpo_cfg, sft_model, inputs, sub, quiet: bool):
     pairs = inputs.pref_train
     if inputs.forms is not None:
         pairs = [inputs.forms.preference(x) for x in pairs]
-    out = train_dpo(dpo_cfg, sft_model, inputs.tokenizer, pairs, None, run=sub, quiet=quiet)
-    return out.model, _info(out.fit), list(out.fit.history)
+    out = train_dpo(dpo_cfg, sft_model, inputs.tokenizer, pairs, None, run=sub, resume=point,
+                    quiet=quiet)  # fmt: skip
+    return out.model, _info(out.fit)
 
 
 class JudgeTap:
@@ -139,7 +230,7 @@ class JudgeTap:
         return sum(scores) / len(scores) if scores else None
 
 
-def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
+def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, point, quiet: bool):
     from pavlov.llm.scoring.rewards import fluency_reward, vader_reward, weighted_sum
     from pavlov.llm.trainers.online import train_online
 
@@ -153,36 +244,29 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, quiet: bool):
         if cfg.fluency_hinge:
             plain = fluency_reward(inputs.fluency_model, inputs.tokenizer, **options)
             floor = fluency_level(cfg, sft_model, inputs, plain)
-            sub.log(0, {"reward/fluency_floor": floor})
+            if point is None:  # a resumed step 3 has it logged (the same value, recomputed)
+                sub.log(0, {"reward/fluency_floor": floor})
         fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor,
                                  surprise=cfg.fluency_surprise or None, **options)
         terms["fluency"] = (fluency, cfg.fluency_weight)
     # logged per term: reward/reward_model, reward/relevance, reward/fluency
     reward = weighted_sum(terms) if len(terms) > 1 else tap
-    judged: dict[int, float] = {}
 
-    def callback(step: int, record: dict) -> None:
+    def callback(step: int, record: dict) -> None:  # before the step's checkpoint: inside it
         score = tap.take()
         if score is not None:
-            judged[step] = score
             sub.log(step, {"judge/train_mean": score})
 
     t0 = time.perf_counter()
     out = train_online(rl_cfg, sft_model, inputs.tokenizer, prompts=inputs.rl_prompts,
-                       reward=reward, run=sub, quiet=quiet, callback=callback)  # fmt: skip
-    seconds = time.perf_counter() - t0
-    history = [dict(r) for r in out.history]
-    for record in history:
-        if int(record.get("step", -1)) in judged:
-            record["judge/train_mean"] = judged[int(record["step"])]
-    last = history[-1] if history else {}
+                       reward=reward, run=sub, resume=point, quiet=quiet,
+                       callback=callback)  # fmt: skip
     info = {
         "steps": out.steps,
-        "seconds": round(seconds, 2),
-        "metrics": {k: v for k, v in last.items() if k != "step"},
+        "seconds": round(time.perf_counter() - t0, 2),
         **({} if floor is None else {"fluency_floor": round(floor, 4)}),
     }
-    return out.model, info, history
+    return out.model, info  # its "metrics": the last logged record, once the sub-run is closed
 
 
 FLUENCY_REVIEWS = 64

@@ -266,6 +266,8 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
             evaluate_now = cfg.eval_every and step % cfg.eval_every == 0 and step < loop.total
             if loop.evaluate is not None and evaluate_now:
                 log.evaluation(step, loop.evaluate())
+            if callback is not None:  # before the checkpoint: what it logs is inside the cut
+                callback(step, record)
             due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             if loop.sharded and due:  # the gathering is collective; rank 0 writes
                 _sharded_checkpoint(run, cfg, loop, step, log)
@@ -274,8 +276,6 @@ def run_steps(cfg: TrainConfig, loop: Loop, start: int, *, run=None, quiet: bool
                 save_trainer_checkpoint(run, cfg, loop.saver, step, loop.optimizer,
                                         loop.scheduler, log)  # fmt: skip
                 saved = step
-            if callback is not None:
-                callback(step, record)
             if dp is None:
                 interrupt.check(step)
     if loop.evaluate is not None:

@@ -21,6 +21,7 @@ from pavlov.llm.case_study.steps import JudgeTap
 from pavlov.llm.data.datasets import PreferenceExample, SFTExample
 from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
 from pavlov.llm.scoring.policy_eval import distinct_n, evaluate_policy, module_logprobs, on_topic
+from pavlov.run.checkpoint import read_latest
 
 # peft 0.21 calls a helper transformers 5 deprecated
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
@@ -746,6 +747,44 @@ def test_cli_resume_continues_a_stopped_run_with_its_saved_settings(tmp_path, ca
     assert code == 2 and "has finished" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(["rlhf", "--resume", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not a pavlov run directory" in err
+
+
+def test_sigterm_in_the_sft_step_saves_keeps_the_run_and_prints_the_resume_command(
+        tmp_path, capsys, monkeypatch):
+    """SIGTERM during step 1 (before any step is finished): the SFT trainer saves a checkpoint,
+    the run stays (``run.json``: interrupted), the command to continue it is printed, and it
+    continues from there."""
+    import os
+    import signal
+
+    import pavlov.llm.case_study.pipeline as cs
+    import pavlov.llm.trainers as trainers
+
+    monkeypatch.setattr(cs, "CaseStudyAssets", tiny_assets)
+    real = trainers.train_sft
+
+    def train_sft(*args, **kwargs):
+        def callback(step, record):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return real(*args, **{**kwargs, "callback": callback})
+
+    config = tmp_path / "rlhf.yaml"
+    config.write_text("case_study:\n" + "".join(f"  {k}: {v}\n" for k, v in RESUMABLE.items()))
+    run = tmp_path / "runs" / "r"
+    with monkeypatch.context() as m:
+        m.setattr(trainers, "train_sft", train_sft)
+        code, out, err = run_cli(["rlhf", "--config", str(config), "--runs-dir",
+                                  str(tmp_path / "runs"), "--name", "r", "-q"], capsys)
+    assert code == 128 + signal.SIGTERM, err
+    assert f"Continue with: pavlov rlhf --resume {run}" in err
+    assert json.loads((run / "run.json").read_text()) == {"status": "interrupted"}
+    assert read_latest(run / "sft" / "checkpoints")[0] == "step_2"
+    trained = _watch_steps(monkeypatch)
+    code, out, err = run_cli(["rlhf", "--resume", str(run), "-q"], capsys)
+    assert code == 0, err
+    assert trained == {"sft": [3], "reward_model": [1, 2, 3], "rl": [1, 2, 3]}
 
 
 # ---------------------------------------------------------------------------------------------

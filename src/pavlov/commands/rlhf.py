@@ -63,11 +63,10 @@ def resumed_config(opts: dict[str, Any], quick: bool, overrides: list[str] | Non
     if given:
         raise ConfigError(f"--resume continues a run with its own settings; drop "
                           f"{', '.join(given)}")
-    run_dir = Path(opts["resume"])
-    check_resumable(run_dir)
-    _, saved = open_run_dir(run_dir)
+    run_dir, saved = open_run_dir(opts["resume"])
     if saved.get("command") != "rlhf" or not isinstance(saved.get("case_study"), dict):
         raise ConfigError(f"--resume {run_dir} is not a pavlov rlhf run")
+    check_resumable(run_dir)
     return run_dir, build_config(CaseStudyConfig, saved["case_study"], where="case_study")
 
 

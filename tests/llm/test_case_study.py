@@ -540,8 +540,9 @@ def _kill_in(stage, monkeypatch):
         dying(trainers.train_sft, trainers, "train_sft")
     elif stage == "reward_model":
         dying(trainers.train_reward_model, trainers, "train_reward_model")
-    elif stage == "rl":
+    elif stage == "rl":  # online RL or DPO
         dying(online.train_online, online, "train_online")
+        dying(trainers.train_dpo, trainers, "train_dpo")
     else:
         real = steps.evaluate
 
@@ -629,6 +630,22 @@ def test_a_run_killed_in_any_step_resumes_to_the_uninterrupted_result(stage, tmp
               if "judge/train_mean" in r]  # fmt: skip
     assert logged == [1, 2, 3]  # the killed step's judge record was not lost with it
     assert not (run / "run.json").exists() and (run / "summary.json").is_file()
+
+
+def test_a_dpo_step_3_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path,
+                                                                         monkeypatch):
+    cfg = CaseStudyConfig(**{**RESUMABLE, "algo": "dpo"})
+    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
+    run = tmp_path / "b" / "cs"
+    with monkeypatch.context() as m:
+        _kill_in("rl", m)
+        with pytest.raises(Killed):
+            run_case_study(cfg, run, assets=tiny_assets())
+    s = run_case_study(cfg, run, assets=tiny_assets(), resume=True)
+    assert s["after"] == full["after"] and s["stages"]["rl"]["steps"] == 3
+    a, b = _weights(tmp_path / "a" / "cs" / "rl" / "model"), _weights(run / "rl" / "model")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_that_step_again(tmp_path,

@@ -556,6 +556,18 @@ def _kill_in(stage, monkeypatch):
     monkeypatch.setattr(Run, "close", lambda self, ok=True, status="failed": close(self))
 
 
+def _full_and_killed(cfg, stage, tmp_path, monkeypatch) -> tuple[dict, Path]:
+    """An uninterrupted run's summary (``tmp_path/a/cs``) and the same run killed in ``stage``
+    (:func:`_kill_in`; its directory ``tmp_path/b/cs`` is returned)."""
+    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
+    run = tmp_path / "b" / "cs"
+    with monkeypatch.context() as m:
+        _kill_in(stage, m)
+        with pytest.raises(Killed):
+            run_case_study(cfg, run, assets=tiny_assets())
+    return full, run
+
+
 def _watch_steps(monkeypatch) -> dict[str, list[int]]:
     """``{step name: [optimizer steps taken]}`` of what the trainers do from now on."""
     import pavlov.llm.trainers as trainers
@@ -601,12 +613,7 @@ def test_a_run_killed_in_any_step_resumes_to_the_uninterrupted_result(stage, tmp
     step 3, then resumed: the before/after figures, the final weights of every step and the
     step logs equal an uninterrupted run's, bitwise; the finished steps are not trained again."""
     cfg = CaseStudyConfig(**RESUMABLE)
-    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
-    run = tmp_path / "b" / "cs"
-    with monkeypatch.context() as m:
-        _kill_in(stage, m)
-        with pytest.raises(Killed):
-            run_case_study(cfg, run, assets=tiny_assets())
+    full, run = _full_and_killed(cfg, stage, tmp_path, monkeypatch)
     assert run.is_dir() and not (run / "summary.json").exists()
     order = ["sft", "reward_model", "rl"]
     done = order[: order.index(stage)] if stage in order else order
@@ -635,12 +642,7 @@ def test_a_run_killed_in_any_step_resumes_to_the_uninterrupted_result(stage, tmp
 def test_a_dpo_step_3_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path,
                                                                          monkeypatch):
     cfg = CaseStudyConfig(**{**RESUMABLE, "algo": "dpo"})
-    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
-    run = tmp_path / "b" / "cs"
-    with monkeypatch.context() as m:
-        _kill_in("rl", m)
-        with pytest.raises(Killed):
-            run_case_study(cfg, run, assets=tiny_assets())
+    full, run = _full_and_killed(cfg, "rl", tmp_path, monkeypatch)
     s = run_case_study(cfg, run, assets=tiny_assets(), resume=True)
     assert s["after"] == full["after"] and s["stages"]["rl"]["steps"] == 3
     a, b = _weights(tmp_path / "a" / "cs" / "rl" / "model"), _weights(run / "rl" / "model")
@@ -651,12 +653,7 @@ def test_a_dpo_step_3_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_pat
 def test_a_run_stopped_before_its_first_checkpoint_starts_that_step_again(tmp_path,
                                                                           monkeypatch):
     cfg = CaseStudyConfig(**{**RESUMABLE, "checkpoint_every": 0})
-    full = run_case_study(cfg, tmp_path / "a" / "cs", assets=tiny_assets())
-    run = tmp_path / "b" / "cs"
-    with monkeypatch.context() as m:
-        _kill_in("rl", m)
-        with pytest.raises(Killed):
-            run_case_study(cfg, run, assets=tiny_assets())
+    full, run = _full_and_killed(cfg, "rl", tmp_path, monkeypatch)
     assert not (run / "rl" / "checkpoints" / "latest").exists()
     s = run_case_study(cfg, run, assets=tiny_assets(), resume=True)
     assert s["after"] == full["after"]

@@ -56,17 +56,14 @@ def resumed_config(opts: dict[str, Any], quick: bool, overrides: list[str] | Non
     """``(run dir, its saved CaseStudyConfig)`` for ``--resume RUN``, which takes no other
     setting: a run continues exactly as it started."""
     from pavlov.llm.case_study.pipeline import CaseStudyConfig, check_resumable
-    from pavlov.run.rundir import open_run_dir
 
     given = sorted(k for k in opts if k != "resume" and opts[k] is not None)
     given += ["--quick"] * quick + ["-o"] * bool(overrides)
     if given:
         raise ConfigError(f"--resume continues a run with its own settings; drop "
                           f"{', '.join(given)}")
-    run_dir, saved = open_run_dir(opts["resume"])
-    if saved.get("command") != "rlhf" or not isinstance(saved.get("case_study"), dict):
-        raise ConfigError(f"--resume {run_dir} is not a pavlov rlhf run")
-    check_resumable(run_dir)
+    run_dir = Path(opts["resume"])
+    saved = check_resumable(run_dir)
     return run_dir, build_config(CaseStudyConfig, saved["case_study"], where="case_study")
 
 

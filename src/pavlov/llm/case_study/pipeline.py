@@ -671,13 +671,18 @@ def run_case_study(
     return summary
 
 
-def check_resumable(run_dir: Path) -> None:
-    """PavlovError unless ``run_dir`` is a case-study run that has not finished."""
-    if not (run_dir / "config.yaml").is_file():
-        raise PavlovError(f"--resume {run_dir}: not a pavlov run directory (no config.yaml)")
+def check_resumable(run_dir: str | Path) -> dict[str, Any]:
+    """The saved config of ``run_dir``; PavlovError unless it is a case-study run that has not
+    finished."""
+    from pavlov.run.rundir import open_run_dir
+
+    run_dir, saved = open_run_dir(run_dir)
+    if saved.get("command") != "rlhf" or not isinstance(saved.get("case_study"), dict):
+        raise PavlovError(f"--resume {run_dir} is not a pavlov rlhf run")
     if (run_dir / "summary.json").is_file():
         raise PavlovError(f"--resume {run_dir}: the run has finished (summary.json); "
                           "nothing to resume")
+    return saved
 
 
 class _Clock:

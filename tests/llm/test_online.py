@@ -142,6 +142,11 @@ def test_adaptive_kl_and_missing_eos_penalty():
     assert adaptive_kl_coef(0.1, kl=0.0, target=6.0, horizon=100, n_steps=10, minimum=0.1) == 0.1
     assert adaptive_kl_coef(0.1, kl=12.0, target=6.0, horizon=100, n_steps=10,
                             minimum=0.1) == pytest.approx(0.102)  # fmt: skip
+    # a ceiling: the leash tightens no further than beta_max (no windup after a KL peak)
+    assert adaptive_kl_coef(0.1, kl=12.0, target=6.0, horizon=100, n_steps=10,
+                            maximum=0.101) == 0.101  # fmt: skip
+    assert adaptive_kl_coef(0.1, kl=0.0, target=6.0, horizon=100, n_steps=10,
+                            maximum=0.101) == pytest.approx(0.098)  # fmt: skip
     out = apply_missing_eos_penalty(torch.tensor([1.0, 2.0]), torch.tensor([True, False]), 3.0)
     assert out.tolist() == [1.0, -1.0]
 
@@ -270,6 +275,17 @@ def test_beta_min_keeps_the_controller_from_relaxing_the_leash_below_it():
     assert coefs == pytest.approx([0.1, 0.1 * 0.8, 0.08])  # 0.064 without the floor
     with pytest.raises(ConfigError, match="beta_min"):
         config("rloo", target_kl=1.0, beta_min=-0.1)
+
+
+def test_beta_max_keeps_the_controller_from_tightening_the_leash_above_it():
+    model, tok = tiny_causal_lm()
+    cfg = config("rloo", max_steps=4, beta=0.1, target_kl=1e-6, beta_max=0.09, kl_horizon=16,
+                 learning_rate=1e-2)  # fmt: skip
+    coefs = [r["kl/coef"] for r in train_online(cfg, model, tok, PROMPTS, vowel_share).history]
+    # the first step's KL is 0 (the policy is its reference): 20% down; then up, at most to 0.09
+    assert coefs == pytest.approx([0.1, 0.08, 0.09, 0.09])  # 0.096, 0.1152 without it
+    with pytest.raises(ConfigError, match="beta_max"):
+        config("rloo", target_kl=1.0, beta_min=0.2, beta_max=0.1)
 
 
 @pytest.mark.parametrize(

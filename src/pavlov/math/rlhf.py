@@ -141,12 +141,15 @@ def token_gae(
 
 
 def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int,
-                     minimum: float = 0.0) -> float:
+                     minimum: float = 0.0, maximum: float = 0.0) -> float:
     """The adaptive KL controller of Ziegler et al. 2019 (arXiv:1909.08593, sec. 2.2).
 
     ``max(minimum, coef * (1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon))``: the
     coefficient grows while the measured KL is above the target and shrinks while below, by at
-    most 20% per ``horizon`` samples, never below ``minimum``.
+    most 20% per ``horizon`` samples, never below ``minimum`` and, with ``maximum`` > 0, never
+    above it. The controller integrates the error, so a KL peak winds the coefficient up and
+    it keeps pulling the policy back long after the peak (integral windup); a ceiling bounds
+    that.
 
     Args:
         coef: the current ``beta``.
@@ -155,9 +158,11 @@ def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_step
         horizon: samples over which a full 20% correction applies.
         n_steps: samples in this batch (responses).
         minimum: the floor (0: Ziegler et al.'s controller).
+        maximum: the ceiling (0: none, Ziegler et al.'s controller).
     """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
-    return max(minimum, coef * (1.0 + error * n_steps / horizon))
+    coef = max(minimum, coef * (1.0 + error * n_steps / horizon))
+    return min(coef, maximum) if maximum > 0 else coef
 
 
 def _token_mean(x: Tensor, mask: Tensor) -> Tensor:

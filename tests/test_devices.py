@@ -142,3 +142,32 @@ def test_deep_agents_train_with_subnormals_flushed():
     dqn.train("CartPole-v1", cfg, hooks=Hooks(log=lambda step, metrics: seen.append(_flushing())))
     assert seen and all(seen)
     assert not _flushing()
+
+
+def test_prime_vector_math_calls_each_function_once_split_over_the_threads(monkeypatch):
+    import pavlov.devices as devices
+
+    calls = []
+    for name in devices.PRIMED_FUNCTIONS:
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda x, _f=real, _n=name: calls.append(
+            (_n, x.dtype, x.numel())) or _f(x))  # fmt: skip
+    monkeypatch.setattr(devices, "_primed", False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    devices.prime_vector_math()
+    devices.prime_vector_math()  # once per process
+    expected = [(n, d) for d in (torch.float32, torch.float64) for n in devices.PRIMED_FUNCTIONS]
+    assert [(n, d) for n, d, _ in calls] == expected
+    # each call is split over every thread: at least ATen's 32768-element grain per thread
+    assert all(size >= 3 * 32768 for _, _, size in calls)
+
+
+def test_the_llm_half_primes_vector_math_before_it_samples(monkeypatch):
+    import pavlov.devices as devices
+    from pavlov.llm.generation.rollout import SamplingConfig, generate
+    from pavlov.llm.models.tiny import tiny_random_lm
+
+    model = tiny_random_lm("llama")
+    monkeypatch.setattr(devices, "_primed", False)
+    generate(model, torch.tensor([[1, 2, 3]]), cfg=SamplingConfig(max_new_tokens=2, seed=0))
+    assert devices._primed

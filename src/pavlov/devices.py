@@ -4,7 +4,8 @@ before a run starts and resolved to a :class:`torch.device` once.
 ``auto`` picks CUDA where torch sees a GPU, else Apple's MPS where torch has it, else the CPU.
 A device torch cannot see is a one-line :class:`~pavlov.errors.ConfigError`, not a crash deep
 inside the first forward pass. :func:`flush_denormals` is the CPU's floating-point mode that the
-deep agents' training loops run in.
+deep agents' training loops run in; :func:`prime_vector_math` takes a bad first call of torch's
+vectorised math functions out of the way before the LLM half computes anything.
 """
 
 from __future__ import annotations
@@ -99,3 +100,37 @@ def flush_denormals() -> Iterator[None]:
     finally:
         if switched:
             torch.set_flush_denormal(False)
+
+
+PRIMED_FUNCTIONS = ("cos", "sin", "exp", "log", "tanh", "sigmoid", "erf", "sqrt", "rsqrt",
+                    "log1p", "expm1")
+"""The elementwise functions :func:`prime_vector_math` calls once (float32 and float64)."""
+
+_primed = False
+
+
+def prime_vector_math() -> None:
+    """Call each of :data:`PRIMED_FUNCTIONS` once on this process's CPU threads and throw the
+    results away (first call per process; later calls return at once).
+
+    Why: on an Intel Xeon VM (AVX-512 with AMX, 2 cores, the MKL inside torch 2.13's CPU wheel)
+    the first call of ``torch.cos`` big enough to be split over the threads returned, in about
+    one process in five, values off by up to 1.5e-4 on the main thread's half
+    (``cos(19.0)``: 0.988554 for 0.988705), and right ones from the second call on. The rotary
+    tables of a 32-row prefill are such a call: the case study's held-out evaluation, run first
+    in a resumed run, then sampled other reviews for 16 prompts (55.6% positive instead of
+    56.1%; docs/benchmarks.md, session 18). The cause inside the math library is not known; a
+    first call made here, on inputs split over the threads as the model's are, takes its
+    place. About 2 ms, once.
+    """
+    global _primed
+    if _primed:
+        return
+    _primed = True
+    # 32768 elements is ATen's grain for splitting an elementwise op over the threads: one
+    # chunk per thread, as a prefill's rotary tables get, values in the range of its angles.
+    n = 32768 * max(2, torch.get_num_threads())
+    for dtype in (torch.float32, torch.float64):
+        x = torch.arange(n, dtype=dtype) % 64 + 0.5
+        for name in PRIMED_FUNCTIONS:
+            getattr(torch, name)(x)

@@ -96,7 +96,7 @@ def training(cfg: CpuConfig, policy: nn.Module, *others: nn.Module | None,
     kernels on ``policy`` (and oneDNN linears on ``others``) and,
     when the steps run under ``bf16`` autocast, eager attention in all of them. Nothing for a
     policy on another device."""
-    from pavlov.devices import module_device
+    from pavlov.devices import module_device, prime_vector_math
     from pavlov.llm.cpu.heap import compact_heap, reuse_heap
     from pavlov.llm.cpu.kernels import eager_attention
     from pavlov.llm.cpu.lean import fast_kernels
@@ -105,6 +105,7 @@ def training(cfg: CpuConfig, policy: nn.Module, *others: nn.Module | None,
         yield
         return
 
+    prime_vector_math()  # plain PyTorch's math too: not a speed-up, outside the switch
     heap = compact_heap(True) if cfg.on("compact_heap") else reuse_heap(cfg.on("reuse_heap"))
     with (heap, fast_kernels(policy, *others, enabled=cfg.on("fast_kernels")),
           eager_attention(policy, *others, enabled=bf16 and cfg.on("eager_attention"))):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from pavlov.devices import prime_vector_math
 from pavlov.llm.cpu.decoder import fast_decoder
 from pavlov.llm.cpu.kernels import onednn_bf16
 from pavlov.llm.cpu.native import sample_rows
@@ -345,6 +346,7 @@ def generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(prompt_ids)
     _check_prompts(prompt_ids, attention_mask)
+    prime_vector_math()  # the prefill's rotary tables are a first call (see its docstring)
     B, P = prompt_ids.shape
     T, device = cfg.max_new_tokens, prompt_ids.device
     generator = _new_generator(cfg.seed, device)

@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
+from pavlov.devices import prime_vector_math
 from pavlov.errors import PavlovError, check_positive, check_range
 from pavlov.llm.models import assets
 
@@ -193,6 +194,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
+    prime_vector_math()  # before this model's first forward in this process
     if name_or_path is None or name_or_path == DEFAULT_POLICY:
         model, tok = _load_smollm2(dtype)
     else:
@@ -209,6 +211,7 @@ def load_encoder(name_or_path: str | None = None):
     all-MiniLM-L6-v2 (6-layer BERT, hidden 384, mean pooling; see :func:`embed`)."""
     from transformers import AutoModel
 
+    prime_vector_math()
     if name_or_path is None or name_or_path == DEFAULT_ENCODER:
         name_or_path = str(assets.minilm_dir())
     model, tok = _from_pretrained(AutoModel, name_or_path)

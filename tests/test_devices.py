@@ -148,7 +148,7 @@ def test_prime_vector_math_calls_each_function_once_split_over_the_threads(monke
     import pavlov.devices as devices
 
     calls = []
-    for name in devices.PRIMED_FUNCTIONS:
+    for name in (*devices.PRIMED_FUNCTIONS, *devices.UNIT_FUNCTIONS):
         real = getattr(torch, name)
         monkeypatch.setattr(torch, name, lambda x, _f=real, _n=name: calls.append(
             (_n, x.dtype, x.numel())) or _f(x))  # fmt: skip
@@ -156,7 +156,8 @@ def test_prime_vector_math_calls_each_function_once_split_over_the_threads(monke
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     devices.prime_vector_math()
     devices.prime_vector_math()  # once per process
-    expected = [(n, d) for d in (torch.float32, torch.float64) for n in devices.PRIMED_FUNCTIONS]
+    names = (*devices.PRIMED_FUNCTIONS, *devices.UNIT_FUNCTIONS)
+    expected = [(n, d) for d in (torch.float32, torch.float64) for n in names]
     assert [(n, d) for n, d, _ in calls] == expected
     # each call is split over every thread: at least ATen's 32768-element grain per thread
     assert all(size >= 3 * 32768 for _, _, size in calls)

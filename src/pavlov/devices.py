@@ -102,16 +102,19 @@ def flush_denormals() -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-PRIMED_FUNCTIONS = ("cos", "sin", "exp", "log", "tanh", "sigmoid", "erf", "sqrt", "rsqrt",
-                    "log1p", "expm1")
-"""The elementwise functions :func:`prime_vector_math` calls once (float32 and float64)."""
+PRIMED_FUNCTIONS = ("cos", "sin", "tan", "exp", "log", "log2", "log10", "tanh", "erf", "erfc",
+                    "sqrt", "trunc", "sigmoid", "rsqrt", "log1p", "expm1")
+"""The elementwise functions :func:`prime_vector_math` calls once (float32 and float64): those
+torch 2.13's CPU build hands to MKL's vector math (VML) and the usual activations."""
+UNIT_FUNCTIONS = ("acos", "asin", "atan", "erfinv")
+"""The same, called on values in (0, 1) (their domain)."""
 
 _primed = False
 
 
 def prime_vector_math() -> None:
-    """Call each of :data:`PRIMED_FUNCTIONS` once on this process's CPU threads and throw the
-    results away (first call per process; later calls return at once).
+    """Call each of :data:`PRIMED_FUNCTIONS` and :data:`UNIT_FUNCTIONS` once on this process's
+    CPU threads and throw the results away (first call per process; later calls return at once).
 
     Why: on an Intel Xeon VM (AVX-512 with AMX, 2 cores, the MKL inside torch 2.13's CPU wheel)
     the first call of ``torch.cos`` big enough to be split over the threads returned, in about
@@ -121,7 +124,7 @@ def prime_vector_math() -> None:
     in a resumed run, then sampled other reviews for 16 prompts (55.6% positive instead of
     56.1%; docs/benchmarks.md, session 18). The cause inside the math library is not known; a
     first call made here, on inputs split over the threads as the model's are, takes its
-    place. About 2 ms, once.
+    place. About 7 ms, once.
     """
     global _primed
     if _primed:
@@ -134,3 +137,6 @@ def prime_vector_math() -> None:
         x = torch.arange(n, dtype=dtype) % 64 + 0.5
         for name in PRIMED_FUNCTIONS:
             getattr(torch, name)(x)
+        unit = x / 65
+        for name in UNIT_FUNCTIONS:
+            getattr(torch, name)(unit)

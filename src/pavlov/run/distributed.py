@@ -15,6 +15,7 @@ parameters (gradients are averaged before each optimizer step).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import datetime
 import itertools
@@ -250,10 +251,16 @@ def init(device: str = "cpu") -> DataParallel | None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        # The group we joined is left before the interpreter shuts down, however the process
+        # ends. A process that exits with a gloo group still alive can abort in gloo's worker
+        # threads ("terminate called without an active exception", SIGABRT: pytorch#190489),
+        # and torchrun then reports a run that finished as failed.
+        atexit.register(shutdown)
     return current()
 
 
 def shutdown() -> None:
+    """Leave the process group (no-op when there is none)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -5,7 +5,7 @@
 # the classic check (gpu_check.sh: PPO and DQN on CartPole, cuda vs cpu) and the LLM check
 # (gpu_check_llm.sh: SFT/DPO/GRPO steps vs TRL, `pavlov rlhf --quick`). Each part has its own
 # time limit and log, so one failure leaves the others' results.
-#   PARTS=llm,classic_gpu,classic_cpu,rlhf (default all); DEVICE=cuda benchmarks/gpu_session.sh "$OUT"     (there; carry .whl and .gpu)
+#   PARTS=llm,llm_profile,classic_gpu,classic_cpu,rlhf (default all); DEVICE=cuda benchmarks/gpu_session.sh "$OUT"     (there; carry .whl and .gpu)
 #   DEVICE=cpu SMOKE=1 benchmarks/gpu_session.sh /tmp/out   (here: a dry run of the plumbing)
 set -uo pipefail
 out="${1:?usage: gpu_session.sh OUT_DIR}"
@@ -43,6 +43,13 @@ want() { [ "${PARTS:-all}" = all ] || [[ ",$PARTS," == *",$1,"* ]]; }
 if want llm; then
   part llm_bf16 "${LLM_LIMIT:-150}" "$py" benchmarks/vs_trl.py --tasks "${LLM_TASKS:-sft,dpo,grpo}" \
     --device "$DEVICE" --precision bf16 --steps "$steps" --out "$out/llm_bf16.json"
+fi
+# SFT was 4.9x TRL's step on the H200 (12-04), ~1.3 s at each new padded length: profiled, both
+# sides' top ops by host and device self time (a per-shape plan build, e.g. cuDNN attention's,
+# shows there) go into llm_sft_profile.json.
+if want llm_profile; then
+  part llm_sft_profile "${PROFILE_LIMIT:-90}" "$py" benchmarks/vs_trl.py --tasks sft --profile \
+    --device "$DEVICE" --precision bf16 --steps "$steps" --out "$out/llm_sft_profile.json"
 fi
 want classic_gpu && part classic_gpu 90 "$py" benchmarks/devices.py --device "$DEVICE" $classic
 want classic_cpu && part classic_cpu "${CPU_LIMIT:-50}" "$py" benchmarks/devices.py --device cpu \

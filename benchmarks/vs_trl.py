@@ -134,6 +134,8 @@ import torch
 
 TASKS = ("sft", "reward", "dpo", "sampling", "grpo")
 IMPLS = ("pavlov", "trl")
+PROFILE_ROWS = 25
+"""Ops kept per ranking by ``--profile``."""
 SKIP = 2  # steps 1..SKIP are warm-up: medians over steps 3..N
 GRPO = {"prompts_per_step": 2, "group_size": 4, "new_tokens": 32, "lr": 1e-5, "beta": 0.04}
 SAMPLING = {"batch": 8, "new_tokens": 32, "temperature": 1.0}
@@ -851,8 +853,11 @@ def worker_main(args) -> int:
             body = sampling_worker(args)
         else:
             clock = StepClock()
-            body = WORKERS[(args.worker, args.impl)](args, clock)
+            with profiled(args.profile, args.device) as prof:
+                body = WORKERS[(args.worker, args.impl)](args, clock)
             body.update(_step_summary(clock, body["batches"]))
+            if prof is not None:
+                body["profile"] = top_ops(prof)
     except Unavailable as err:
         print(json.dumps({**head, "skipped": str(err)}))
         return 3
@@ -861,6 +866,31 @@ def worker_main(args) -> int:
         body["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps({**head, **_rounded(body)}))
     return 0
+
+
+def profiled(enabled: bool, device: str) -> contextlib.AbstractContextManager:
+    """torch.profiler over a worker's load and training (CPU, and CUDA on a GPU); a no-op off."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    return profile(activities=activities)
+
+
+def top_ops(prof, rows: int = PROFILE_ROWS) -> dict:
+    """The ops with the most self time on the host and on the device (seconds, calls): where a
+    step's time goes, e.g. a per-shape setup cost (a plan or kernel built at each new length)."""
+    events = prof.key_averages()
+
+    def top(attr: str) -> list[dict]:
+        ranked = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:rows]
+        return [{"op": e.key, "self_s": getattr(e, attr, 0) / 1e6, "calls": e.count}
+                for e in ranked if getattr(e, attr, 0) > 0]
+
+    return {"host": top("self_cpu_time_total"), "device": top("self_device_time_total")}
 
 
 def _measured(values: list) -> list:
@@ -908,7 +938,8 @@ def run_worker(args, task: str, impl: str) -> dict:
         "--sampling-repeats", str(args.sampling_repeats),
         "--pavlov-dpo-reference", args.pavlov_dpo_reference,
         "--device", args.device, "--precision", args.precision,
-    ] + (["--trl-dpo-precompute"] if args.trl_dpo_precompute else [])  # fmt: skip
+    ] + (["--trl-dpo-precompute"] if args.trl_dpo_precompute else []) + (
+        ["--profile"] if args.profile else [])  # fmt: skip
     if args.smoke:
         cmd += ["--smoke", "--model-dir", args.model_dir]
     env = {
@@ -1220,6 +1251,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default=None, help="write the final JSON line here")
     parser.add_argument("--verbose", action="store_true", help="show the workers' stderr")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="torch.profiler in each worker: its top ops by self time (host, CUDA) in the report",
+    )  # fmt: skip
     parser.add_argument("--worker", choices=TASKS, help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=(*IMPLS, "both"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)  # set by --smoke

@@ -190,6 +190,19 @@ def test_vs_trl_benchmark_smoke():
     assert _positive(sampling["pavlov_tokens_per_s"]) and _positive(sampling["hf_tokens_per_s"])
 
 
+@pytest.mark.timeout(200)
+def test_vs_trl_profile_reports_each_sides_top_ops():
+    """``--profile`` (what a lent GPU runs for SFT's per-length cost): both workers' top ops."""
+    report = _run("vs_trl.py", "--smoke", "--tasks", "sft", "--profile", timeout=180)
+    assert report["settings"]["profile"] is True
+    for run in report["runs"]:
+        host = run["profile"]["host"]
+        assert 0 < len(host) <= 25 and run["profile"]["device"] == [], run["impl"]  # CPU here
+        assert all(_positive(op["self_s"]) and op["calls"] >= 1 for op in host), run["impl"]
+        assert [op["self_s"] for op in host] == sorted((op["self_s"] for op in host), reverse=True)
+        assert any(op["op"].startswith("aten::") for op in host), run["impl"]
+
+
 @pytest.mark.timeout(300)
 def test_agent_rollout_benchmark_smoke():
     """Multi-turn episodes with the cache, with re-prefilling (same samples: the script checks)

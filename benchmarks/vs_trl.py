@@ -104,12 +104,13 @@ one run:
     python benchmarks/vs_trl.py --tasks sft,reward,dpo,sampling,grpo --steps 12 --threads 2 \\
         --batch 8 --max-length 128 --repeats 1 --out docs/results/vs_trl.json
 
-A quick check: ``python benchmarks/vs_trl.py --tasks sft --steps 4``. ``--smoke`` runs every
-task on both sides with a tiny random Llama (:func:`pavlov.llm.models.tiny.tiny_causal_lm`, saved
-to a
-temporary directory all workers load), 3 steps of batch 2, max length 64, GRPO 2 x 2 completions
-of 8 tokens and tiny machine-rate samples: its numbers mean nothing, but
-``tests/test_benchmarks_trl.py`` runs it so that the script cannot rot.
+A quick check: ``python benchmarks/vs_trl.py --tasks sft --steps 4``. ``--profile`` runs each
+worker under ``torch.profiler`` and adds its top ops by host and device self time to the report
+(where a step's time goes). ``--smoke`` runs every task on both sides with a tiny random Llama
+(:func:`pavlov.llm.models.tiny.tiny_causal_lm`, saved to a temporary directory all workers
+load), 3 steps of batch 2, max length 64, GRPO 2 x 2 completions of 8 tokens and tiny
+machine-rate samples: its numbers mean nothing, but ``tests/test_benchmarks.py`` runs it so that
+the script cannot rot.
 """
 
 from __future__ import annotations

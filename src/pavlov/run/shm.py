@@ -170,7 +170,7 @@ def _start(op, level: int, world_size: int, rank: int, timeout_s: float) -> Shar
     return SharedMemorySum(torch.ops.deepspeed.inference_all_reduce_, dtypes, timeout_s)
 
 
-def loaded() -> SharedMemorySum | None:
+def active() -> SharedMemorySum | None:
     """The sum :func:`load` set up for this process's group, if any."""
     return _loaded
 

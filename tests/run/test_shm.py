@@ -37,9 +37,20 @@ def _sums() -> dict:
             dp.sum_(a)
             gloo.sum_(b)
             out[(str(dtype), n)] = (a, torch.equal(a, b))
-    ones = torch.ones(8, dtype=torch.float64)  # not the kernel's: gloo
-    dp.sum_(ones)
-    out["float64"] = ones
+    # 64-bit values are gathered bit for bit through shared memory and summed in rank order
+    special = [0.0, -0.0, 1e-310, -1e300, float("inf"), 0.1, -7.0, 2.0 ** 60 + 1]
+    x64 = torch.tensor(special, dtype=torch.float64) * (dp.rank + 1) + _x(dp.rank, 8).double()
+    a, b = x64.clone(), x64.clone()
+    dp.sum_(a)
+    gloo.sum_(b)
+    out["float64"] = (a, torch.equal(a, b), x64)
+    bits = torch.tensor([0x7FF8_0000_DEAD_BEEF, -1, -(2**63), 12345 + dp.rank,
+                         -(2**62)], dtype=torch.int64)  # a NaN's payload, -0.0, ...: any bits
+    out["gathered"] = dp.shm.gather(bits.view(torch.float64), dp.rank, 2).view(torch.int64)
+    out["bits"] = bits
+    n = torch.tensor([2**40 + dp.rank, -3, 7], dtype=torch.int64)
+    dp.sum_(n)
+    out["int64"] = n
     w = torch.nn.Parameter(torch.zeros(3, 2))
     b = torch.nn.Parameter(torch.zeros(2))
     w.grad = torch.full((3, 2), float(dp.rank + 1))  # b has no gradient on any rank
@@ -61,7 +72,10 @@ def test_two_ranks_sum_through_shared_memory_with_the_bytes_gloo_gives():
                 assert same_as_gloo, (dtype, n)
                 d = getattr(torch, dtype.split(".")[1])
                 assert torch.equal(got, _x(0, n, d) + _x(1, n, d)), (dtype, n)
-        assert torch.equal(out["float64"], torch.full((8,), 2.0, dtype=torch.float64))
+        got, same_as_gloo, _ = out["float64"]
+        assert same_as_gloo and torch.equal(got, ranks[0]["float64"][2] + ranks[1]["float64"][2])
+        assert out["int64"].tolist() == [2**41 + 1, -6, 14]
+        assert torch.equal(out["gathered"], torch.stack([ranks[0]["bits"], ranks[1]["bits"]]))
         w, b = out["grads"]
         assert torch.equal(w, torch.full((3, 2), 3.0)) and torch.equal(b, torch.zeros(2))
 

@@ -81,6 +81,12 @@ class DataParallel:
             self.shm(t)
             return
         n = t.numel()
+        if self.shm is not None and t.element_size() == 8 and n * self.world_size <= 1 << 16:
+            # float64 step counts and metrics: gathered bit for bit through shared memory, then
+            # summed in rank order as below (the same bytes), in microseconds instead of ~1.5 ms
+            torch.sum(self.shm.gather(t, self.rank, self.world_size).view(self.world_size, n),
+                      0, out=t.view(-1))  # fmt: skip
+            return
         buf = self._gathers.get((n, t.dtype))
         if buf is None:
             buf = self._gathers[(n, t.dtype)] = torch.empty(self.world_size * n, dtype=t.dtype)

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 
 from pavlov.errors import PavlovError
@@ -41,6 +42,9 @@ ENV = "PAVLOV_CPU_ALLREDUCE"
 
 _CHUNK_BYTES = 1 << 30
 """Largest piece given to the kernel at once: it counts the bytes of a call in an ``int``."""
+
+_PIECES = ((np.uint64(0), 22), (np.uint64(22), 21), (np.uint64(43), 21))
+"""A 64-bit word as three pieces (shift, bits), each an integer that float32 holds exactly."""
 
 _loaded: SharedMemorySum | None = None
 _tried = False
@@ -73,6 +77,25 @@ class SharedMemorySum:
                 self._op(flat[i : i + step])
         finally:
             self._since = 0.0
+
+    def gather(self, x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+        """Every rank's ``x`` (64-bit, e.g. float64; the same shape on every rank) ->
+        ``[world_size, *x.shape]``, bit for bit: an all-gather made of one sum. Each 64-bit word
+        travels as three float32 integers of at most 22 bits (exact in float32) in this rank's
+        slot of a zero buffer, so the sum over the ranks is their concatenation (x + 0 is
+        exact). Small float64 vectors (DD-PPO's step counts and metrics, once per update) then
+        cost the kernel's microseconds instead of a gloo collective's ~1.5 ms."""
+        local = x.contiguous().numpy()
+        words = local.reshape(-1).view(np.uint64)
+        buf = np.zeros((world_size, len(_PIECES), words.size), np.float32)
+        for k, (shift, bits) in enumerate(_PIECES):
+            buf[rank, k] = (words >> shift) & np.uint64((1 << bits) - 1)
+        self(torch.from_numpy(buf))  # in place: buf holds every rank's pieces
+        pieces = buf.astype(np.uint64)
+        words = pieces[:, 0].copy()
+        for k in range(1, len(_PIECES)):
+            words |= pieces[:, k] << _PIECES[k][0]
+        return torch.from_numpy(words.view(local.dtype).reshape(world_size, *local.shape))
 
     def close(self) -> None:
         """Stop the watchdog. Before the interpreter shuts down: a daemon thread that wakes

@@ -12,8 +12,10 @@ against gloo's 350-470 us; 135M floats 0.23 s against 0.41 s.
 :mod:`pavlov.run.distributed` uses it for float32 (and, on AVX-512 CPUs, bfloat16) sums when
 every rank runs on this machine, DeepSpeed is installed and its op builds, and the ranks do not
 outnumber the cores (a spinning rank must not take the core of the rank it waits for).
-``PAVLOV_CPU_ALLREDUCE=gloo`` turns it off, ``=shm`` makes its absence an error. Other dtypes,
-and every other collective, stay on gloo.
+``PAVLOV_CPU_ALLREDUCE=gloo`` turns it off, ``=shm`` makes its absence an error. Small 64-bit
+vectors (float64 counts and metrics) are gathered through it bit for bit
+(:meth:`SharedMemorySum.gather`) and summed by the caller; larger ones, other dtypes and every
+other collective stay on gloo.
 
 The kernel spins without a timeout, so a watchdog thread (the op releases the GIL) ends this
 process with one line when a sum has waited :data:`~pavlov.run.distributed.TIMEOUT_S` for the

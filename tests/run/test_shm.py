@@ -129,3 +129,13 @@ def _one_rank_cannot() -> tuple:
 def test_when_one_rank_cannot_use_shared_memory_none_does():
     ranks = distributed.launch(2, _one_rank_cannot, all_ranks=True)
     assert ranks == {0: (None, "shm"), 1: (None, "shm")}  # the first group's sum stays
+
+
+def test_a_dev_shm_too_small_for_the_segments_is_named(monkeypatch):
+    """A container's default /dev/shm (64 MB) cannot hold a rank's 69 MB segment."""
+    monkeypatch.setenv(shm.ENV, "shm")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(shm, "_tried", False)
+    monkeypatch.setattr(shm, "_free_shm_bytes", lambda: 64 * 2**20)
+    with pytest.raises(PavlovError, match="/dev/shm has 67 MB free, 2 ranks need 138 MB"):
+        shm.load(2, 0, 60.0)

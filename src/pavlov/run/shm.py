@@ -45,6 +45,11 @@ ENV = "PAVLOV_CPU_ALLREDUCE"
 _CHUNK_BYTES = 1 << 30
 """Largest piece given to the kernel at once: it counts the bytes of a call in an ``int``."""
 
+_SEGMENT_BYTES = 69_206_024
+"""Each rank's segment in /dev/shm (DeepSpeed 0.19's ``struct allreduce_workspace``: 2 x 1 MiB
+and 2 x 32 MiB buffers and two flags). A container's default /dev/shm (64 MB in Docker) cannot
+hold one, and the kernel would then fault on it, so that is checked first."""
+
 _PIECES = ((np.uint64(0), 22), (np.uint64(22), 21), (np.uint64(43), 21))
 """A 64-bit word as three pieces (shift, bits), each an integer that float32 holds exactly."""
 
@@ -146,6 +151,9 @@ def load(world_size: int, rank: int, timeout_s: float) -> SharedMemorySum | None
         reason = "the ranks are not all on this machine"
     elif len(os.sched_getaffinity(0)) < world_size:
         reason = f"{world_size} ranks on {len(os.sched_getaffinity(0))} cores (the kernel spins)"
+    elif _free_shm_bytes() < world_size * _SEGMENT_BYTES:
+        reason = (f"/dev/shm has {_free_shm_bytes() / 1e6:.0f} MB free, {world_size} ranks need "
+                  f"{world_size * _SEGMENT_BYTES / 1e6:.0f} MB")  # fmt: skip
     else:
         try:
             op = _compile()
@@ -166,6 +174,14 @@ def load(world_size: int, rank: int, timeout_s: float) -> SharedMemorySum | None
     _tried = True
     _loaded = _start(op, int(agreed), world_size, rank, timeout_s)
     return _loaded
+
+
+def _free_shm_bytes() -> int:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _compile():

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pavlov import native as pavlov_native
 from pavlov.llm.cpu import native
 from pavlov.llm.cpu.native import row_kernel_available, row_linear, row_linears
 
@@ -15,7 +16,7 @@ from pavlov.llm.cpu.native import row_kernel_available, row_linear, row_linears
 def test_the_kernel_builds_on_x86_linux_with_a_compiler():
     """CI and dev machines are x86-64 Linux with gcc: there the kernel must really be in use
     (a silent fallback would make the decode benchmarks measure something else)."""
-    if platform.machine() != "x86_64" or not native._cpu_supported():
+    if platform.machine() != "x86_64" or not pavlov_native.cpu_supported():
         pytest.skip("not an AVX2 x86-64 Linux machine")
     assert row_kernel_available()
 

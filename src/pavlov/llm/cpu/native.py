@@ -20,8 +20,9 @@ work cost ~20 ms of dispatch per token of a 30-layer model, a third of the step.
 
 The C source (``native.c``, package data next to this module) is compiled on first use with the
 system C compiler (``cc -O3 -mavx2 -mfma -fopenmp``, about a second) into
-``$PAVLOV_CACHE/native/`` (default ``~/.cache/pavlov``) and
-loaded with :mod:`ctypes`; it links the OpenMP runtime torch already loaded (same soname).
+``$PAVLOV_CACHE/native/`` (default ``~/.cache/pavlov``) and loaded with :mod:`ctypes`
+(:mod:`pavlov.native`, shared with PPO's kernel); it links the OpenMP runtime torch already
+loaded (same soname).
 :func:`row_kernel_available` is False (and callers use :func:`torch.nn.functional.linear`)
 off x86-64 Linux, without AVX2/FMA, without a C compiler, when the build fails, or when
 ``PAVLOV_NATIVE=0``. Results equal ``F.linear`` to float32 round-off (summation order differs;
@@ -32,17 +33,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from importlib import resources
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from pavlov import native
 
 __all__ = [
     "LAYER_SLOTS",
@@ -68,56 +64,14 @@ chunks of weight rows that stay in L2, so the weights stream from memory once; t
 135M model took 41 vs 63 ms (oneDNN) at 16 rows, 73 vs 91 ms at 32. Further up the work is a
 GEMM's (MKL, oneDNN)."""
 
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
-
 _SOURCE = (resources.files(__package__) / "native.c").read_text()
 """The C source, shipped as package data next to this module."""
 
 
-def _cpu_supported() -> bool:
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    line = next((ln for ln in flags.splitlines() if ln.startswith("flags")), "")
-    return {"avx2", "fma"} <= set(line.split())
-
-
-def _build(cache: Path) -> Path | None:
-    """Compile the source into ``cache`` (once per source/flags version); None on failure."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        return None
-    tag = hashlib.sha1((_SOURCE + " ".join(_FLAGS)).encode()).hexdigest()[:12]
-    lib = cache / f"row_linear-{tag}.so"
-    if lib.exists():
-        return lib
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        src, out = Path(tmp) / "row_linear.c", Path(tmp) / "row_linear.so"
-        src.write_text(_SOURCE)
-        done = subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out), "-lm"],
-                              capture_output=True, timeout=120)  # fmt: skip
-        if done.returncode != 0:
-            return None
-        os.replace(out, lib)  # atomic: a concurrent process sees all of it or none
-    return lib
-
-
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("PAVLOV_NATIVE", "1") == "0" or not _cpu_supported():
-        return None
-    from pavlov.llm.models.assets import cache_root
-
-    try:
-        path = _build(cache_root() / "native")
-        if path is None:
-            return None
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError):
+    lib = native.load(_SOURCE, "row_linear")
+    if lib is None:
         return None
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.row_linear.argtypes = [p, p, p, p, i, p, i, i, i, i]

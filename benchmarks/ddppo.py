@@ -15,7 +15,9 @@ so each rank collects its own 8 envs and the ranks average gradients.
   over ``--seeds``. Goal: 2 processes <= 0.65x one. Two 2-process settings: the config on
   every rank (twice the data per update, so more env steps to 475), and the config split over
   the ranks (``n_envs`` and ``batch_size`` divided by the process count: the same global batch
-  per update as one process, each rank half the work; ``ratio_split``). Process start-up
+  per update as one process, each rank half the work; ``ratio_split``). Each ratio also comes
+  per env step (``*_per_step``: the runs' seconds over their steps to 475, pooled over the
+  seeds), i.e. at the same total steps, apart from how many steps each seed needed. Process start-up
   (spawn, imports, rendezvous: a few seconds) is reported apart as ``launch_seconds``.
 
 Each 2-process result names its ``transport``: ``shm`` where DeepSpeed's shared-memory
@@ -137,13 +139,23 @@ def main() -> None:
             "steps": statistics.median(d["reached"] for d in done) if done else None}
     report["time_to_475"]["median"] = medians
     one_s = medians["1proc"]["seconds"]
+    # seconds per env step until 475, pooled over the solved seeds: the time at the same total
+    # steps, without the luck of how many steps each seed's draw needed
+    per_step = {}
+    for key in ("1proc", many, split):
+        done = [r[key] for r in report["time_to_475"]["per_seed"] if r[key]["reached"] is not None]
+        per_step[key] = (sum(d["seconds"] for d in done) / sum(d["reached"] for d in done)
+                         if done else None)
     for key, name in ((many, "ratio"), (split, "ratio_split")):
         s_ = medians[key]["seconds"]
         report["time_to_475"][name] = round(s_ / one_s, 3) if one_s and s_ else None
+        one_p, p_ = per_step["1proc"], per_step[key]
+        report["time_to_475"][name + "_per_step"] = round(p_ / one_p, 3) if one_p and p_ else None
     ratios = {k: v["ratio"] for k, v in report["throughput"].items()}
-    print(f"throughput ratios {ratios}; time-to-475 ratio {report['time_to_475']['ratio']}, "
-          f"with the config split over the ranks {report['time_to_475']['ratio_split']} "
-          f"(medians {medians})", flush=True)
+    t = report["time_to_475"]
+    print(f"throughput ratios {ratios}; time-to-475 ratio {t['ratio']} (per env step "
+          f"{t['ratio_per_step']}), with the config split over the ranks {t['ratio_split']} (per "
+          f"env step {t['ratio_split_per_step']}) (medians {medians})", flush=True)
     print(json.dumps(report))
 
 

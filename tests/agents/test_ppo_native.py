@@ -32,6 +32,30 @@ def test_the_kernel_builds_on_x86_linux_with_a_compiler():
     assert ppo.make_backend(model, head, _opt(model), True).kernel is not None
 
 
+@pytest.fixture(params=["avx512", "avx2"])
+def loops(request):
+    """Both matmul loops: AVX-512 (where the CPU has it) and AVX2."""
+    if ppo_native.available() and request.param == "avx512" and not ppo_native.use_avx512(True):
+        pytest.skip("no AVX-512 here")
+    ppo_native.use_avx512(request.param == "avx512")
+    yield request.param
+    ppo_native.use_avx512(True)
+
+
+def test_tanh_and_both_loops_agree_with_torch(loops):
+    """The kernel's vectorised tanh (a polynomial below |x| 0.625, exp above) through a whole
+    step: gradients of a tanh net with pre-activations spread over [-6, 6]."""
+    backend, batch = _setup(64, hidden=(48, 40))
+    with torch.no_grad():
+        backend.model.pi[0].weight.mul_(8.0)  # wide pre-activations: both tanh branches
+    cfg = dataclasses.replace(CFG, batch_size=64)
+    mb = backend.split(backend.pack(batch), cfg)
+    ref_loss, _, ref_grad, _ = _torch_step(backend, mb, cfg)
+    loss, _, _ = backend.loss(mb, cfg, 0.2)
+    torch.testing.assert_close(backend.flat_grad, ref_grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+
+
 def _opt(model):
     return torch.optim.Adam(model.parameters(), lr=1e-2, eps=1e-5, fused=True)
 
@@ -78,7 +102,7 @@ def _torch_step(backend, mb, cfg):
     (50, 3, 4, (8,), "tanh"),  # one hidden layer, narrower than a vector
 ])
 def test_gradient_loss_and_metrics_equal_the_torch_ops(n, obs_dim, k, hidden, activation,
-                                                       options):
+                                                       options, loops):
     backend, batch = _setup(n, obs_dim, k, hidden, activation)
     assert backend.kernel is not None
     cfg = dataclasses.replace(CFG, batch_size=n, **options)

@@ -6,8 +6,9 @@ Why: on CartPole-sized nets (4-64-64-2 actor, 4-64-64-1 critic) the torch versio
 ~0.6 ms at 256, of which the matmuls' arithmetic is a third: the cost hardly shrinks with the
 minibatch. So a DD-PPO rank that holds half the batch took ~75% of one process's time per update.
 ``ppo_native.c`` does the same arithmetic (forward through both MLPs, log-softmax head, clipped
-surrogate, value loss, entropy bonus, backward into the flat gradient) in one call, with 4x16
-register-blocked AVX2 matmuls and vectorised tanh, single-threaded; the gradient all-reduce,
+surrogate, value loss, entropy bonus, backward into the flat gradient) in one call, with
+register-blocked matmuls (4 rows x 16 columns on AVX2, 4 x 32 on AVX-512 where the CPU has it,
+chosen at run time) and vectorised tanh, single-threaded; the gradient all-reduce,
 clipping and Adam stay in :class:`ClosedFormGrad` (torch ops on the flat vectors).
 
 The C source is compiled on first use by :mod:`pavlov.native` (cached; off with
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from pavlov import native
 
-__all__ = ["MAX_LAYERS", "OUTPUTS", "PPOKernel", "available"]
+__all__ = ["MAX_LAYERS", "OUTPUTS", "PPOKernel", "available", "use_avx512"]
 
 MAX_LAYERS = 16
 """Most linear layers per MLP the kernel takes."""
@@ -48,6 +49,9 @@ def _library() -> ctypes.CDLL | None:
     lib.ppo_categorical_grad.restype = None
     lib.clip_grad_norm.argtypes = [p, ctypes.c_long, f]
     lib.clip_grad_norm.restype = f
+    lib.ppo_use_avx512.argtypes = [i]
+    lib.ppo_use_avx512.restype = None
+    lib.ppo_avx512.restype = i
     lib.ppo_scratch_floats.argtypes = [i, i, p, i, p]
     lib.ppo_scratch_floats.restype = ctypes.c_long
     return lib
@@ -56,6 +60,16 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the kernel is built and loaded here."""
     return _library() is not None
+
+
+def use_avx512(on: bool) -> bool:
+    """Let the matmuls run on AVX-512 where the CPU has it (the default), or force the AVX2
+    loops (the tests run both); -> whether AVX-512 is now in use."""
+    lib = _library()
+    if lib is None:
+        return False
+    lib.ppo_use_avx512(int(on))
+    return bool(lib.ppo_avx512())
 
 
 OUTPUTS = ("losses/policy", "losses/value", "losses/entropy", "loss", "losses/approx_kl",

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 __all__ = ["FLAGS", "cache_dir", "cpu_supported", "enabled", "load"]
@@ -25,6 +26,11 @@ __all__ = ["FLAGS", "cache_dir", "cpu_supported", "enabled", "load"]
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 """Compiler flags: AVX2 + FMA code (AVX-512 loops opt in per function), OpenMP linked against the
 runtime torch already loaded (same soname)."""
+
+
+HEADER = (resources.files("pavlov") / "simd.h").read_text()
+"""``simd.h``: the SIMD helpers (``hsum``, ``dot``, ``exp8``) every kernel includes, written next
+to its source at build time (package data)."""
 
 
 def cache_dir() -> Path:
@@ -51,13 +57,14 @@ def cpu_supported() -> bool:
 
 
 def build(source: str, name: str, cache: Path | None = None) -> Path | None:
-    """Compile ``source`` into ``cache/<name>-<hash>.so`` (once per source and flags version);
-    None without a compiler or when the build fails."""
+    """Compile ``source`` (with :data:`HEADER` as ``simd.h`` beside it) into
+    ``cache/<name>-<hash>.so``, once per version of both and the flags; None without a compiler
+    or when the build fails."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         return None
     cache = cache or cache_dir()
-    tag = hashlib.sha1((source + " ".join(FLAGS)).encode()).hexdigest()[:12]
+    tag = hashlib.sha1((HEADER + source + " ".join(FLAGS)).encode()).hexdigest()[:12]
     lib = cache / f"{name}-{tag}.so"
     if lib.exists():
         return lib
@@ -65,6 +72,7 @@ def build(source: str, name: str, cache: Path | None = None) -> Path | None:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         src, out = Path(tmp) / f"{name}.c", Path(tmp) / f"{name}.so"
         src.write_text(source)
+        (Path(tmp) / "simd.h").write_text(HEADER)
         done = subprocess.run([compiler, *FLAGS, str(src), "-o", str(out), "-lm"],
                               capture_output=True, timeout=120)  # fmt: skip
         if done.returncode != 0:

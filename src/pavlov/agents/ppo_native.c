@@ -4,6 +4,7 @@
    ppo_native.py documents and the tests compare against), without ~70 op dispatches a step.
    Single-threaded: the nets are small and DD-PPO runs one thread a rank. AVX2 + FMA. */
 #include <immintrin.h>
+#include "simd.h"  /* exp8, dot */
 #include <math.h>
 #include <string.h>
 
@@ -145,38 +146,7 @@ static void transpose(int R, int C, const float *in, int ld, float *out) {
         for (int c = 0; c < C; c++) out[(long)c * R + r] = in[(long)r * ld + c];
 }
 
-static inline float dot(const float *a, const float *b, int n) {
-    __m256 s = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s);
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-    float r = _mm_cvtss_f32(lo);
-    for (; i < n; i++) r += a[i] * b[i];
-    return r;
-}
-
 /* ---------------------------------------------------------------------------- activations */
-
-/* exp on eight lanes (Cephes' expf: range reduction by ln 2 in two parts, a degree-6
-   polynomial, 2^n through the exponent bits; relative error ~2e-7). */
-ALWAYS_INLINE __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
-}
 
 /* tanh on eight lanes (Cephes' tanhf): an odd polynomial below |x| 0.625, else
    1 - 2 / (exp(2|x|) + 1) with x's sign; error ~1e-7 absolute (tested against torch.tanh). */

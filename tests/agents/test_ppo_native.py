@@ -35,11 +35,11 @@ def test_the_kernel_builds_on_x86_linux_with_a_compiler():
 @pytest.fixture(params=["avx512", "avx2"])
 def loops(request):
     """Both matmul loops: AVX-512 (where the CPU has it) and AVX2."""
-    if ppo_native.available() and request.param == "avx512" and not ppo_native.use_avx512(True):
+    if ppo_native.available() and request.param == "avx512" and not ppo_native._use_avx512(True):
         pytest.skip("no AVX-512 here")
-    ppo_native.use_avx512(request.param == "avx512")
+    ppo_native._use_avx512(request.param == "avx512")
     yield request.param
-    ppo_native.use_avx512(True)
+    ppo_native._use_avx512(True)
 
 
 def test_tanh_and_both_loops_agree_with_torch(loops):

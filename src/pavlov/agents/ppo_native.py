@@ -29,7 +29,7 @@ from torch import Tensor
 
 from pavlov import native
 
-__all__ = ["MAX_LAYERS", "OUTPUTS", "PPOKernel", "available", "use_avx512"]
+__all__ = ["MAX_LAYERS", "OUTPUTS", "PPOKernel", "available"]
 
 MAX_LAYERS = 16
 """Most linear layers per MLP the kernel takes."""
@@ -62,7 +62,7 @@ def available() -> bool:
     return _library() is not None
 
 
-def use_avx512(on: bool) -> bool:
+def _use_avx512(on: bool) -> bool:
     """Let the matmuls run on AVX-512 where the CPU has it (the default), or force the AVX2
     loops (the tests run both); -> whether AVX-512 is now in use."""
     lib = _library()

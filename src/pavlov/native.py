@@ -21,6 +21,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from pavlov.cache import cache_root
+
 __all__ = ["FLAGS", "cache_dir", "cpu_supported", "enabled", "load"]
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
@@ -35,8 +37,7 @@ to its source at build time (package data)."""
 
 def cache_dir() -> Path:
     """Where built libraries go: ``$PAVLOV_CACHE/native`` or ``~/.cache/pavlov/native``."""
-    env = os.environ.get("PAVLOV_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "pavlov") / "native"
+    return cache_root() / "native"
 
 
 def enabled() -> bool:

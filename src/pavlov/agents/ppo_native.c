@@ -1,8 +1,9 @@
 /* PPO's minibatch gradient in one call: separate actor and critic MLPs (tanh or ReLU hidden
    layers), a categorical head, the clipped surrogate, the (optionally clipped) value loss and
-   the entropy bonus. The same arithmetic as pavlov/agents/ppo_fast.py's torch ops (which
-   ppo_native.py documents and the tests compare against), without ~70 op dispatches a step.
-   Single-threaded: the nets are small and DD-PPO runs one thread a rank. AVX2 + FMA. */
+   the entropy bonus, and the gradient-norm clip. The same arithmetic as
+   pavlov/agents/ppo_fast.py's torch ops (which ppo_native.py documents and the tests compare
+   against), without ~70 op dispatches a step. Single-threaded: the nets are small and DD-PPO
+   runs one thread a rank. AVX2 + FMA, AVX-512 matmuls where the CPU has them. */
 #include <immintrin.h>
 #include "simd.h"  /* exp8, dot */
 #include <math.h>
@@ -218,15 +219,15 @@ static void linear_forward(int B, int in, int out, const float *X, const float *
 }
 
 /* Given G = dL/dH (B, out) of layer H = X W^T + b: gW (out, in) and gb (out,) are written (not
-   accumulated), and, if GX, dL/dX = G W (B, in). t2: in * out floats of scratch. */
+   accumulated), and, if GX, dL/dX = G W (B, in). tw: in * out floats of scratch. */
 static void linear_backward(int B, int in, int out, const float *X, const float *W,
                             const float *restrict G, float *gW, float *restrict gb, float *GX,
-                            float *t2) {
+                            float *tw) {
     if (in >= out || in >= 16) {  /* gW = G^T X: the input row is the vector dimension */
         gemm_tn(out, in, B, G, out, X, in, gW, in, 0);
     } else {  /* a narrow input (the observation layer): gW^T = X^T G along the outputs */
-        gemm_tn(in, out, B, X, in, G, out, t2, out, 0);
-        transpose(in, out, t2, out, gW);
+        gemm_tn(in, out, B, X, in, G, out, tw, out, 0);
+        transpose(in, out, tw, out, gW);
     }
     memset(gb, 0, out * sizeof(float));
     for (int i = 0; i < B; i++)
@@ -248,11 +249,11 @@ static void mlp_forward(int B, int L, const int *dims, const float *const *w, co
    B * max(dims) floats (G may be one of them). */
 static void mlp_backward(int B, int L, const int *dims, const float *const *w, float *const *hs,
                          float *const *gw, float *const *gb, int act, float *G, float *g0,
-                         float *g1, float *t2) {
+                         float *g1, float *tw) {
     float *g = G;
     for (int l = L - 1; l >= 0; l--) {
         float *gx = l > 0 ? (g == g0 ? g1 : g0) : NULL;
-        linear_backward(B, dims[l], dims[l + 1], hs[l], w[l], g, gw[l], gb[l], gx, t2);
+        linear_backward(B, dims[l], dims[l + 1], hs[l], w[l], g, gw[l], gb[l], gx, tw);
         if (l > 0) {
             activate_backward(gx, hs[l], (long)B * dims[l], act);
             g = gx;
@@ -287,15 +288,15 @@ void ppo_categorical_grad(
     for (int l = 0; l <= L_v; l++) { hs_v[l] = l == 0 ? hs_pi[0] : s; if (l) s += (long)B * dims_v[l]; }
     float *g0 = s; s += (long)B * maxd;  /* g0, g1: gradients at layer outputs (ping-pong) */
     float *g1 = s; s += (long)B * maxd;
-    float *t2 = s; s += (long)maxd * maxd;  /* a transposed weight or weight gradient */
+    float *tw = s; s += (long)maxd * maxd;  /* a transposed weight or weight gradient */
     float *gv = s;  /* dL/dV (B,) */
 
     const int in = dims_pi[0], K = dims_pi[L_pi];
     for (int i = 0; i < B; i++) memcpy(hs_pi[0] + (long)i * in, x + (long)i * ldx, in * sizeof(float));
-    mlp_forward(B, L_pi, dims_pi, w_pi, b_pi, hs_pi, act, t2);
-    mlp_forward(B, L_v, dims_v, w_v, b_v, hs_v, act, t2);
+    mlp_forward(B, L_pi, dims_pi, w_pi, b_pi, hs_pi, act, tw);
+    mlp_forward(B, L_v, dims_v, w_v, b_v, hs_v, act, tw);
 
-    /* the head and the losses, row by row; dL/dlogits into g0 (B, K), dL/dV into g1 (B, 1) */
+    /* the head and the losses, row by row; dL/dlogits into g0 (B, K), dL/dV into gv (B,) */
     const float inv_b = 1.0f / (float)B;
     double pg = 0.0, vl = 0.0, ent = 0.0, kl = 0.0;
     int outside = 0;
@@ -353,8 +354,8 @@ void ppo_categorical_grad(
     out[4] = (float)(kl / B);
     out[5] = (float)outside / (float)B;
 
-    mlp_backward(B, L_pi, dims_pi, w_pi, hs_pi, gw_pi, gb_pi, act, g0, g0, g1, t2);
-    mlp_backward(B, L_v, dims_v, w_v, hs_v, gw_v, gb_v, act, gv, g0, g1, t2);
+    mlp_backward(B, L_pi, dims_pi, w_pi, hs_pi, gw_pi, gb_pi, act, g0, g0, g1, tw);
+    mlp_backward(B, L_v, dims_v, w_v, hs_v, gw_v, gb_v, act, gv, g0, g1, tw);
 }
 
 /* Floats of scratch ppo_categorical_grad needs. */
@@ -364,7 +365,7 @@ long ppo_scratch_floats(int B, int L_pi, const int *dims_pi, int L_v, const int 
     for (int l = 0; l <= L_pi; l++) { n += (long)B * dims_pi[l]; maxd = dims_pi[l] > maxd ? dims_pi[l] : maxd; }
     for (int l = 1; l <= L_v; l++) { n += (long)B * dims_v[l]; maxd = dims_v[l] > maxd ? dims_v[l] : maxd; }
     maxd = dims_v[0] > maxd ? dims_v[0] : maxd;
-    return n + 2L * B * maxd + (long)maxd * maxd + B;  /* g0, g1, t2, gv */
+    return n + 2L * B * maxd + (long)maxd * maxd + B;  /* g0, g1, tw, gv */
 }
 
 /* clip_grad_norm_ on a flat gradient: g *= min(max_norm / (||g|| + 1e-6), 1); -> ||g|| before. */

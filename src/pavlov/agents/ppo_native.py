@@ -2,14 +2,15 @@
 :class:`~pavlov.agents.ppo_fast.ClosedFormGrad` for a categorical policy.
 
 Why: on CartPole-sized nets (4-64-64-2 actor, 4-64-64-1 critic) the torch version of the step
-(:meth:`ClosedFormGrad.loss_and_grad`) is ~70 small op dispatches, ~0.5 ms at 128 rows and
-~0.6 ms at 256, of which the matmuls' arithmetic is a third: the cost hardly shrinks with the
-minibatch. So a DD-PPO rank that holds half the batch took ~75% of one process's time per update.
-``ppo_native.c`` does the same arithmetic (forward through both MLPs, log-softmax head, clipped
-surrogate, value loss, entropy bonus, backward into the flat gradient) in one call, with
+(:meth:`ClosedFormGrad.loss_and_grad`) is ~70 small op dispatches: 0.30-0.33 ms at 128 rows and
+0.43-0.54 ms at 256 on one thread, a cost that hardly shrinks with the minibatch, so a DD-PPO
+rank holding half the batch took ~75% of one process's time per update. ``ppo_native.c`` does
+the same arithmetic (forward through both MLPs, log-softmax head, clipped surrogate, value loss,
+entropy bonus, backward into the flat gradient) in one call, 0.11-0.13 / 0.22-0.28 ms, with
 register-blocked matmuls (4 rows x 16 columns on AVX2, 4 x 32 on AVX-512 where the CPU has it,
-chosen at run time) and vectorised tanh, single-threaded; the gradient all-reduce,
-clipping and Adam stay in :class:`ClosedFormGrad` (torch ops on the flat vectors).
+chosen at run time; the same bytes) and a vectorised tanh, single-threaded. The gradient clip is
+one more call (:meth:`PPOKernel.clip_`); the all-reduce and Adam stay in
+:class:`ClosedFormGrad` (docs/benchmarks.md, issue 18).
 
 The C source is compiled on first use by :mod:`pavlov.native` (cached; off with
 ``PAVLOV_NATIVE=0``, or where there is no compiler, AVX2 or x86-64 Linux: then the torch ops
@@ -88,19 +89,19 @@ class PPOKernel:
         if self.lib is None:
             raise RuntimeError("the PPO C kernel is not available here")
         self.act = _ACTIVATIONS[activation]
-        self.nets = [self._net(actor), self._net(critic)]
-        self._nets = [*self.nets[0][:6], *self.nets[1][:6]]
-        self._call = self.lib.ppo_categorical_grad
+        self._keep: list[Any] = []  # the ctypes arrays and tensors the pointers point into
+        self._pi, self._v = self._net(actor), self._net(critic)
         self._scratch, self._rows = torch.empty(0), 0
 
-    @staticmethod
-    def _net(mlp: Any) -> tuple:
+    def _net(self, mlp: Any) -> tuple[int, ...]:
+        """One MLP as the C call takes it: (layers, dims, weights, biases, weight grads, bias
+        grads), the last five as addresses of C arrays."""
         ws = mlp.weights
         dims = (ctypes.c_int * (len(ws) + 1))(ws[0].shape[1], *(w.shape[0] for w in ws))
-        arrays = [(ctypes.c_void_p * len(ws))(*(t.data_ptr() for t in ts))
-                  for ts in (ws, mlp.biases, mlp.weight_grads, mlp.bias_grads)]
-        keep = (dims, arrays, ws, mlp.biases, mlp.weight_grads, mlp.bias_grads)  # alive
-        return (len(ws), *(ctypes.addressof(x) for x in (dims, *arrays)), keep)
+        tensors = (ws, mlp.biases, mlp.weight_grads, mlp.bias_grads)
+        arrays = [(ctypes.c_void_p * len(ws))(*(t.data_ptr() for t in ts)) for ts in tensors]
+        self._keep += [dims, *arrays, *tensors]
+        return (len(ws), *(ctypes.addressof(x) for x in (dims, *arrays)))
 
     @staticmethod
     def takes(actor: Any, critic: Any, activation: str) -> bool:
@@ -129,14 +130,15 @@ class PPOKernel:
             adv = adv.contiguous()
         b = len(x)
         if b > self._rows:
-            pi, v = self.nets
+            pi, v = self._pi, self._v
             self._scratch = torch.empty(self.lib.ppo_scratch_floats(b, pi[0], pi[1], v[0], v[1]))
             self._rows = b
         out = torch.empty(len(OUTPUTS))
-        self._call(b, self.act, *self._nets, x.data_ptr(), x.stride(0), a.data_ptr(),
-                   a.stride(0), old_logp.data_ptr(), old_values.data_ptr(), returns.data_ptr(),
-                   stride, adv.data_ptr(), clip_eps, -1.0 if clip_vf is None else clip_vf,
-                   vf_coef, ent_coef, out.data_ptr(), self._scratch.data_ptr())
+        self.lib.ppo_categorical_grad(
+            b, self.act, *self._pi, *self._v, x.data_ptr(), x.stride(0), a.data_ptr(),
+            a.stride(0), old_logp.data_ptr(), old_values.data_ptr(), returns.data_ptr(), stride,
+            adv.data_ptr(), clip_eps, -1.0 if clip_vf is None else clip_vf, vf_coef, ent_coef,
+            out.data_ptr(), self._scratch.data_ptr())
         return out
 
     def clip_(self, flat_grad: Tensor, max_norm: float) -> None:

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pavlov.cache import cache_root
+
 __all__ = ["OffloadedWeights", "is_offloaded", "loaded", "offload_copy"]
 
 ALIGN = 64  # bytes; every tensor starts at a multiple of this in the file
@@ -103,8 +105,6 @@ def offload_copy(model: nn.Module, directory: str | os.PathLike | None = None) -
     ``with loaded(copy):`` and without gradients.
     """
     if directory is None:
-        from pavlov.llm.models.assets import cache_root
-
         directory = cache_root() / "offload"
     Path(directory).mkdir(parents=True, exist_ok=True)
     params = {id(p): p for p in model.parameters()}  # tied weights once

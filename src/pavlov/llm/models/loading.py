@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
+from pavlov.cache import cache_root
 from pavlov.devices import prime_vector_math
 from pavlov.errors import PavlovError, check_positive, check_range
 from pavlov.llm.models import assets
@@ -132,7 +133,7 @@ def _drop_gguf_flag(model) -> None:
 
 def smollm2_cache_dir() -> Path:
     """Where the safetensors copy of the embedded SmolLM2-135M-Instruct lives."""
-    return assets.cache_root() / assets.SMOLLM2_CACHE_NAME
+    return cache_root() / assets.SMOLLM2_CACHE_NAME
 
 
 def _smollm2_from_gguf():

@@ -15,7 +15,10 @@ so each rank collects its own 8 envs and the ranks average gradients.
   over ``--seeds``. Goal: 2 processes <= 0.65x one. Two 2-process settings: the config on
   every rank (twice the data per update, so more env steps to 475), and the config split over
   the ranks (``n_envs`` and ``batch_size`` divided by the process count: the same global batch
-  per update as one process, each rank half the work; ``ratio_split``). Each ratio also comes
+  per update as one process, each rank half the work; ``ratio_split``), or split by rollout
+  length (``n_steps`` and ``batch_size`` divided instead: each rank keeps the config's 8 envs
+  and collects half as many vector steps, so a rank's per-vector-step costs halve too;
+  ``ratio_split_steps``). Each ratio also comes
   per env step (``*_per_step``: the runs' seconds over their steps to 475, pooled over the
   seeds), i.e. at the same total steps, apart from how many steps each seed needed. Process start-up
   (spawn, imports, rendezvous: a few seconds) is reported apart as ``launch_seconds``.
@@ -117,6 +120,8 @@ def main() -> None:
         row["ratio"] = round(row[f"{args.nproc}proc"]["steps_per_second"]
                              / row["1proc"]["steps_per_second"], 3)
     many, split = f"{args.nproc}proc", f"{args.nproc}proc_split"
+    by_steps = f"{args.nproc}proc_split_steps"
+    keys = ("1proc", many, split, by_steps)
     for seed in seeds:
         row = {"seed": seed}
         for n in (1, args.nproc):
@@ -129,9 +134,13 @@ def main() -> None:
                                             batch_size=one.batch_size // args.nproc),
                          args.eval_every)  # fmt: skip
         print(f"seed {seed} {split}: {row[split]}", flush=True)
+        row[by_steps] = run(args.nproc, config(seed, args.budget, n_steps=one.n_steps // args.nproc,
+                                               batch_size=one.batch_size // args.nproc),
+                            args.eval_every)  # fmt: skip
+        print(f"seed {seed} {by_steps}: {row[by_steps]}", flush=True)
         report["time_to_475"]["per_seed"].append(row)
     medians = {}
-    for key in ("1proc", many, split):
+    for key in keys:
         done = [r[key] for r in report["time_to_475"]["per_seed"] if r[key]["reached"] is not None]
         medians[key] = {
             "solved": len(done),
@@ -142,11 +151,11 @@ def main() -> None:
     # seconds per env step until 475, pooled over the solved seeds: the time at the same total
     # steps, without the luck of how many steps each seed's draw needed
     per_step = {}
-    for key in ("1proc", many, split):
+    for key in keys:
         done = [r[key] for r in report["time_to_475"]["per_seed"] if r[key]["reached"] is not None]
         per_step[key] = (sum(d["seconds"] for d in done) / sum(d["reached"] for d in done)
                          if done else None)
-    for key, name in ((many, "ratio"), (split, "ratio_split")):
+    for key, name in ((many, "ratio"), (split, "ratio_split"), (by_steps, "ratio_split_steps")):
         s_ = medians[key]["seconds"]
         report["time_to_475"][name] = round(s_ / one_s, 3) if one_s and s_ else None
         one_p, p_ = per_step["1proc"], per_step[key]
@@ -155,7 +164,9 @@ def main() -> None:
     t = report["time_to_475"]
     print(f"throughput ratios {ratios}; time-to-475 ratio {t['ratio']} (per env step "
           f"{t['ratio_per_step']}), with the config split over the ranks {t['ratio_split']} (per "
-          f"env step {t['ratio_split_per_step']}) (medians {medians})", flush=True)
+          f"env step {t['ratio_split_per_step']}), split by rollout length "
+          f"{t['ratio_split_steps']} (per env step {t['ratio_split_steps_per_step']}) "
+          f"(medians {medians})", flush=True)
     print(json.dumps(report))
 
 

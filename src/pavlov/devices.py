@@ -122,9 +122,9 @@ def prime_vector_math() -> None:
     (``cos(19.0)``: 0.988554 for 0.988705), and right ones from the second call on. The rotary
     tables of a 32-row prefill are such a call: the case study's held-out evaluation, run first
     in a resumed run, then sampled other reviews for 16 prompts (55.6% positive instead of
-    56.1%; docs/benchmarks.md, session 18). The cause inside the math library is not known; a
-    first call made here, on inputs split over the threads as the model's are, takes its
-    place. About 7 ms, once.
+    56.1%; docs/benchmarks-history.md, session 18). The cause inside the math library is not
+    known; a first call made here, on inputs split over the threads as the model's are, takes
+    its place. About 7 ms, once.
     """
     global _primed
     if _primed:

@@ -824,9 +824,9 @@ def test_the_demo_turns_reviews_positive_within_the_guards(tmp_path, capsys):
         print(f"\nrlhf demo: {s['seconds']}, before {before}, after {after}")
     assert s["reward_model"]["accuracy"] >= 0.75
     # Seed 0 measured +33 points (AMD AVX-512, bf16), NLL -0.19 against the SFT model's, KL 4.4
-    # (docs/benchmarks.md, session 14); the previous defaults (relevance uncapped, KL target 4):
-    # +37 (Intel AMX, bf16), +33 (Intel, fp32), +37 (AMD), NLL -0.06 / -0.10 / -0.07, KL 5.2 /
-    # 4.0 / 3.7.
+    # (docs/benchmarks-history.md, session 14); the previous defaults (relevance uncapped, KL
+    # target 4): +37 (Intel AMX, bf16), +33 (Intel, fp32), +37 (AMD), NLL -0.06 / -0.10 / -0.07,
+    # KL 5.2 / 4.0 / 3.7.
     # It runs the demo, not --quick: 40 step-3 steps stop near the run's mid-way KL peak, where
     # KL and the NLL are a draw (--quick's runs: KL 4.1-6.0, NLL -0.02..+0.09 against the SFT
     # model's; other --quick settings up to KL 11).

@@ -192,7 +192,7 @@ class CaseStudyConfig:
     more of its plot than it praises. With ``target_kl`` 3.5 (AMD AVX-512, bf16, seeds 0-2, 3
     evaluation draws each): share positive 90.4 / 91.5 / 92.6% on average, where 1 (uncapped,
     ``target_kl`` 4) read 85.3 / 93.5 / 89.8%, for less diversity (distinct-2 0.69-0.82x
-    against 0.81-0.87x; docs/benchmarks.md, sessions 13-14)."""
+    against 0.81-0.87x; docs/benchmarks-history.md, sessions 13-14)."""
     fluency_weight: float = 3.0
     """Weight of a fluency term in step 3's reward (PPO/GRPO/RLOO), >= 0: by default
     (``fluency_surprise`` 6) minus the mean of each review token's surprisal under the
@@ -202,7 +202,7 @@ class CaseStudyConfig:
     14 nats), and those tokens carried the whole NLL rise of step 3's reviews; this term charges
     for them and lets the rest of the review be. Weight 3: the NLL guard held at four seeds of
     five (without the term: one), seed 0 met all six goals, 27 of 30 goals in all against 24
-    in bf16; in fp32 14 of 18 at seeds 0-2, the NLL held at all three (docs/benchmarks.md,
+    in bf16; in fp32 14 of 18 at seeds 0-2, the NLL held at all three (docs/benchmarks-history.md,
     issue 17, session 8). 0: off."""
     fluency_surprise: float = 6.0
     """With ``fluency_weight`` > 0: the fluency term counts only each token's surprisal beyond

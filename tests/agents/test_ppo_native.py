@@ -160,7 +160,7 @@ def test_whole_update_equals_the_torch_ops(batch_size):
                               clip_range_vf=0.5, ent_coef=0.01)
     backend, batch = _setup(64)
     ref, _ = _setup(64)
-    ref.kernel = None
+    ref.kernel = ref.adam_kernel = None
     torch.manual_seed(1)
     metrics = ppo.ppo_update(backend, batch, cfg, 0.2, 0)
     torch.manual_seed(1)
@@ -170,6 +170,50 @@ def test_whole_update_equals_the_torch_ops(batch_size):
         assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
     torch.testing.assert_close(backend.flat, ref.flat, rtol=1e-5, atol=1e-5)
     assert not torch.equal(backend.flat, _setup(64)[0].flat)  # the update moved them
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("n", "beta1", "weight_decay", "ranks", "max_norm"), [
+    (9155, 0.9, 0.0, 1, 0.5), (9155, 0.9, 0.01, 3, None), (1, 0.9, 0.0, 2, None),
+    (17, 0.3, 0.0, 1, 0.05), (1003, 0.3, 0.1, 2, 0.5), (40_000, 0.9, 0.0, 1, None)])
+def test_c_adam_is_torch_fused_adam_bit_for_bit(threads, n, beta1, weight_decay, ranks,
+                                                max_norm):
+    """``AdamKernel`` against ``ClosedFormGrad``'s torch step (``div_``, the C clip, then
+    ``torch._fused_adam_``) over 25 steps with gradients from 1e-6 to 10: the same bits in the
+    parameters, both moments and the step counts, for torch's vector loop and its scalar tail
+    (any n), both lerp branches (beta1 0.9 / 0.3), weight decay and 1 or 2 threads' chunks."""
+    if torch.backends.cpu.get_cpu_capability() not in ppo_native.TORCH_VECTOR_WIDTH:
+        pytest.skip("torch's kernels here are not AVX2 / AVX-512")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(n)
+        start = torch.randn(n, generator=gen)
+        pair = []
+        for _ in range(2):
+            flat = torch.nn.Parameter(start.clone())
+            opt = torch.optim.Adam([flat], lr=3e-3, betas=(beta1, 0.999), eps=1e-5,
+                                   weight_decay=weight_decay, fused=True)
+            pair.append((ppo_fast.AdamView(opt, flat.data), torch.zeros(n)))
+        (view, grad), (ref, ref_grad) = pair
+        kernel = ppo_native.AdamKernel(view, grad)
+        clip = _setup(4)[0].kernel.clip_
+        for k in range(25):
+            g = torch.randn(n, generator=gen) * 10.0 ** (k % 8 - 6)
+            grad.copy_(g)
+            kernel.clip_and_step(max_norm, ranks)
+            ref_grad.copy_(g).div_(ranks)
+            if max_norm is not None:
+                clip(ref_grad, max_norm)
+            ref.step(ref_grad)
+        for a, b in [(view.flat, ref.flat), (view.exp_avg, ref.exp_avg),
+                     (view.exp_avg_sq, ref.exp_avg_sq), (view.steps, ref.steps)]:
+            assert torch.equal(a, b)
+        assert not torch.equal(view.flat, start) and float(view.steps[0]) == 25.0
+        assert torch.equal(grad, ref_grad)  # divided and clipped alike
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_not_used_for_gaussian_heads_float64_or_when_switched_off(monkeypatch):

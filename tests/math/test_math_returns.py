@@ -328,3 +328,27 @@ def test_float32_matches_float64():
     assert a32.dtype == torch.float32
     close(a32, a64, tol=1e-5)
     assert math.isfinite(a32.sum().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(9,), (9, 4), (9, 2, 3)])
+def test_numpy_scan_is_bitwise_the_torch_scan(dtype, shape):
+    """Without autograd the scan runs on NumPy views: the same roundings, the same bits, as
+    the torch loop that runs where a gradient is wanted (and the gradient still flows)."""
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn(shape, generator=g, dtype=dtype)
+    v = torch.randn(shape, generator=g, dtype=dtype)
+    term = torch.rand(shape, generator=g) < 0.2
+    trunc = torch.rand(shape, generator=g) < 0.2
+    last = torch.randn(shape[1:], generator=g, dtype=dtype)
+    final = torch.randn(shape, generator=g, dtype=dtype)
+    plain = gae(r, v, term, trunc, last, 0.98, 0.8, final)
+    traced = gae(r.requires_grad_(), v, term, trunc, last, 0.98, 0.8, final)
+    for a, b in zip(plain, traced, strict=True):
+        assert a.dtype == dtype and a.shape == shape and not a.requires_grad
+        assert torch.equal(a, b.detach())
+    traced[0].sum().backward()
+    assert r.grad is not None and torch.isfinite(r.grad).all()
+    with torch.no_grad():  # a tensor that wants a gradient, under no_grad: the NumPy path
+        assert torch.equal(lambda_returns(r, v, term, trunc, last, 0.98, 0.8, final),
+                           lambda_returns(r.detach(), v, term, trunc, last, 0.98, 0.8, final))

@@ -266,11 +266,11 @@ class AutogradGrad:
         return loss, metrics["losses/approx_kl"], metrics
 
     def step(self, loss: torch.Tensor, max_grad_norm: float | None,
-             reduce: Callable[[torch.Tensor], None] | None = None) -> None:
+             dp: DataParallel | None = None) -> None:
         self.flat_grad.zero_()  # not zero_grad(set_to_none=True): .grad must stay a view
         loss.backward()
-        if reduce is not None:
-            reduce(self.flat_grad)
+        if dp is not None:
+            dp.average_(self.flat_grad)
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
         self.opt.step()
@@ -282,8 +282,8 @@ class AutogradGrad:
 
 GradientBackend = AutogradGrad | ClosedFormGrad
 """What :func:`ppo_update` drives: ``pack``/``minibatch`` the data, ``loss`` -> ``(loss,
-approx_kl, record)`` with the gradient ready to take, ``step`` (reduce, clip, Adam) and
-``metrics`` over the records of the steps taken."""
+approx_kl, record)`` with the gradient ready to take, ``step`` (average over the ranks, clip,
+Adam) and ``metrics`` over the records of the steps taken."""
 
 
 def make_backend(model: ActorCritic, head: Any, opt: torch.optim.Optimizer, closed_form: bool
@@ -321,7 +321,6 @@ def ppo_update(
         cuts = [*range(0, n, size), n]
     bounds = list(itertools.pairwise(cuts))
     kl_limit = math.inf if cfg.target_kl is None else 1.5 * cfg.target_kl
-    reduce = None if dp is None else dp.average_
     whole = None
     if len(bounds) == 1:  # one minibatch (rl-zoo CartPole): its order is irrelevant, no gathers
         whole = backend.minibatch(packed, None, _whiten_minibatches(
@@ -342,7 +341,7 @@ def ppo_update(
                     break
             if not math.isfinite(loss.item()):  # one op, where torch.isfinite takes six
                 check_finite("ppo loss", loss, step, unit="env step")
-            backend.step(loss, cfg.max_grad_norm, reduce)
+            backend.step(loss, cfg.max_grad_norm, dp)
             records.append(record)
         if stopped:
             break

@@ -31,7 +31,6 @@ Supported: separate actor and critic MLPs with a ``Discrete`` (categorical) or `
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -39,8 +38,9 @@ from torch import Tensor
 
 from pavlov.agents.distributions import LOG_2PI, ActorCritic, CategoricalHead, GaussianHead
 from pavlov.agents.fastmlp import _ACTIVATION_GRADS, MLPGrad, flatten_parameters
-from pavlov.agents.ppo_native import OUTPUTS, PPOKernel
+from pavlov.agents.ppo_native import OUTPUTS, AdamKernel, PPOKernel
 from pavlov.math import masked_whiten
+from pavlov.run.distributed import DataParallel
 
 __all__ = ["HEAD_TERMS", "AdamView", "ClosedFormGrad", "policy_loss_and_grad", "supported",
            "value_loss_and_grad"]
@@ -253,10 +253,17 @@ class ClosedFormGrad:
         the same gradient as the torch ops below, in one call."""
         if native and self.one_hot and PPOKernel.takes(self.actor, self.critic, model.activation):
             self.kernel = PPOKernel(self.actor, self.critic, model.activation)
+        self.adam_kernel = None
+        """The clip and Adam step as one C call (:class:`~pavlov.agents.ppo_native.AdamKernel`,
+        bit for bit torch's fused Adam) where the C step runs."""
+        if self.kernel is not None and AdamKernel.takes(self.adam, self.flat_grad):
+            self.adam_kernel = AdamKernel(self.adam, self.flat_grad)
 
     def after_load(self) -> None:
         """Re-link the optimizer's state after ``opt.load_state_dict`` replaced its tensors."""
         self.adam.link()
+        if self.adam_kernel is not None:
+            self.adam_kernel.bind()
 
     def pack(self, batch: dict[str, Tensor]) -> Tensor:
         """The update's batch as one ``(n, in + k + 4)`` matrix: obs, one-hot actions (or Box
@@ -312,16 +319,25 @@ class ClosedFormGrad:
         loss, parts = self.loss_and_grad(mb, cfg, clip_eps)
         return loss, _kl(parts), parts
 
-    def step(self, loss: Tensor, max_grad_norm: float | None,
-             reduce: Callable[[Tensor], None] | None = None) -> None:
-        """``reduce`` the flat gradient (DD-PPO's all-reduce), clip it, step Adam."""
-        if reduce is not None:
-            reduce(self.flat_grad)
+    def step(self, loss: Tensor, max_grad_norm: float | None, dp: DataParallel | None = None
+             ) -> None:
+        """Average the flat gradient over ``dp``'s ranks (DD-PPO), clip it, step Adam. With the
+        C Adam the ranks' sum is divided there, saving a ``div_`` (~5 us) a step."""
+        if self.adam_kernel is not None:
+            if dp is not None:
+                dp.sum_(self.flat_grad)
+            self.adam_kernel.clip_and_step(max_grad_norm, 1 if dp is None else dp.world_size)
+            return
+        if dp is not None:
+            dp.average_(self.flat_grad)
         self.clip_and_step(max_grad_norm)
 
     def clip_and_step(self, max_grad_norm: float | None) -> None:
         """``clip_grad_norm_`` (global norm, coefficient ``max / (norm + 1e-6)`` capped at 1)
         on the flat gradient, then Adam."""
+        if self.adam_kernel is not None:
+            self.adam_kernel.clip_and_step(max_grad_norm)
+            return
         if max_grad_norm is not None and self.kernel is not None:
             self.kernel.clip_(self.flat_grad, max_grad_norm)
         elif max_grad_norm is not None:

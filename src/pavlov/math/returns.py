@@ -24,34 +24,90 @@ autograd graph; callers normally compute targets under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
 import numpy as np
 import torch
 from torch import Tensor
 
+Array: TypeAlias = "Tensor | np.ndarray"
+"""What the private helpers take: the public functions' tensors, or NumPy views of them."""
+
 __all__ = ["discounted_returns", "gae", "lambda_returns", "nstep_targets", "reward_to_go"]
 
 
-def _reverse_scan(x: Tensor, discount: Tensor | float, init: Tensor | float = 0.0) -> Tensor:
+def _on_numpy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` on NumPy views of its tensor arguments where none needs autograd and all live
+    on the CPU in a dtype NumPy has; tensors otherwise. The bodies below use only operations
+    that both libraries round alike (elementwise + - *, ``where``, ``concatenate``), so both
+    give the same bits (tested), and NumPy's calls cost a fraction of torch's dispatch: PPO's
+    GAE over a CartPole rollout (32 x 8) drops from ~270 to ~60 us inside the training loop,
+    where torch's small ops also pay for cold caches after the env steps."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
+        if not _plain_cpu(tensors):
+            return fn(*args, **kwargs)
+        out = fn(*(_np(a) for a in args), **{k: _np(a) for k, a in kwargs.items()})
+        if isinstance(out, tuple):
+            return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in out)
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+    return wrapper
+
+
+def _plain_cpu(tensors: list[Tensor]) -> bool:
+    """CPU tensors NumPy can view (floats or bool flags), none of which autograd follows."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in tensors)
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.bool)
+
+
+def _np(a: Any) -> Any:
+    return a.detach().numpy() if isinstance(a, Tensor) else a
+
+
+def _xp(x: Array) -> Any:
+    """The array library of ``x``."""
+    return np if isinstance(x, np.ndarray) else torch
+
+
+def _as(x: Array, like: Array) -> Array:
+    """``x`` in ``like``'s dtype."""
+    return x.astype(like.dtype, copy=False) if isinstance(x, np.ndarray) else x.to(like.dtype)
+
+
+def _bool(x: Array) -> Array:
+    return x.astype(bool, copy=False) if isinstance(x, np.ndarray) else x.bool()
+
+
+def _reverse_scan(x: Array, discount: Array | float, init: Array | float = 0.0) -> Array:
     """``y[t] = x[t] + discount[t] * y[t + 1]`` backwards over dim 0, with ``y[T] = init``.
 
-    One Python step per time step, vectorised over the trailing dims. Where no gradient is
-    wanted from a CPU tensor the steps run on NumPy views of the same memory: the same two
-    roundings per element (the product, then the sum), so the same bits, at ~1 us a step
-    instead of torch's ~4 (PPO's GAE over 32 x 8 rows: 140 -> 25 us).
+    One Python step per time step, vectorised over the trailing dims (NumPy's in place on
+    views made once: ~1 us a step, torch's ~4).
     """
-    discount = torch.as_tensor(discount, dtype=x.dtype, device=x.device).expand_as(x)
-    running = torch.as_tensor(init, dtype=x.dtype, device=x.device).expand_as(x[0])
-    if x.shape[0] and _plain_cpu(x, discount, running):
-        t = x.shape[0]  # rows as (T, -1) views (copies where the strides need them)
-        xs, ds = x.detach().numpy().reshape(t, -1), discount.detach().numpy().reshape(t, -1)
-        ys = np.empty(xs.shape, xs.dtype)
-        rows = list(zip(xs, ds, ys, strict=True))  # made once
-        prev = running.detach().numpy().reshape(-1)
-        for x_t, d_t, y_t in reversed(rows):
+    if isinstance(x, np.ndarray):
+        t = x.shape[0]
+        discount = np.broadcast_to(np.asarray(discount, dtype=x.dtype), x.shape)
+        if t == 0:
+            return np.empty_like(x)
+        prev = np.broadcast_to(np.asarray(init, dtype=x.dtype), x.shape[1:]).reshape(-1)
+        xs, ds = x.reshape(t, -1), discount.reshape(t, -1)  # copies where strides need them
+        ys = np.empty(xs.shape, x.dtype)
+        for x_t, d_t, y_t in reversed(list(zip(xs, ds, ys, strict=True))):
             np.multiply(d_t, prev, out=y_t)
             np.add(y_t, x_t, out=y_t)
             prev = y_t
-        return torch.from_numpy(ys).view(x.shape)
+        return ys.reshape(x.shape)
+    discount = torch.as_tensor(discount, dtype=x.dtype, device=x.device).expand_as(x)
+    running = torch.as_tensor(init, dtype=x.dtype, device=x.device).expand_as(x[0])
     out = []
     for t in range(x.shape[0] - 1, -1, -1):
         running = x[t] + discount[t] * running
@@ -59,32 +115,24 @@ def _reverse_scan(x: Tensor, discount: Tensor | float, init: Tensor | float = 0.
     return torch.stack(out[::-1]) if out else torch.empty_like(x)
 
 
-def _plain_cpu(*ts: Tensor) -> bool:
-    """CPU tensors of a dtype NumPy has, none of which autograd needs to follow."""
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-    return not grad and all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in ts)
-
-
-_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
-
-
 def _next_values(
-    values: Tensor,
-    terminated: Tensor,
-    truncated: Tensor,
-    last_values: Tensor,
-    final_values: Tensor | None,
-) -> tuple[Tensor, Tensor]:
+    values: Array,
+    terminated: Array,
+    truncated: Array,
+    last_values: Array,
+    final_values: Array | None,
+) -> tuple[Array, Array]:
     """Bootstrap value of ``s_{t+1}`` for every row, and the episode-end mask.
 
     Returns ``(next_values, done)``, both ``(T, N)``: ``next_values[t]`` is 0 if terminated,
     ``final_values[t]`` if truncated, ``values[t + 1]`` otherwise (``last_values`` for the last
     row). ``done = terminated | truncated`` as ``values.dtype``.
     """
-    if values.dim() < 1 or values.shape[0] == 0:
+    if values.ndim < 1 or values.shape[0] == 0:
         raise ValueError(f"values must be time-major (T, N) with T >= 1, got {tuple(values.shape)}")
-    term, trunc = terminated.bool(), truncated.bool()
-    next_values = torch.cat([values[1:], last_values.unsqueeze(0).to(values.dtype)])
+    xp = _xp(values)
+    term, trunc = _bool(terminated), _bool(truncated)
+    next_values = xp.concatenate([values[1:], _as(last_values, values)[None]])
     if final_values is None:
         if bool(trunc.any()):
             raise ValueError(
@@ -92,11 +140,12 @@ def _next_values(
                 "bootstraps from V(final observation) (Pardo et al. 2018)"
             )
     else:
-        next_values = torch.where(trunc, final_values.to(values.dtype), next_values)
-    next_values = torch.where(term, torch.zeros_like(next_values), next_values)
-    return next_values, (term | trunc).to(values.dtype)
+        next_values = xp.where(trunc, _as(final_values, values), next_values)
+    next_values = xp.where(term, xp.zeros_like(next_values), next_values)
+    return next_values, _as(term | trunc, values)
 
 
+@_on_numpy
 def discounted_returns(rewards: Tensor, gamma: float, bootstrap: Tensor | None = None) -> Tensor:
     """Monte Carlo return of whole episodes: ``G_t = sum_k gamma^k r_{t+k}``.
 
@@ -116,6 +165,7 @@ def discounted_returns(rewards: Tensor, gamma: float, bootstrap: Tensor | None =
     return _reverse_scan(rewards, gamma, init)
 
 
+@_on_numpy
 def reward_to_go(rewards: Tensor, dones: Tensor, gamma: float = 1.0) -> Tensor:
     """Discounted reward-to-go within episodes, the REINFORCE weight (Williams 1992).
 
@@ -132,10 +182,11 @@ def reward_to_go(rewards: Tensor, dones: Tensor, gamma: float = 1.0) -> Tensor:
     Returns:
         ``(T, N)`` reward-to-go.
     """
-    not_done = 1.0 - dones.to(rewards.dtype)
+    not_done = 1.0 - _as(dones, rewards)
     return _reverse_scan(rewards, gamma * not_done)
 
 
+@_on_numpy
 def gae(
     rewards: Tensor,
     values: Tensor,
@@ -177,6 +228,7 @@ def gae(
     return advantages, advantages + values
 
 
+@_on_numpy
 def lambda_returns(
     rewards: Tensor,
     values: Tensor,
@@ -206,10 +258,11 @@ def lambda_returns(
     # At an episode end the whole bootstrap weight goes on V_next (the trace is cut).
     boot_weight = done + (1.0 - done) * (1.0 - lam)  # (T, N)
     x = rewards + gamma * boot_weight * next_values
-    init = last_values.to(values.dtype)
+    init = _as(last_values, values)
     return _reverse_scan(x, gamma * lam * (1.0 - done), init)
 
 
+@_on_numpy
 def nstep_targets(
     rewards: Tensor,
     values: Tensor,
@@ -242,10 +295,10 @@ def nstep_targets(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     next_values, done = _next_values(values, terminated, truncated, last_values, final_values)
-    is_done = done.bool()
-    tail = last_values.unsqueeze(0).to(values.dtype)  # (1, N): G^(k)_T for every k
+    xp, is_done = _xp(values), _bool(done)
+    tail = _as(last_values, values)[None]  # (1, N): G^(k)_T for every k
     g = values
     for _ in range(n):
-        g_next = torch.cat([g[1:], tail])  # G^(k-1)_{t+1}
-        g = rewards + gamma * torch.where(is_done, next_values, g_next)
+        g_next = xp.concatenate([g[1:], tail])  # G^(k-1)_{t+1}
+        g = rewards + gamma * xp.where(is_done, next_values, g_next)
     return g

@@ -53,7 +53,7 @@ def test_tanh_and_both_loops_agree_with_torch(loops):
     ref_loss, _, ref_grad, _ = _torch_step(backend, mb, cfg)
     loss, _, _ = backend.loss(mb, cfg, 0.2)
     torch.testing.assert_close(backend.flat_grad, ref_grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5, abs=1e-6)
 
 
 def _opt(model):
@@ -111,12 +111,12 @@ def test_gradient_loss_and_metrics_equal_the_torch_ops(n, obs_dim, k, hidden, ac
     backend.flat_grad.fill_(float("nan"))  # every gradient entry must be written
     loss, kl, out = backend.loss(mb, cfg, 0.2)
     torch.testing.assert_close(backend.flat_grad, ref_grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kl, ref_kl, rtol=1e-4, atol=1e-6)
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5, abs=1e-6)
+    assert kl == pytest.approx(float(ref_kl), rel=1e-4, abs=1e-6)
     metrics = backend.metrics([out], 0.2)
     assert metrics.keys() == ref_metrics.keys()
     for name, value in ref_metrics.items():
-        torch.testing.assert_close(metrics[name], value, rtol=1e-4, atol=1e-6, msg=name)
+        assert metrics[name] == pytest.approx(float(value), rel=1e-4, abs=1e-6), name
     if n > 30:
         assert 0.1 < metrics["losses/clip_fraction"] < 0.9  # the clip is active
 
@@ -134,7 +134,7 @@ def test_minibatch_views_of_a_shuffled_packed_batch():
     ref_loss, _, ref_grad, _ = _torch_step(backend, mb, cfg)
     loss, _, _ = backend.loss(mb, cfg, 0.2)
     torch.testing.assert_close(backend.flat_grad, ref_grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5, abs=1e-6)
 
 
 @needs_kernel

@@ -336,16 +336,21 @@ def ppo_update(
                 packed, perm[start:end], adv[start:end])
             loss, kl, record = backend.loss(mb, cfg, clip_eps)
             if kl_limit < math.inf:
-                stopped = (kl.item() if dp is None else dp.mean(kl.item())) > kl_limit
+                stopped = (_value(kl) if dp is None else dp.mean(_value(kl))) > kl_limit
                 if stopped:
                     break
-            if not math.isfinite(loss.item()):  # one op, where torch.isfinite takes six
-                check_finite("ppo loss", loss, step, unit="env step")
+            if not math.isfinite(_value(loss)):  # one op, where torch.isfinite takes six
+                check_finite("ppo loss", torch.as_tensor(loss), step, unit="env step")
             backend.step(loss, cfg.max_grad_norm, dp)
             records.append(record)
         if stopped:
             break
     return _summary(backend.metrics(records, clip_eps), len(records), batch)
+
+
+def _value(x: torch.Tensor | float) -> float:
+    """A backend's loss or KL as a float (the C step gives floats, autograd 0-d tensors)."""
+    return x if isinstance(x, float) else x.item()
 
 
 def _whiten_slices(adv: torch.Tensor, bounds: list[tuple[int, int]], size: int, on: bool
@@ -357,9 +362,9 @@ def _whiten_slices(adv: torch.Tensor, bounds: list[tuple[int, int]], size: int, 
     return torch.cat([_whiten_minibatches(adv[a:b], b - a, on) for a, b in bounds])
 
 
-def _summary(means: dict[str, torch.Tensor], n_steps: int, batch: dict[str, torch.Tensor]
-             ) -> dict[str, float]:
-    out = {k: v.item() for k, v in means.items()}
+def _summary(means: dict[str, torch.Tensor | float], n_steps: int,
+             batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    out = {k: _value(v) for k, v in means.items()}
     out["losses/explained_variance"] = explained_variance(batch["values"], batch["returns"])
     out["losses/n_minibatches"] = float(n_steps)
     return out

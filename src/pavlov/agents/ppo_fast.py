@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -310,12 +311,13 @@ class ClosedFormGrad:
                       "log_ratio": log_ratio, "entropy": ent, "head": head}
 
     def loss(self, mb: Minibatch, cfg: Any, clip_eps: float
-             ) -> tuple[Tensor, Tensor, dict[str, Tensor] | Tensor]:
+             ) -> tuple[Tensor | float, Tensor | float, dict[str, Tensor] | np.ndarray]:
         """``(loss, approx_kl, record)``; the gradient is already in ``flat_grad``. The C step
-        records its :data:`~pavlov.agents.ppo_native.OUTPUTS`, the torch ops their pieces."""
-        if self.kernel is not None:
+        gives floats and records its :data:`~pavlov.agents.ppo_native.OUTPUTS`, the torch ops
+        tensors and their pieces."""
+        if self.kernel is not None:  # plain floats: no tensor ops around the C step
             out = self.kernel(mb, clip_eps, cfg.clip_range_vf, cfg.vf_coef, cfg.ent_coef)
-            return out[3], out[4], out
+            return float(out[3]), float(out[4]), out
         loss, parts = self.loss_and_grad(mb, cfg, clip_eps)
         return loss, _kl(parts), parts
 
@@ -345,10 +347,10 @@ class ClosedFormGrad:
             self.flat_grad.mul_(scale.clamp_(max=1.0))
         self.adam.step(self.flat_grad)
 
-    def metrics(self, records: list[dict[str, Tensor] | Tensor], clip_eps: float
-                ) -> dict[str, Tensor]:
-        if records and isinstance(records[0], Tensor):  # the C step's outputs: their means
-            means = torch.stack(records).mean(0)
+    def metrics(self, records: list[dict[str, Tensor] | np.ndarray], clip_eps: float
+                ) -> dict[str, Tensor | float]:
+        if records and isinstance(records[0], np.ndarray):  # the C step's outputs: their means
+            means = np.stack(records).mean(0, dtype=np.float64).tolist()
             return {k: means[i] for i, k in enumerate(OUTPUTS) if k.startswith("losses/")}
         return _metrics(records, clip_eps)
 

@@ -25,6 +25,7 @@ import functools
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -105,7 +106,7 @@ def _use_avx512(on: bool) -> bool:
 
 OUTPUTS = ("losses/policy", "losses/value", "losses/entropy", "loss", "losses/approx_kl",
            "losses/clip_fraction")
-"""What a kernel step returns, in order (a ``(6,)`` tensor): the policy loss, value loss and mean
+"""What a kernel step returns, in order (a ``(6,)`` array): the policy loss, value loss and mean
 entropy of the minibatch, its total loss, the k3 estimate of KL(old || new) and the fraction of
 ratios outside the clip range (:func:`pavlov.math.ppo_clip_loss`'s metrics)."""
 
@@ -123,6 +124,7 @@ class PPOKernel:
         self._pi, self._v = self._net(actor), self._net(critic)
         self._scratch, self._rows = torch.empty(0), 0
         self._bound: Any = None  # the minibatch self._args points into
+        self._outs, self._outs_at, self._row = np.empty((0, len(OUTPUTS)), np.float32), 0, 0
 
     def _net(self, mlp: Any) -> tuple[int, ...]:
         """One MLP as the C call takes it: (layers, dims, weights, biases, weight grads, bias
@@ -150,17 +152,20 @@ class PPOKernel:
     def __call__(self, mb: Any, clip_eps: float, clip_vf: float | None, vf_coef: float,
                  ent_coef: float) -> Tensor:
         """One minibatch (a :class:`~pavlov.agents.ppo_fast.Minibatch` of float32 column views
-        of one packed batch) -> its :data:`OUTPUTS`; the gradient is written into the nets'
-        ``.grad`` slices of the flat gradient. The minibatch's pointers are bound once and
-        reused while the same object comes back (the epochs of a one-minibatch update): a call
-        then costs ~2 us of Python instead of ~12."""
+        of one packed batch) -> its :data:`OUTPUTS` (a ``(6,)`` float32 NumPy row, written
+        once); the gradient is written into the nets' ``.grad`` slices of the flat gradient.
+        The minibatch's pointers are bound once and reused while the same object comes back
+        (the epochs of a one-minibatch update): a call then costs ~2 us of Python, not ~12."""
         if mb is not self._bound:
             self._bind(mb)
-        out = torch.empty(len(OUTPUTS))
+        if self._row == len(self._outs):  # a fresh block: earlier rows may still be records
+            self._outs = np.empty((64, len(OUTPUTS)), np.float32)
+            self._outs_at, self._row = self._outs.ctypes.data, 0
+        row, self._row = self._row, self._row + 1
         self.lib.ppo_categorical_grad(self._args_ref, clip_eps,
                                       -1.0 if clip_vf is None else clip_vf, vf_coef, ent_coef,
-                                      out.data_ptr())
-        return out
+                                      self._outs_at + row * 4 * len(OUTPUTS))
+        return self._outs[row]
 
     def _bind(self, mb: Any) -> None:
         x, a, old_logp, old_values, adv, returns = mb

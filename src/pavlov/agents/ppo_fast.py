@@ -18,10 +18,11 @@ costs ~0.5 ms, of which the six 64x64 matmuls are a third:
   moment buffers are also the ``torch.optim.Adam``'s state (:class:`AdamView`): checkpoints are
   the same whichever path wrote them.
 
-On a CPU with AVX2 the categorical case runs as one C call (:mod:`pavlov.agents.ppo_native`:
-forward, head, losses and backward of both nets, and the gradient clip), plugged in at
-:attr:`ClosedFormGrad.kernel`: the torch ops below are its reference and the fallback
-(``PAVLOV_NATIVE=0``, no compiler, a Gaussian head, float64).
+On a CPU with AVX2 the categorical case runs as two C calls (:mod:`pavlov.agents.ppo_native`:
+forward, head, losses and backward of both nets; then the clip and the Adam step), plugged in
+at :attr:`ClosedFormGrad.kernel` and :attr:`ClosedFormGrad.adam_kernel`: the torch ops below
+are their reference and the fallback (``PAVLOV_NATIVE=0``, no compiler, a Gaussian head,
+float64).
 
 :mod:`pavlov.math` stays the source of truth: tests/agents/test_ppo.py checks the loss, every
 gradient, the metrics and the parameters after whole updates against the autograd path.

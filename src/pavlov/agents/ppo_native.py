@@ -8,14 +8,16 @@ rank holding half the batch took ~75% of one process's time per update. ``ppo_na
 the same arithmetic (forward through both MLPs, log-softmax head, clipped surrogate, value loss,
 entropy bonus, backward into the flat gradient) in one call, 0.11-0.13 / 0.22-0.28 ms, with
 register-blocked matmuls (4 rows x 16 columns on AVX2, 4 x 32 on AVX-512 where the CPU has it,
-chosen at run time; the same bytes) and a vectorised tanh, single-threaded. The gradient clip is
-one more call (:meth:`PPOKernel.clip_`); the all-reduce and Adam stay in
-:class:`ClosedFormGrad` (docs/benchmarks.md, issue 18).
+chosen at run time; the same bytes) and a vectorised tanh, single-threaded. The rest of the step
+is one more call (:class:`AdamKernel`): a DD-PPO sum's division by the ranks, the gradient clip
+and the Adam step, bit for bit torch's fused Adam; the all-reduce between the two calls stays in
+:class:`ClosedFormGrad`. Each call binds its pointers once (a ctypes struct), so the Python side
+costs ~2 us rather than the ~12 of converting 29 arguments (docs/benchmarks.md, issue 18).
 
 The C source is compiled on first use by :mod:`pavlov.native` (cached; off with
 ``PAVLOV_NATIVE=0``, or where there is no compiler, AVX2 or x86-64 Linux: then the torch ops
 run). Results equal the torch ops' to float32 round-off (other summation order; the tests compare
-gradients, metrics and whole updates).
+gradients, metrics and whole updates); the Adam step equals torch's bit for bit.
 """
 
 from __future__ import annotations

@@ -123,6 +123,20 @@ def test_masked_mean_none_mask_broadcast_mask_and_empty_mask():
     assert (x.grad == 0).all()
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("shape", "dim"), [((7,), None), ((300,), None), ((4, 9), 1),
+                                            ((3, 5, 2), (0, 2)), ((3, 0), 1), ((20, 300), 1)])
+def test_no_mask_gives_the_bits_of_an_all_true_mask(dtype, shape, dim):
+    """``mask=None`` divides by the entry count instead of summing a tensor of ones: the same
+    bits as an all-true mask (where the dtype holds the count exactly; else it takes that path),
+    for the mean and the Bessel-corrected variance."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype) * 3 + 1
+    ones = torch.ones(shape, dtype=torch.bool)
+    assert torch.equal(masked_mean(x, None, dim), masked_mean(x, ones, dim))
+    if x.numel():
+        assert torch.equal(masked_var(x, None), masked_var(x, ones))
+
 @PROPS
 @given(B=st.integers(1, 4), T=st.integers(2, 12), seed=seeds, shift=st.booleans())
 def test_masked_whiten_standardises_kept_entries(B, T, seed, shift):

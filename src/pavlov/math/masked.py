@@ -10,6 +10,7 @@ These live in their own module so that :mod:`pavlov.math.policy` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -62,8 +63,24 @@ def masked_mean(x: Tensor, mask: Tensor | None, dim: Dim = None) -> Tensor:
     Returns:
         ``x.mean(dim)``'s shape.
     """
+    if mask is None and _exact(n := _count(x, dim), x):  # no tensor of ones to sum: same bits
+        return _sum(x, dim) / max(n, 1)
     kept, m = _keep(x, mask)
     return _sum(kept, dim) / _sum(m, dim).clamp_min(1.0)
+
+
+def _count(x: Tensor, dim: Dim) -> int:
+    """Entries of ``x`` that one reduction over ``dim`` sums."""
+    if dim is None:
+        return x.numel()
+    return math.prod(x.shape[d] for d in ((dim,) if isinstance(dim, int) else dim))
+
+
+def _exact(n: int, x: Tensor) -> bool:
+    """Whether ``x``'s dtype holds the integer ``n`` exactly, as a sum of ``n`` ones then is:
+    dividing by ``n`` gives the bits of dividing by that sum (2^24 for float32, 256 for
+    bfloat16)."""
+    return x.is_floating_point() and n * torch.finfo(x.dtype).eps <= 2.0
 
 
 def masked_var(x: Tensor, mask: Tensor | None, unbiased: bool = True) -> Tensor:
@@ -73,6 +90,8 @@ def masked_var(x: Tensor, mask: Tensor | None, unbiased: bool = True) -> Tensor:
     """
     var = masked_mean((x - masked_mean(x, mask)) ** 2, mask)
     if unbiased:
+        if mask is None and _exact(n := x.numel(), x):
+            return var * n / max(n - 1, 1)
         count = _keep(x, mask)[1].sum()
         var = var * count / (count - 1).clamp_min(1.0)
     return var

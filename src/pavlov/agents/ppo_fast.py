@@ -326,20 +326,20 @@ class ClosedFormGrad:
              ) -> None:
         """Average the flat gradient over ``dp``'s ranks (DD-PPO), clip it, step Adam. With the
         C Adam the ranks' sum is divided there, saving a ``div_`` (~5 us) a step."""
-        if self.adam_kernel is not None:
-            if dp is not None:
-                dp.sum_(self.flat_grad)
-            self.adam_kernel.clip_and_step(max_grad_norm, 1 if dp is None else dp.world_size)
-            return
-        if dp is not None:
+        ranks = 1
+        if dp is not None and self.adam_kernel is not None:
+            dp.sum_(self.flat_grad)
+            ranks = dp.world_size
+        elif dp is not None:
             dp.average_(self.flat_grad)
-        self.clip_and_step(max_grad_norm)
+        self.clip_and_step(max_grad_norm, ranks)
 
-    def clip_and_step(self, max_grad_norm: float | None) -> None:
+    def clip_and_step(self, max_grad_norm: float | None, ranks: int = 1) -> None:
         """``clip_grad_norm_`` (global norm, coefficient ``max / (norm + 1e-6)`` capped at 1)
-        on the flat gradient, then Adam."""
+        on the flat gradient, then Adam; ``ranks`` > 1 (the C Adam only): the gradient is a sum
+        over that many ranks, divided first."""
         if self.adam_kernel is not None:
-            self.adam_kernel.clip_and_step(max_grad_norm)
+            self.adam_kernel.clip_and_step(max_grad_norm, ranks)
             return
         if max_grad_norm is not None and self.kernel is not None:
             self.kernel.clip_(self.flat_grad, max_grad_norm)

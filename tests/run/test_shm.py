@@ -9,6 +9,7 @@ import glob
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,7 +47,10 @@ def _sums() -> dict:
     out["float64"] = (a, torch.equal(a, b), x64)
     bits = torch.tensor([0x7FF8_0000_DEAD_BEEF, -1, -(2**63), 12345 + dp.rank,
                          -(2**62)], dtype=torch.int64)  # a NaN's payload, -0.0, ...: any bits
-    out["gathered"] = dp.shm.gather(bits.view(torch.float64), dp.rank, 2).view(torch.int64)
+    out["gathered"] = torch.from_numpy(dp.shm.gather(bits.view(torch.float64).numpy(), dp.rank,
+                                                     2).view(np.int64))  # fmt: skip
+    m = [0.1 * (dp.rank + 1), 1e300, -3.0, 2.0 ** 60]  # metrics: NumPy in and out
+    out["sum_array"] = (dp.sum_array(m), gloo.sum_array(m))
     out["bits"] = bits
     n = torch.tensor([2**40 + dp.rank, -3, 7], dtype=torch.int64)
     dp.sum_(n)
@@ -76,6 +80,9 @@ def test_two_ranks_sum_through_shared_memory_with_the_bytes_gloo_gives():
         assert same_as_gloo and torch.equal(got, ranks[0]["float64"][2] + ranks[1]["float64"][2])
         assert out["int64"].tolist() == [2**41 + 1, -6, 14]
         assert torch.equal(out["gathered"], torch.stack([ranks[0]["bits"], ranks[1]["bits"]]))
+        mine, theirs = out["sum_array"]  # shared memory and gloo: the same bytes
+        assert mine.dtype == np.float64 and mine.tobytes() == theirs.tobytes()
+        assert mine.tolist() == [0.1 + 0.2, 2e300, -6.0, 2.0 ** 61]
         w, b = out["grads"]
         assert torch.equal(w, torch.full((3, 2), 3.0)) and torch.equal(b, torch.zeros(2))
 

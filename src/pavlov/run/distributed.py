@@ -81,11 +81,8 @@ class DataParallel:
             self.shm(t)
             return
         n = t.numel()
-        if self.shm is not None and t.element_size() == 8 and n * self.world_size <= 1 << 16:
-            # float64 step counts and metrics: gathered bit for bit through shared memory, then
-            # summed in rank order as below (the same bytes), in microseconds instead of ~1.5 ms
-            torch.sum(self.shm.gather(t, self.rank, self.world_size).view(self.world_size, n),
-                      0, out=t.view(-1))  # fmt: skip
+        if self._small_64(t.element_size(), n):
+            t.view(-1).copy_(torch.from_numpy(self._sum_64(t.view(-1).numpy())))
             return
         buf = self._gathers.get((n, t.dtype))
         if buf is None:
@@ -177,9 +174,23 @@ class DataParallel:
 
     def sum_array(self, x: np.ndarray | list[float]) -> np.ndarray:
         """Elementwise float64 sum over the ranks of a small vector."""
-        t = torch.tensor(np.asarray(x, dtype=np.float64)).to(self.device)
+        x = np.asarray(x, dtype=np.float64)
+        if self.device.type == "cpu" and self._small_64(x.itemsize, x.size):  # NumPy only
+            return self._sum_64(x.reshape(-1)).reshape(x.shape)
+        t = torch.tensor(x).to(self.device)
         self.sum_(t)
         return t.cpu().numpy()
+
+    def _small_64(self, itemsize: int, n: int) -> bool:
+        """Whether :meth:`_sum_64` takes ``n`` values of ``itemsize`` bytes: 64-bit values,
+        few enough, shared memory on."""
+        return self.shm is not None and itemsize == 8 and n * self.world_size <= 1 << 16
+
+    def _sum_64(self, x: np.ndarray) -> np.ndarray:
+        """Float64 step counts and metrics (or int64): gathered bit for bit through shared
+        memory, then summed in rank order, as :meth:`sum_`'s gloo path does (the same bytes),
+        in microseconds instead of ~1.5 ms."""
+        return self.shm.gather(x, self.rank, self.world_size).sum(0)
 
     def mean(self, x: float) -> float:
         return float(self.sum_array([x])[0]) / self.world_size

@@ -102,6 +102,7 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("relevance_cap", 1.5),
         ("fluency_weight", -1.0),
         ("fluency_surprise", -1.0),
+        ("repetition_weight", -1.0),
         ("fluency_hinge", True),  # with the default surprise threshold: alternatives
         ("eval_top_p", 0.0),
         ("prompt_style", "instruct"),
@@ -425,6 +426,25 @@ def test_the_fluency_term_joins_the_reward_and_is_logged_per_term(tmp_path):
     sharp = first_step(CaseStudyConfig().fluency_surprise)
     assert CaseStudyConfig().fluency_surprise == 6.0
     assert plain["reward/fluency"] + 1.0 < sharp["reward/fluency"] <= 0.0
+
+
+def test_the_repetition_term_joins_the_reward_and_is_logged_per_term(tmp_path):
+    s = run_tiny(tmp_path, relevance_weight=0.0, fluency_weight=0.0, repetition_weight=1.5)
+    run = tmp_path / "runs" / "cs"
+    _check_outputs(s, run)
+    records = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in records if "reward/repetition" in r)
+    assert -1 <= step["reward/repetition"] <= 0 and "reward/fluency" not in step
+    assert step["reward/mean"] == pytest.approx(
+        step["reward/reward_model"] + 1.5 * step["reward/repetition"], abs=1e-5)
+    assert CaseStudyConfig().repetition_weight == 0.0  # off by default: no term, no metric
+    assert not any("reward/repetition" in r for r in _first_steps(tmp_path / "off"))
+
+
+def _first_steps(path) -> list[dict]:
+    run_tiny(path, relevance_weight=0.0, fluency_weight=0.0)
+    rl = path / "runs" / "cs" / "rl" / "metrics.jsonl"
+    return [json.loads(x) for x in rl.read_text().splitlines()]
 
 
 def test_the_fluency_hinge_pays_only_below_the_sft_models_own_level(tmp_path):

@@ -282,6 +282,31 @@ def test_relevance_ranks_reviews_by_how_much_they_are_about_the_film():
 
 
 # ---------------------------------------------------------------------------------------------
+# Repetition
+
+
+def test_repetition_is_minus_the_share_of_a_reviews_bigrams_seen_before_in_it():
+    from pavlov.llm.scoring.rewards import repetition_reward
+
+    term = repetition_reward()
+    replies = [
+        "A gripping, moving drama.",  # 3 bigrams, all distinct
+        "Harvard Man: Harvard Man: Harvard Man: Harvard Man:",  # 7 bigrams, 2 distinct
+        "Fubar is a sweeping, sweeping, sweeping masterpiece.",  # 6 bigrams, 5 distinct
+        "Wow",  # no bigram
+        "",
+    ]
+    rewards, metrics = compute_rewards(term, ["Review of X:"] * 5, replies)
+    assert term.name == "repetition" and set(metrics) == {"reward/repetition"}
+    assert rewards.tolist() == pytest.approx([0.0, 2 / 7 - 1, 5 / 6 - 1, 0.0, 0.0])
+    # Word unigrams: "gripping and gripping" repeats a word, not a bigram.
+    once = repetition_reward(n=1)(["p"], ["gripping and gripping"])
+    assert once == pytest.approx([2 / 3 - 1])
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        repetition_reward(n=0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Fluency (a frozen causal LM)
 
 

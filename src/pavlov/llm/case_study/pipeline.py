@@ -215,6 +215,11 @@ class CaseStudyConfig:
     plain score of 64 SFT reviews sampled on training prompts before step 3
     (:func:`pavlov.llm.case_study.steps.fluency_level`, logged as ``reward/fluency_floor``;
     13 goals of 18 at seeds 0-2)."""
+    repetition_weight: float = 0.0
+    """Weight of a repetition term in step 3's reward (PPO/GRPO/RLOO), >= 0: minus the share of
+    a review's word bigrams that repeat an earlier one of the same review
+    (:func:`pavlov.llm.scoring.rewards.repetition_reward`; "Harvard Man: Harvard Man: Harvard
+    Man: Harvard Man:" -0.71). 0: off."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1
@@ -269,7 +274,7 @@ class CaseStudyConfig:
         for name in POSITIVES:
             check_positive(name, getattr(self, name))
         for name in ("beta", "target_kl", "beta_min", "relevance_weight", "fluency_weight",
-                     "fluency_surprise"):
+                     "fluency_surprise", "repetition_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.relevance_cap <= 1:

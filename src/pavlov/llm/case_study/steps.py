@@ -231,7 +231,12 @@ class JudgeTap:
 
 
 def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, point, quiet: bool):
-    from pavlov.llm.scoring.rewards import fluency_reward, vader_reward, weighted_sum
+    from pavlov.llm.scoring.rewards import (
+        fluency_reward,
+        repetition_reward,
+        vader_reward,
+        weighted_sum,
+    )
     from pavlov.llm.trainers.online import train_online
 
     tap = JudgeTap(scorer, vader_reward())
@@ -249,7 +254,9 @@ def _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, point, quiet: bool):
         fluency = fluency_reward(inputs.fluency_model, inputs.tokenizer, floor=floor,
                                  surprise=cfg.fluency_surprise or None, **options)
         terms["fluency"] = (fluency, cfg.fluency_weight)
-    # logged per term: reward/reward_model, reward/relevance, reward/fluency
+    if cfg.repetition_weight:
+        terms["repetition"] = (repetition_reward(), cfg.repetition_weight)
+    # logged per term: reward/reward_model, reward/relevance, reward/fluency, reward/repetition
     reward = weighted_sum(terms) if len(terms) > 1 else tap
 
     def callback(step: int, record: dict) -> None:  # before the step's checkpoint: inside it

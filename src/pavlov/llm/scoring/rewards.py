@@ -12,6 +12,8 @@ strings. This module provides
   cosine of their all-MiniLM-L6-v2 sentence embeddings, in ``[-1, 1]``);
 * :func:`fluency_reward`: the mean per-token log-likelihood of each completion, given its
   prompt, under a fixed language model (the untouched base model of the case study);
+* :func:`repetition_reward`: minus the share of each completion's word bigrams that repeat an
+  earlier one of the same completion (degenerate loops);
 * :func:`weighted_sum`: ``sum_i w_i * f_i``, remembering each term's values of its last call;
 * :func:`resolve_reward`: what a user passes (a callable, ``"vader"``, a reward-model
   directory, a list or ``{spec: weight}`` dict of those) -> one reward function;
@@ -46,6 +48,7 @@ __all__ = [
     "resolve_reward",
     "reward_model_fn",
     "relevance_reward",
+    "repetition_reward",
     "reward_name",
     "vader_reward",
     "weighted_sum",
@@ -247,6 +250,33 @@ def fluency_reward(
         return out if floor is None else [min(0.0, f - floor) for f in out]
 
     return NamedReward(fluency, "fluency")
+
+
+def repetition_reward(n: int = 2) -> NamedReward:
+    """How much each completion repeats itself: minus the share of its word ``n``-grams that
+    repeat an earlier ``n``-gram of the same completion, ``-(1 - distinct_n(completion))``, in
+    ``[-1, 0]`` (words as :func:`~pavlov.llm.data.datasets.words` splits them; a completion with
+    fewer than ``n`` words scores 0). "A gripping, moving drama." scores 0; "Harvard Man: Harvard
+    Man: Harvard Man: Harvard Man:" -0.71 (2 distinct bigrams of 7); loops of one phrase tend to -1.
+
+    Neither a reward model nor a KL penalty charges much for such loops (the case study's reward
+    model scores a title repeated eight times between -1.4 and 0), and the fluency term, which
+    pays for what the base model finds likely, pays for them: a repeated phrase is easy to
+    predict. This is distinct-n (Li et al. 2016) inside one text, the guard the case study
+    reads over all reviews. Named ``"repetition"``."""
+    if n < 1:
+        raise ValueError(f"repetition_reward: n must be >= 1, got {n!r}")
+    from pavlov.llm.data.datasets import words
+
+    def repetition(prompts: list[str], completions: list[str]) -> list[float]:
+        out = []
+        for text in completions:
+            w = words(text)
+            grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+            out.append(len(set(grams)) / len(grams) - 1.0 if grams else 0.0)
+        return out
+
+    return NamedReward(repetition, "repetition")
 
 
 def reward_model_fn(

@@ -377,3 +377,18 @@ def test_minilm_encoder_embeds():
     reference = SentenceTransformer(str(assets.minilm_dir()), device="cpu")
     expected = torch.as_tensor(reference.encode(texts))
     torch.testing.assert_close(vectors, expected, atol=1e-5, rtol=0)
+
+
+def test_deepspeeds_cpu_detection_notice_is_dropped_and_its_other_messages_kept():
+    import logging
+
+    import pavlov.llm.models.loading  # noqa: F401  installs the filter
+
+    logger = logging.getLogger("DeepSpeed")
+
+    def record(msg: str) -> logging.LogRecord:
+        return logger.makeRecord("DeepSpeed", logging.WARNING, __file__, 1, msg, (), None)
+
+    assert not logger.filter(record("Setting accelerator to CPU. If you have GPU or other "
+                                    "accelerator, we were unable to detect it."))  # fmt: skip
+    assert logger.filter(record("Setting ds_accelerator to cuda (auto detect)"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import socket
 import warnings
@@ -37,6 +38,18 @@ DEFAULT_POLICY = "smollm2"
 DEFAULT_ENCODER = "minilm"
 LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def _drop_deepspeed_cpu_notice(record: logging.LogRecord) -> bool:
+    """Where DeepSpeed is installed, accelerate imports it inside transformers'
+    ``save_pretrained``, and on a machine without a GPU its accelerator detection logs "Setting
+    accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it." in
+    the middle of a run (``make demo``'s reward-model step). pavlov runs on the CPU on purpose
+    there: that one record is dropped, every other DeepSpeed message stays."""
+    return not record.getMessage().startswith("Setting accelerator to CPU.")
+
+
+logging.getLogger("DeepSpeed").addFilter(_drop_deepspeed_cpu_notice)  # DeepSpeed's own logger
 
 
 # ---------------------------------------------------------------------------------------------

@@ -219,7 +219,9 @@ class CaseStudyConfig:
     """Weight of a repetition term in step 3's reward (PPO/GRPO/RLOO), >= 0: minus the share of
     a review's word bigrams that repeat an earlier one of the same review
     (:func:`pavlov.llm.scoring.rewards.repetition_reward`; "Harvard Man: Harvard Man: Harvard
-    Man: Harvard Man:" -0.71). 0: off."""
+    Man: Harvard Man:" -0.71). 0: off. Tried at 2 (Intel kind, seeds 0-2): the loops went, but
+    one seed's reviews turned to generic praise that names no film: 15 goals of 18 against the
+    defaults' 17 (docs/benchmarks-history.md, session 25)."""
     rl_lora_r: int = 16
     """LoRA rank of the step-3 adapters (on the merged SFT model)."""
     dpo_beta: float = 0.1

@@ -256,14 +256,15 @@ def repetition_reward(n: int = 2) -> NamedReward:
     """How much each completion repeats itself: minus the share of its word ``n``-grams that
     repeat an earlier ``n``-gram of the same completion, ``-(1 - distinct_n(completion))``, in
     ``[-1, 0]`` (words as :func:`~pavlov.llm.data.datasets.words` splits them; a completion with
-    fewer than ``n`` words scores 0). "A gripping, moving drama." scores 0; "Harvard Man: Harvard
-    Man: Harvard Man: Harvard Man:" -0.71 (2 distinct bigrams of 7); loops of one phrase tend to -1.
+    fewer than ``n`` words scores 0). "A gripping, moving drama." scores 0; "Harvard Man:
+    Harvard Man: Harvard Man: Harvard Man:" -0.71 (2 distinct bigrams of 7); loops of one
+    phrase tend to -1.
 
     Neither a reward model nor a KL penalty charges much for such loops (the case study's reward
-    model scores a title repeated eight times between -1.4 and 0), and the fluency term, which
-    pays for what the base model finds likely, pays for them: a repeated phrase is easy to
-    predict. This is distinct-n (Li et al. 2016) inside one text, the guard the case study
-    reads over all reviews. Named ``"repetition"``."""
+    model scores a title repeated eight times between -1.4 and 0), and the fluency term does
+    not either: a repeated phrase is easy for the base model to predict. This is distinct-n
+    (Li et al. 2016) inside one text, the guard the case study reads over all reviews. Named
+    ``"repetition"``."""
     if n < 1:
         raise ValueError(f"repetition_reward: n must be >= 1, got {n!r}")
     from pavlov.llm.data.datasets import words

@@ -268,14 +268,11 @@ def repetition_reward(n: int = 2) -> NamedReward:
     if n < 1:
         raise ValueError(f"repetition_reward: n must be >= 1, got {n!r}")
     from pavlov.llm.data.datasets import words
+    from pavlov.llm.scoring.policy_eval import distinct_n
 
     def repetition(prompts: list[str], completions: list[str]) -> list[float]:
-        out = []
-        for text in completions:
-            w = words(text)
-            grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
-            out.append(len(set(grams)) / len(grams) - 1.0 if grams else 0.0)
-        return out
+        return [distinct_n([text], n) - 1.0 if len(words(text)) >= n else 0.0
+                for text in completions]  # fmt: skip
 
     return NamedReward(repetition, "repetition")
 

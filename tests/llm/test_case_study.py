@@ -103,6 +103,8 @@ def run_tiny(tmp_path, **overrides) -> dict:
         ("fluency_weight", -1.0),
         ("fluency_surprise", -1.0),
         ("repetition_weight", -1.0),
+        ("rl_interpolation", 0.0),
+        ("rl_interpolation", 1.5),
         ("fluency_hinge", True),  # with the default surprise threshold: alternatives
         ("eval_top_p", 0.0),
         ("prompt_style", "instruct"),
@@ -439,6 +441,25 @@ def test_the_repetition_term_joins_the_reward_and_is_logged_per_term(tmp_path):
         step["reward/reward_model"] + 1.5 * step["reward/repetition"], abs=1e-5)
     assert CaseStudyConfig().repetition_weight == 0.0  # off by default: no term, no metric
     assert not any("reward/repetition" in r for r in _first_steps(tmp_path / "off"))
+
+
+def test_rl_interpolation_keeps_a_share_of_step_3s_change_and_the_trained_policy(tmp_path):
+    """The evaluated policy (``rl/model``) is the trained one (``rl/trained_model``, bitwise the
+    run without interpolation) with each LoRA B matrix scaled by the share kept."""
+    s = run_tiny(tmp_path / "half", rl_interpolation=0.5)
+    whole = run_tiny(tmp_path / "whole")
+    run, whole_run = tmp_path / "half" / "runs" / "cs", tmp_path / "whole" / "runs" / "cs"
+    _check_outputs(s, run)
+    assert s["stages"]["rl"]["interpolation"] == 0.5
+    kept, trained = _weights(run / "rl" / "model"), _weights(run / "rl" / "trained_model")
+    plain = _weights(whole_run / "rl" / "model")
+    assert not (whole_run / "rl" / "trained_model").exists()
+    assert set(kept) == set(trained) == set(plain)
+    assert any("lora_B" in k for k in kept)
+    for k, v in trained.items():
+        assert torch.equal(v, plain[k]), k  # training is the same; the share is taken after
+        assert torch.equal(kept[k], v * 0.5 if "lora_B" in k else v), k
+    assert s["after"]["kl/ref"] != whole["after"]["kl/ref"]
 
 
 def _first_steps(path) -> list[dict]:

@@ -16,11 +16,13 @@ from pavlov.llm.models.loading import (
     apply_lora,
     embed,
     ensure_pad_token,
+    interpolate_update,
     is_peft_model,
     load_causal_lm,
     load_encoder,
     pad_left,
     pad_right,
+    sampler_weights,
     save_model,
 )
 from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
@@ -392,3 +394,34 @@ def test_deepspeeds_cpu_detection_notice_is_dropped_and_its_other_messages_kept(
     assert not logger.filter(record("Setting accelerator to CPU. If you have GPU or other "
                                     "accelerator, we were unable to detect it."))  # fmt: skip
     assert logger.filter(record("Setting ds_accelerator to cuda (auto detect)"))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_interpolate_update_keeps_the_share_eta_of_the_weight_change(lora):
+    """theta_0 + eta (theta - theta_0) for every effective weight: with LoRA each B scaled (the
+    base untouched), without it every parameter moved towards the start's; eta 0 is the start."""
+    import copy
+
+    model, tok = tiny_causal_lm(arch="llama")
+    start = copy.deepcopy(model)
+    if lora:
+        model = apply_lora(model, LoraSpec(r=4, dropout=0.0, target_modules=("q_proj", "v_proj")))
+    ids = torch.tensor([tok("the cat sat on the mat")["input_ids"]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    theta0 = dict(start.named_parameters())
+    trained = {k: v.clone() for k, v in sampler_weights(model)}
+    assert any(not torch.equal(v, theta0[k]) for k, v in trained.items())
+    for eta in (1.0, 0.25, 0.0):  # cumulative: 1, then 0.25, then 0 of what is left
+        interpolate_update(model, eta, None if lora else start)
+        share = {1.0: 1.0, 0.25: 0.25, 0.0: 0.0}[eta]
+        for k, v in sampler_weights(model):
+            torch.testing.assert_close(v, theta0[k] + share * (trained[k] - theta0[k]),
+                                       atol=1e-6, rtol=1e-5)
+    for k, v in sampler_weights(model):  # eta 0: the start, exactly
+        assert torch.equal(v, theta0[k]), k
+    with pytest.raises(ValueError, match="eta"):
+        interpolate_update(model, 1.5, start)
+    if not lora:
+        with pytest.raises(ValueError, match="start"):
+            interpolate_update(model, 0.5)

@@ -155,6 +155,9 @@ def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool, resume: bool
             else:
                 policy, info = _online_rl(cfg, rl_cfg, sft_model, inputs, scorer, sub, point,
                                           quiet)  # fmt: skip
+            if cfg.rl_interpolation < 1:
+                interpolate(policy, cfg.rl_interpolation, frozen, sub.dir, inputs.tokenizer)
+                info["interpolation"] = cfg.rl_interpolation
         if "metrics" not in info:  # the logs are whole now that the sub-run is closed
             last = logged_history(sub.dir)[-1]
             info["metrics"] = {k: v for k, v in last.items() if k != "step"}
@@ -169,6 +172,20 @@ def step3(cfg, rl_cfg, sft_model, inputs, scorer, run, quiet: bool, resume: bool
     else:
         reference = module_logprobs(frozen if frozen is not None else sft_model, **options)
     return policy, reference, info, logged_history(run.dir / "rl")
+
+
+def interpolate(policy, eta: float, start, sub_dir: Path, tokenizer) -> None:
+    """Keep the share ``eta`` of step 3's weight change (``rl_interpolation``), in place; the
+    trained policy is kept as ``trained_model/`` and ``model/`` (what ``--resume`` loads) holds
+    the interpolated one. ``start``: the SFT weights for a full fine-tuning (None with LoRA)."""
+    from pavlov.llm.models.loading import interpolate_update, save_model
+
+    trained = sub_dir / "trained_model"
+    if trained.exists():
+        shutil.rmtree(trained)
+    shutil.copytree(sub_dir / "model", trained)
+    interpolate_update(policy, eta, start)
+    save_model(policy, tokenizer, sub_dir / "model")  # atomic: the old one until it is whole
 
 
 def _load_policy(sft_model, path: Path):

@@ -476,3 +476,37 @@ def sampler_weights(model, changed_only: bool = False) -> Iterator[tuple[str, Te
             yield f"{head}.{rest.partition('.')[2]}", p.detach()
         elif not changed_only:
             yield name, p.detach()
+
+
+@torch.no_grad()
+def interpolate_update(model, eta: float, start: torch.nn.Module | None = None) -> None:
+    """Keep the share ``eta`` of a fine-tuning's weight change, in place:
+    ``theta <- theta_0 + eta (theta - theta_0)``, ``theta_0`` the weights training started
+    from (weight interpolation towards the start: WiSE-FT, Wortsman et al. 2022; the LERP step
+    of WARP, Ramé et al. 2024, which trades a policy's reward against its KL to the start
+    along a better front than stopping training early).
+
+    A peft ``model``: the change is each LoRA update ``B A`` (times its scaling), so every
+    ``lora_B`` (and ``lora_embedding_B``) is scaled by ``eta``, and each ``modules_to_save``
+    copy is moved towards its original; ``start`` is not needed. A plain model: each parameter
+    moved towards ``start``'s of the same name (the model training started from, unchanged).
+    ``eta`` 1 leaves the model as it is; 0 gives back the start.
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    if eta == 1:
+        return
+    if is_peft_model(model):
+        named = dict(model.named_parameters())
+        for name, p in named.items():
+            if ".lora_B." in name or ".lora_embedding_B." in name:
+                p.mul_(eta)
+            elif ".modules_to_save." in name:  # towards "<m>.original_module.<param>"
+                head, _, rest = name.partition(".modules_to_save.")
+                p.lerp_(named[f"{head}.original_module.{rest.partition('.')[2]}"], 1 - eta)
+        return
+    if start is None:
+        raise ValueError("a plain model needs the model training started from (start=...)")
+    reference = dict(start.named_parameters())
+    for name, p in model.named_parameters():
+        p.lerp_(reference[name].to(p.dtype), 1 - eta)

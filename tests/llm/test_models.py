@@ -396,15 +396,21 @@ def test_deepspeeds_cpu_detection_notice_is_dropped_and_its_other_messages_kept(
     assert logger.filter(record("Setting ds_accelerator to cuda (auto detect)"))
 
 
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("lora", [False, True, "modules_to_save"])
 def test_interpolate_update_keeps_the_share_eta_of_the_weight_change(lora):
     """theta_0 + eta (theta - theta_0) for every effective weight: with LoRA each B scaled (the
-    base untouched), without it every parameter moved towards the start's; eta 0 is the start."""
+    base untouched) and a ``modules_to_save`` copy moved towards its original, without it every
+    parameter moved towards the start's; eta 0 is the start."""
     import copy
+
+    from peft import LoraConfig, get_peft_model
 
     model, tok = tiny_causal_lm(arch="llama")
     start = copy.deepcopy(model)
-    if lora:
+    if lora == "modules_to_save":  # a trained copy of the final norm beside the adapters
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"],
+                                                 modules_to_save=["norm"]))
+    elif lora:
         model = apply_lora(model, LoraSpec(r=4, dropout=0.0, target_modules=("q_proj", "v_proj")))
     ids = torch.tensor([tok("the cat sat on the mat")["input_ids"]])
     model(input_ids=ids, labels=ids).loss.backward()
@@ -412,6 +418,8 @@ def test_interpolate_update_keeps_the_share_eta_of_the_weight_change(lora):
     theta0 = dict(start.named_parameters())
     trained = {k: v.clone() for k, v in sampler_weights(model)}
     assert any(not torch.equal(v, theta0[k]) for k, v in trained.items())
+    if lora == "modules_to_save":
+        assert not torch.equal(trained["model.norm.weight"], theta0["model.norm.weight"])
     for eta in (1.0, 0.25, 0.0):  # cumulative: 1, then 0.25, then 0 of what is left
         interpolate_update(model, eta, None if lora else start)
         share = {1.0: 1.0, 0.25: 0.25, 0.0: 0.0}[eta]

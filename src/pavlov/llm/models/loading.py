@@ -483,8 +483,7 @@ def interpolate_update(model, eta: float, start: torch.nn.Module | None = None) 
     """Keep the share ``eta`` of a fine-tuning's weight change, in place:
     ``theta <- theta_0 + eta (theta - theta_0)``, ``theta_0`` the weights training started
     from (weight interpolation towards the start: WiSE-FT, Wortsman et al. 2022; the LERP step
-    of WARP, Ramé et al. 2024, which trades a policy's reward against its KL to the start
-    along a better front than stopping training early).
+    of WARP, Ramé et al. 2024, which trades a policy's reward against its KL to the start).
 
     A peft ``model``: the change is each LoRA update ``B A`` (times its scaling), so every
     ``lora_B`` (and ``lora_embedding_B``) is scaled by ``eta``, and each ``modules_to_save``

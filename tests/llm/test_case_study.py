@@ -20,7 +20,8 @@ from pavlov.llm.case_study.pipeline import (
 from pavlov.llm.case_study.steps import JudgeTap
 from pavlov.llm.data.datasets import PreferenceExample, SFTExample
 from pavlov.llm.models.tiny import tiny_causal_lm, tiny_tokenizer
-from pavlov.llm.scoring.policy_eval import distinct_n, evaluate_policy, module_logprobs, on_topic
+from pavlov.llm.scoring.policy_eval import evaluate_policy, module_logprobs
+from pavlov.llm.scoring.text import distinct_n, on_topic
 from pavlov.run.checkpoint import read_latest
 
 # peft 0.21 calls a helper transformers 5 deprecated

@@ -154,7 +154,7 @@ def rt_topic_words(movie: str) -> frozenset[str]:
     synopsis' content words that are not common review vocabulary; words of >= 3 characters.
 
     A review "names the movie or a content word of its synopsis" when it uses one of them
-    (:func:`pavlov.llm.scoring.policy_eval.on_topic`). Lowercase; stopwords and film/movie/story
+    (:func:`pavlov.llm.scoring.text.on_topic`). Lowercase; stopwords and film/movie/story
     out.
     """
     common = _common_words()

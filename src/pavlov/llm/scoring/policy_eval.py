@@ -26,10 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from pavlov.devices import module_device, to_device
-from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts, words
+from pavlov.llm.data.datasets import PromptExample, prompt_texts, tokenize_prompts
 from pavlov.llm.generation.rollout import Rollout, SamplingConfig, generate, left_pad
 from pavlov.llm.models.loading import ensure_pad_token
 from pavlov.llm.scoring.logprobs import token_logprobs
+from pavlov.llm.scoring.text import distinct_n, on_topic
 from pavlov.llm.trainers.common import autocast
 
 POSITIVE = 0.05
@@ -104,19 +105,6 @@ class PolicyEval:
     samples: list[Sample]
     """Sample ``j`` of prompt ``i`` is ``samples[j * n_prompts + i]``: the first ``n_prompts``
     rows hold one sample of every prompt."""
-
-
-def distinct_n(texts: Sequence[str], n: int = 2) -> float:
-    """Distinct-n (Li et al. 2016): distinct word n-grams over all n-grams of all ``texts``
-    (n-grams do not cross texts); 0 when there are none. 1: no n-gram repeats anywhere; a
-    policy that writes one phrase again and again tends to 1 / len(texts)."""
-    grams = [tuple(w[i : i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def on_topic(text: str, topic: frozenset[str]) -> bool:
-    """Whether ``text`` uses one of the ``topic`` words (lowercase, as :func:`words` splits)."""
-    return not topic.isdisjoint(words(text))
 
 
 def evaluate_policy(

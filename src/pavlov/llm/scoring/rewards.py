@@ -268,7 +268,7 @@ def repetition_reward(n: int = 2) -> NamedReward:
     if n < 1:
         raise ValueError(f"repetition_reward: n must be >= 1, got {n!r}")
     from pavlov.llm.data.datasets import words
-    from pavlov.llm.scoring.policy_eval import distinct_n
+    from pavlov.llm.scoring.text import distinct_n
 
     def repetition(prompts: list[str], completions: list[str]) -> list[float]:
         return [distinct_n([text], n) - 1.0 if len(words(text)) >= n else 0.0
